@@ -1,0 +1,1 @@
+"""Offline RL algorithms, one file each, as pure update functions."""

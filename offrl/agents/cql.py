@@ -1,0 +1,342 @@
+"""Conservative Q-learning, actor-critic CQL(H) (Kumar et al. 2020; the workflow paper's Eq. 1).
+
+Critic objective (workflow paper Eq. 1, with the release's unhalved MSE; see ``critic_loss``):
+
+    min_theta  alpha * ( E_s[ log sum_a exp Q(s, a) ] - E_{s,a ~ D}[ Q(s, a) ] )  +  E[(Q(s, a) - B^pi Qbar(s, a))^2]
+
+with the log-sum-exp over actions estimated by importance sampling from uniform actions and from the policy at
+``s`` and ``s'`` (``cql_penalty``), and ``B^pi Qbar(s, a) = r + gamma (1 - terminal) min_i Qbar_i(s', a')``,
+``a' ~ pi(.|s')`` (deterministic backup: no entropy term, as in the reference code).
+
+Actor: SAC's ``E[temperature * log pi(a|s) - min_i Q_i(s, a)]``, after an optional behaviour-cloning warm start
+that maximises ``log pi(a_data|s)`` instead. Entropy temperature tuned towards ``target_entropy = -|A|``.
+
+Everything here is a pure function of an immutable :class:`CQLState`; ``update`` is jit-able and has no side
+effects. Default values and their sources: ``../shared/reference/implementation-notes.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from offrl.networks import CriticEnsemble, TanhGaussianActor, sample_tanh_gaussian, tanh_gaussian_log_prob
+
+Batch = dict[str, jnp.ndarray]
+Metrics = dict[str, jnp.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class CQLConfig:
+    """Hyperparameters of CQL. Every default comes from the paper or its reference code."""
+
+    alpha: float = 1.0
+    """Weight of the CQL regularizer (paper Eq. 1); 1.0 in the workflow paper's experiments."""
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 0.005
+    """Soft target-network update rate, applied every gradient step."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critics."""
+    actor_lr: float = 1e-4
+    """Adam learning rate of the actor."""
+    temperature_lr: float = 1e-4
+    """Adam learning rate of the log entropy temperature."""
+    init_temperature: float = 1.0
+    """Initial entropy temperature."""
+    target_entropy: float | None = None
+    """Target policy entropy in nats; None means -act_dim (SAC's heuristic)."""
+    critic_hidden_dims: tuple[int, ...] = (256, 256, 256)
+    """Hidden widths of each critic MLP."""
+    actor_hidden_dims: tuple[int, ...] = (256, 256, 256)
+    """Hidden widths of the actor MLP."""
+    num_critics: int = 2
+    """Size of the critic ensemble; the target and the actor use the minimum over it."""
+    num_action_samples: int = 10
+    """Actions drawn per state from each of the three proposals (uniform, pi(.|s), pi(.|s')) to estimate the
+    log-sum-exp. 10 as in the original CQL; the workflow release uses 1, which is cheaper but noisier."""
+    bc_steps: int = 10_000
+    """Gradient steps of behaviour cloning for the actor before the RL actor loss (reference code: 10,000)."""
+    deterministic_backup: bool = True
+    """Leave the entropy term out of the TD target (reference code)."""
+
+
+@flax.struct.dataclass
+class CQLState:
+    """Everything that changes during training. A pytree: checkpointed and restored as one object."""
+
+    step: jnp.ndarray  # () int32, gradient steps taken
+    critic_params: Any
+    target_critic_params: Any
+    actor_params: Any
+    log_temperature: jnp.ndarray  # () float32
+    critic_opt_state: Any
+    actor_opt_state: Any
+    temperature_opt_state: Any
+
+
+def _networks(config: CQLConfig, act_dim: int) -> tuple[CriticEnsemble, TanhGaussianActor]:
+    return (
+        CriticEnsemble(config.critic_hidden_dims, num_critics=config.num_critics),
+        TanhGaussianActor(config.actor_hidden_dims, act_dim=act_dim),
+    )
+
+
+def _optimizers(config: CQLConfig) -> tuple[optax.GradientTransformation, ...]:
+    return optax.adam(config.critic_lr), optax.adam(config.actor_lr), optax.adam(config.temperature_lr)
+
+
+def init(config: CQLConfig, obs_dim: int, act_dim: int, key: jax.Array) -> CQLState:
+    """Fresh parameters and optimiser states for observations of obs_dim and actions of act_dim features."""
+    critic, actor = _networks(config, act_dim)
+    k_critic, k_actor = jax.random.split(key)
+    obs = jnp.zeros((1, obs_dim), jnp.float32)
+    act = jnp.zeros((1, act_dim), jnp.float32)
+    critic_params = critic.init(k_critic, obs, act)
+    actor_params = actor.init(k_actor, obs)
+    log_temperature = jnp.asarray(math.log(config.init_temperature), jnp.float32)
+    critic_opt, actor_opt, temp_opt = _optimizers(config)
+    return CQLState(
+        step=jnp.zeros((), jnp.int32),
+        critic_params=critic_params,
+        target_critic_params=critic_params,
+        actor_params=actor_params,
+        log_temperature=log_temperature,
+        critic_opt_state=critic_opt.init(critic_params),
+        actor_opt_state=actor_opt.init(actor_params),
+        temperature_opt_state=temp_opt.init(log_temperature),
+    )
+
+
+def cql_penalty(
+    q_data: jnp.ndarray,
+    q_random: jnp.ndarray,
+    q_policy: jnp.ndarray,
+    q_next_policy: jnp.ndarray,
+    log_pi: jnp.ndarray,
+    log_pi_next: jnp.ndarray,
+    act_dim: int,
+) -> jnp.ndarray:
+    """The CQL(H) regularizer R(theta) for each critic, before multiplying by alpha (paper Eq. 1).
+
+    ``R = E_s[ log sum_a exp Q(s, a) ] - E_{(s,a) ~ D}[ Q(s, a) ]``, with the log-sum-exp over actions estimated
+    by importance sampling from three proposals, each term corrected by its log-density: uniform actions on
+    [-1, 1]^|A| (density 0.5^|A|), policy actions at s and policy actions at s' (both evaluated at s). As in the
+    reference code (rlkit CQL) the sum is not divided by the number of samples, so R carries a constant offset
+    of log(3n) relative to a mean; it does not change gradients.
+
+    Args:
+        q_data: (C, B) Q of each of C critics on the dataset actions.
+        q_random: (C, n, B) Q on n uniform actions per state.
+        q_policy: (C, n, B) Q on n actions from pi(.|s).
+        q_next_policy: (C, n, B) Q(s, a') on n actions a' from pi(.|s').
+        log_pi: (n, B) log pi(a|s) of the actions behind ``q_policy``.
+        log_pi_next: (n, B) log pi(a'|s') of the actions behind ``q_next_policy``.
+        act_dim: |A|, for the uniform density.
+
+    Returns:
+        (C, B) the regularizer of each critic at each transition; its mean over B is R(theta) of that critic.
+    """
+    log_uniform_density = act_dim * math.log(0.5)
+    stacked = jnp.concatenate(
+        [q_random - log_uniform_density, q_policy - log_pi, q_next_policy - log_pi_next], axis=1
+    )  # (C, 3n, B)
+    return jax.scipy.special.logsumexp(stacked, axis=1) - q_data
+
+
+def td_target(
+    rewards: jnp.ndarray, terminals: jnp.ndarray, next_q: jnp.ndarray, gamma: float
+) -> jnp.ndarray:
+    """Bellman target ``r + gamma * (1 - terminal) * next_q``; all (B,) float32. Timeouts still bootstrap."""
+    return rewards + gamma * (1.0 - terminals) * next_q
+
+
+def critic_terms(
+    critic_params: Any,
+    target_critic_params: Any,
+    actor_params: Any,
+    log_temperature: jnp.ndarray,
+    batch: Batch,
+    key: jax.Array,
+    config: CQLConfig,
+) -> tuple[jnp.ndarray, Metrics]:
+    """The critic loss of CQL and its parts, per transition, for training and for the workflow's metrics.
+
+    Args:
+        batch: ``observations`` (B, obs_dim), ``actions`` (B, act_dim), ``rewards`` (B,), ``terminals`` (B,)
+            float32 0/1, ``next_observations`` (B, obs_dim).
+
+    Returns:
+        ``(loss, parts)``: the scalar loss summed over critics, and (B,)-shaped parts averaged over critics:
+        ``q_data``, ``td_error`` (squared Bellman error, no CQL term), ``cql_regularizer`` (before alpha),
+        ``q_random``, ``q_policy``, ``target_q``.
+    """
+    critic, actor = _networks(config, batch["actions"].shape[-1])
+    obs, act, next_obs = batch["observations"], batch["actions"], batch["next_observations"]
+    n, b, act_dim = config.num_action_samples, act.shape[0], act.shape[-1]
+    k_next, k_rand, k_pi, k_pi_next = jax.random.split(key, 4)
+
+    mean, log_std = actor.apply(actor_params, obs)
+    next_mean, next_log_std = actor.apply(actor_params, next_obs)
+    next_act, next_log_pi = sample_tanh_gaussian(k_next, next_mean, next_log_std)
+    next_q = critic.apply(target_critic_params, next_obs, next_act).min(axis=0)  # (B,)
+    if not config.deterministic_backup:
+        next_q = next_q - jnp.exp(log_temperature) * next_log_pi
+    target = jax.lax.stop_gradient(td_target(batch["rewards"], batch["terminals"], next_q, config.gamma))
+
+    q = critic.apply(critic_params, obs, act)  # (C, B)
+    # The release (rlkit) uses an unhalved MSE where Eq. 1 prints 1/2; we follow the code, which sets the
+    # balance between the TD term and alpha that the paper's experiments used.
+    sq_td = (q - target) ** 2  # (C, B)
+
+    random_act = jax.random.uniform(k_rand, (n, b, act_dim), jnp.float32, -1.0, 1.0)
+    pi_act, log_pi = sample_tanh_gaussian(k_pi, mean, log_std, n)  # (n, B, A), (n, B)
+    pi_next_act, log_pi_next = sample_tanh_gaussian(k_pi_next, next_mean, next_log_std, n)
+    # One critic call on all 3n sampled actions per state; the policy's log-probs are constants for the critic.
+    sampled = jnp.concatenate([random_act, pi_act, pi_next_act], axis=0)  # (3n, B, A)
+    q_sampled = critic.apply(critic_params, jnp.broadcast_to(obs, (3 * n, *obs.shape)), sampled)  # (C,3n,B)
+    q_random, q_policy, q_next_policy = jnp.split(q_sampled, 3, axis=1)
+    log_pi, log_pi_next = jax.lax.stop_gradient(log_pi), jax.lax.stop_gradient(log_pi_next)
+    penalty = cql_penalty(q, q_random, q_policy, q_next_policy, log_pi, log_pi_next, act_dim)  # (C, B)
+
+    loss = jnp.sum(sq_td.mean(axis=-1) + config.alpha * penalty.mean(axis=-1))
+    parts = {
+        "q_data": q.mean(axis=0),
+        "td_error": sq_td.mean(axis=0),
+        "cql_regularizer": penalty.mean(axis=0),
+        "q_random": q_random.mean(axis=(0, 1)),
+        "q_policy": q_policy.mean(axis=(0, 1)),
+        "target_q": target,
+    }
+    return loss, parts
+
+
+def actor_loss(
+    actor_params: Any,
+    critic_params: Any,
+    log_temperature: jnp.ndarray,
+    batch: Batch,
+    key: jax.Array,
+    bc_phase: jnp.ndarray,
+    config: CQLConfig,
+) -> tuple[jnp.ndarray, Metrics]:
+    """SAC actor loss ``E[temperature * log pi(a|s) - min_i Q_i(s, a)]``, or during the behaviour-cloning warm
+    start ``E[temperature * log pi(a|s) - log pi(a_data|s)]`` (reference code). ``bc_phase`` is a () bool."""
+    critic, actor = _networks(config, batch["actions"].shape[-1])
+    obs = batch["observations"]
+    mean, log_std = actor.apply(actor_params, obs)
+    act, log_pi = sample_tanh_gaussian(key, mean, log_std)
+    temperature = jnp.exp(jax.lax.stop_gradient(log_temperature))
+    q_pi = critic.apply(critic_params, obs, act).min(axis=0)
+    bc_log_likelihood = tanh_gaussian_log_prob(batch["actions"], mean, log_std)
+    rl = jnp.mean(temperature * log_pi - q_pi)
+    bc = jnp.mean(temperature * log_pi - bc_log_likelihood)
+    loss = jnp.where(bc_phase, bc, rl)
+    return loss, {"log_pi": log_pi.mean(), "bc_log_likelihood": bc_log_likelihood.mean()}
+
+
+def update(state: CQLState, batch: Batch, key: jax.Array, config: CQLConfig) -> tuple[CQLState, Metrics]:
+    """One gradient step on the critics, the actor and the temperature; then the soft target update.
+
+    Args:
+        state: current state.
+        batch: see :func:`critic_terms`; B transitions.
+        key: PRNG key for this step.
+        config: hyperparameters (static under jit).
+
+    Returns:
+        The new state and scalar training metrics (means over the batch).
+    """
+    critic_opt, actor_opt, temp_opt = _optimizers(config)
+    k_critic, k_actor = jax.random.split(key)
+    act_dim = batch["actions"].shape[-1]
+    target_entropy = -float(act_dim) if config.target_entropy is None else config.target_entropy
+
+    # Actor and temperature use the critic before this step's update (as in rlkit).
+    bc_phase = state.step < config.bc_steps
+    (a_loss, a_aux), a_grads = jax.value_and_grad(actor_loss, has_aux=True)(
+        state.actor_params, state.critic_params, state.log_temperature, batch, k_actor, bc_phase, config
+    )
+    a_updates, actor_opt_state = actor_opt.update(a_grads, state.actor_opt_state, state.actor_params)
+    actor_params = optax.apply_updates(state.actor_params, a_updates)
+
+    def temperature_loss(log_temperature: jnp.ndarray) -> jnp.ndarray:
+        return -log_temperature * jax.lax.stop_gradient(a_aux["log_pi"] + target_entropy)
+
+    t_loss, t_grad = jax.value_and_grad(temperature_loss)(state.log_temperature)
+    t_updates, temperature_opt_state = temp_opt.update(t_grad, state.temperature_opt_state)
+    log_temperature = optax.apply_updates(state.log_temperature, t_updates)
+
+    (c_loss, parts), c_grads = jax.value_and_grad(critic_terms, has_aux=True)(
+        state.critic_params,
+        state.target_critic_params,
+        state.actor_params,
+        state.log_temperature,
+        batch,
+        k_critic,
+        config,
+    )
+    c_updates, critic_opt_state = critic_opt.update(c_grads, state.critic_opt_state, state.critic_params)
+    critic_params = optax.apply_updates(state.critic_params, c_updates)
+    target_critic_params = optax.incremental_update(critic_params, state.target_critic_params, config.tau)
+
+    new_state = CQLState(
+        step=state.step + 1,
+        critic_params=critic_params,
+        target_critic_params=target_critic_params,
+        actor_params=actor_params,
+        log_temperature=log_temperature,
+        critic_opt_state=critic_opt_state,
+        actor_opt_state=actor_opt_state,
+        temperature_opt_state=temperature_opt_state,
+    )
+    metrics = {k: v.mean() for k, v in parts.items()}
+    metrics.update(
+        critic_loss=c_loss,
+        actor_loss=a_loss,
+        temperature_loss=t_loss,
+        entropy_temperature=jnp.exp(state.log_temperature),
+        entropy=-a_aux["log_pi"],
+        bc_log_likelihood=a_aux["bc_log_likelihood"],
+    )
+    return new_state, metrics
+
+
+def evaluate_critic(state: CQLState, batch: Batch, key: jax.Array, config: CQLConfig) -> Metrics:
+    """Per-transition workflow metrics on a batch, without updating anything (see :func:`critic_terms`)."""
+    _, parts = critic_terms(
+        state.critic_params,
+        state.target_critic_params,
+        state.actor_params,
+        state.log_temperature,
+        batch,
+        key,
+        config,
+    )
+    return parts
+
+
+@functools.partial(jax.jit, static_argnames=("act_dim", "config"))
+def deterministic_action(
+    actor_params: Any, observations: jnp.ndarray, act_dim: int, config: CQLConfig
+) -> jnp.ndarray:
+    """The evaluation action tanh(mu(s)) for normalised observations (B, obs_dim) -> (B, act_dim)."""
+    _, actor = _networks(config, act_dim)
+    mean, _ = actor.apply(actor_params, observations)
+    return jnp.tanh(mean)
+
+
+def param_counts(state: CQLState) -> dict[str, int]:
+    """Number of parameters of the critic ensemble and of the actor (for comparing capacity, Metric 3.2)."""
+
+    def count(tree: Any) -> int:
+        return int(sum(x.size for x in jax.tree.leaves(tree)))
+
+    return {"critic": count(state.critic_params), "actor": count(state.actor_params)}

@@ -1,0 +1,16 @@
+"""Datasets: the container, validation, splits and HDF5 files."""
+
+from offrl.data.dataset import Dataset, DatasetError, Normalizer, make_dataset, q_value_range, split_episodes
+from offrl.data.hdf5 import fingerprint, load_dataset, save_dataset
+
+__all__ = [
+    "Dataset",
+    "DatasetError",
+    "Normalizer",
+    "make_dataset",
+    "q_value_range",
+    "split_episodes",
+    "fingerprint",
+    "load_dataset",
+    "save_dataset",
+]

@@ -1,0 +1,334 @@
+"""The offline dataset: a validated container of transitions ``(s, a, r, s', done)`` grouped in episodes.
+
+Conventions (D4RL's):
+- ``terminals[t]`` is True when ``s'`` is a true end of the task (no bootstrapping from ``s'``);
+- ``timeouts[t]`` is True when the episode was cut by a time limit (bootstrapping from ``s'`` continues);
+- an episode ends at every transition with ``terminals | timeouts``; the two are never both set.
+
+The on-disk HDF5 schema is documented in ``docs/dataset-format.md`` and implemented in :mod:`offrl.data.hdf5`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
+
+
+class DatasetError(ValueError):
+    """A dataset is malformed. The message names the field, the problem and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """Transitions of a fixed log of experience, in time order, episode after episode.
+
+    Attributes:
+        observations: (N, obs_dim) float32, the state ``s`` of each transition.
+        actions: (N, act_dim) float32, the action ``a`` executed in ``s``.
+        rewards: (N,) float32, ``r(s, a)``.
+        terminals: (N,) bool, True where ``s'`` ends the task (no bootstrap).
+        timeouts: (N,) bool, True where the episode was cut by a time limit (bootstrap continues).
+        next_observations: (N, obs_dim) float32, ``s'``.
+        metadata: free-form facts about the data (task, horizon, noise, behaviour success rate, ...).
+
+    Build one with :func:`make_dataset`, which validates; the constructor itself does not.
+    """
+
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminals: np.ndarray
+    timeouts: np.ndarray
+    next_observations: np.ndarray
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.rewards.shape[0])
+
+    @property
+    def obs_dim(self) -> int:
+        return int(self.observations.shape[1])
+
+    @property
+    def act_dim(self) -> int:
+        return int(self.actions.shape[1])
+
+    @property
+    def episode_ends(self) -> np.ndarray:
+        """(E,) int64, index of the last transition of every episode."""
+        return np.flatnonzero(self.terminals | self.timeouts)
+
+    @property
+    def num_episodes(self) -> int:
+        return int(self.episode_ends.shape[0])
+
+    def episode_slices(self) -> list[slice]:
+        """One ``slice`` into the transition arrays per episode, in order."""
+        ends = self.episode_ends
+        starts = np.concatenate([[0], ends[:-1] + 1])
+        return [slice(int(s), int(e) + 1) for s, e in zip(starts, ends, strict=True)]
+
+    def episode_returns(self) -> np.ndarray:
+        """(E,) float64, the undiscounted return of every episode."""
+        return np.array([self.rewards[s].sum(dtype=np.float64) for s in self.episode_slices()])
+
+    def select_episodes(self, episode_indices: np.ndarray) -> Dataset:
+        """A new dataset with the given episodes (indices into ``episode_slices()``), in the order given."""
+        slices = self.episode_slices()
+        if len(episode_indices) == 0:
+            raise DatasetError("select_episodes got no episodes: ask for at least one episode index")
+        idx = np.concatenate([np.arange(slices[i].start, slices[i].stop) for i in episode_indices])
+        return Dataset(
+            observations=self.observations[idx],
+            actions=self.actions[idx],
+            rewards=self.rewards[idx],
+            terminals=self.terminals[idx],
+            timeouts=self.timeouts[idx],
+            next_observations=self.next_observations[idx],
+            metadata=dict(self.metadata),
+        )
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The transition arrays by their D4RL names."""
+        return {k: getattr(self, k) for k in REQUIRED_KEYS}
+
+
+def _as_flag(name: str, x: np.ndarray) -> np.ndarray:
+    if x.dtype == np.bool_:
+        return x
+    if np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating):
+        if not np.isin(x, (0, 1)).all():
+            bad = np.flatnonzero(~np.isin(x, (0, 1)))[0]
+            raise DatasetError(
+                f"'{name}' must hold only 0/1 or True/False, but {name}[{bad}] = {x[bad]!r}: "
+                f"store it as a boolean array"
+            )
+        return x.astype(bool)
+    raise DatasetError(f"'{name}' has dtype {x.dtype}; it must be bool (or 0/1 integers)")
+
+
+def _as_float(name: str, x: np.ndarray, ndim: int) -> np.ndarray:
+    if x.ndim != ndim:
+        want = "(N,)" if ndim == 1 else "(N, dim)"
+        raise DatasetError(f"'{name}' has shape {x.shape}; expected {want}: reshape it before saving")
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise DatasetError(f"'{name}' has dtype {x.dtype}; it must be numeric (float32 is used)")
+    x = x.astype(np.float32, copy=False)
+    finite = np.isfinite(x)
+    if not finite.all():
+        bad = np.argwhere(~finite)[0]
+        kind = "NaN" if np.isnan(x[tuple(bad)]) else "inf"
+        raise DatasetError(
+            f"'{name}' contains {kind} (first at index {tuple(int(b) for b in bad)}, "
+            f"{int((~finite).sum())} values in all): drop or repair those transitions before training"
+        )
+    return x
+
+
+def make_dataset(
+    arrays: dict[str, Any], metadata: dict[str, Any] | None = None, *, check_continuity: bool = True
+) -> Dataset:
+    """Validate transition arrays and build a :class:`Dataset`.
+
+    Args:
+        arrays: the keys of ``REQUIRED_KEYS``: ``observations`` (N, obs_dim), ``actions`` (N, act_dim),
+            ``rewards`` (N,), ``terminals`` (N,), ``timeouts`` (N,), ``next_observations`` (N, obs_dim).
+            Numeric arrays are converted to float32 and flags to bool.
+        metadata: optional facts; ``action_low`` / ``action_high`` (lists of act_dim floats), when present,
+            are checked against the actions.
+        check_continuity: check that ``observations[t + 1] == next_observations[t]`` inside each episode,
+            which catches missing episode boundaries.
+
+    Returns:
+        The validated dataset.
+
+    Raises:
+        DatasetError: a key is missing, shapes or lengths disagree, a value is NaN/inf, a flag is not 0/1,
+            ``terminals`` and ``timeouts`` are both set on a transition, the last transition ends no
+            episode, an action lies outside the declared bounds, or an episode boundary is missing.
+    """
+    metadata = dict(metadata or {})
+    missing = [k for k in REQUIRED_KEYS if k not in arrays]
+    if missing:
+        raise DatasetError(
+            f"dataset is missing {missing}; a dataset needs {list(REQUIRED_KEYS)} "
+            f"(see docs/dataset-format.md)"
+        )
+    obs = _as_float("observations", np.asarray(arrays["observations"]), 2)
+    next_obs = _as_float("next_observations", np.asarray(arrays["next_observations"]), 2)
+    actions = _as_float("actions", np.asarray(arrays["actions"]), 2)
+    rewards = _as_float("rewards", np.asarray(arrays["rewards"]), 1)
+    lengths = {
+        "observations": obs.shape[0],
+        "actions": actions.shape[0],
+        "rewards": rewards.shape[0],
+        "next_observations": next_obs.shape[0],
+    }
+    for k in ("terminals", "timeouts"):
+        a = np.asarray(arrays[k])
+        if a.ndim != 1:
+            raise DatasetError(f"'{k}' has shape {a.shape}; expected (N,)")
+        lengths[k] = a.shape[0]
+    if len(set(lengths.values())) != 1:
+        raise DatasetError(
+            f"the arrays have different lengths {lengths}: every field needs one entry per transition"
+        )
+    n = lengths["rewards"]
+    if n == 0:
+        raise DatasetError("the dataset is empty (0 transitions): collect or import some data first")
+    terminals = _as_flag("terminals", np.asarray(arrays["terminals"]))
+    timeouts = _as_flag("timeouts", np.asarray(arrays["timeouts"]))
+    if next_obs.shape[1] != obs.shape[1]:
+        raise DatasetError(
+            f"'next_observations' has {next_obs.shape[1]} features but 'observations' has {obs.shape[1]}"
+        )
+    both = terminals & timeouts
+    if both.any():
+        raise DatasetError(
+            f"terminals and timeouts are both set at {int(both.sum())} transition(s) (first at index "
+            f"{int(np.flatnonzero(both)[0])}): a transition either ends the task (terminal) or is cut by a "
+            f"time limit (timeout); clear one of them"
+        )
+    if not (terminals[-1] or timeouts[-1]):
+        raise DatasetError(
+            "the last transition ends no episode (neither terminals[-1] nor timeouts[-1] is set): if the log "
+            "was cut, set timeouts[-1] = True"
+        )
+    low, high = metadata.get("action_low"), metadata.get("action_high")
+    if low is not None and high is not None:
+        low = np.asarray(low, np.float32)
+        high = np.asarray(high, np.float32)
+        if low.shape != (actions.shape[1],) or high.shape != (actions.shape[1],):
+            raise DatasetError(
+                f"metadata action_low/action_high have shapes {low.shape}/{high.shape}; "
+                f"expected ({actions.shape[1]},) to match 'actions'"
+            )
+        tol = 1e-5 * np.maximum(1.0, np.abs(high - low))
+        outside = (actions < low - tol) | (actions > high + tol)
+        if outside.any():
+            i, j = np.argwhere(outside)[0]
+            raise DatasetError(
+                f"'actions' lie outside the declared bounds at {int(outside.any(1).sum())} transition(s) "
+                f"(first: actions[{i}, {j}] = {actions[i, j]:.4g} not in [{low[j]:.4g}, {high[j]:.4g}]): "
+                f"clip the actions or fix metadata action_low/action_high"
+            )
+    if check_continuity and n > 1:
+        ends = terminals | timeouts
+        inside = ~ends[:-1]
+        # Inside an episode the next state of one transition is the state of the following one; a mismatch
+        # means an episode boundary was not marked, and bootstrapping would mix two episodes.
+        gap = np.abs(obs[1:] - next_obs[:-1]).max(axis=1)
+        scale = 1e-4 * np.maximum(1.0, np.abs(obs[1:]).max(axis=1))
+        broken = inside & (gap > scale)
+        if broken.any():
+            t = int(np.flatnonzero(broken)[0])
+            raise DatasetError(
+                f"next_observations[{t}] differs from observations[{t + 1}] but no episode ends at "
+                f"transition {t} ({int(broken.sum())} such places): mark the episode end with "
+                f"timeouts[{t}] = True (or terminals if the task ended there)"
+            )
+    return Dataset(obs, actions, rewards, terminals, timeouts, next_obs, metadata)
+
+
+def split_episodes(
+    dataset: Dataset, heldout_fraction: float = 0.1, seed: int = 0
+) -> tuple[Dataset, Dataset | None]:
+    """Split by whole episodes into training and held-out episodes, deterministically.
+
+    Splitting by episode (not by transition) keeps the held-out transitions from episodes the critic never
+    trained on, so held-out TD error measures generalisation rather than memorisation.
+
+    Args:
+        dataset: the full dataset.
+        heldout_fraction: fraction of episodes held out, in [0, 1). At least one episode is held out when the
+            fraction is positive and the dataset has two or more episodes; none when it has one.
+        seed: seeds the permutation of episodes; the same seed and dataset give the same split.
+
+    Returns:
+        ``(train, heldout)``; ``heldout`` is None when nothing is held out.
+
+    Raises:
+        DatasetError: the fraction is outside [0, 1).
+    """
+    if not 0.0 <= heldout_fraction < 1.0:
+        raise DatasetError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
+    n_ep = dataset.num_episodes
+    n_held = 0 if heldout_fraction == 0 or n_ep < 2 else max(1, int(round(heldout_fraction * n_ep)))
+    n_held = min(n_held, n_ep - 1)
+    if n_held == 0:
+        return dataset, None
+    perm = np.random.default_rng(seed).permutation(n_ep)
+    held = np.sort(perm[:n_held])
+    train = np.sort(perm[n_held:])
+    return dataset.select_episodes(train), dataset.select_episodes(held)
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalizer:
+    """Per-feature observation normalisation ``(s - mean) / std``, fit on training episodes only.
+
+    Attributes:
+        mean: (obs_dim,) float32.
+        std: (obs_dim,) float32, at least ``min_std`` so constant features map to 0 rather than dividing by 0.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, observations: np.ndarray, min_std: float = 1e-3) -> Normalizer:
+        """Fit to (N, obs_dim) observations."""
+        mean = observations.mean(axis=0, dtype=np.float64).astype(np.float32)
+        std = observations.std(axis=0, dtype=np.float64).astype(np.float32)
+        return cls(mean=mean, std=np.maximum(std, np.float32(min_std)))
+
+    @classmethod
+    def identity(cls, obs_dim: int) -> Normalizer:
+        return cls(mean=np.zeros(obs_dim, np.float32), std=np.ones(obs_dim, np.float32))
+
+    def __call__(self, observations: np.ndarray) -> np.ndarray:
+        return ((observations - self.mean) / self.std).astype(np.float32)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, list[float]]) -> Normalizer:
+        return cls(mean=np.asarray(d["mean"], np.float32), std=np.asarray(d["std"], np.float32))
+
+
+def q_value_range(dataset: Dataset, gamma: float) -> dict[str, Any]:
+    """The range of Q-values that the dataset's rewards allow, for judging the size of Q errors (paper Sec. 3).
+
+    When every nonzero reward sits on a terminal transition (sparse reward that ends the episode, as in
+    ``offrl collect`` with ``terminate_on_success``), a return collects at most one such reward, so
+    ``Q in [min(0, r_min), max(0, r_max)]``. Otherwise rewards can repeat and the bound is the discounted sum
+    over the effective horizon ``H = min(longest episode, 1 / (1 - gamma))`` (the paper uses the task horizon,
+    30, in Scenario #2): ``Q in [min(0, r_min) * H, max(0, r_max) * H]``.
+
+    Args:
+        dataset: the training data.
+        gamma: discount factor in [0, 1).
+
+    Returns:
+        ``{"q_min", "q_max", "effective_horizon", "reward_only_at_terminals", "r_min", "r_max"}`` (floats;
+        effective_horizon in steps).
+    """
+    r_min, r_max = float(dataset.rewards.min()), float(dataset.rewards.max())
+    lengths = np.diff(np.concatenate([[-1], dataset.episode_ends]))
+    horizon = float(min(lengths.max(), 1.0 / (1.0 - gamma)))
+    nonzero = dataset.rewards != 0
+    only_terminal = bool(nonzero.any() and not (nonzero & ~dataset.terminals).any())
+    scale = 1.0 if only_terminal else horizon
+    return {
+        "q_min": min(0.0, r_min) * scale,
+        "q_max": max(0.0, r_max) * scale,
+        "effective_horizon": horizon,
+        "reward_only_at_terminals": only_terminal,
+        "r_min": r_min,
+        "r_max": r_max,
+    }

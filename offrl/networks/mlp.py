@@ -1,0 +1,35 @@
+"""Multi-layer perceptron, the building block of the state-based critics and actors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class MLP(nn.Module):
+    """Dense layers with ReLU between them.
+
+    Attributes:
+        hidden_dims: widths of the hidden layers, then the output width when ``output_dim`` is None.
+        output_dim: width of a final linear layer (no activation); None to end on the last hidden layer.
+        activate_final: apply ReLU after the last layer (only when ``output_dim`` is None).
+
+    Input (..., in_dim) float32 -> output (..., output_dim or hidden_dims[-1]) float32.
+    """
+
+    hidden_dims: Sequence[int]
+    output_dim: int | None = None
+    activate_final: bool = False
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        n = len(self.hidden_dims)
+        for i, width in enumerate(self.hidden_dims):
+            x = nn.Dense(width)(x)
+            if i < n - 1 or self.activate_final or self.output_dim is not None:
+                x = nn.relu(x)
+        if self.output_dim is not None:
+            x = nn.Dense(self.output_dim)(x)
+        return x

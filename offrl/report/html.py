@@ -1,0 +1,675 @@
+"""Self-contained HTML report for one training run.
+
+``write_report(run_dir)`` reads only files inside the run directory (``config.json``,
+``metrics.jsonl`` and, when present, ``diagnosis.json`` and ``evaluation.json``) and writes a
+single ``report.html`` with the figures embedded as base64 PNGs: no external CSS, JS or network
+access, so the file can be mailed around or opened from a copied run directory.
+
+Figures are drawn with matplotlib's Agg canvas through the object-oriented API (``Figure`` +
+``FigureCanvasAgg``), so the report never touches pyplot's global state or the user's
+interactive backend, and nothing needs closing afterwards.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogFormatter
+
+__all__ = ["load_metrics", "write_report"]
+
+TRAIN_COMMAND = "offrl train"
+DIAGNOSE_COMMAND = "offrl diagnose"
+EVALUATE_COMMAND = "offrl evaluate"
+
+HELDOUT = "heldout/"
+TRAIN_LOSS = "train/"
+FIG_WIDTH_IN = 9.0
+FIG_DPI = 100
+
+VERDICT_COLOURS = {
+    "healthy": "#1e8449",
+    "overfitting": "#c0392b",
+    "underfitting": "#d68910",
+    "diverged": "#7b241c",
+    "inconclusive": "#566573",
+}
+TRAIN_COLOUR = "#1f77b4"
+HELDOUT_COLOUR = "#ff7f0e"
+PEAK_COLOUR = "#8e44ad"
+SELECTED_COLOUR = "#1e8449"
+SUCCESS_COLOUR = "#555555"
+
+
+# --------------------------------------------------------------------------------------------
+# reading the run directory
+
+
+def load_metrics(run_dir: str | Path) -> list[dict]:
+    """Parse ``run_dir/metrics.jsonl`` into a list of records (file order).
+
+    A torn last line (the writer was interrupted mid-append) is dropped silently; an unparseable
+    line elsewhere is dropped with a warning. Blank lines and non-object lines are ignored.
+    Raises FileNotFoundError if the file does not exist.
+    """
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: metrics.jsonl is written by `{TRAIN_COMMAND}` at every checkpoint"
+        )
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    records: list[dict] = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            if i != len(lines) - 1:
+                warnings.warn(f"{path}: skipping unparseable line {i + 1}", stacklevel=2)
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
+
+
+def _read_json(path: Path) -> tuple[dict | None, str | None]:
+    """(data, None) for a readable JSON object, (None, error text) otherwise, (None, None) if absent."""
+    if not path.is_file():
+        return None, None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return None, f"{path.name} could not be read ({exc})"
+    if not isinstance(data, dict):
+        return None, f"{path.name} does not contain a JSON object"
+    return data, None
+
+
+def _num(value: Any) -> float:
+    """A float for numbers, NaN for null / strings / booleans / anything else."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return math.nan
+    try:
+        return float(value)
+    except OverflowError:  # an int too large for a float
+        return math.nan
+
+
+def _step(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return int(value)
+
+
+def _by_step(records: list[dict]) -> list[dict]:
+    """Records with a usable step, sorted by step; for a repeated step (resumed run) the last wins."""
+    out: dict[int, dict] = {}
+    for rec in records:
+        s = _step(rec.get("step"))
+        if s is not None:
+            out[s] = rec
+    return [out[s] for s in sorted(out)]
+
+
+def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """Finite (step, value) pairs for ``key``."""
+    xs, ys = [], []
+    for rec in records:
+        y = _num(rec.get(key))
+        if math.isfinite(y):
+            xs.append(int(rec["step"]))
+            ys.append(y)
+    return xs, ys
+
+
+# --------------------------------------------------------------------------------------------
+# figures
+
+
+def _fmt_step_tick(x: float, _pos: Any = None) -> str:
+    ax = abs(x)
+    if ax >= 1e6:
+        return f"{x / 1e6:g}M"
+    if ax >= 1e3:
+        return f"{x / 1e3:g}k"
+    return f"{x:g}"
+
+
+class _PlainLogFormatter(LogFormatter):
+    """LogFormatter's choice of which ticks to label, but "0.6" instead of "6e-01"."""
+
+    def __call__(self, x: float, pos: Any = None) -> str:
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+def _new_figure(height_in: float, nrows: int = 1, ncols: int = 1) -> tuple[Figure, Any]:
+    fig = Figure(figsize=(FIG_WIDTH_IN, height_in), dpi=FIG_DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _style_axes(ax: Any, ylabel: str | None = None) -> None:
+    ax.xaxis.set_major_formatter(FuncFormatter(_fmt_step_tick))
+    ax.set_xlabel("gradient steps")
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def _legend_below(fig: Figure, handles: list, labels: list) -> None:
+    """Legend outside the axes, under them, so it never hides data."""
+    if handles:
+        fig.legend(
+            handles,
+            labels,
+            loc="outside lower center",
+            ncols=min(3, len(handles)),
+            fontsize="small",
+            frameon=False,
+        )
+
+
+def _to_png_b64(fig: Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=FIG_DPI)
+    fig.clear()
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _plot_pair(ax: Any, records: list[dict], key: str) -> int:
+    """Training and held-out lines for ``key``; returns how many lines were drawn."""
+    drawn = 0
+    for k, label, colour in (
+        (key, "training batches", TRAIN_COLOUR),
+        (HELDOUT + key, "held-out", HELDOUT_COLOUR),
+    ):
+        xs, ys = _series(records, k)
+        if xs:
+            ax.plot(xs, ys, marker="o", markersize=3.5, linewidth=1.6, color=colour, label=label)
+            drawn += 1
+    return drawn
+
+
+def _mark_steps(ax: Any, diagnosis: dict | None) -> None:
+    if not diagnosis:
+        return
+    peak, selected = _step(diagnosis.get("peak_step")), _step(diagnosis.get("selected_step"))
+    if selected is not None:
+        ax.axvline(
+            selected,
+            color=SELECTED_COLOUR,
+            linewidth=2.2,
+            alpha=0.8,
+            label=f"selected checkpoint ({selected})",
+        )
+    if peak is not None:
+        ax.axvline(peak, color=PEAK_COLOUR, linewidth=1.5, linestyle="--", label=f"peak step ({peak})")
+
+
+def _metric_figure(
+    records: list[dict],
+    key: str,
+    title: str,
+    diagnosis: dict | None,
+    log_if_positive: bool = False,
+    hline: tuple[float, str] | None = None,
+) -> str | None:
+    fig, axes = _new_figure(3.6)
+    ax = axes[0][0]
+    if not _plot_pair(ax, records, key):
+        fig.clear()
+        return None
+    if log_if_positive:
+        ys = _series(records, key)[1] + _series(records, HELDOUT + key)[1]
+        if ys and min(ys) > 0:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+            ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    if hline is not None:
+        ax.axhline(hline[0], color="#c0392b", linestyle=":", linewidth=1.8, label=hline[1])
+    _mark_steps(ax, diagnosis)
+    _style_axes(ax, key)
+    ax.set_title(title, loc="left", fontsize=11)
+    _legend_below(fig, *ax.get_legend_handles_labels())
+    return _to_png_b64(fig)
+
+
+def _q_data_figure(records: list[dict], diagnosis: dict | None, evaluation: dict | None) -> str | None:
+    fig, axes = _new_figure(4.2)
+    ax = axes[0][0]
+    if not _plot_pair(ax, records, "q_data"):
+        fig.clear()
+        return None
+    _mark_steps(ax, diagnosis)
+    _style_axes(ax, "average Q on dataset actions")
+    ax.set_title("q_data: average Q-value of dataset actions", loc="left", fontsize=11)
+    handles, labels = ax.get_legend_handles_labels()
+    xs, ys = _success_series(evaluation)
+    if xs:
+        ax2 = ax.twinx()
+        ax2.plot(
+            xs,
+            ys,
+            marker="s",
+            markersize=4,
+            linestyle=":",
+            linewidth=1.4,
+            color=SUCCESS_COLOUR,
+            label="success rate (analysis only: not used for selection)",
+        )
+        ax2.set_ylim(-0.03, 1.03)
+        ax2.set_ylabel("success rate\n(analysis only)", color=SUCCESS_COLOUR)
+        ax2.tick_params(axis="y", colors=SUCCESS_COLOUR)
+        ax2.spines["top"].set_visible(False)
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    _legend_below(fig, handles, labels)
+    return _to_png_b64(fig)
+
+
+def _loss_figure(records: list[dict], diagnosis: dict | None) -> str | None:
+    keys = sorted({k for rec in records for k in rec if isinstance(k, str) and k.startswith(TRAIN_LOSS)})
+    keys = [k for k in keys if _series(records, k)[0]]
+    if not keys:
+        return None
+    ncols = min(3, len(keys))
+    nrows = math.ceil(len(keys) / ncols)
+    fig, axes = _new_figure(2.5 * nrows + 0.3, nrows, ncols)
+    selected = _step((diagnosis or {}).get("selected_step"))
+    for i, ax in enumerate(axes.flat):
+        if i >= len(keys):
+            ax.set_visible(False)
+            continue
+        xs, ys = _series(records, keys[i])
+        ax.plot(xs, ys, marker="o", markersize=2.5, linewidth=1.3, color=TRAIN_COLOUR)
+        if selected is not None:
+            ax.axvline(selected, color=SELECTED_COLOUR, linewidth=1.5, alpha=0.6)
+        _style_axes(ax)
+        ax.set_title(keys[i][len(TRAIN_LOSS) :], fontsize=10)
+        ax.tick_params(labelsize=8)
+        ax.xaxis.label.set_size(8)
+    return _to_png_b64(fig)
+
+
+def _success_series(evaluation: dict | None) -> tuple[list[int], list[float]]:
+    pts: dict[int, float] = {}
+    for r in _eval_results(evaluation):
+        pts[r["step"]] = r["success_rate"]
+    xs = sorted(s for s in pts if math.isfinite(pts[s]))
+    return xs, [pts[s] for s in xs]
+
+
+def _eval_results(evaluation: dict | None) -> list[dict]:
+    out = []
+    results = (evaluation or {}).get("results")
+    for r in results if isinstance(results, list) else []:
+        if not isinstance(r, dict) or _step(r.get("step")) is None:
+            continue
+        out.append({**r, "step": _step(r.get("step")), "success_rate": _num(r.get("success_rate"))})
+    return sorted(out, key=lambda r: r["step"])
+
+
+# --------------------------------------------------------------------------------------------
+# HTML
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: Any) -> str:
+    """Escaped display text for a value from a file."""
+    if value is None:
+        return "&ndash;"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return _e(f"{value:.4g}") if math.isfinite(value) else _e(str(value))
+    if isinstance(value, int | str):
+        return _e(value)
+    text = json.dumps(value, default=str, allow_nan=True)
+    return _e(text if len(text) <= 400 else text[:400] + " ...")
+
+
+def _table(rows: list[tuple[str, Any]], header: tuple[str, str] | None = None) -> str:
+    head = f"<tr><th>{_e(header[0])}</th><th>{_e(header[1])}</th></tr>" if header else ""
+    body = "".join(f"<tr><td class='k'>{_e(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in rows)
+    return f"<table>{head}{body}</table>"
+
+
+def _img(b64: str | None, alt: str, missing: str) -> str:
+    if b64 is None:
+        return f"<p class='note'>{_e(missing)}</p>"
+    return f'<img src="data:image/png;base64,{b64}" alt="{_e(alt)}">'
+
+
+def _not_run(what: str, command: str, run_dir: Path, err: str | None) -> str:
+    if err:
+        return f"<p class='note'>{_e(err)}; re-run <code>{_e(command)} {_e(run_dir)}</code>.</p>"
+    return f"<p class='note'>{_e(what)} not run yet: run <code>{_e(command)} {_e(run_dir)}</code>.</p>"
+
+
+def _verdict_box(diagnosis: dict | None, diag_err: str | None, run_dir: Path) -> str:
+    if diagnosis is None:
+        return (
+            "<div class='verdict' style='border-color:#999'><div class='v' style='color:#777'>"
+            "no diagnosis</div>" + _not_run("Diagnosis", DIAGNOSE_COMMAND, run_dir, diag_err) + "</div>"
+        )
+    verdict = str(diagnosis.get("verdict") or "unknown")
+    colour = VERDICT_COLOURS.get(verdict, "#566573")
+    selected = _step(diagnosis.get("selected_step"))
+    peak = _step(diagnosis.get("peak_step"))
+    parts = [
+        f"<div class='verdict' style='border-color:{colour}'>",
+        f"<div class='v' style='color:{colour}'>{_e(verdict)}</div>",
+        "<p class='sel'>Selected checkpoint: "
+        + (f"<b>step {selected}</b>" if selected is not None else "<b>none</b>")
+        + (f" &nbsp;&middot;&nbsp; peak step: {peak}" if peak is not None else "")
+        + "</p>",
+    ]
+    if diagnosis.get("selection_rule"):
+        parts.append(f"<p class='rule'>Selection rule: {_e(diagnosis['selection_rule'])}</p>")
+    if diagnosis.get("recommendation"):
+        parts.append(f"<p class='rec'>{_e(diagnosis['recommendation'])}</p>")
+    reasons = diagnosis.get("reasons")
+    if isinstance(reasons, list) and reasons:
+        parts.append("<ul>" + "".join(f"<li>{_e(r)}</li>" for r in reasons) + "</ul>")
+    compared = diagnosis.get("compared_runs")
+    if isinstance(compared, list) and compared:
+        parts.append(
+            "<p class='rule'>Compared with: " + ", ".join(f"<code>{_e(c)}</code>" for c in compared) + "</p>"
+        )
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _q_range_width(diagnosis: dict | None) -> float | None:
+    q_range = (diagnosis or {}).get("q_range")
+    if isinstance(q_range, list | tuple) and len(q_range) == 2:
+        lo, hi = _num(q_range[0]), _num(q_range[1])
+        if math.isfinite(lo) and math.isfinite(hi):
+            return hi - lo
+    return None
+
+
+def _comparison_table(evaluation: dict, diagnosis: dict | None) -> str:
+    results = [r for r in _eval_results(evaluation) if math.isfinite(r["success_rate"])]
+    if not results:
+        return "<p class='note'>evaluation.json has no usable results.</p>"
+    by_step = {r["step"]: r for r in results}
+
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return "not evaluated"
+        extra = ""
+        if _step(r.get("successes")) is not None and _step(r.get("episodes")) is not None:
+            extra = f" ({_step(r['successes'])}/{_step(r['episodes'])})"
+        return f"{r['success_rate']:.0%}{extra}"
+
+    selected = _step((diagnosis or {}).get("selected_step"))
+    best = max(results, key=lambda r: (r["success_rate"], -r["step"]))
+    last = results[-1]
+    if diagnosis is None:
+        sel_row = ("selected (workflow)", "no diagnosis yet", "&ndash;")
+    elif selected is None:
+        sel_row = ("selected (workflow)", "none selected", "&ndash;")
+    else:
+        sel_row = ("selected (workflow)", str(selected), _e(cell(by_step.get(selected))))
+    about = []
+    if evaluation.get("task"):
+        about.append(f"task {evaluation['task']}")
+    if _step(evaluation.get("episodes")) is not None:
+        about.append(f"{_step(evaluation['episodes'])} episodes per checkpoint")
+    about.append(f"{len(results)} checkpoint(s) evaluated")
+    rows = [
+        sel_row,
+        ("best in hindsight", str(best["step"]), _e(cell(best))),
+        ("last checkpoint", str(last["step"]), _e(cell(last))),
+    ]
+    body = "".join(f"<tr><td class='k'>{_e(a)}</td><td>{_e(b)}</td><td>{c}</td></tr>" for a, b, c in rows)
+    return (
+        f"<p class='caption'>Evaluation: {_e(', '.join(about))}.</p>"
+        "<table><tr><th>checkpoint</th><th>step</th><th>success rate</th></tr>" + body + "</table>"
+        "<p class='note'>Analysis only: evaluation results are not used for selection. "
+        "&ldquo;Best in hindsight&rdquo; needs online rollouts the workflow assumes you do not have.</p>"
+    )
+
+
+def _config_rows(config: dict) -> list[tuple[str, Any]]:
+    def sub(name: str) -> dict:
+        v = config.get(name)
+        return v if isinstance(v, dict) else {}
+
+    dataset, agent, training = sub("dataset"), sub("agent"), sub("training")
+    versions = sub("versions")
+    fingerprint = dataset.get("fingerprint")
+    rows: list[tuple[str, Any]] = [
+        ("algorithm", config.get("algo")),
+        ("dataset path", dataset.get("path")),
+        ("dataset task", dataset.get("task")),
+        ("dataset fingerprint", fingerprint[:16] if isinstance(fingerprint, str) else fingerprint),
+        ("gradient steps", training.get("steps")),
+        ("checkpoint every", training.get("checkpoint_every")),
+        ("seed", config.get("seed")),
+        ("CQL alpha", agent.get("alpha")),
+        ("discount gamma", agent.get("gamma")),
+        ("target update tau", agent.get("tau")),
+        ("offrl version", config.get("offrl_version")),
+    ]
+    rows += [(f"{k} version", v) for k, v in sorted(versions.items())]
+    return rows
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;color:#222;
+margin:0;background:#f6f7f9;line-height:1.45}
+main{max-width:1000px;margin:0 auto;padding:24px 28px 48px;background:#fff;min-height:100vh}
+h1{font-size:1.6em;margin:0 0 4px}h2{font-size:1.2em;margin:32px 0 8px;border-bottom:1px solid #e3e3e3;
+padding-bottom:4px}
+.sub{color:#666;margin:0 0 18px;font-size:.92em}
+.verdict{border:2px solid;border-left-width:10px;border-radius:6px;padding:14px 18px;margin:12px 0 8px}
+.verdict .v{font-size:2.2em;font-weight:700;text-transform:uppercase;letter-spacing:.04em}
+.sel{font-size:1.1em;margin:6px 0}.rule{color:#555;font-size:.92em;margin:4px 0}.rec{margin:10px 0 6px}
+.verdict ul{margin:6px 0 0;padding-left:22px}
+img{width:100%;height:auto;display:block;margin:6px 0}
+.note{color:#555;font-size:.92em;background:#f3f4f6;border-radius:4px;padding:6px 10px}
+.caption{color:#555;font-size:.92em;margin:2px 0 0}
+.warn{color:#8a5a00;font-weight:600}
+table{border-collapse:collapse;margin:8px 0;font-size:.93em;min-width:50%}
+th,td{border:1px solid #ddd;padding:4px 10px;text-align:left;vertical-align:top;word-break:break-word}
+th{background:#f0f2f5}td.k{font-weight:600;white-space:nowrap}
+code{background:#f0f2f5;padding:1px 4px;border-radius:3px;font-size:.92em}
+"""
+
+
+def _missing(records: list[dict], key: str) -> str:
+    """Why there is no figure for ``key``: never recorded, or recorded without a finite value."""
+    if any(k in rec for rec in records for k in (key, HELDOUT + key)):
+        return (
+            f"{key} is in metrics.jsonl but has no finite value (all NaN, null or infinite), "
+            "as happens when training diverges."
+        )
+    return f"No {key} recorded in metrics.jsonl."
+
+
+def _build_html(
+    run_dir: Path,
+    config: dict,
+    records: list[dict],
+    diagnosis: dict | None,
+    diag_err: str | None,
+    evaluation: dict | None,
+    eval_err: str | None,
+) -> str:
+    name = run_dir.resolve().name or str(run_dir)
+    last = records[-1]
+    time_s = _num(last.get("time_s"))
+    summary = f"{len(records)} checkpoint(s), last at step {last['step']}"
+    if math.isfinite(time_s):
+        summary += (
+            f", {time_s / 3600:.1f} h elapsed" if time_s >= 7200 else f", {time_s / 60:.1f} min elapsed"
+        )
+    task = (config.get("dataset") or {}).get("task") if isinstance(config.get("dataset"), dict) else None
+    if task:
+        summary += f", task {task}"
+
+    q_width = _q_range_width(diagnosis)
+    figs = [
+        (
+            "Average dataset Q-value (overfitting check)",
+            _q_data_figure(records, diagnosis, evaluation),
+            _missing(records, "q_data"),
+            "With overfitting, the average Q-value on dataset actions rises and then falls as training continues; "
+            "the workflow selects a checkpoint near the peak. Held-out data makes the drop easier to see.",
+        ),
+        (
+            "TD error",
+            _metric_figure(
+                records, "td_error", "td_error: temporal-difference error", diagnosis, log_if_positive=True
+            ),
+            _missing(records, "td_error"),
+            "A TD error that stays high on the training batches suggests underfitting.",
+        ),
+        (
+            "CQL regularizer",
+            _metric_figure(
+                records,
+                "cql_regularizer",
+                "cql_regularizer: Q on sampled actions minus Q on dataset actions",
+                diagnosis,
+            ),
+            _missing(records, "cql_regularizer"),
+            "A CQL regularizer that stays high together with a high TD error suggests underfitting.",
+        ),
+        (
+            "Q-value error estimate",
+            _metric_figure(
+                records,
+                "q_error_estimate",
+                "q_error_estimate",
+                diagnosis,
+                hline=(q_width, "Q range allowed by rewards") if q_width is not None else None,
+            ),
+            _missing(records, "q_error_estimate"),
+            "An estimated Q error comparable to the Q range allowed by the rewards means the Q-values carry "
+            "little information."
+            + ("" if q_width is not None else " (No diagnosis yet, so the Q range is not drawn.)"),
+        ),
+        (
+            "Training losses",
+            _loss_figure(records, diagnosis),
+            "No train/* losses recorded in metrics.jsonl.",
+            "Averages of the training losses between checkpoints.",
+        ),
+    ]
+
+    out = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>offrl report: {_e(name)}</title><style>{CSS}</style></head><body><main>",
+        f"<h1>offrl report: {_e(name)}</h1>",
+        f"<p class='sub'>{_e(summary)}</p>",
+        "<h2>Diagnosis</h2>",
+        _verdict_box(diagnosis, diag_err, run_dir),
+    ]
+    for i, (title, b64, missing, caption) in enumerate(figs, start=1):
+        out.append(f"<h2>Figure {i}: {_e(title)}</h2>")
+        out.append(_img(b64, title, missing))
+        if b64 is not None:
+            out.append(f"<p class='caption'>{_e(caption)}</p>")
+        if i == 1:
+            if evaluation is not None:
+                out.append(
+                    "<p class='caption warn'>Grey dotted line: success rate from evaluation.json, "
+                    "analysis only: not used for selection.</p>"
+                )
+            else:
+                out.append(
+                    _not_run("Evaluation (optional, analysis only)", EVALUATE_COMMAND, run_dir, eval_err)
+                )
+
+    out.append("<h2>Evidence</h2>")
+    evidence = (diagnosis or {}).get("evidence")
+    if isinstance(evidence, dict) and evidence:
+        out.append(_table([(str(k), v) for k, v in evidence.items()], ("name", "value")))
+    elif diagnosis is None:
+        out.append(_not_run("Diagnosis", DIAGNOSE_COMMAND, run_dir, diag_err))
+    else:
+        out.append("<p class='note'>diagnosis.json lists no evidence.</p>")
+
+    out.append("<h2>Configuration</h2>")
+    out.append(_table(_config_rows(config), ("setting", "value")))
+
+    out.append("<h2>Selected vs best vs last (analysis only: not used for selection)</h2>")
+    if evaluation is not None:
+        out.append(_comparison_table(evaluation, diagnosis))
+    else:
+        out.append(_not_run("Evaluation (optional, analysis only)", EVALUATE_COMMAND, run_dir, eval_err))
+    out.append("</main></body></html>\n")
+    return "\n".join(out)
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write a self-contained HTML report for ``run_dir``; returns the path written.
+
+    The default output is ``run_dir/report.html``. Only files inside ``run_dir`` are read. The
+    file is written atomically (``<out>.tmp`` next to it, then ``os.replace``).
+    Raises FileNotFoundError if ``config.json`` or ``metrics.jsonl`` is missing or
+    ``metrics.jsonl`` has no complete record yet.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(
+            f"run directory {run_dir} not found (run directories are created by `{TRAIN_COMMAND}`)"
+        )
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{config_path} not found: is {run_dir} a run directory? "
+            f"config.json is written by `{TRAIN_COMMAND}` when a run starts"
+        )
+    config, err = _read_json(config_path)
+    if config is None:
+        raise ValueError(f"{err}: cannot build a report for {run_dir}")
+    records = _by_step(load_metrics(run_dir))
+    if not records:
+        raise FileNotFoundError(
+            f"{run_dir / 'metrics.jsonl'} has no complete record yet: `{TRAIN_COMMAND}` "
+            "appends one at every checkpoint; wait for the first checkpoint"
+        )
+    diagnosis, diag_err = _read_json(run_dir / "diagnosis.json")
+    evaluation, eval_err = _read_json(run_dir / "evaluation.json")
+
+    text = _build_html(run_dir, config, records, diagnosis, diag_err, evaluation, eval_err)
+
+    out_path = Path(out) if out is not None else run_dir / "report.html"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out_path

@@ -1,0 +1,169 @@
+"""The run directory: resolved config, metrics log and checkpoints, written so that nothing is lost.
+
+Layout::
+
+    RUN_DIR/config.json       resolved config, seed, dataset fingerprint, package versions (written once)
+    RUN_DIR/metrics.jsonl     one JSON object per checkpoint, appended and flushed
+    RUN_DIR/checkpoints/STEP/ one Orbax checkpoint per checkpoint step (atomic: temporary folder + rename,
+                              with a commit marker), holding the agent state and a JSON description
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import tempfile
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def offrl_version() -> str:
+    try:
+        return importlib_metadata.version("offrl")
+    except importlib_metadata.PackageNotFoundError:  # running from a source tree that was not installed
+        return "0+unknown"
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and the packages that decide numerical results."""
+    out = {"python": platform.python_version(), "offrl": offrl_version()}
+    for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "h5py", "metaworld", "mujoco"):
+        try:
+            out[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file so that readers see the old content or the new, never a torn file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(x: Any) -> Any:
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Atomic JSON write; NaN/inf become null so that the file stays standard JSON."""
+    atomic_write_text(path, json.dumps(_finite(obj), indent=2, default=_json_default) + "\n")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:
+    """Append one record to metrics.jsonl as a single line, flushed and fsynced."""
+    line = json.dumps(_finite(record), default=_json_default)
+    with open(Path(run_dir) / METRICS_FILE, "a") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """All complete records of metrics.jsonl, in order; a torn last line (a crash mid-write) is dropped.
+
+    Raises:
+        FileNotFoundError: the run has no metrics.jsonl.
+        ValueError: a line other than the last is not valid JSON (the file was edited or corrupted).
+    """
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a run directory made by `offrl train`?")
+    lines = path.read_text().splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}, line {i + 1} is not valid JSON ({e}): the log is corrupted") from e
+    return records
+
+
+def truncate_metrics(run_dir: str | Path, max_step: int) -> None:
+    """Keep only records with ``step <= max_step`` (used on resume, after the last complete checkpoint)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return
+    keep = [r for r in read_metrics(run_dir) if int(r["step"]) <= max_step]
+    atomic_write_text(path, "".join(json.dumps(_finite(r)) + "\n" for r in keep))
+
+
+def checkpoint_manager(run_dir: str | Path) -> ocp.CheckpointManager:
+    """Orbax manager over RUN_DIR/checkpoints, synchronous so a checkpoint is complete when save returns."""
+    return ocp.CheckpointManager(
+        Path(run_dir).absolute() / CHECKPOINT_DIR,
+        options=ocp.CheckpointManagerOptions(max_to_keep=None, enable_async_checkpointing=False, create=True),
+    )
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any]) -> None:
+    """Save the agent state and its JSON description at a step (atomic; an existing step is never replaced)."""
+    if step in manager.all_steps():
+        raise FileExistsError(f"checkpoint {step} already exists in {manager.directory}: refusing to replace it")
+    manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(_finite(meta))),
+    )
+    manager.wait_until_finished()
+
+
+def restore_checkpoint(manager: ocp.CheckpointManager, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
+    """Restore ``(state, meta)`` at a step; ``like`` is a state of the same structure (e.g. a fresh init)."""
+    if step not in manager.all_steps():
+        raise FileNotFoundError(
+            f"no checkpoint at step {step} in {manager.directory}; available: {list(manager.all_steps())}"
+        )
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    restored = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+    )
+    return restored["state"], restored["meta"]
+
+
+def checkpoint_steps(run_dir: str | Path) -> list[int]:
+    """Steps of the complete checkpoints of a run, ascending (incomplete temporary folders are ignored)."""
+    if not (Path(run_dir) / CHECKPOINT_DIR).is_dir():
+        return []
+    return sorted(checkpoint_manager(run_dir).all_steps())

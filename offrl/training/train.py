@@ -1,0 +1,351 @@
+"""The training loop: compiled chunks of gradient steps, workflow metrics at every checkpoint, resume.
+
+Gradient steps run inside ``lax.scan`` over chunks of ``log_every`` steps with the dataset resident on the
+device and minibatches sampled on the device, so the host syncs once per chunk; the loop around the chunks
+stays in Python so checkpoints, metrics and the progress bar are easy to follow (Unifloral / ReBRAC style).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from offrl.agents import cql
+from offrl.data import Dataset, Normalizer, fingerprint, load_dataset, q_value_range, split_episodes
+from offrl.training import run_dir as rd
+
+# Transitions per evaluation chunk: the workflow metrics are computed in fixed-size chunks (padded and masked)
+# so evaluation sets of any size compile once.
+_EVAL_CHUNK = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """What `offrl train` does. Units: steps are gradient steps."""
+
+    dataset: Path
+    """HDF5 dataset (``offrl collect`` or any file in the schema of docs/dataset-format.md)."""
+    out: Path
+    """Run directory to create."""
+    steps: int = 100_000
+    """Gradient steps in all."""
+    checkpoint_every: int = 5_000
+    """Gradient steps between checkpoints (the paper: 5 epochs of 1,000 steps); metrics are logged at each."""
+    log_every: int = 500
+    """Gradient steps per compiled chunk; training losses are averaged over each checkpoint interval."""
+    batch_size: int = 256
+    """Transitions per gradient step."""
+    seed: int = 0
+    """Seeds the network initialisation, minibatch sampling and the held-out split."""
+    heldout_fraction: float = 0.1
+    """Fraction of episodes held out from training, for the held-out metrics (0 for none)."""
+    eval_transitions: int = 10_000
+    """Size of the fixed evaluation sets of training and held-out transitions (at most this many each)."""
+    normalize_observations: bool = True
+    """Standardise observations with statistics of the training episodes."""
+    overwrite: bool = False
+    """Delete an existing run directory first. Without it an existing run is never touched."""
+    resume: bool = False
+    """Continue an existing run from its last complete checkpoint."""
+    progress: bool = True
+    """Show a progress bar with steps/s."""
+    agent: cql.CQLConfig = dataclasses.field(default_factory=cql.CQLConfig)
+    """CQL hyperparameters."""
+
+
+class TrainingDiverged(RuntimeError):
+    """Losses or Q-values became NaN/inf; the last good checkpoint is kept."""
+
+
+def _chunk_size(config: TrainConfig) -> int:
+    return math.gcd(config.log_every, config.checkpoint_every, config.steps)
+
+
+def _device_arrays(ds: Dataset, normalizer: Normalizer) -> dict[str, jnp.ndarray]:
+    return {
+        "observations": jnp.asarray(normalizer(ds.observations)),
+        "actions": jnp.asarray(ds.actions),
+        "rewards": jnp.asarray(ds.rewards),
+        "terminals": jnp.asarray(ds.terminals, jnp.float32),
+        "next_observations": jnp.asarray(normalizer(ds.next_observations)),
+    }
+
+
+def _eval_arrays(
+    ds: Dataset, normalizer: Normalizer, max_transitions: int, seed: int
+) -> tuple[dict[str, jnp.ndarray], jnp.ndarray]:
+    """A fixed subset of transitions, padded to whole chunks: (num_chunks, _EVAL_CHUNK, ...) and a mask."""
+    n = len(ds)
+    idx = np.arange(n) if n <= max_transitions else np.sort(np.random.default_rng(seed).permutation(n)[:max_transitions])
+    arrays = {k: np.asarray(v)[idx] for k, v in _device_arrays(ds, normalizer).items()}
+    m = len(idx)
+    chunks = -(-m // _EVAL_CHUNK)
+    pad = chunks * _EVAL_CHUNK - m
+    out = {
+        k: jnp.asarray(np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]).reshape(chunks, _EVAL_CHUNK, *v.shape[1:]))
+        for k, v in arrays.items()
+    }
+    mask = jnp.asarray(np.concatenate([np.ones(m, np.float32), np.zeros(pad, np.float32)]).reshape(chunks, _EVAL_CHUNK))
+    return out, mask
+
+
+def make_train_chunk(agent: cql.CQLConfig, batch_size: int, num_steps: int):
+    """A jitted ``(state, data, key) -> (state, mean metrics)`` running ``num_steps`` gradient steps.
+
+    Minibatches are drawn uniformly with replacement from the device-resident ``data`` (dict of (N, ...)
+    arrays) inside the compiled loop; metrics are averaged over the steps inside it too.
+    """
+
+    @jax.jit
+    def chunk(state: cql.CQLState, data: dict[str, jnp.ndarray], key: jax.Array):
+        n = data["rewards"].shape[0]
+
+        def body(carry, k):
+            state, sums = carry
+            k_idx, k_upd = jax.random.split(k)
+            idx = jax.random.randint(k_idx, (batch_size,), 0, n)
+            batch = jax.tree.map(lambda x: x[idx], data)
+            state, metrics = cql.update(state, batch, k_upd, agent)
+            sums = jax.tree.map(jnp.add, sums, metrics)
+            return (state, sums), None
+
+        zeros = jax.tree.map(
+            lambda s: jnp.zeros(s.shape, s.dtype),
+            jax.eval_shape(lambda: cql.update(state, jax.tree.map(lambda x: x[:batch_size], data), key, agent)[1]),
+        )
+        (state, sums), _ = jax.lax.scan(body, (state, zeros), jax.random.split(key, num_steps))
+        return state, jax.tree.map(lambda s: s / num_steps, sums)
+
+    return chunk
+
+
+def make_evaluator(agent: cql.CQLConfig):
+    """A jitted ``(state, chunks, mask, key) -> metrics`` giving the workflow metrics averaged over a fixed
+    evaluation set (see :func:`offrl.agents.cql.critic_terms`). The same key is used at every checkpoint so
+    the sampling noise in the regularizer and the target is the same along the curve."""
+
+    @jax.jit
+    def evaluate(state: cql.CQLState, chunks: dict[str, jnp.ndarray], mask: jnp.ndarray, key: jax.Array):
+        def one(args):
+            batch, m = args
+            parts = cql.evaluate_critic(state, batch, key, agent)
+            return jax.tree.map(lambda v: jnp.sum(v * m), parts)
+
+        sums = jax.lax.map(one, (chunks, mask))
+        total = mask.sum()
+        return jax.tree.map(lambda s: s.sum() / total, sums)
+
+    return evaluate
+
+
+def _resolved_config(config: TrainConfig, extra: dict[str, Any]) -> dict[str, Any]:
+    training = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("agent", "dataset", "out")}
+    training.pop("overwrite")
+    training.pop("resume")
+    training.pop("progress")
+    return {
+        "algo": "cql",
+        "seed": config.seed,
+        "agent": dataclasses.asdict(config.agent),
+        "training": training,
+        **extra,
+        "offrl_version": rd.offrl_version(),
+        "versions": rd.package_versions(),
+        "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def agent_config_from_dict(d: dict[str, Any]) -> cql.CQLConfig:
+    """Rebuild a CQLConfig from its JSON form (lists back to tuples)."""
+    fields = {f.name for f in dataclasses.fields(cql.CQLConfig)}
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in fields}
+    return cql.CQLConfig(**kwargs)
+
+
+def _check_config(config: TrainConfig) -> None:
+    problems = []
+    if config.steps < 1:
+        problems.append(f"--steps must be >= 1 (got {config.steps})")
+    if config.checkpoint_every < 1:
+        problems.append(f"--checkpoint-every must be >= 1 (got {config.checkpoint_every})")
+    if config.log_every < 1:
+        problems.append(f"--log-every must be >= 1 (got {config.log_every})")
+    if config.batch_size < 1:
+        problems.append(f"--batch-size must be >= 1 (got {config.batch_size})")
+    if not 0.0 <= config.agent.gamma < 1.0:
+        problems.append(f"--agent.gamma must be in [0, 1) (got {config.agent.gamma})")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def train(config: TrainConfig) -> Path:
+    """Train CQL on a dataset, writing a run directory (see :mod:`offrl.training.run_dir`).
+
+    At every checkpoint the workflow metrics (docs/metrics.md) are computed on a fixed set of training
+    transitions and, under a ``heldout/`` prefix, on the held-out episodes, and appended to metrics.jsonl
+    with the training losses averaged over the interval (``train/`` prefix).
+
+    Returns:
+        The run directory.
+
+    Raises:
+        FileExistsError: the run directory exists and neither ``overwrite`` nor ``resume`` is set.
+        FileNotFoundError: ``resume`` on a directory that is not a run, or the dataset is missing.
+        ValueError: the dataset changed since the run started (``resume``), or a setting is invalid.
+        DatasetError: the dataset is malformed.
+        TrainingDiverged: a loss or metric became NaN/inf; checkpoints written before are kept.
+    """
+    _check_config(config)
+    out = Path(config.out)
+    if config.resume:
+        if not (out / rd.CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"cannot resume: {out} has no {rd.CONFIG_FILE}; start a new run without --resume")
+        saved = rd.read_json(out / rd.CONFIG_FILE)
+        agent = agent_config_from_dict(saved["agent"])
+        config = dataclasses.replace(config, agent=agent, seed=saved["seed"])
+        for k in ("checkpoint_every", "log_every", "batch_size", "heldout_fraction", "eval_transitions"):
+            config = dataclasses.replace(config, **{k: saved["training"][k]})
+    elif out.exists() and any(out.iterdir()):
+        if not config.overwrite:
+            raise FileExistsError(
+                f"run directory {out} already exists: choose another --out, pass --resume to continue it, "
+                f"or --overwrite to delete it"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    dataset = load_dataset(config.dataset)
+    dataset_fp = fingerprint(config.dataset)
+    train_ds, heldout_ds = split_episodes(dataset, config.heldout_fraction, config.seed)
+    normalizer = (
+        Normalizer.fit(train_ds.observations)
+        if config.normalize_observations
+        else Normalizer.identity(dataset.obs_dim)
+    )
+    q_range = q_value_range(train_ds, config.agent.gamma)
+    agent = config.agent
+    key = jax.random.PRNGKey(config.seed)
+    k_init, k_train, k_eval = jax.random.split(key, 3)
+    state = cql.init(agent, dataset.obs_dim, dataset.act_dim, k_init)
+
+    dataset_info = {
+        "path": str(Path(config.dataset).absolute()),
+        "fingerprint": dataset_fp,
+        "num_transitions": len(dataset),
+        "num_episodes": dataset.num_episodes,
+        "train_episodes": train_ds.num_episodes,
+        "heldout_episodes": 0 if heldout_ds is None else heldout_ds.num_episodes,
+        "obs_dim": dataset.obs_dim,
+        "act_dim": dataset.act_dim,
+        "metadata": dataset.metadata,
+        "task": dataset.metadata.get("task"),
+        "q_range": [q_range["q_min"], q_range["q_max"]],
+        "reward_structure": q_range,
+    }
+    manager = rd.checkpoint_manager(out)
+    start_step = 0
+    if config.resume:
+        if saved["dataset"]["fingerprint"] != dataset_fp:
+            raise ValueError(
+                f"cannot resume {out}: the dataset {config.dataset} differs from the one the run started with "
+                f"(fingerprint {dataset_fp[:12]} != {saved['dataset']['fingerprint'][:12]}); "
+                f"pass the original dataset"
+            )
+        steps_done = sorted(manager.all_steps())
+        if steps_done:
+            start_step = steps_done[-1]
+            state, _ = rd.restore_checkpoint(manager, start_step, state)
+        rd.truncate_metrics(out, start_step)
+        saved["training"]["steps"] = max(config.steps, saved["training"]["steps"])
+        rd.write_json(out / rd.CONFIG_FILE, saved)
+    else:
+        extra = {
+            "dataset": dataset_info,
+            "normalizer": normalizer.to_dict(),
+            "num_params": cql.param_counts(state),
+        }
+        rd.write_json(out / rd.CONFIG_FILE, _resolved_config(config, extra))
+    if start_step >= config.steps:
+        return out
+
+    data = _device_arrays(train_ds, normalizer)
+    eval_sets = {"": _eval_arrays(train_ds, normalizer, config.eval_transitions, config.seed)}
+    if heldout_ds is not None:
+        eval_sets["heldout/"] = _eval_arrays(heldout_ds, normalizer, config.eval_transitions, config.seed)
+    chunk_steps = _chunk_size(config)
+    train_chunk = make_train_chunk(agent, config.batch_size, chunk_steps)
+    evaluate = make_evaluator(agent)
+    horizon = q_range["effective_horizon"]
+
+    t0 = time.perf_counter()
+    interval_sums: dict[str, float] = {}
+    interval_chunks = 0
+    train_time = 0.0
+    bar = tqdm(
+        total=config.steps, initial=start_step, disable=not config.progress, unit="step", dynamic_ncols=True
+    )
+    step = start_step
+    try:
+        while step < config.steps:
+            # The key of a chunk depends only on its index, so a resumed run draws the same minibatches.
+            t_chunk = time.perf_counter()
+            state, metrics = train_chunk(state, data, jax.random.fold_in(k_train, step // chunk_steps))
+            metrics = jax.device_get(metrics)
+            train_time += time.perf_counter() - t_chunk
+            step += chunk_steps
+            bar.update(chunk_steps)
+            bad = [k for k, v in metrics.items() if not np.isfinite(v)]
+            if bad:
+                raise TrainingDiverged(
+                    f"training diverged between steps {step - chunk_steps} and {step}: {bad} became NaN/inf. "
+                    f"Checkpoints up to step {max(manager.all_steps(), default=0)} are kept; lower the "
+                    f"learning rates or check the rewards' scale"
+                )
+            for k, v in metrics.items():
+                interval_sums[k] = interval_sums.get(k, 0.0) + float(v)
+            interval_chunks += 1
+            bar.set_postfix(q_data=f"{metrics['q_data']:.3g}", td=f"{metrics['td_error']:.2g}")
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                record: dict[str, Any] = {"step": step, "time_s": round(time.perf_counter() - t0, 3)}
+                for prefix, (chunks, mask) in eval_sets.items():
+                    ev = jax.device_get(evaluate(state, chunks, mask, k_eval))
+                    for k, v in ev.items():
+                        record[prefix + k] = float(v)
+                    record[prefix + "q_error_estimate"] = float(ev["td_error"]) * horizon
+                record.update({f"train/{k}": v / interval_chunks for k, v in interval_sums.items()})
+                # Throughput of this interval's gradient steps (the first interval includes compilation).
+                record["steps_per_s"] = round(interval_chunks * chunk_steps / (train_time + 1e-9), 2)
+                if not all(np.isfinite(v) for k, v in record.items() if isinstance(v, float)):
+                    raise TrainingDiverged(
+                        f"workflow metrics at step {step} are NaN/inf; checkpoints before step {step} are kept"
+                    )
+                rd.save_checkpoint(
+                    manager,
+                    step,
+                    state,
+                    {"step": step, "offrl_version": rd.offrl_version(), "algo": "cql"},
+                )
+                rd.append_metrics(out, record)
+                interval_sums, interval_chunks, train_time = {}, 0, 0.0
+    finally:
+        bar.close()
+    return out
+
+
+def load_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """The resolved config of a run (config.json)."""
+    path = Path(run_dir) / rd.CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {run_dir} is not a run directory made by `offrl train`")
+    return json.loads(path.read_text())

@@ -1,0 +1,234 @@
+"""Tests for offrl.report: the self-contained HTML run report."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from offrl.report import write_report
+from offrl.report.html import load_metrics
+
+IMG_TAG = '<img src="data:image/png;base64,'
+STEPS = [1000 * (i + 1) for i in range(10)]
+SELECTED, PEAK = 4000, 5000
+
+
+def _record(i: int, step: int) -> dict:
+    # Rise-then-fall dataset Q (peak at the 5th checkpoint), shrinking losses.
+    q = 10.0 - 0.8 * (i - 4) ** 2
+    rec = {
+        "step": step,
+        "time_s": 12.5 * (i + 1),
+        "q_data": q,
+        "td_error": 2.0 * math.exp(-0.3 * i) + 0.05,
+        "cql_regularizer": 5.0 - 0.3 * i,
+        "q_error_estimate": 1.0 + 0.5 * i,
+        "q_policy": q + 1.0,
+        "q_random": q - 3.0,
+        "heldout/q_data": q - 0.5 - 0.2 * i,
+        "heldout/td_error": 2.5 * math.exp(-0.2 * i) + 0.1,
+        "heldout/cql_regularizer": 5.5 - 0.2 * i,
+        "heldout/q_error_estimate": 1.5 + 0.6 * i,
+        "train/critic_loss": 3.0 / (i + 1),
+        "train/actor_loss": -q,
+        "train/entropy_temperature": 0.1 * math.exp(-0.1 * i),
+    }
+    if i == 3:
+        rec["heldout/td_error"] = None  # nulls must be tolerated
+    if i == 6:
+        rec["cql_regularizer"] = float("nan")
+    return rec
+
+
+def _make_run(
+    tmp_path: Path,
+    *,
+    task: str = "pick-place-v3",
+    diagnosis: bool = True,
+    evaluation: bool = True,
+    name: str = "run-0",
+) -> Path:
+    run = tmp_path / name
+    run.mkdir()
+    config = {
+        "algo": "cql",
+        "seed": 7,
+        "dataset": {"path": "data/pick.hdf5", "fingerprint": "ab" * 32, "task": task},
+        "agent": {"alpha": 5.0, "gamma": 0.99, "tau": 0.005},
+        "training": {"steps": 10000, "checkpoint_every": 1000},
+        "offrl_version": "0.1.0",
+        "versions": {"jax": "0.4.30"},
+    }
+    (run / "config.json").write_text(json.dumps(config))
+    with open(run / "metrics.jsonl", "w") as f:
+        for i, step in enumerate(STEPS):
+            f.write(json.dumps(_record(i, step)) + "\n")  # NaN is written as the bare token NaN
+    if diagnosis:
+        (run / "diagnosis.json").write_text(
+            json.dumps(
+                {
+                    "verdict": "overfitting",
+                    "selected_step": SELECTED,
+                    "peak_step": PEAK,
+                    "selection_rule": "checkpoint just before the held-out q_data peak",
+                    "q_range": [0.0, 12.0],
+                    "evidence": {
+                        "q_drop_after_peak": 0.63,
+                        "td_error_trend": "decreasing",
+                        "n_checkpoints": 10,
+                    },
+                    "reasons": [
+                        "q_data falls by 63% after its peak",
+                        "held-out TD error rises late in training",
+                    ],
+                    "recommendation": "Use the selected checkpoint; add regularization (e.g. dropout) to train longer.",
+                }
+            )
+        )
+    if evaluation:
+        results = [
+            {"step": s, "success_rate": r, "successes": int(r * 20), "episodes": 20}
+            for s, r in zip(STEPS, [0.1, 0.2, 0.4, 0.6, 0.55, 0.7, 0.5, 0.35, 0.3, 0.25], strict=True)
+        ]
+        (run / "evaluation.json").write_text(
+            json.dumps({"used_for_selection": False, "task": task, "episodes": 20, "results": results})
+        )
+    return run
+
+
+def test_full_report(tmp_path: Path) -> None:
+    run = _make_run(tmp_path)
+    path = write_report(run)
+    assert path == run / "report.html"
+    text = path.read_text(encoding="utf-8")
+    assert "overfitting" in text
+    assert f"step {SELECTED}" in text
+    assert "analysis only" in text
+    assert text.count(IMG_TAG) >= 5
+    assert "http://" not in text and "https://" not in text
+    assert "add regularization" in text and "q_data falls by 63% after its peak" in text
+    assert "q_drop_after_peak" in text and "pick-place-v3" in text and "data/pick.hdf5" in text
+    # selected vs best vs last: selected 4000 -> 60%, best in hindsight 6000 -> 70%, last 10000 -> 25%
+    table = text[text.index("Selected vs best vs last") :]
+    assert re.search(r"4000</td><td>60% \(12/20\)", table)
+    assert re.search(r"6000</td><td>70% \(14/20\)", table)
+    assert re.search(r"10000</td><td>25% \(5/20\)", table)
+    assert not list(run.glob("*.tmp"))
+    # Every embedded image decodes to a PNG.
+    for b64 in re.findall(r'data:image/png;base64,([A-Za-z0-9+/=]+)"', text):
+        assert base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_custom_output_path_and_rebuild(tmp_path: Path) -> None:
+    run = _make_run(tmp_path)
+    out = tmp_path / "elsewhere" / "r.html"
+    assert write_report(run, out) == out
+    assert out.is_file() and not (run / "report.html").exists()
+    assert not list(out.parent.glob("*.tmp"))
+    write_report(str(run))  # str path, rebuilding is fine
+    assert (run / "report.html").is_file()
+
+
+def test_without_diagnosis_and_evaluation(tmp_path: Path) -> None:
+    run = _make_run(tmp_path, diagnosis=False, evaluation=False)
+    text = write_report(run).read_text(encoding="utf-8")
+    assert "not run yet" in text
+    assert "offrl diagnose" in text
+    assert "offrl evaluate" in text
+    assert text.count(IMG_TAG) >= 4
+    assert "http://" not in text and "https://" not in text
+
+
+def test_missing_files_raise(tmp_path: Path) -> None:
+    run = _make_run(tmp_path)
+    (run / "metrics.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match=r"metrics\.jsonl.*offrl train"):
+        write_report(run)
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+        load_metrics(run)
+    (run / "metrics.jsonl").write_text('{"step": 10, "q_da')  # only a torn record
+    with pytest.raises(FileNotFoundError, match="no complete record"):
+        write_report(run)
+    (run / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"config\.json.*offrl train"):
+        write_report(run)
+    with pytest.raises(FileNotFoundError):
+        write_report(tmp_path / "does-not-exist")
+    assert not (run / "report.html").exists() and not list(run.glob("*.tmp"))
+
+
+def test_torn_last_line_ignored(tmp_path: Path) -> None:
+    run = _make_run(tmp_path)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 11000, "q_data": 3.1, "td_err')
+    records = load_metrics(run)
+    assert [r["step"] for r in records] == STEPS
+    text = write_report(run).read_text(encoding="utf-8")
+    assert "10 checkpoint(s), last at step 10000" in text
+
+
+def test_sparse_metrics_and_odd_values(tmp_path: Path) -> None:
+    # No held-out split, no losses, a resumed run repeating a step, a value that is a string.
+    run = _make_run(tmp_path, evaluation=False)
+    lines = []
+    for i, step in enumerate([1000, 2000, 3000, 2000, 3000, 4000]):
+        lines.append(
+            json.dumps(
+                {
+                    "step": step,
+                    "q_data": float(i),
+                    "td_error": -1.0 + i,
+                    "q_error_estimate": "n/a" if i == 2 else 0.5,
+                }
+            )
+        )
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n\n")
+    text = write_report(run).read_text(encoding="utf-8")
+    assert "4 checkpoint(s), last at step 4000" in text
+    assert "No cql_regularizer recorded" in text and "No train/* losses recorded" in text
+    assert text.count(IMG_TAG) == 3
+
+
+def test_html_escaping(tmp_path: Path) -> None:
+    evil = '<script>alert("x")</script>'
+    run = _make_run(tmp_path, task=evil)
+    diag = json.loads((run / "diagnosis.json").read_text())
+    diag["reasons"].append(evil)
+    diag["evidence"][evil] = evil
+    diag["verdict"] = evil
+    (run / "diagnosis.json").write_text(json.dumps(diag))
+    text = write_report(run).read_text(encoding="utf-8")
+    assert "<script" not in text
+    assert "&lt;script&gt;" in text
+
+
+def test_corrupt_optional_files_do_not_break_report(tmp_path: Path) -> None:
+    run = _make_run(tmp_path)
+    (run / "diagnosis.json").write_text("{not json")
+    (run / "evaluation.json").write_text("[1, 2]")
+    text = write_report(run).read_text(encoding="utf-8")
+    assert "diagnosis.json could not be read" in text
+    assert "evaluation.json does not contain a JSON object" in text
+    assert text.count(IMG_TAG) >= 4
+
+
+def test_diverged_run_with_non_finite_values(tmp_path: Path) -> None:
+    run = _make_run(tmp_path, evaluation=False)
+    (run / "config.json").write_text("{}")  # every config field missing
+    recs = [
+        {"step": 1000, "q_data": 1e30, "td_error": float("inf")},
+        {"step": 2000, "q_data": float("nan"), "td_error": float("nan")},
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    diag = json.loads((run / "diagnosis.json").read_text())
+    diag.update(verdict="diverged", selected_step=None, peak_step=None, q_range=[0.0, "bad"])
+    (run / "diagnosis.json").write_text(json.dumps(diag))
+    text = write_report(run).read_text(encoding="utf-8")
+    assert "diverged" in text and "Selected checkpoint: <b>none</b>" in text
+    assert "td_error is in metrics.jsonl but has no finite value" in text
+    assert text.count(IMG_TAG) == 1  # only q_data has a finite value
