@@ -17,14 +17,14 @@ import html
 import io
 import json
 import math
-import os
-import warnings
 from pathlib import Path
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogFormatter
+
+from offrl.training.run_dir import atomic_write_text, read_metrics
 
 __all__ = ["load_metrics", "write_report"]
 
@@ -55,34 +55,8 @@ SUCCESS_COLOUR = "#555555"
 # reading the run directory
 
 
-def load_metrics(run_dir: str | Path) -> list[dict]:
-    """Parse ``run_dir/metrics.jsonl`` into a list of records (file order).
-
-    A torn last line (the writer was interrupted mid-append) is dropped silently; an unparseable
-    line elsewhere is dropped with a warning. Blank lines and non-object lines are ignored.
-    Raises FileNotFoundError if the file does not exist.
-    """
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: metrics.jsonl is written by `{TRAIN_COMMAND}` at every checkpoint"
-        )
-    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    records: list[dict] = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            if i != len(lines) - 1:
-                warnings.warn(f"{path}: skipping unparseable line {i + 1}", stacklevel=2)
-            continue
-        if isinstance(rec, dict):
-            records.append(rec)
-    return records
+# One parser of metrics.jsonl for the whole package: a torn last line is dropped, corruption elsewhere raises.
+load_metrics = read_metrics
 
 
 def _read_json(path: Path) -> tuple[dict | None, str | None]:
@@ -631,7 +605,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write a self-contained HTML report for ``run_dir``; returns the path written.
 
     The default output is ``run_dir/report.html``. Only files inside ``run_dir`` are read. The
-    file is written atomically (``<out>.tmp`` next to it, then ``os.replace``).
+    file is written atomically (a temporary file next to it, then a rename).
     Raises FileNotFoundError if ``config.json`` or ``metrics.jsonl`` is missing or
     ``metrics.jsonl`` has no complete record yet.
     """
@@ -662,14 +636,5 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     out_path = Path(out) if out is not None else run_dir / "report.html"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_text(out_path, text)
     return out_path

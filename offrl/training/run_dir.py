@@ -22,16 +22,15 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+import offrl
+
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 
 
 def offrl_version() -> str:
-    try:
-        return importlib_metadata.version("offrl")
-    except importlib_metadata.PackageNotFoundError:  # running from a source tree that was not installed
-        return "0+unknown"
+    return offrl.__version__
 
 
 def package_versions() -> dict[str, str]:

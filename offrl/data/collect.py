@@ -1,0 +1,44 @@
+"""Collecting an offline dataset from a simulator with a noisy scripted behaviour policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import offrl
+from offrl.data.dataset import Dataset, make_dataset
+from offrl.data.hdf5 import save_dataset
+from offrl.envs import DEFAULT_HORIZON, DEFAULT_NOISE_SIGMA, collect_episodes
+
+
+def collect(
+    task: str,
+    episodes: int,
+    out: str | Path,
+    horizon: int = DEFAULT_HORIZON,
+    noise_sigma: float = DEFAULT_NOISE_SIGMA,
+    seed: int = 0,
+    terminate_on_success: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Dataset:
+    """Collect ``episodes`` episodes of a MetaWorld task and save them as an HDF5 dataset (atomically).
+
+    Behaviour: the task's scripted policy plus N(0, noise_sigma^2) noise, clipped to the action bounds; failed
+    episodes are kept. Reward 1 on a step where the task's success flag is set, else 0; with
+    ``terminate_on_success`` the episode ends there (terminal), so Q-values lie in [0, 1].
+
+    Raises:
+        FileExistsError: ``out`` exists and ``overwrite`` is False (checked before collecting).
+        ValueError: unknown task or invalid setting.
+        RuntimeError: MetaWorld is not installed.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists: choose another --out, or pass --overwrite to replace it")
+    arrays, info = collect_episodes(
+        task, episodes, horizon=horizon, noise_sigma=noise_sigma, seed=seed,
+        terminate_on_success=terminate_on_success, progress=progress,
+    )
+    dataset = make_dataset(arrays, {**info, "source": "offrl collect", "offrl_version": offrl.__version__})
+    save_dataset(out, dataset, overwrite=overwrite)
+    return dataset

@@ -1,0 +1,21 @@
+"""Simulated environments; MetaWorld is optional and imported only when a function needs it."""
+
+from offrl.envs.metaworld import (
+    DEFAULT_HORIZON,
+    DEFAULT_NOISE_SIGMA,
+    MetaWorldEnv,
+    available_tasks,
+    collect_episodes,
+    evaluate_policy,
+    scripted_policy,
+)
+
+__all__ = [
+    "DEFAULT_HORIZON",
+    "DEFAULT_NOISE_SIGMA",
+    "MetaWorldEnv",
+    "available_tasks",
+    "collect_episodes",
+    "evaluate_policy",
+    "scripted_policy",
+]

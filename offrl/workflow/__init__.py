@@ -1,0 +1,1 @@
+"""The workflow: diagnosis, checkpoint selection, evaluation and the end-to-end pipeline."""

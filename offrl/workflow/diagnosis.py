@@ -1,0 +1,406 @@
+"""Diagnosis of a run from its logged metrics alone: overfitting, underfitting, and which checkpoint to deploy.
+
+Rules (Kumar et al. 2021, "A Workflow for Offline Model-Free Robotic RL"):
+
+- **Overfitting, Metric 3.1**: the average dataset Q-value ``q_data`` rises, then falls with more gradient
+  steps and stays down. Implemented on a smoothed curve with a noise-aware threshold (``detect_decline``).
+- **Underfitting**: the estimated Q error ``q_error_estimate = td_error * H`` (paper Sec. 3) is large against
+  the range of Q-values that the rewards allow; and, **Metric 3.2**, the training TD error and/or CQL
+  regularizer drop when an otherwise identical run with more capacity is compared (``--compare``).
+- **Selection, Guideline 3.1**: deploy the checkpoint at the peak of ``q_data`` before the fall (optionally the
+  one after, since the actor lags the critic). When ``q_data`` does not fall, the last checkpoint.
+- **Recommendations**: Guideline 4.1 (capacity-decreasing regularization: VIB, dropout) for overfitting,
+  Guideline 4.2 (capacity-increasing: bigger/ResNet policy, DR3) for underfitting.
+
+Every threshold is a field of :class:`DiagnosisConfig` and documented in docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from offrl.training import run_dir as rd
+
+VERDICTS = ("overfitting", "underfitting", "healthy", "inconclusive", "diverged")
+DIAGNOSIS_FILE = "diagnosis.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class DiagnosisConfig:
+    """Thresholds of the diagnosis. Units: checkpoints (counts along the metric curve) and ratios."""
+
+    metric: str = "q_data"
+    """Curve read by Metric 3.1 and Guideline 3.1: ``q_data`` (training transitions, as in the paper) or
+    ``heldout/q_data``."""
+    smoothing_window: int = 3
+    """Width of the centred moving average applied to the curve before finding the peak, in checkpoints."""
+    min_checkpoints: int = 4
+    """Fewer checkpoints than this give the verdict ``inconclusive``."""
+    min_after_peak: int = 2
+    """A decline needs at least this many checkpoints after the peak that lie below it by the threshold."""
+    tail: int = 3
+    """The end of the curve is the mean of the last ``tail`` checkpoints after the peak (fewer if fewer)."""
+    min_relative_drop: float = 0.1
+    """A decline must be at least this fraction of the peak's size, ``max(|peak|, peak - lowest value before
+    it)``."""
+    noise_z: float = 3.0
+    """... and at least this many standard deviations of the drop's noise (the curve's noise, estimated
+    robustly from the curve itself, propagated through the smoothing and the tail mean), plus the upward bias
+    of taking the maximum of a noisy curve."""
+    min_drop_of_q_range: float = 0.01
+    """... and at least this fraction of the width of the Q range the rewards allow."""
+    underfit_q_error_ratio: float = 1.0
+    """Underfitting when ``q_error_estimate`` at the end exceeds this multiple of the Q range's width (the paper
+    calls an error as large as the range "large")."""
+    capacity_improvement: float = 0.1
+    """Metric 3.2: a relative reduction of TD error or regularizer at least this large counts as a reduction."""
+    divergence_factor: float = 10.0
+    """``|q_data|`` above this multiple of ``max(|q_min|, |q_max|, 1)`` means the run diverged."""
+
+
+@dataclasses.dataclass
+class Decline:
+    """Result of Metric 3.1 on one curve (indices are positions along the curve)."""
+
+    declining: bool
+    peak_index: int
+    peak_value: float
+    end_value: float
+    drop: float
+    threshold: float
+    noise_std: float
+    smoothed: np.ndarray
+
+
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average over ``window`` points, the window shrinking at the ends; (n,) -> (n,)."""
+    n = len(values)
+    if window <= 1 or n == 0:
+        return values.astype(np.float64)
+    half = window // 2
+    out = np.empty(n, np.float64)
+    for i in range(n):
+        out[i] = values[max(0, i - half) : i + half + 1].mean()
+    return out
+
+
+def noise_std(values: np.ndarray) -> float:
+    """Robust noise estimate of a curve: MAD of second differences, scaled so that i.i.d. Gaussian noise of
+    standard deviation sigma gives sigma (var of a second difference is 6 sigma^2). Linear trends cancel."""
+    if len(values) < 3:
+        return 0.0
+    d2 = values[2:] - 2 * values[1:-1] + values[:-2]
+    mad = np.median(np.abs(d2 - np.median(d2)))
+    return float(1.4826 * mad / math.sqrt(6.0))
+
+
+def detect_decline(values: Sequence[float], config: DiagnosisConfig, q_range_width: float = 0.0) -> Decline:
+    """Metric 3.1 on one curve: did it rise to a peak and then fall, materially, and stay down?
+
+    The peak is the maximum of the smoothed curve. The end value is the mean of the raw values of the last
+    ``tail`` checkpoints after the peak. The fall ``drop = peak - end`` counts when at least ``min_after_peak``
+    checkpoints after the peak lie below it by the threshold and ``drop`` exceeds every one of: ``min_relative_drop`` times
+    the peak's size; ``sigma * (noise_z * sqrt(1/w + 1/t) + sqrt(2 ln n / w))`` with sigma the curve's noise,
+    w the smoothing window, t the tail length and n the number of checkpoints (the drop's noise plus the bias
+    of a maximum); and ``min_drop_of_q_range`` of the Q range.
+
+    Args:
+        values: (n,) the metric at each checkpoint, in step order.
+        config: thresholds.
+        q_range_width: width of the Q range the rewards allow (0 when unknown).
+    """
+    x = np.asarray(values, np.float64)
+    s = smooth(x, config.smoothing_window)
+    peak = int(np.argmax(s))
+    after = x[peak + 1 :]
+    tail = after[-config.tail :] if len(after) else after
+    end = float(tail.mean()) if len(tail) else float(s[peak])
+    drop = float(s[peak] - end)
+    size = max(abs(s[peak]), s[peak] - float(s[: peak + 1].min()))
+    sigma = noise_std(x)
+    w = max(1, min(config.smoothing_window, len(x)))
+    t = max(1, len(tail))
+    # Under pure noise the drop "smoothed max - tail mean" is positive by itself: the maximum of n smoothed
+    # values sits about sqrt(2 ln n) of their std above the level, and the difference of a w-point and a
+    # t-point mean has std sigma * sqrt(1/w + 1/t). The noise threshold covers both.
+    noise_threshold = sigma * (
+        config.noise_z * math.sqrt(1.0 / w + 1.0 / t) + math.sqrt(2.0 * math.log(max(len(x), 2)) / w)
+    )
+    threshold = max(
+        config.min_relative_drop * size,
+        noise_threshold,
+        config.min_drop_of_q_range * q_range_width,
+        1e-12,
+    )
+    # "Stays down": enough checkpoints after the peak lie below it by the threshold, not one low point at the end.
+    below = int(np.sum(after < s[peak] - threshold))
+    declining = below >= config.min_after_peak and drop > threshold
+    return Decline(bool(declining), peak, float(s[peak]), end, drop, threshold, sigma, s)
+
+
+def _tail_mean(values: Sequence[float], n: int) -> float:
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    return float(v[-n:].mean()) if len(v) else float("nan")
+
+
+def _recommendation(verdict: str, selected_step: int | None) -> str:
+    if verdict == "overfitting":
+        return (
+            f"Deploy the checkpoint at step {selected_step}, at the peak of the dataset Q-value before it falls "
+            f"(Guideline 3.1). To fix the overfitting, add capacity-decreasing regularization to the Q-function: "
+            f"a variational information bottleneck (paper Eq. 3) or dropout (Guideline 4.1); more data or "
+            f"fewer gradient steps also help."
+        )
+    if verdict == "underfitting":
+        return (
+            "The critic does not fit its training objective. Increase capacity (Guideline 4.2): a bigger or "
+            "residual policy network and the DR3 regularizer (paper Eq. 4) on the Q-function, or wider/deeper "
+            "critics. Confirm with Metric 3.2: train the same setup with more capacity and run `offrl diagnose "
+            "RUN_DIR --compare BIGGER_RUN_DIR`; lower TD error or regularizer there confirms underfitting."
+            + (f" Meanwhile the best available checkpoint is step {selected_step}." if selected_step else "")
+        )
+    if verdict == "healthy":
+        return (
+            f"No overfitting or underfitting detected: the dataset Q-value does not fall and the estimated Q "
+            f"error is small against the Q range. Deploy step {selected_step}; training longer may still help "
+            f"while the dataset Q-value rises."
+        )
+    if verdict == "diverged":
+        return (
+            "The Q-values left the range the rewards allow, or became NaN/inf. Lower the learning rates, check "
+            "the rewards' scale and the terminals, or raise the CQL weight alpha."
+            + (f" The last sound checkpoint is step {selected_step}." if selected_step else "")
+        )
+    return (
+        "Too few checkpoints to judge the trend: train longer or checkpoint more often "
+        "(--checkpoint-every), then diagnose again."
+    )
+
+
+def diagnose_metrics(
+    records: list[dict[str, Any]],
+    q_range: tuple[float, float],
+    config: DiagnosisConfig = DiagnosisConfig(),
+    *,
+    after_peak: bool = False,
+    compare: Sequence[dict[str, Any]] = (),
+    num_params: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """Diagnose a run from its checkpoint records (the lines of metrics.jsonl).
+
+    Args:
+        records: one dict per checkpoint with ``step`` and the metrics of docs/metrics.md, any order.
+        q_range: ``(q_min, q_max)`` the rewards allow (config.json ``dataset.q_range``).
+        config: thresholds.
+        after_peak: select the checkpoint after the peak (actor-critic variant of Guideline 3.1).
+        compare: Metric 3.2: for each run with more capacity, ``{"run_dir", "records", "num_params"}``.
+        num_params: this run's parameter counts, for the evidence.
+
+    Returns:
+        ``{"verdict", "selected_step", "peak_step", "selection_rule", "q_range", "evidence", "reasons",
+        "recommendation", "compared_runs"}``; ``verdict`` is one of ``VERDICTS``.
+    """
+    by_step = {int(r["step"]): r for r in records if "step" in r}
+    steps = sorted(by_step)
+    records = [by_step[s] for s in steps]
+    q_min, q_max = float(q_range[0]), float(q_range[1])
+    width = q_max - q_min
+    reasons: list[str] = []
+    evidence: dict[str, Any] = {"checkpoints": len(steps), "metric": config.metric}
+    out: dict[str, Any] = {
+        "verdict": "inconclusive",
+        "selected_step": steps[-1] if steps else None,
+        "peak_step": None,
+        "selection_rule": "last checkpoint",
+        "q_range": [q_min, q_max],
+        "evidence": evidence,
+        "reasons": reasons,
+        "compared_runs": [c.get("run_dir") for c in compare],
+    }
+
+    def series(key: str) -> np.ndarray:
+        return np.array([r.get(key, np.nan) if r.get(key) is not None else np.nan for r in records], np.float64)
+
+    q = series(config.metric)
+    if len(steps) == 0 or not np.isfinite(q).any():
+        reasons.append(f"no checkpoint has a finite '{config.metric}'")
+        out["recommendation"] = _recommendation("inconclusive", None)
+        return out
+
+    # Divergence: a non-finite value or Q far outside what the rewards allow.
+    limit = config.divergence_factor * max(abs(q_min), abs(q_max), 1.0)
+    sound = np.isfinite(q) & (np.abs(q) <= limit)
+    if not sound.all():
+        first_bad = int(np.flatnonzero(~sound)[0])
+        evidence["first_unsound_step"] = steps[first_bad]
+        evidence["divergence_limit"] = limit
+        reasons.append(
+            f"{config.metric} = {q[first_bad]:.4g} at step {steps[first_bad]} is non-finite or beyond "
+            f"{limit:.4g} ({config.divergence_factor:g} x the Q range's bound)"
+        )
+        out["verdict"] = "diverged"
+        good = np.flatnonzero(sound[:first_bad])
+        out["selected_step"] = steps[int(good[np.argmax(q[good])])] if len(good) else None
+        out["selection_rule"] = "highest dataset Q-value before divergence"
+        out["recommendation"] = _recommendation("diverged", out["selected_step"])
+        return out
+
+    dec = detect_decline(q, config, width)
+    out["peak_step"] = steps[dec.peak_index]
+    evidence.update(
+        {
+            "peak_step": steps[dec.peak_index],
+            "peak_q_data_smoothed": dec.peak_value,
+            "end_q_data": dec.end_value,
+            "q_data_drop": dec.drop,
+            "drop_threshold": dec.threshold,
+            "q_data_noise_std": dec.noise_std,
+            "checkpoints_after_peak": len(steps) - 1 - dec.peak_index,
+        }
+    )
+    if f"heldout/{config.metric}" in records[-1]:
+        held = detect_decline(series(f"heldout/{config.metric}"), config, width)
+        evidence["heldout_q_data_declining"] = bool(held.declining)
+        evidence["heldout_peak_step"] = steps[held.peak_index]
+
+    tail_n = config.tail
+    td = _tail_mean(series("td_error"), tail_n)
+    q_err = _tail_mean(series("q_error_estimate"), tail_n)
+    reg = _tail_mean(series("cql_regularizer"), tail_n)
+    evidence.update({"td_error_end": td, "cql_regularizer_end": reg, "q_error_estimate_end": q_err})
+    if "heldout/td_error" in records[-1]:
+        evidence["heldout_td_error_end"] = _tail_mean(series("heldout/td_error"), tail_n)
+    evidence["q_range_width"] = width
+    q_error_ratio = q_err / width if width > 0 else float("inf") if q_err > 0 else 0.0
+    evidence["q_error_over_q_range"] = q_error_ratio
+    if num_params:
+        evidence["num_params"] = num_params
+
+    large_error = q_error_ratio > config.underfit_q_error_ratio
+    if large_error:
+        reasons.append(
+            f"estimated Q error {q_err:.3g} (TD error {td:.3g} x effective horizon) is {q_error_ratio:.2g} x the "
+            f"Q range width {width:.3g} allowed by the rewards (threshold {config.underfit_q_error_ratio:g} x)"
+        )
+
+    # Metric 3.2: compare with runs of more capacity.
+    capacity_helps: bool | None = None
+    comparisons = []
+    for c in compare:
+        c_records = sorted(c["records"], key=lambda r: int(r["step"]))
+        c_td = _tail_mean([r.get("td_error", np.nan) for r in c_records], tail_n)
+        c_reg = _tail_mean([r.get("cql_regularizer", np.nan) for r in c_records], tail_n)
+        td_rel = (td - c_td) / abs(td) if td else 0.0
+        reg_rel = (reg - c_reg) / abs(reg) if reg else 0.0
+        helps = bool(td_rel >= config.capacity_improvement or reg_rel >= config.capacity_improvement)
+        comparisons.append(
+            {
+                "run_dir": c.get("run_dir"),
+                "num_params": c.get("num_params"),
+                "td_error_end": c_td,
+                "cql_regularizer_end": c_reg,
+                "td_error_reduction": td_rel,
+                "cql_regularizer_reduction": reg_rel,
+                "capacity_reduces_error": helps,
+            }
+        )
+        capacity_helps = helps if capacity_helps is None else (capacity_helps or helps)
+        reasons.append(
+            f"Metric 3.2 vs {c.get('run_dir')}: TD error {td:.3g} -> {c_td:.3g} ({td_rel:+.0%} reduction), "
+            f"regularizer {reg:.3g} -> {c_reg:.3g} ({reg_rel:+.0%} reduction): "
+            + ("more capacity reduces the training errors" if helps else "more capacity does not reduce them")
+        )
+    if comparisons:
+        evidence["metric_3_2"] = comparisons
+    underfitting = bool(capacity_helps) if capacity_helps is not None else large_error
+    if capacity_helps is False and large_error:
+        reasons.append(
+            "the Q error is large, but more capacity did not reduce the training errors, so by Metric 3.2 the "
+            "run is not underfitting: the data or the objective limit it, not the model"
+        )
+
+    if dec.declining:
+        reasons.append(
+            f"{config.metric} peaks at step {steps[dec.peak_index]} ({dec.peak_value:.4g}, smoothed) and falls to "
+            f"{dec.end_value:.4g} by the end, a drop of {dec.drop:.3g} > threshold {dec.threshold:.3g} "
+            f"(Metric 3.1)"
+        )
+    elif len(steps) - 1 - dec.peak_index < config.min_after_peak:
+        reasons.append(f"{config.metric} is highest at the end of training (step {steps[dec.peak_index]})")
+    else:
+        reasons.append(
+            f"{config.metric} after its peak at step {steps[dec.peak_index]} changes by {-dec.drop:+.3g}, within "
+            f"the threshold {dec.threshold:.3g}: no material decline"
+        )
+
+    if len(steps) < config.min_checkpoints:
+        verdict = "inconclusive"
+        reasons.append(f"only {len(steps)} checkpoint(s); at least {config.min_checkpoints} are needed")
+    elif underfitting:
+        # High training error means the model does not fit (paper Table 1), whatever Q does.
+        verdict = "underfitting"
+    elif dec.declining:
+        verdict = "overfitting"
+    else:
+        verdict = "healthy"
+    out["verdict"] = verdict
+
+    if dec.declining:
+        idx = min(dec.peak_index + (1 if after_peak else 0), len(steps) - 1)
+        out["selected_step"] = steps[idx]
+        out["selection_rule"] = (
+            "checkpoint after the dataset Q-value peak (Guideline 3.1, actor-critic variant)"
+            if after_peak
+            else "dataset Q-value peak (Guideline 3.1)"
+        )
+    else:
+        out["selected_step"] = steps[-1]
+        out["selection_rule"] = "last checkpoint (dataset Q-value does not fall)"
+    out["recommendation"] = _recommendation(verdict, out["selected_step"])
+    return out
+
+
+def _run_inputs(run_dir: Path) -> dict[str, Any]:
+    cfg = rd.read_json(run_dir / rd.CONFIG_FILE) if (run_dir / rd.CONFIG_FILE).is_file() else None
+    if cfg is None:
+        raise FileNotFoundError(f"{run_dir / rd.CONFIG_FILE} not found: is {run_dir} a run made by `offrl train`?")
+    return {"run_dir": str(run_dir), "records": rd.read_metrics(run_dir), "config": cfg,
+            "num_params": cfg.get("num_params")}
+
+
+def diagnose_run(
+    run_dir: str | Path,
+    compare: Sequence[str | Path] = (),
+    config: DiagnosisConfig = DiagnosisConfig(),
+    *,
+    after_peak: bool = False,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Diagnose a run directory from its config.json and metrics.jsonl; write diagnosis.json (atomically).
+
+    Raises:
+        FileNotFoundError: a run directory lacks config.json or metrics.jsonl.
+    """
+    run_dir = Path(run_dir)
+    main = _run_inputs(run_dir)
+    others = [_run_inputs(Path(c)) for c in compare]
+    q_range = main["config"]["dataset"]["q_range"]
+    result = diagnose_metrics(
+        main["records"],
+        (q_range[0], q_range[1]),
+        config,
+        after_peak=after_peak,
+        compare=others,
+        num_params=main["num_params"],
+    )
+    result["config"] = dataclasses.asdict(config)
+    if write:
+        rd.write_json(run_dir / DIAGNOSIS_FILE, result)
+    return result

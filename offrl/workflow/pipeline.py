@@ -1,0 +1,140 @@
+"""`offrl workflow`: collect (if needed) -> train -> diagnose -> select -> evaluate (analysis only) -> report."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import time
+from pathlib import Path
+from typing import Any
+
+from offrl.agents.cql import CQLConfig
+from offrl.data.collect import collect
+from offrl.envs import DEFAULT_HORIZON, DEFAULT_NOISE_SIGMA
+from offrl.report import write_report
+from offrl.training.train import TrainConfig, train
+from offrl.workflow.diagnosis import DiagnosisConfig, diagnose_run
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkflowConfig:
+    """The whole workflow on one MetaWorld task. The defaults finish in about 10 minutes on a 2-core CPU."""
+
+    task: str = "pick-place-v3"
+    """MetaWorld v3 task with a scripted policy."""
+    episodes: int = 50
+    """Episodes to collect when the dataset does not exist yet."""
+    horizon: int = DEFAULT_HORIZON
+    """Steps per episode (time limit) for collection and evaluation."""
+    noise_sigma: float = DEFAULT_NOISE_SIGMA
+    """Std of the Gaussian noise on the scripted actions (0.8 gives ~40% success on pick-place-v3)."""
+    dataset: Path | None = None
+    """Dataset file; collected if missing. Default: data/TASK_EPISODESep_sSEED.h5."""
+    out: Path | None = None
+    """Run directory to create. Default: runs/TASK_cql_sSEED_TIMESTAMP (a new one every time)."""
+    steps: int = 30_000
+    """Gradient steps. The paper trains for hundreds of thousands; this default fits the CPU budget."""
+    checkpoint_every: int = 2_000
+    """Gradient steps between checkpoints (each logs the workflow metrics and is evaluated)."""
+    seed: int = 0
+    """Seeds collection, training and evaluation."""
+    eval_episodes: int = 20
+    """Episodes per checkpoint for the analysis-only success rate; 0 to skip evaluation."""
+    after_peak: bool = False
+    """Select the checkpoint after the Q peak (Guideline 3.1's actor-critic variant)."""
+    progress: bool = True
+    """Progress bars."""
+    agent: CQLConfig = dataclasses.field(default_factory=CQLConfig)
+    """CQL hyperparameters (the reference values; only the number of steps is cut to fit a CPU)."""
+
+
+def run_workflow(config: WorkflowConfig) -> dict[str, Any]:
+    """Run the whole workflow and return a summary (also printed by the CLI).
+
+    Raises:
+        whatever the steps raise: FileExistsError (never overwrites a run or dataset), DatasetError,
+        TrainingDiverged, RuntimeError (MetaWorld missing for collection).
+    """
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    dataset = config.dataset or Path("data") / f"{config.task}_{config.episodes}ep_s{config.seed}.h5"
+    if not Path(dataset).exists():
+        print(f"[1/5] collecting {config.episodes} episodes of {config.task} -> {dataset}", flush=True)
+        t = time.perf_counter()
+        collect(
+            config.task, config.episodes, dataset, horizon=config.horizon, noise_sigma=config.noise_sigma,
+            seed=config.seed, progress=config.progress,
+        )
+        timings["collect_s"] = time.perf_counter() - t
+    else:
+        print(f"[1/5] using existing dataset {dataset}", flush=True)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = config.out or Path("runs") / f"{config.task}_cql_s{config.seed}_{stamp}"
+    print(f"[2/5] training CQL for {config.steps} steps -> {out}", flush=True)
+    t = time.perf_counter()
+    train(
+        TrainConfig(
+            dataset=Path(dataset), out=Path(out), steps=config.steps, checkpoint_every=config.checkpoint_every,
+            seed=config.seed, progress=config.progress, agent=config.agent,
+        )
+    )
+    timings["train_s"] = time.perf_counter() - t
+    print("[3/5] diagnosing", flush=True)
+    diagnosis = diagnose_run(out, config=DiagnosisConfig(), after_peak=config.after_peak)
+    evaluation = None
+    if config.eval_episodes > 0:
+        print(f"[4/5] analysis-only evaluation: {config.eval_episodes} episodes per checkpoint", flush=True)
+        t = time.perf_counter()
+        from offrl.workflow.evaluate import evaluate_run
+
+        evaluation = evaluate_run(out, episodes=config.eval_episodes, seed=config.seed, progress=config.progress)
+        timings["evaluate_s"] = time.perf_counter() - t
+    else:
+        print("[4/5] evaluation skipped (--eval-episodes 0)", flush=True)
+    report = write_report(out)
+    print(f"[5/5] report written: {report}", flush=True)
+    timings["total_s"] = time.perf_counter() - t_start
+    return summarize(out, diagnosis, evaluation, report, timings)
+
+
+def summarize(
+    out: Path, diagnosis: dict[str, Any], evaluation: dict[str, Any] | None, report: Path, timings: dict[str, float]
+) -> dict[str, Any]:
+    """Verdict, selected checkpoint, and its analysis-only success against the best and the last."""
+    summary: dict[str, Any] = {
+        "run_dir": str(out),
+        "verdict": diagnosis["verdict"],
+        "selected_step": diagnosis["selected_step"],
+        "peak_step": diagnosis["peak_step"],
+        "report": str(report),
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+    }
+    if evaluation:
+        res = {r["step"]: r["success_rate"] for r in evaluation["results"]}
+        best = max(res, key=lambda s: (res[s], -s))
+        last = max(res)
+        summary["analysis_only_success"] = {
+            "selected": res.get(diagnosis["selected_step"]),
+            "best_in_hindsight": {"step": best, "success_rate": res[best]},
+            "last": {"step": last, "success_rate": res[last]},
+        }
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as a few lines for the terminal."""
+    lines = [
+        f"verdict:            {summary['verdict']}",
+        f"selected checkpoint: step {summary['selected_step']} (Q peak at step {summary['peak_step']})",
+    ]
+    s = summary.get("analysis_only_success")
+    if s:
+        lines.append(
+            f"analysis-only success (not used for selection): selected {s['selected']:.0%}, "
+            f"best {s['best_in_hindsight']['success_rate']:.0%} (step {s['best_in_hindsight']['step']}), "
+            f"last {s['last']['success_rate']:.0%} (step {s['last']['step']})"
+        )
+    lines.append(f"run directory:      {summary['run_dir']}")
+    lines.append(f"report:             {summary['report']}")
+    lines.append("timings:            " + ", ".join(f"{k} {v}" for k, v in summary["timings_s"].items()))
+    return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""Shared fixtures: small synthetic datasets whose structure is known exactly."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np
+import pytest
+
+from offrl.data import Dataset, make_dataset
+
+
+def chain_arrays(
+    episodes: int = 6, length: int = 10, obs_dim: int = 3, act_dim: int = 2, seed: int = 0, success_every: int = 2
+) -> dict[str, np.ndarray]:
+    """Episodes of random observations; every ``success_every``-th episode ends terminal with reward 1, the
+    others by timeout with reward 0."""
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in
+                                          ("observations", "next_observations", "actions", "rewards",
+                                           "terminals", "timeouts")}
+    for e in range(episodes):
+        s = rng.normal(size=(length + 1, obs_dim)).astype(np.float32)
+        parts["observations"].append(s[:-1])
+        parts["next_observations"].append(s[1:])
+        parts["actions"].append(rng.uniform(-1, 1, (length, act_dim)).astype(np.float32))
+        r = np.zeros(length, np.float32)
+        term = np.zeros(length, bool)
+        tout = np.zeros(length, bool)
+        if e % success_every == 0:
+            r[-1] = 1.0
+            term[-1] = True
+        else:
+            tout[-1] = True
+        parts["rewards"].append(r)
+        parts["terminals"].append(term)
+        parts["timeouts"].append(tout)
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+@pytest.fixture
+def chain_dataset() -> Dataset:
+    return make_dataset(chain_arrays(), {"task": "toy", "action_low": [-1, -1], "action_high": [1, 1]})

@@ -1,0 +1,79 @@
+"""End to end through the `offrl` command: collect -> train -> diagnose -> select -> evaluate -> report, and
+clear errors with a non-zero exit for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import chain_arrays
+
+from offrl.cli import main
+from offrl.data import make_dataset, save_dataset
+
+TINY = ["--agent.critic-hidden-dims", "16", "16", "--agent.actor-hidden-dims", "16", "16",
+        "--agent.bc-steps", "50", "--batch-size", "32", "--no-progress"]
+
+
+def test_train_diagnose_select_report_on_a_synthetic_dataset(tmp_path, capsys):
+    data = save_dataset(tmp_path / "d.h5", make_dataset(chain_arrays(episodes=10), {"task": "toy"}))
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", str(data), "--out", str(run), "--steps", "200", "--checkpoint-every",
+                 "40", "--log-every", "20", *TINY]) == 0
+    assert main(["diagnose", str(run)]) == 0
+    d = json.loads((run / "diagnosis.json").read_text())
+    assert d["verdict"] in ("overfitting", "underfitting", "healthy", "inconclusive", "diverged")
+    assert d["selected_step"] in (40, 80, 120, 160, 200)
+    assert {"evidence", "recommendation"} <= d.keys()
+    capsys.readouterr()
+    assert main(["select", str(run), "--after-peak"]) == 0
+    assert int(capsys.readouterr().out.strip()) in (40, 80, 120, 160, 200)
+    assert main(["report", str(run)]) == 0
+    html = (run / "report.html").read_text()
+    assert d["verdict"] in html and "data:image/png;base64," in html
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--dataset", "missing.h5", "--out", "r"], "not found"),
+        (["diagnose", "no-such-run"], "not found"),
+        (["report", "no-such-run"], "offrl train"),
+    ],
+)
+def test_bad_input_exits_non_zero_with_one_clear_line(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("offrl: error:") and message in err
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_malformed_dataset_is_refused_before_a_run_is_written(tmp_path, capsys):
+    a = chain_arrays()
+    a["rewards"][3] = float("nan")
+    import h5py
+
+    with h5py.File(tmp_path / "bad.h5", "w") as f:
+        for k, v in a.items():
+            f[k] = v
+    assert main(["train", "--dataset", str(tmp_path / "bad.h5"), "--out", str(tmp_path / "run"), *TINY]) == 1
+    assert "'rewards' contains NaN" in capsys.readouterr().err
+
+
+@pytest.mark.sim
+def test_workflow_end_to_end_in_the_simulator(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("metaworld")
+    monkeypatch.chdir(tmp_path)
+    argv = ["workflow", "--episodes", "4", "--horizon", "40", "--steps", "200", "--checkpoint-every", "40",
+            "--eval-episodes", "2", "--out", "runs/e2e", "--agent.critic-hidden-dims", "16", "16",
+            "--agent.actor-hidden-dims", "16", "16", "--agent.bc-steps", "50", "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "verdict:" in out and "analysis-only success" in out and "report.html" in out
+    ev = json.loads((tmp_path / "runs/e2e/evaluation.json").read_text())
+    assert ev["used_for_selection"] is False and [r["step"] for r in ev["results"]] == [40, 80, 120, 160, 200]
+    assert (tmp_path / "data/pick-place-v3_4ep_s0.h5").exists()
+    # a second workflow with the same --out refuses to overwrite the run
+    assert main(argv) == 1
+    assert "already exists" in capsys.readouterr().err

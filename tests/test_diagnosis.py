@@ -1,0 +1,98 @@
+"""Diagnosis on synthetic metric curves with a known answer (Metric 3.1, Q-error underfitting, Metric 3.2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from offrl.workflow.diagnosis import DiagnosisConfig, detect_decline, diagnose_metrics, noise_std
+
+
+def _records(q, td=1e-3, reg=1.0, horizon=100.0):
+    steps = [5000 * (i + 1) for i in range(len(q))]
+    td = np.broadcast_to(td, len(q))
+    reg = np.broadcast_to(reg, len(q))
+    return [
+        {"step": s, "q_data": float(v), "td_error": float(t), "cql_regularizer": float(g),
+         "q_error_estimate": float(t) * horizon}
+        for s, v, t, g in zip(steps, q, td, reg, strict=True)
+    ]
+
+
+def test_rise_then_fall_is_overfitting_at_the_right_peak():
+    rng = np.random.default_rng(0)
+    x = np.arange(20)
+    q = np.where(x <= 7, 0.05 * x, 0.35 - 0.03 * (x - 7)) + 0.005 * rng.normal(size=20)
+    d = diagnose_metrics(_records(q), (0.0, 1.0))
+    assert d["verdict"] == "overfitting"
+    assert d["peak_step"] in (35000, 40000, 45000)  # true peak at index 7 -> step 40000
+    assert d["selected_step"] == d["peak_step"]
+    assert "Guideline 4.1" in d["recommendation"] and "VIB" not in d["recommendation"].split("(")[0]
+    after = diagnose_metrics(_records(q), (0.0, 1.0), after_peak=True)
+    assert after["selected_step"] == d["peak_step"] + 5000
+
+
+def test_steady_rise_is_not_overfitting_and_selects_the_last_checkpoint():
+    rng = np.random.default_rng(1)
+    q = 0.03 * np.arange(15) + 0.01 * rng.normal(size=15)
+    d = diagnose_metrics(_records(q), (0.0, 1.0))
+    assert d["verdict"] == "healthy"
+    assert d["selected_step"] == 75000
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_noisy_plateau_raises_no_false_alarm(seed):
+    rng = np.random.default_rng(seed)
+    q = np.concatenate([np.linspace(0, 0.5, 5), 0.5 + 0.03 * rng.normal(size=15)])
+    d = diagnose_metrics(_records(q), (0.0, 1.0))
+    assert d["verdict"] == "healthy", d["reasons"]
+
+
+def test_large_q_error_against_the_range_is_underfitting_and_takes_precedence():
+    q = 0.03 * np.arange(10)
+    d = diagnose_metrics(_records(q, td=0.05), (0.0, 1.0))  # q error 5 vs range 1
+    assert d["verdict"] == "underfitting"
+    assert "Guideline 4.2" in d["recommendation"]
+    assert d["evidence"]["q_error_over_q_range"] == pytest.approx(5.0)
+
+
+def test_metric_3_2_capacity_comparison():
+    q = 0.03 * np.arange(10)
+    base = _records(q, td=0.005, reg=2.0)  # q error 0.5 < range 1: not underfitting on its own
+    bigger = {"run_dir": "big", "records": _records(q, td=0.002, reg=1.0), "num_params": {"critic": 9}}
+    same = {"run_dir": "same", "records": _records(q, td=0.0049, reg=1.98), "num_params": {"critic": 9}}
+    assert diagnose_metrics(base, (0.0, 1.0))["verdict"] == "healthy"
+    d = diagnose_metrics(base, (0.0, 1.0), compare=[bigger])
+    assert d["verdict"] == "underfitting"
+    assert d["evidence"]["metric_3_2"][0]["td_error_reduction"] == pytest.approx(0.6)
+    # a large Q error that more capacity does not reduce is not underfitting by Metric 3.2
+    d2 = diagnose_metrics(_records(q, td=0.05, reg=2.0), (0.0, 1.0),
+                          compare=[{**same, "records": _records(q, td=0.0495, reg=1.99)}])
+    assert d2["verdict"] == "healthy"
+    assert any("does not reduce" in r for r in d2["reasons"])
+
+
+def test_too_few_checkpoints_is_inconclusive():
+    d = diagnose_metrics(_records([0.1, 0.3, 0.2]), (0.0, 1.0))
+    assert d["verdict"] == "inconclusive"
+
+
+def test_q_far_outside_the_reward_range_is_divergence():
+    q = [0.1, 0.2, 0.3, 50.0, 900.0]
+    d = diagnose_metrics(_records(q), (0.0, 1.0))
+    assert d["verdict"] == "diverged"
+    assert d["selected_step"] == 15000  # the best checkpoint before it diverged
+
+
+def test_noise_estimate_ignores_linear_trends():
+    assert noise_std(np.linspace(0, 10, 30)) == pytest.approx(0.0, abs=1e-9)
+    rng = np.random.default_rng(0)
+    assert noise_std(rng.normal(0, 0.2, 2000)) == pytest.approx(0.2, rel=0.1)
+
+
+def test_decline_needs_checkpoints_after_the_peak():
+    cfg = DiagnosisConfig()
+    dec = detect_decline([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.2], cfg, 1.0)  # one point after the peak
+    assert not dec.declining
+    dec2 = detect_decline([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.2, 0.1, 0.1], cfg, 1.0)
+    assert dec2.declining

@@ -1,0 +1,105 @@
+"""Training loop and run directory: contents, checkpoint round trip, no silent overwrite, exact resume."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from conftest import chain_arrays
+
+from offrl.agents.cql import CQLConfig
+from offrl.data import make_dataset, save_dataset
+from offrl.training import run_dir as rd
+from offrl.training.policy import load_policy, load_state
+from offrl.training.train import TrainConfig, train
+
+TINY = CQLConfig(critic_hidden_dims=(16, 16), actor_hidden_dims=(16, 16), num_action_samples=2, bc_steps=20)
+
+
+@pytest.fixture
+def dataset_path(tmp_path):
+    ds = make_dataset(chain_arrays(episodes=10), {"task": "toy"})
+    return save_dataset(tmp_path / "toy.h5", ds)
+
+
+def _config(dataset_path, out, **kw):
+    base = dict(dataset=dataset_path, out=out, steps=120, checkpoint_every=40, log_every=20, batch_size=32,
+                progress=False, agent=TINY)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_run_directory_contents(tmp_path, dataset_path):
+    out = train(_config(dataset_path, tmp_path / "run"))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["seed"] == 0 and cfg["algo"] == "cql"
+    assert len(cfg["dataset"]["fingerprint"]) == 64 and cfg["offrl_version"]
+    assert cfg["versions"]["jax"] == jax.__version__
+    assert cfg["dataset"]["q_range"] == [0.0, 1.0]
+    assert cfg["dataset"]["heldout_episodes"] == 1 and cfg["dataset"]["train_episodes"] == 9
+    records = rd.read_metrics(out)
+    assert [r["step"] for r in records] == [40, 80, 120]
+    for key in ("q_data", "td_error", "cql_regularizer", "q_error_estimate", "heldout/q_data",
+                "heldout/td_error", "heldout/cql_regularizer", "heldout/q_error_estimate", "train/critic_loss"):
+        assert all(np.isfinite(r[key]) for r in records), key
+    # q_error_estimate = td_error * effective horizon (min(longest episode, 1/(1-gamma)) = 10 here)
+    assert records[-1]["q_error_estimate"] == pytest.approx(records[-1]["td_error"] * 10)
+    assert rd.checkpoint_steps(out) == [40, 80, 120]
+
+
+def test_checkpoint_round_trip_and_policy(tmp_path, dataset_path):
+    out = train(_config(dataset_path, tmp_path / "run"))
+    state, _ = load_state(out, 120)
+    assert int(state.step) == 120
+    state80, _ = load_state(out, 80)
+    assert int(state80.step) == 80
+    assert not np.array_equal(jax.tree.leaves(state.actor_params)[0], jax.tree.leaves(state80.actor_params)[0])
+    policy = load_policy(out, 120)
+    a = policy(np.zeros((5, 3), np.float32))
+    assert a.shape == (5, 2) and np.all(np.abs(a) <= 1)
+    with pytest.raises(FileNotFoundError, match="no checkpoint at step 7"):
+        load_state(out, 7)
+
+
+def test_existing_run_is_never_overwritten_silently(tmp_path, dataset_path):
+    out = train(_config(dataset_path, tmp_path / "run", steps=40))
+    before = (out / "metrics.jsonl").read_text()
+    with pytest.raises(FileExistsError, match="--resume.*--overwrite"):
+        train(_config(dataset_path, out, steps=40))
+    assert (out / "metrics.jsonl").read_text() == before
+    train(_config(dataset_path, out, steps=40, overwrite=True))
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path, dataset_path):
+    full = train(_config(dataset_path, tmp_path / "full"))
+    part = train(_config(dataset_path, tmp_path / "part", steps=80))
+    # simulate a crash mid-write: a torn last line after the last checkpoint
+    with open(part / "metrics.jsonl", "a") as f:
+        f.write('{"step": 12')
+    train(_config(dataset_path, part, steps=120, resume=True))
+    a, b = rd.read_metrics(full), rd.read_metrics(part)
+    assert [r["step"] for r in b] == [40, 80, 120]
+    for ra, rb in zip(a, b, strict=True):
+        for k in ("q_data", "td_error", "cql_regularizer", "train/critic_loss"):
+            assert ra[k] == rb[k], (k, ra["step"])
+    sa, _ = load_state(full, 120)
+    sb, _ = load_state(part, 120)
+    for x, y in zip(jax.tree.leaves(sa), jax.tree.leaves(sb), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_resume_refuses_a_different_dataset(tmp_path, dataset_path):
+    out = train(_config(dataset_path, tmp_path / "run", steps=40))
+    other = save_dataset(tmp_path / "other.h5", make_dataset(chain_arrays(episodes=10, seed=5)))
+    with pytest.raises(ValueError, match="differs from the one the run started with"):
+        train(_config(other, out, steps=80, resume=True))
+
+
+def test_torn_metrics_line_is_dropped_but_corruption_elsewhere_is_an_error(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n{"st')
+    assert [r["step"] for r in rd.read_metrics(tmp_path)] == [1, 2]
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\nxx\n{"step": 2}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        rd.read_metrics(tmp_path)
