@@ -77,11 +77,21 @@ def test_too_few_checkpoints_is_inconclusive():
     assert d["verdict"] == "inconclusive"
 
 
-def test_q_far_outside_the_reward_range_is_divergence():
+def test_q_far_above_the_reward_range_is_divergence():
     q = [0.1, 0.2, 0.3, 50.0, 900.0]
     d = diagnose_metrics(_records(q), (0.0, 1.0))
     assert d["verdict"] == "diverged"
     assert d["selected_step"] == 15000  # the best checkpoint before it diverged
+    assert diagnose_metrics(_records([0.1, 0.2, float("nan"), 0.3]), (0.0, 1.0))["verdict"] == "diverged"
+
+
+def test_q_falling_far_below_the_range_is_overfitting_not_divergence():
+    # CQL's over-minimisation on sampled actions: q_data falls far below the lowest possible return.
+    q = [-1.0, -2.0, -5.0, -12.0, -25.0, -40.0, -60.0]
+    d = diagnose_metrics(_records(q), (0.0, 1.0))
+    assert d["verdict"] == "overfitting"
+    assert d["selected_step"] == 5000
+    assert d["evidence"]["q_data_below_q_range_by"] == pytest.approx(60.0)
 
 
 def test_noise_estimate_ignores_linear_trends():
@@ -96,3 +106,28 @@ def test_decline_needs_checkpoints_after_the_peak():
     assert not dec.declining
     dec2 = detect_decline([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.2, 0.1, 0.1], cfg, 1.0)
     assert dec2.declining
+
+
+def test_behaviour_cloning_warm_start_checkpoints_are_left_out():
+    # Q falls during the BC warm start (steps <= 25000), then rises once the actor maximises Q: the run is
+    # not overfitting, and no BC checkpoint may be selected.
+    q = [-8.0, -25.0, -53.0, -91.0, -136.0, -111.0, -95.0, -79.0, -64.0, -54.0, -45.0]
+    plain = diagnose_metrics(_records(q), (0.0, 1.0))
+    assert plain["verdict"] == "overfitting" and plain["selected_step"] <= 10000  # what ignoring BC gets wrong
+    d = diagnose_metrics(_records(q), (0.0, 1.0), warmup_steps=25000)
+    assert d["verdict"] == "healthy"
+    assert d["selected_step"] == 55000
+    assert d["evidence"]["warmup_checkpoints_ignored"] == [5000, 10000, 15000, 20000, 25000]
+
+
+def test_heldout_td_error_gap_is_reported_as_memorisation():
+    recs = _records(0.03 * np.arange(10))
+    for r in recs:
+        r["heldout/td_error"] = 50 * r["td_error"]
+        r["heldout/q_data"] = r["q_data"]
+    d = diagnose_metrics(recs, (0.0, 1.0))
+    assert d["evidence"]["heldout_over_train_td_error"] == pytest.approx(50.0)
+    assert any("memorises" in r for r in d["reasons"])
+    for r in recs:
+        r["heldout/td_error"] = 2 * r["td_error"]
+    assert not any("memorises" in r for r in diagnose_metrics(recs, (0.0, 1.0))["reasons"])

@@ -172,7 +172,7 @@ def _plot_pair(ax: Any, records: list[dict], key: str) -> int:
     """Training and held-out lines for ``key``; returns how many lines were drawn."""
     drawn = 0
     for k, label, colour in (
-        (key, "training batches", TRAIN_COLOUR),
+        (key, "training transitions", TRAIN_COLOUR),
         (HELDOUT + key, "held-out", HELDOUT_COLOUR),
     ):
         xs, ys = _series(records, k)
@@ -185,6 +185,9 @@ def _plot_pair(ax: Any, records: list[dict], key: str) -> int:
 def _mark_steps(ax: Any, diagnosis: dict | None) -> None:
     if not diagnosis:
         return
+    warmup = (diagnosis.get("evidence") or {}).get("warmup_checkpoints_ignored") or []
+    if warmup:
+        ax.axvspan(0, max(warmup), color="#999999", alpha=0.12, label="BC warm start (not diagnosed)")
     peak, selected = _step(diagnosis.get("peak_step")), _step(diagnosis.get("selected_step"))
     if selected is not None:
         ax.axvline(
@@ -520,7 +523,7 @@ def _build_html(
                 records, "td_error", "td_error: temporal-difference error", diagnosis, log_if_positive=True
             ),
             _missing(records, "td_error"),
-            "A TD error that stays high on the training batches suggests underfitting.",
+            "A TD error that stays high on the training transitions suggests underfitting.",
         ),
         (
             "CQL regularizer",

@@ -60,8 +60,12 @@ class DiagnosisConfig:
     calls an error as large as the range "large")."""
     capacity_improvement: float = 0.1
     """Metric 3.2: a relative reduction of TD error or regularizer at least this large counts as a reduction."""
+    heldout_gap_ratio: float = 10.0
+    """Report memorisation when the held-out TD error exceeds this multiple of the training TD error (evidence
+    beyond the paper; it does not change the verdict)."""
     divergence_factor: float = 10.0
-    """``|q_data|`` above this multiple of ``max(|q_min|, |q_max|, 1)`` means the run diverged."""
+    """``q_data`` above ``q_max + divergence_factor * max(q range width, |q_max|, 1)`` means the run diverged
+    (over-estimation far beyond any return the rewards allow)."""
 
 
 @dataclasses.dataclass
@@ -192,6 +196,7 @@ def diagnose_metrics(
     after_peak: bool = False,
     compare: Sequence[dict[str, Any]] = (),
     num_params: dict[str, int] | None = None,
+    warmup_steps: int = 0,
 ) -> dict[str, Any]:
     """Diagnose a run from its checkpoint records (the lines of metrics.jsonl).
 
@@ -202,18 +207,28 @@ def diagnose_metrics(
         after_peak: select the checkpoint after the peak (actor-critic variant of Guideline 3.1).
         compare: Metric 3.2: for each run with more capacity, ``{"run_dir", "records", "num_params"}``.
         num_params: this run's parameter counts, for the evidence.
+        warmup_steps: the actor's behaviour-cloning warm start (``agent.bc_steps``). Checkpoints at or before
+            it hold behaviour-cloned policies, not CQL policies, and the Q curve restarts when the actor starts
+            maximising Q, so they are left out of Metric 3.1, the error estimates and the selection.
 
     Returns:
         ``{"verdict", "selected_step", "peak_step", "selection_rule", "q_range", "evidence", "reasons",
         "recommendation", "compared_runs"}``; ``verdict`` is one of ``VERDICTS``.
     """
     by_step = {int(r["step"]): r for r in records if "step" in r}
-    steps = sorted(by_step)
+    warmup = [s for s in sorted(by_step) if s <= warmup_steps]
+    steps = [s for s in sorted(by_step) if s > warmup_steps]
     records = [by_step[s] for s in steps]
     q_min, q_max = float(q_range[0]), float(q_range[1])
     width = q_max - q_min
     reasons: list[str] = []
     evidence: dict[str, Any] = {"checkpoints": len(steps), "metric": config.metric}
+    if warmup:
+        evidence["warmup_checkpoints_ignored"] = warmup
+        reasons.append(
+            f"{len(warmup)} checkpoint(s) at or before step {warmup_steps} are the actor's behaviour-cloning "
+            f"warm start, not CQL policies: left out of the diagnosis and the selection"
+        )
     out: dict[str, Any] = {
         "verdict": "inconclusive",
         "selected_step": steps[-1] if steps else None,
@@ -234,16 +249,19 @@ def diagnose_metrics(
         out["recommendation"] = _recommendation("inconclusive", None)
         return out
 
-    # Divergence: a non-finite value or Q far outside what the rewards allow.
-    limit = config.divergence_factor * max(abs(q_min), abs(q_max), 1.0)
-    sound = np.isfinite(q) & (np.abs(q) <= limit)
+    # Divergence: a non-finite value, or Q far *above* what the rewards allow (extrapolation error blowing up).
+    # Q below the range is not divergence: CQL's over-minimisation of Q on sampled actions biases every
+    # backup downwards, and with 0/1 rewards that bias sets the level (paper Sec. 3); a falling q_data there
+    # is read by Metric 3.1.
+    limit = q_max + config.divergence_factor * max(width, abs(q_max), 1.0)
+    sound = np.isfinite(q) & (q <= limit)
     if not sound.all():
         first_bad = int(np.flatnonzero(~sound)[0])
         evidence["first_unsound_step"] = steps[first_bad]
         evidence["divergence_limit"] = limit
         reasons.append(
-            f"{config.metric} = {q[first_bad]:.4g} at step {steps[first_bad]} is non-finite or beyond "
-            f"{limit:.4g} ({config.divergence_factor:g} x the Q range's bound)"
+            f"{config.metric} = {q[first_bad]:.4g} at step {steps[first_bad]} is non-finite or above "
+            f"{limit:.4g}, far beyond the largest return the rewards allow ({q_max:.4g})"
         )
         out["verdict"] = "diverged"
         good = np.flatnonzero(sound[:first_bad])
@@ -252,6 +270,12 @@ def diagnose_metrics(
         out["recommendation"] = _recommendation("diverged", out["selected_step"])
         return out
 
+    if q[-1] < q_min - width:
+        evidence["q_data_below_q_range_by"] = float(q_min - q[-1])
+        reasons.append(
+            f"{config.metric} ends at {q[-1]:.4g}, below the lowest return the rewards allow ({q_min:.4g}): "
+            f"CQL is pushing Q down on sampled actions harder than the data supports it"
+        )
     dec = detect_decline(q, config, width)
     out["peak_step"] = steps[dec.peak_index]
     evidence.update(
@@ -276,7 +300,18 @@ def diagnose_metrics(
     reg = _tail_mean(series("cql_regularizer"), tail_n)
     evidence.update({"td_error_end": td, "cql_regularizer_end": reg, "q_error_estimate_end": q_err})
     if "heldout/td_error" in records[-1]:
-        evidence["heldout_td_error_end"] = _tail_mean(series("heldout/td_error"), tail_n)
+        held_td = _tail_mean(series("heldout/td_error"), tail_n)
+        evidence["heldout_td_error_end"] = held_td
+        # Beyond the paper: the held-out episodes play the role of a validation set. A TD error far larger on
+        # them than on training transitions means the critic memorises transitions instead of generalising.
+        gap = held_td / td if td > 0 else float("inf")
+        evidence["heldout_over_train_td_error"] = gap
+        if gap > config.heldout_gap_ratio:
+            reasons.append(
+                f"the TD error on held-out episodes is {gap:.3g} x the training one ({held_td:.3g} vs {td:.3g}): "
+                f"the critic memorises its training transitions; capacity-decreasing regularization "
+                f"(Guideline 4.1) or more data targets this"
+            )
     evidence["q_range_width"] = width
     q_error_ratio = q_err / width if width > 0 else float("inf") if q_err > 0 else 0.0
     evidence["q_error_over_q_range"] = q_error_ratio
@@ -399,6 +434,7 @@ def diagnose_run(
         after_peak=after_peak,
         compare=others,
         num_params=main["num_params"],
+        warmup_steps=int(main["config"].get("agent", {}).get("bc_steps", 0)),
     )
     result["config"] = dataclasses.asdict(config)
     if write:
