@@ -75,7 +75,9 @@ def test_existing_run_is_never_overwritten_silently(tmp_path, dataset_path):
 def test_resume_matches_an_uninterrupted_run(tmp_path, dataset_path):
     full = train(_config(dataset_path, tmp_path / "full"))
     part = train(_config(dataset_path, tmp_path / "part", steps=80))
-    # simulate a crash mid-write: a torn last line after the last checkpoint
+    # simulate a crash after the record of step 120 was written but before its checkpoint, then a torn line
+    rec80 = rd.read_metrics(part)[-1]
+    rd.append_metrics(part, {**rec80, "step": 120, "q_data": 123.0})
     with open(part / "metrics.jsonl", "a") as f:
         f.write('{"step": 12')
     train(_config(dataset_path, part, steps=120, resume=True))

@@ -27,16 +27,6 @@ from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "DEFAULT_HORIZON",
-    "DEFAULT_NOISE_SIGMA",
-    "MetaWorldEnv",
-    "available_tasks",
-    "collect_episodes",
-    "evaluate_policy",
-    "scripted_policy",
-]
-
 DEFAULT_HORIZON = 150
 # Calibrated once on pick-place-v3 (horizon 150, terminate_on_success) for a behaviour success
 # rate of 35-40 %, like the scripted-plus-Gaussian-noise data of Kumar et al. (2021): 600 episodes

@@ -330,13 +330,16 @@ def train(config: TrainConfig) -> Path:
                     raise TrainingDiverged(
                         f"workflow metrics at step {step} are NaN/inf; checkpoints before step {step} are kept"
                     )
+                # Record first, checkpoint second: a crash in between leaves a record without its checkpoint,
+                # which resume drops and recomputes identically from the previous checkpoint. The other order
+                # would leave a checkpoint whose record is lost for good.
+                rd.append_metrics(out, record)
                 rd.save_checkpoint(
                     manager,
                     step,
                     state,
                     {"step": step, "offrl_version": rd.offrl_version(), "algo": "cql"},
                 )
-                rd.append_metrics(out, record)
                 interval_sums, interval_chunks, train_time = {}, 0, 0.0
     finally:
         bar.close()

@@ -7,8 +7,8 @@ Rules (Kumar et al. 2021, "A Workflow for Offline Model-Free Robotic RL"):
 - **Underfitting**: the estimated Q error ``q_error_estimate = td_error * H`` (paper Sec. 3) is large against
   the range of Q-values that the rewards allow; and, **Metric 3.2**, the training TD error and/or CQL
   regularizer drop when an otherwise identical run with more capacity is compared (``--compare``).
-- **Selection, Guideline 3.1**: deploy the checkpoint at the peak of ``q_data`` before the fall (optionally the
-  one after, since the actor lags the critic). When ``q_data`` does not fall, the last checkpoint.
+- **Selection, Guideline 3.1**: deploy the checkpoint at the peak of the smoothed ``q_data`` (optionally the
+  one after, since the actor lags the critic); on a curve that still rises that is the last checkpoint.
 - **Recommendations**: Guideline 4.1 (capacity-decreasing regularization: VIB, dropout) for overfitting,
   Guideline 4.2 (capacity-increasing: bigger/ResNet policy, DR3) for underfitting.
 
@@ -387,17 +387,15 @@ def diagnose_metrics(
         verdict = "healthy"
     out["verdict"] = verdict
 
-    if dec.declining:
-        idx = min(dec.peak_index + (1 if after_peak else 0), len(steps) - 1)
-        out["selected_step"] = steps[idx]
-        out["selection_rule"] = (
-            "checkpoint after the dataset Q-value peak (Guideline 3.1, actor-critic variant)"
-            if after_peak
-            else "dataset Q-value peak (Guideline 3.1)"
-        )
-    else:
-        out["selected_step"] = steps[-1]
-        out["selection_rule"] = "last checkpoint (dataset Q-value does not fall)"
+    # Guideline 3.1: the highest (smoothed) dataset Q-value, before any fall. On a curve that still rises this
+    # is the last checkpoint; on a plateau any checkpoint of it is as good by this metric.
+    idx = min(dec.peak_index + (1 if after_peak else 0), len(steps) - 1)
+    out["selected_step"] = steps[idx]
+    out["selection_rule"] = (
+        "checkpoint after the dataset Q-value peak (Guideline 3.1, actor-critic variant)"
+        if after_peak
+        else "dataset Q-value peak (Guideline 3.1)"
+    )
     out["recommendation"] = _recommendation(verdict, out["selected_step"])
     return out
 
