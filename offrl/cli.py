@@ -8,6 +8,7 @@ Errors a user can fix (a missing file, a malformed dataset, a run that exists) p
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import sys
 from pathlib import Path
@@ -169,6 +170,20 @@ def main(argv: list[str] | None = None) -> int:
         return run(cmd)
     except (DatasetError, FileNotFoundError, FileExistsError, ValueError, TrainingDiverged, RuntimeError) as e:
         print(f"offrl: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a full disk, a read-only or forbidden directory
+        hint = {
+            errno.ENOSPC: "free some disk space",
+            errno.EDQUOT: "free some disk space",
+            errno.EACCES: "write somewhere you have permission to, or fix the permissions",
+            errno.EPERM: "write somewhere you have permission to, or fix the permissions",
+            errno.EROFS: "write to a writable file system",
+        }.get(e.errno or -1, "check the path and the file system")
+        print(
+            f"offrl: error: {e}. {hint[0].upper() + hint[1:]}; files written before the error are intact "
+            f"(a training run continues with --resume)",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("offrl: interrupted; completed checkpoints are kept (resume with --resume)", file=sys.stderr)

@@ -65,7 +65,9 @@ def test_malformed_dataset_is_refused_before_a_run_is_written(tmp_path, capsys):
 def test_workflow_end_to_end_in_the_simulator(tmp_path, monkeypatch, capsys):
     pytest.importorskip("metaworld")
     monkeypatch.chdir(tmp_path)
-    argv = ["workflow", "--episodes", "4", "--horizon", "40", "--steps", "200", "--checkpoint-every", "40",
+    # Low noise so that the 4 episodes contain successes (an all-zero-reward dataset is refused).
+    argv = ["workflow", "--episodes", "4", "--horizon", "100", "--noise-sigma", "0.2", "--steps", "200",
+            "--checkpoint-every", "40",
             "--eval-episodes", "2", "--out", "runs/e2e", "--agent.critic-hidden-dims", "16", "16",
             "--agent.actor-hidden-dims", "16", "16", "--agent.bc-steps", "50", "--no-progress"]
     assert main(argv) == 0

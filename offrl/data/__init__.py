@@ -1,11 +1,20 @@
 """Datasets: the container, validation, splits and HDF5 files."""
 
-from offrl.data.dataset import Dataset, DatasetError, Normalizer, make_dataset, q_value_range, split_episodes
+from offrl.data.dataset import (
+    Dataset,
+    DatasetError,
+    Normalizer,
+    divergence_limit,
+    make_dataset,
+    q_value_range,
+    split_episodes,
+)
 from offrl.data.hdf5 import fingerprint, load_dataset, save_dataset
 
 __all__ = [
     "Dataset",
     "DatasetError",
+    "divergence_limit",
     "Normalizer",
     "make_dataset",
     "q_value_range",

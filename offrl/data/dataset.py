@@ -332,3 +332,12 @@ def q_value_range(dataset: Dataset, gamma: float) -> dict[str, Any]:
         "r_min": r_min,
         "r_max": r_max,
     }
+
+
+def divergence_limit(q_min: float, q_max: float, factor: float = 10.0) -> float:
+    """Q-values above this have left the range the rewards allow by far: extrapolation error blowing up.
+
+    ``q_max + factor * max(q_max - q_min, |q_max|, 1)`` (reward units). Only over-estimation counts: CQL's
+    downward bias can put Q well below ``q_min`` without anything diverging (docs/metrics.md).
+    """
+    return q_max + factor * max(q_max - q_min, abs(q_max), 1.0)

@@ -14,7 +14,7 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from offrl.agents import cql
-from offrl.data import Dataset, Normalizer, fingerprint, load_dataset, q_value_range, split_episodes
+from offrl.data import (
+    Dataset,
+    DatasetError,
+    Normalizer,
+    divergence_limit,
+    fingerprint,
+    load_dataset,
+    q_value_range,
+    split_episodes,
+)
 from offrl.training import run_dir as rd
 
 # Transitions per evaluation chunk: the workflow metrics are computed in fixed-size chunks (padded and masked)
@@ -60,6 +69,11 @@ class TrainConfig:
     """Continue an existing run from its last complete checkpoint."""
     progress: bool = True
     """Show a progress bar with steps/s."""
+    on_divergence: Literal["stop", "flag"] = "stop"
+    """When q_data exceeds the divergence limit (docs/metrics.md): stop, keeping the last good checkpoint, or
+    flag the record (``"diverged": true``) and go on. NaN/inf always stops."""
+    divergence_factor: float = 10.0
+    """Divergence limit: q_max + divergence_factor * max(Q range width, |q_max|, 1)."""
     agent: cql.CQLConfig = dataclasses.field(default_factory=cql.CQLConfig)
     """CQL hyperparameters."""
 
@@ -189,6 +203,25 @@ def _check_config(config: TrainConfig) -> None:
         raise ValueError("; ".join(problems))
 
 
+def check_trainable(dataset: Dataset, config: TrainConfig) -> None:
+    """Refuse datasets that pass format validation but cannot be trained on as asked.
+
+    Raises:
+        DatasetError: every reward is 0 (there is nothing for Q to learn), or the dataset has a single episode
+            while held-out metrics are requested.
+    """
+    if not np.any(dataset.rewards):
+        raise DatasetError(
+            f"'rewards' are all 0 in {config.dataset}: Q-learning has nothing to learn; check which key holds "
+            f"the reward, or relabel successes as reward 1"
+        )
+    if dataset.num_episodes < 2 and config.heldout_fraction > 0:
+        raise DatasetError(
+            f"{config.dataset} has a single episode, so no episode can be held out for the held-out metrics: "
+            f"add episodes, or pass --heldout-fraction 0 to train without them"
+        )
+
+
 def train(config: TrainConfig) -> Path:
     """Train CQL on a dataset, writing a run directory (see :mod:`offrl.training.run_dir`).
 
@@ -216,17 +249,20 @@ def train(config: TrainConfig) -> Path:
         config = dataclasses.replace(config, agent=agent, seed=saved["seed"])
         for k in ("checkpoint_every", "log_every", "batch_size", "heldout_fraction", "eval_transitions"):
             config = dataclasses.replace(config, **{k: saved["training"][k]})
-    elif out.exists() and any(out.iterdir()):
-        if not config.overwrite:
-            raise FileExistsError(
-                f"run directory {out} already exists: choose another --out, pass --resume to continue it, "
-                f"or --overwrite to delete it"
-            )
+    elif out.exists() and any(out.iterdir()) and not config.overwrite:
+        raise FileExistsError(
+            f"run directory {out} already exists: choose another --out, pass --resume to continue it, "
+            f"or --overwrite to delete it"
+        )
+
+    # Validate everything before touching the run directory: bad input must leave no partial run behind,
+    # and --overwrite must not delete the old run for a dataset that cannot be trained on.
+    dataset = load_dataset(config.dataset)
+    check_trainable(dataset, config)
+    dataset_fp = fingerprint(config.dataset)
+    if not config.resume and out.exists() and config.overwrite:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-
-    dataset = load_dataset(config.dataset)
-    dataset_fp = fingerprint(config.dataset)
     train_ds, heldout_ds = split_episodes(dataset, config.heldout_fraction, config.seed)
     normalizer = (
         Normalizer.fit(train_ds.observations)
@@ -287,6 +323,7 @@ def train(config: TrainConfig) -> Path:
     train_chunk = make_train_chunk(agent, config.batch_size, chunk_steps)
     evaluate = make_evaluator(agent)
     horizon = q_range["effective_horizon"]
+    q_limit = divergence_limit(q_range["q_min"], q_range["q_max"], config.divergence_factor)
 
     t0 = time.perf_counter()
     interval_sums: dict[str, float] = {}
@@ -307,10 +344,9 @@ def train(config: TrainConfig) -> Path:
             bar.update(chunk_steps)
             bad = [k for k, v in metrics.items() if not np.isfinite(v)]
             if bad:
-                raise TrainingDiverged(
-                    f"training diverged between steps {step - chunk_steps} and {step}: {bad} became NaN/inf. "
-                    f"Checkpoints up to step {max(manager.all_steps(), default=0)} are kept; lower the "
-                    f"learning rates or check the rewards' scale"
+                _stop_diverged(
+                    out, manager, step, {f"train/{k}": float(v) for k, v in metrics.items()},
+                    f"{bad} became NaN/inf between steps {step - chunk_steps} and {step}",
                 )
             for k, v in metrics.items():
                 interval_sums[k] = interval_sums.get(k, 0.0) + float(v)
@@ -326,10 +362,18 @@ def train(config: TrainConfig) -> Path:
                 record.update({f"train/{k}": v / interval_chunks for k, v in interval_sums.items()})
                 # Throughput of this interval's gradient steps (the first interval includes compilation).
                 record["steps_per_s"] = round(interval_chunks * chunk_steps / (train_time + 1e-9), 2)
-                if not all(np.isfinite(v) for k, v in record.items() if isinstance(v, float)):
-                    raise TrainingDiverged(
-                        f"workflow metrics at step {step} are NaN/inf; checkpoints before step {step} are kept"
+                nonfinite = [k for k, v in record.items() if isinstance(v, float) and not np.isfinite(v)]
+                if nonfinite:
+                    _stop_diverged(out, manager, step, record, f"{nonfinite} are NaN/inf at step {step}")
+                if record["q_data"] > q_limit:
+                    reason = (
+                        f"q_data = {record['q_data']:.4g} at step {step} is above {q_limit:.4g}, far beyond the "
+                        f"largest return the rewards allow ({q_range['q_max']:.4g})"
                     )
+                    if config.on_divergence == "stop":
+                        _stop_diverged(out, manager, step, record, reason)
+                    record["diverged"] = True
+                    tqdm.write(f"offrl: warning: {reason}; flagged in metrics.jsonl, training goes on")
                 # Record first, checkpoint second: a crash in between leaves a record without its checkpoint,
                 # which resume drops and recomputes identically from the previous checkpoint. The other order
                 # would leave a checkpoint whose record is lost for good.
@@ -344,6 +388,21 @@ def train(config: TrainConfig) -> Path:
     finally:
         bar.close()
     return out
+
+
+def _stop_diverged(out: Path, manager: Any, step: int, record: dict[str, Any], reason: str) -> None:
+    """Log a record marked ``"diverged": true`` (no checkpoint is saved for it) and raise TrainingDiverged.
+
+    The diagnosis reads the record as the verdict ``diverged``; earlier checkpoints are untouched.
+    """
+    rd.append_metrics(out, {"step": step, **record, "diverged": True, "divergence_reason": reason})
+    last = max(manager.all_steps(), default=None)
+    raise TrainingDiverged(
+        f"training diverged: {reason}. "
+        + (f"The last good checkpoint, step {last}, is kept. " if last is not None else "No checkpoint was kept. ")
+        + "Lower the learning rates, check the rewards' scale and terminals, or raise the CQL weight alpha; "
+        "`offrl diagnose` reports it"
+    )
 
 
 def load_run_config(run_dir: str | Path) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from offrl.data import divergence_limit
 from offrl.training import run_dir as rd
 
 VERDICTS = ("overfitting", "underfitting", "healthy", "inconclusive", "diverged")
@@ -216,58 +217,73 @@ def diagnose_metrics(
         "recommendation", "compared_runs"}``; ``verdict`` is one of ``VERDICTS``.
     """
     by_step = {int(r["step"]): r for r in records if "step" in r}
-    warmup = [s for s in sorted(by_step) if s <= warmup_steps]
-    steps = [s for s in sorted(by_step) if s > warmup_steps]
-    records = [by_step[s] for s in steps]
     q_min, q_max = float(q_range[0]), float(q_range[1])
     width = q_max - q_min
     reasons: list[str] = []
-    evidence: dict[str, Any] = {"checkpoints": len(steps), "metric": config.metric}
-    if warmup:
-        evidence["warmup_checkpoints_ignored"] = warmup
-        reasons.append(
-            f"{len(warmup)} checkpoint(s) at or before step {warmup_steps} are the actor's behaviour-cloning "
-            f"warm start, not CQL policies: left out of the diagnosis and the selection"
-        )
+    evidence: dict[str, Any] = {"metric": config.metric}
     out: dict[str, Any] = {
         "verdict": "inconclusive",
-        "selected_step": steps[-1] if steps else None,
+        "selected_step": None,
         "peak_step": None,
-        "selection_rule": "last checkpoint",
+        "selection_rule": "none",
         "q_range": [q_min, q_max],
         "evidence": evidence,
         "reasons": reasons,
         "compared_runs": [c.get("run_dir") for c in compare],
     }
 
+    # Divergence, over every checkpoint (the warm start included): a record that training marked diverged, a
+    # non-finite value, or Q far *above* what the rewards allow (extrapolation error blowing up). Q below the
+    # range is not divergence: CQL's over-minimisation of Q on sampled actions biases every backup downwards,
+    # and with 0/1 rewards that bias sets the level (paper Sec. 3); a falling q_data there is Metric 3.1's.
+    limit = divergence_limit(q_min, q_max, config.divergence_factor)
+
+    def value(r: dict[str, Any]) -> float:
+        v = r.get(config.metric)
+        return float("nan") if v is None else float(v)
+
+    def unsound(r: dict[str, Any]) -> bool:
+        return bool(r.get("diverged")) or (config.metric in r and not value(r) <= limit)
+
+    bad = [s for s in sorted(by_step) if unsound(by_step[s])]
+    if bad:
+        first = bad[0]
+        r = by_step[first]
+        evidence.update({"first_unsound_step": first, "divergence_limit": limit})
+        reasons.append(
+            r.get("divergence_reason")
+            or f"{config.metric} = {value(r):.4g} at step {first} is non-finite or above {limit:.4g}, far beyond "
+            f"the largest return the rewards allow ({q_max:.4g})"
+        )
+        before = [s for s in sorted(by_step) if s < first and np.isfinite(value(by_step[s]))]
+        after_warmup = [s for s in before if s > warmup_steps] or before
+        out["verdict"] = "diverged"
+        out["selected_step"] = max(after_warmup, key=lambda s: value(by_step[s])) if after_warmup else None
+        out["selection_rule"] = "highest dataset Q-value before divergence"
+        out["recommendation"] = _recommendation("diverged", out["selected_step"])
+        return out
+
+    warmup = [s for s in sorted(by_step) if s <= warmup_steps]
+    steps = [s for s in sorted(by_step) if s > warmup_steps]
+    records = [by_step[s] for s in steps]
+    evidence["checkpoints"] = len(steps)
+    if warmup:
+        evidence["warmup_checkpoints_ignored"] = warmup
+        reasons.append(
+            f"{len(warmup)} checkpoint(s) at or before step {warmup_steps} are the actor's behaviour-cloning "
+            f"warm start, not CQL policies: left out of the diagnosis and the selection"
+        )
+
     def series(key: str) -> np.ndarray:
         return np.array([r.get(key, np.nan) if r.get(key) is not None else np.nan for r in records], np.float64)
 
     q = series(config.metric)
     if len(steps) == 0 or not np.isfinite(q).any():
-        reasons.append(f"no checkpoint has a finite '{config.metric}'")
-        out["recommendation"] = _recommendation("inconclusive", None)
-        return out
-
-    # Divergence: a non-finite value, or Q far *above* what the rewards allow (extrapolation error blowing up).
-    # Q below the range is not divergence: CQL's over-minimisation of Q on sampled actions biases every
-    # backup downwards, and with 0/1 rewards that bias sets the level (paper Sec. 3); a falling q_data there
-    # is read by Metric 3.1.
-    limit = q_max + config.divergence_factor * max(width, abs(q_max), 1.0)
-    sound = np.isfinite(q) & (q <= limit)
-    if not sound.all():
-        first_bad = int(np.flatnonzero(~sound)[0])
-        evidence["first_unsound_step"] = steps[first_bad]
-        evidence["divergence_limit"] = limit
         reasons.append(
-            f"{config.metric} = {q[first_bad]:.4g} at step {steps[first_bad]} is non-finite or above "
-            f"{limit:.4g}, far beyond the largest return the rewards allow ({q_max:.4g})"
+            f"no checkpoint after the warm start has a finite '{config.metric}'" if warmup
+            else f"no checkpoint has a finite '{config.metric}'"
         )
-        out["verdict"] = "diverged"
-        good = np.flatnonzero(sound[:first_bad])
-        out["selected_step"] = steps[int(good[np.argmax(q[good])])] if len(good) else None
-        out["selection_rule"] = "highest dataset Q-value before divergence"
-        out["recommendation"] = _recommendation("diverged", out["selected_step"])
+        out["recommendation"] = _recommendation("inconclusive", None)
         return out
 
     if q[-1] < q_min - width:
