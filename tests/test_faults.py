@@ -291,3 +291,16 @@ def test_committed_run_of_format_v1_still_loads(tmp_path):
     assert write_report(run).exists()
     # the committed fixture itself is never modified by the test
     assert not (FIXTURE / "diagnosis.json").exists()
+
+
+def test_incomplete_checkpoint_folders_are_ignored_and_set_aside_on_resume(tmp_path):
+    data = _data(tmp_path)
+    out = train(_config(data, tmp_path / "run", steps=80))
+    # what a crash could leave: a step folder without Orbax's completion file, and a temporary folder
+    (out / "checkpoints" / "120" / "state").mkdir(parents=True)
+    (out / "checkpoints" / "120.orbax-checkpoint-tmp-1").mkdir()
+    assert rd.checkpoint_steps(out) == [40, 80]
+    train(_config(data, out, steps=120, resume=True))
+    assert rd.checkpoint_steps(out) == [40, 80, 120]
+    assert len(list((out / "checkpoints").glob("incomplete-120-*"))) == 1  # moved aside, not deleted
+    _same_records(rd.read_metrics(train(_config(data, tmp_path / "ref"))), rd.read_metrics(out))

@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import tempfile
+import time
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,12 @@ def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any, meta:
         args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(_finite(meta))),
     )
     manager.wait_until_finished()
+    # Orbax skips, without an error, a step older than the newest folder it sees; never accept that silently.
+    if step not in manager.all_steps() or not _complete(Path(manager.directory) / str(step)):
+        raise RuntimeError(
+            f"checkpoint {step} was not written to {manager.directory} (a newer step folder is in the way?): "
+            f"move folders of later steps out of the checkpoints folder"
+        )
 
 
 def restore_checkpoint(manager: ocp.CheckpointManager, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
@@ -161,8 +168,29 @@ def restore_checkpoint(manager: ocp.CheckpointManager, step: int, like: Any) -> 
     return restored["state"], restored["meta"]
 
 
+def _complete(step_dir: Path) -> bool:
+    # Orbax writes a step into a temporary folder and renames it into place once finalised, with this file.
+    return (step_dir / "_CHECKPOINT_METADATA").is_file()
+
+
 def checkpoint_steps(run_dir: str | Path) -> list[int]:
-    """Steps of the complete checkpoints of a run, ascending (incomplete temporary folders are ignored)."""
-    if not (Path(run_dir) / CHECKPOINT_DIR).is_dir():
+    """Steps of the complete checkpoints of a run, ascending; temporary and incomplete folders are ignored."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
         return []
-    return sorted(checkpoint_manager(run_dir).all_steps())
+    return sorted(s for s in checkpoint_manager(run_dir).all_steps() if _complete(folder / str(s)))
+
+
+def set_aside_incomplete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Move step folders that are not complete checkpoints to ``checkpoints/incomplete-STEP-TIME`` (never
+    deleted), so that a resumed run can write those steps again. Returns the new paths."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    moved = []
+    for d in sorted(folder.iterdir()):
+        if d.is_dir() and d.name.isdigit() and not _complete(d):
+            target = folder / f"incomplete-{d.name}-{int(time.time())}"
+            d.rename(target)
+            moved.append(target)
+    return moved

@@ -298,7 +298,10 @@ def train(config: TrainConfig) -> Path:
                 f"(fingerprint {dataset_fp[:12]} != {saved['dataset']['fingerprint'][:12]}); "
                 f"pass the original dataset"
             )
-        steps_done = sorted(manager.all_steps())
+        for moved in rd.set_aside_incomplete_checkpoints(out):
+            tqdm.write(f"offrl: warning: incomplete checkpoint folder moved aside to {moved}")
+        manager = rd.checkpoint_manager(out)
+        steps_done = rd.checkpoint_steps(out)
         if steps_done:
             start_step = steps_done[-1]
             state, _ = rd.restore_checkpoint(manager, start_step, state)
@@ -396,7 +399,7 @@ def _stop_diverged(out: Path, manager: Any, step: int, record: dict[str, Any], r
     The diagnosis reads the record as the verdict ``diverged``; earlier checkpoints are untouched.
     """
     rd.append_metrics(out, {"step": step, **record, "diverged": True, "divergence_reason": reason})
-    last = max(manager.all_steps(), default=None)
+    last = max(rd.checkpoint_steps(out), default=None)
     raise TrainingDiverged(
         f"training diverged: {reason}. "
         + (f"The last good checkpoint, step {last}, is kept. " if last is not None else "No checkpoint was kept. ")
