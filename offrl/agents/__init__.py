@@ -1,1 +1,31 @@
-"""Offline RL algorithms, one file each, as pure update functions."""
+"""Offline RL algorithms, one file each, as pure functions over an immutable state.
+
+Every agent module has the same functions: ``init(config, obs_dim, act_dim, key) -> state``,
+``update(state, batch, key, config) -> (state, metrics)``, ``evaluate(state, batch, key, config) -> per-transition
+metrics``, ``deterministic_action(actor_params, obs, act_dim, config)`` and ``param_counts(state)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from types import ModuleType
+from typing import Any
+
+from offrl.agents import bc, brac, cql
+
+AGENTS: dict[str, ModuleType] = {"cql": cql, "brac": brac, "bc": bc}
+CONFIGS: dict[str, type] = {"cql": cql.CQLConfig, "brac": brac.BRACConfig, "bc": bc.BCConfig}
+
+
+def get_agent(algo: str) -> ModuleType:
+    """The module of an algorithm by name ('cql', 'brac', 'bc')."""
+    if algo not in AGENTS:
+        raise ValueError(f"unknown algorithm {algo!r}: choose one of {sorted(AGENTS)}")
+    return AGENTS[algo]
+
+
+def config_from_dict(algo: str, d: dict[str, Any]) -> Any:
+    """Rebuild an agent config from its JSON form (lists back to tuples); unknown keys are ignored."""
+    cls = CONFIGS[algo]
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names})

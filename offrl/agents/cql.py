@@ -18,7 +18,6 @@ effects. Default values and their sources: ``../shared/reference/implementation-
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any
 
@@ -27,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from offrl.agents import common
 from offrl.networks import CriticEnsemble, TanhGaussianActor, sample_tanh_gaussian, tanh_gaussian_log_prob
 
 Batch = dict[str, jnp.ndarray]
@@ -258,7 +258,7 @@ def update(state: CQLState, batch: Batch, key: jax.Array, config: CQLConfig) -> 
     critic_opt, actor_opt, temp_opt = _optimizers(config)
     k_critic, k_actor = jax.random.split(key)
     act_dim = batch["actions"].shape[-1]
-    target_entropy = -float(act_dim) if config.target_entropy is None else config.target_entropy
+    target_entropy = common.target_entropy_of(config.target_entropy, act_dim)
 
     # Actor and temperature use the critic before this step's update (as in rlkit).
     bc_phase = state.step < config.bc_steps
@@ -268,12 +268,9 @@ def update(state: CQLState, batch: Batch, key: jax.Array, config: CQLConfig) -> 
     a_updates, actor_opt_state = actor_opt.update(a_grads, state.actor_opt_state, state.actor_params)
     actor_params = optax.apply_updates(state.actor_params, a_updates)
 
-    def temperature_loss(log_temperature: jnp.ndarray) -> jnp.ndarray:
-        return -log_temperature * jax.lax.stop_gradient(a_aux["log_pi"] + target_entropy)
-
-    t_loss, t_grad = jax.value_and_grad(temperature_loss)(state.log_temperature)
-    t_updates, temperature_opt_state = temp_opt.update(t_grad, state.temperature_opt_state)
-    log_temperature = optax.apply_updates(state.log_temperature, t_updates)
+    log_temperature, temperature_opt_state, t_loss = common.temperature_step(
+        state.log_temperature, state.temperature_opt_state, a_aux["log_pi"], target_entropy, temp_opt
+    )
 
     (c_loss, parts), c_grads = jax.value_and_grad(critic_terms, has_aux=True)(
         state.critic_params,
@@ -324,20 +321,12 @@ def evaluate_critic(state: CQLState, batch: Batch, key: jax.Array, config: CQLCo
     return parts
 
 
-@functools.partial(jax.jit, static_argnames=("act_dim", "config"))
-def deterministic_action(
-    actor_params: Any, observations: jnp.ndarray, act_dim: int, config: CQLConfig
-) -> jnp.ndarray:
+def deterministic_action(actor_params: Any, observations: jnp.ndarray, act_dim: int, config: CQLConfig):
     """The evaluation action tanh(mu(s)) for normalised observations (B, obs_dim) -> (B, act_dim)."""
-    _, actor = _networks(config, act_dim)
-    mean, _ = actor.apply(actor_params, observations)
-    return jnp.tanh(mean)
+    return common.deterministic_action(actor_params, observations, act_dim, config.actor_hidden_dims)
 
 
-def param_counts(state: CQLState) -> dict[str, int]:
-    """Number of parameters of the critic ensemble and of the actor (for comparing capacity, Metric 3.2)."""
+param_counts = common.param_counts
 
-    def count(tree: Any) -> int:
-        return int(sum(x.size for x in jax.tree.leaves(tree)))
 
-    return {"critic": count(state.critic_params), "actor": count(state.actor_params)}
+evaluate = evaluate_critic

@@ -229,15 +229,30 @@ def _metric_figure(
     return _to_png_b64(fig)
 
 
-def _q_data_figure(records: list[dict], diagnosis: dict | None, evaluation: dict | None) -> str | None:
+# Per algorithm: the curve the diagnosis reads (Metric 3.1) with its axis label and title, and the regularizer.
+MAIN_CURVE = {
+    "cql": ("q_data", "average Q on dataset actions", "q_data: average Q-value of dataset actions"),
+    "brac": ("q_regularized", "Q + beta log pi_beta", "q_regularized: BRAC's objective on dataset states"),
+    "bc": ("log_likelihood", "log pi(a|s) of dataset actions", "log_likelihood of dataset actions (nats)"),
+}
+REGULARIZER_CURVE = {
+    "cql": ("cql_regularizer", "cql_regularizer: Q on sampled actions minus Q on dataset actions"),
+    "brac": ("kl_estimate", "kl_estimate: log pi - log pi_beta on the policy's actions"),
+}
+
+
+def _q_data_figure(
+    records: list[dict], diagnosis: dict | None, evaluation: dict | None, algo: str = "cql"
+) -> str | None:
+    key, ylabel, title = MAIN_CURVE.get(algo, MAIN_CURVE["cql"])
     fig, axes = _new_figure(4.2)
     ax = axes[0][0]
-    if not _plot_pair(ax, records, "q_data"):
+    if not _plot_pair(ax, records, key):
         fig.clear()
         return None
     _mark_steps(ax, diagnosis)
-    _style_axes(ax, "average Q on dataset actions")
-    ax.set_title("q_data: average Q-value of dataset actions", loc="left", fontsize=11)
+    _style_axes(ax, ylabel)
+    ax.set_title(title, loc="left", fontsize=11)
     handles, labels = ax.get_legend_handles_labels()
     xs, ys = _success_series(evaluation)
     if xs:
@@ -509,11 +524,14 @@ def _build_html(
         summary += f", task {task}"
 
     q_width = _q_range_width(diagnosis)
+    algo = config.get("algo", "cql")
+    main_key = MAIN_CURVE.get(algo, MAIN_CURVE["cql"])[0]
+    reg_key, reg_title = REGULARIZER_CURVE.get(algo, REGULARIZER_CURVE["cql"])
     figs = [
         (
-            "Average dataset Q-value (overfitting check)",
-            _q_data_figure(records, diagnosis, evaluation),
-            _missing(records, "q_data"),
+            "The curve the diagnosis reads (overfitting check, Metric 3.1)",
+            _q_data_figure(records, diagnosis, evaluation, algo),
+            _missing(records, main_key),
             "With overfitting, the average Q-value on dataset actions rises and then falls as training continues; "
             "the workflow selects a checkpoint near the peak. Held-out data makes the drop easier to see.",
         ),
@@ -526,15 +544,11 @@ def _build_html(
             "A TD error that stays high on the training transitions suggests underfitting.",
         ),
         (
-            "CQL regularizer",
-            _metric_figure(
-                records,
-                "cql_regularizer",
-                "cql_regularizer: Q on sampled actions minus Q on dataset actions",
-                diagnosis,
-            ),
-            _missing(records, "cql_regularizer"),
-            "A CQL regularizer that stays high together with a high TD error suggests underfitting.",
+            "Regularizer",
+            _metric_figure(records, reg_key, reg_title, diagnosis),
+            _missing(records, reg_key),
+            "A regularizer that stays high together with a high TD error suggests underfitting; one that "
+            "drops with more capacity confirms it (Metric 3.2).",
         ),
         (
             "Q-value error estimate",

@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
 
-from offrl.agents import cql
+from offrl.agents import get_agent
 from offrl.data import Normalizer
 from offrl.training import run_dir as rd
 from offrl.training.train import agent_config_from_dict, load_run_config
 
 
-def load_state(run_dir: str | Path, step: int) -> tuple[cql.CQLState, dict]:
+def load_state(run_dir: str | Path, step: int) -> tuple[Any, dict]:
     """Restore the agent state of a run at a checkpoint step, with the run's config.json.
 
     Raises:
         FileNotFoundError: not a run directory, or no checkpoint at that step.
     """
     cfg = load_run_config(run_dir)
-    agent = agent_config_from_dict(cfg["agent"])
-    like = cql.init(agent, cfg["dataset"]["obs_dim"], cfg["dataset"]["act_dim"], jax.random.PRNGKey(0))
+    algo = cfg.get("algo", "cql")
+    agent = agent_config_from_dict(cfg["agent"], algo)
+    like = get_agent(algo).init(agent, cfg["dataset"]["obs_dim"], cfg["dataset"]["act_dim"], jax.random.PRNGKey(0))
     state, _ = rd.restore_checkpoint(rd.checkpoint_manager(run_dir), step, like)
     return state, cfg
 
@@ -34,12 +37,31 @@ def load_policy(run_dir: str | Path, step: int) -> Callable[[np.ndarray], np.nda
     the run's observation normalisation is applied inside it.
     """
     state, cfg = load_state(run_dir, step)
-    agent = agent_config_from_dict(cfg["agent"])
+    algo = cfg.get("algo", "cql")
+    module = get_agent(algo)
+    agent = agent_config_from_dict(cfg["agent"], algo)
     normalizer = Normalizer.from_dict(cfg["normalizer"])
     act_dim = int(cfg["dataset"]["act_dim"])
 
     def policy(observations: np.ndarray) -> np.ndarray:
         obs = normalizer(np.asarray(observations, np.float32))
-        return np.asarray(cql.deterministic_action(state.actor_params, obs, act_dim, agent))
+        return np.asarray(module.deterministic_action(state.actor_params, obs, act_dim, agent))
 
     return policy
+
+
+def best_step_by(run_dir: str | Path, key: str, fallback: str | None = None) -> int:
+    """The checkpoint step whose metrics record has the highest ``key`` (``fallback`` when no record has it),
+    among steps that have a complete checkpoint.
+
+    Raises:
+        FileNotFoundError: the run has no checkpoint with that metric.
+    """
+    saved = set(rd.checkpoint_steps(run_dir))
+    records = [r for r in rd.read_metrics(run_dir) if int(r["step"]) in saved]
+    for k in (key, fallback):
+        scored = [(r[k], int(r["step"])) for r in records if k and isinstance(r.get(k), (int, float))
+                  and math.isfinite(r[k])]
+        if scored:
+            return max(scored)[1]
+    raise FileNotFoundError(f"{run_dir} has no checkpoint with a finite '{key}'")

@@ -21,7 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from offrl.agents import cql
+from offrl.agents import config_from_dict, cql, get_agent
+from offrl.agents.bc import BCConfig
+from offrl.agents.brac import BRACConfig
 from offrl.data import (
     Dataset,
     DatasetError,
@@ -74,8 +76,18 @@ class TrainConfig:
     flag the record (``"diverged": true``) and go on. NaN/inf always stops."""
     divergence_factor: float = 10.0
     """Divergence limit: q_max + divergence_factor * max(Q range width, |q_max|, 1)."""
+    algo: Literal["cql", "brac", "bc"] = "cql"
+    """Algorithm: CQL (paper Eq. 1), BRAC (Appendix F; needs --behavior-run) or behaviour cloning."""
     agent: cql.CQLConfig = dataclasses.field(default_factory=cql.CQLConfig)
-    """CQL hyperparameters."""
+    """CQL hyperparameters (used with --algo cql)."""
+    brac: BRACConfig = dataclasses.field(default_factory=BRACConfig)
+    """BRAC hyperparameters (used with --algo brac)."""
+    bc: BCConfig = dataclasses.field(default_factory=BCConfig)
+    """Behaviour-cloning hyperparameters (used with --algo bc)."""
+    behavior_run: Path | None = None
+    """BRAC: a run of `offrl train --algo bc` on the same dataset, whose policy becomes pi_beta."""
+    behavior_step: int | None = None
+    """BRAC: the checkpoint of the behaviour run to use; default: the highest held-out log-likelihood."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -114,15 +126,27 @@ def _eval_arrays(
     return out, mask
 
 
-def make_train_chunk(agent: cql.CQLConfig, batch_size: int, num_steps: int):
+def active_agent_config(config: TrainConfig) -> Any:
+    """The hyperparameters of the algorithm that ``config.algo`` names."""
+    return {"cql": config.agent, "brac": config.brac, "bc": config.bc}[config.algo]
+
+
+def _with_agent_config(config: TrainConfig, agent_config: Any) -> TrainConfig:
+    field = {"cql": "agent", "brac": "brac", "bc": "bc"}[config.algo]
+    return dataclasses.replace(config, **{field: agent_config})
+
+
+def make_train_chunk(algo: str, agent: Any, batch_size: int, num_steps: int):
     """A jitted ``(state, data, key) -> (state, mean metrics)`` running ``num_steps`` gradient steps.
 
     Minibatches are drawn uniformly with replacement from the device-resident ``data`` (dict of (N, ...)
     arrays) inside the compiled loop; metrics are averaged over the steps inside it too.
     """
 
+    module = get_agent(algo)
+
     @jax.jit
-    def chunk(state: cql.CQLState, data: dict[str, jnp.ndarray], key: jax.Array):
+    def chunk(state: Any, data: dict[str, jnp.ndarray], key: jax.Array):
         n = data["rewards"].shape[0]
 
         def body(carry, k):
@@ -130,13 +154,13 @@ def make_train_chunk(agent: cql.CQLConfig, batch_size: int, num_steps: int):
             k_idx, k_upd = jax.random.split(k)
             idx = jax.random.randint(k_idx, (batch_size,), 0, n)
             batch = jax.tree.map(lambda x: x[idx], data)
-            state, metrics = cql.update(state, batch, k_upd, agent)
+            state, metrics = module.update(state, batch, k_upd, agent)
             sums = jax.tree.map(jnp.add, sums, metrics)
             return (state, sums), None
 
         zeros = jax.tree.map(
             lambda s: jnp.zeros(s.shape, s.dtype),
-            jax.eval_shape(lambda: cql.update(state, jax.tree.map(lambda x: x[:batch_size], data), key, agent)[1]),
+            jax.eval_shape(lambda: module.update(state, jax.tree.map(lambda x: x[:batch_size], data), key, agent)[1]),
         )
         (state, sums), _ = jax.lax.scan(body, (state, zeros), jax.random.split(key, num_steps))
         return state, jax.tree.map(lambda s: s / num_steps, sums)
@@ -144,16 +168,18 @@ def make_train_chunk(agent: cql.CQLConfig, batch_size: int, num_steps: int):
     return chunk
 
 
-def make_evaluator(agent: cql.CQLConfig):
+def make_evaluator(algo: str, agent: Any):
     """A jitted ``(state, chunks, mask, key) -> metrics`` giving the workflow metrics averaged over a fixed
-    evaluation set (see :func:`offrl.agents.cql.critic_terms`). The same key is used at every checkpoint so
+    evaluation set (each agent's ``evaluate``, e.g. :func:`offrl.agents.cql.critic_terms`). The same key is used at every checkpoint so
     the sampling noise in the regularizer and the target is the same along the curve."""
 
+    module = get_agent(algo)
+
     @jax.jit
-    def evaluate(state: cql.CQLState, chunks: dict[str, jnp.ndarray], mask: jnp.ndarray, key: jax.Array):
+    def evaluate(state: Any, chunks: dict[str, jnp.ndarray], mask: jnp.ndarray, key: jax.Array):
         def one(args):
             batch, m = args
-            parts = cql.evaluate_critic(state, batch, key, agent)
+            parts = module.evaluate(state, batch, key, agent)
             return jax.tree.map(lambda v: jnp.sum(v * m), parts)
 
         sums = jax.lax.map(one, (chunks, mask))
@@ -164,14 +190,15 @@ def make_evaluator(agent: cql.CQLConfig):
 
 
 def _resolved_config(config: TrainConfig, extra: dict[str, Any]) -> dict[str, Any]:
-    training = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("agent", "dataset", "out")}
+    skip = ("agent", "brac", "bc", "dataset", "out", "behavior_run", "behavior_step", "algo")
+    training = {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
     training.pop("overwrite")
     training.pop("resume")
     training.pop("progress")
     return {
-        "algo": "cql",
+        "algo": config.algo,
         "seed": config.seed,
-        "agent": dataclasses.asdict(config.agent),
+        "agent": dataclasses.asdict(active_agent_config(config)),
         "training": training,
         **extra,
         "offrl_version": rd.offrl_version(),
@@ -180,11 +207,9 @@ def _resolved_config(config: TrainConfig, extra: dict[str, Any]) -> dict[str, An
     }
 
 
-def agent_config_from_dict(d: dict[str, Any]) -> cql.CQLConfig:
-    """Rebuild a CQLConfig from its JSON form (lists back to tuples)."""
-    fields = {f.name for f in dataclasses.fields(cql.CQLConfig)}
-    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in fields}
-    return cql.CQLConfig(**kwargs)
+def agent_config_from_dict(d: dict[str, Any], algo: str = "cql") -> Any:
+    """Rebuild an agent config from its JSON form in config.json (lists back to tuples)."""
+    return config_from_dict(algo, d)
 
 
 def _check_config(config: TrainConfig) -> None:
@@ -197,8 +222,13 @@ def _check_config(config: TrainConfig) -> None:
         problems.append(f"--log-every must be >= 1 (got {config.log_every})")
     if config.batch_size < 1:
         problems.append(f"--batch-size must be >= 1 (got {config.batch_size})")
-    if not 0.0 <= config.agent.gamma < 1.0:
-        problems.append(f"--agent.gamma must be in [0, 1) (got {config.agent.gamma})")
+    gamma = getattr(active_agent_config(config), "gamma", 0.99)
+    if not 0.0 <= gamma < 1.0:
+        problems.append(f"gamma must be in [0, 1) (got {gamma})")
+    if config.algo == "brac" and config.behavior_run is None and not config.resume:
+        problems.append(
+            "BRAC needs a behaviour policy: train one with `offrl train --algo bc ...` and pass --behavior-run"
+        )
     if problems:
         raise ValueError("; ".join(problems))
 
@@ -245,8 +275,8 @@ def train(config: TrainConfig) -> Path:
         if not (out / rd.CONFIG_FILE).is_file():
             raise FileNotFoundError(f"cannot resume: {out} has no {rd.CONFIG_FILE}; start a new run without --resume")
         saved = rd.read_json(out / rd.CONFIG_FILE)
-        agent = agent_config_from_dict(saved["agent"])
-        config = dataclasses.replace(config, agent=agent, seed=saved["seed"])
+        config = dataclasses.replace(config, algo=saved.get("algo", "cql"), seed=saved["seed"])
+        config = _with_agent_config(config, agent_config_from_dict(saved["agent"], config.algo))
         for k in ("checkpoint_every", "log_every", "batch_size", "heldout_fraction", "eval_transitions"):
             config = dataclasses.replace(config, **{k: saved["training"][k]})
     elif out.exists() and any(out.iterdir()) and not config.overwrite:
@@ -269,11 +299,19 @@ def train(config: TrainConfig) -> Path:
         if config.normalize_observations
         else Normalizer.identity(dataset.obs_dim)
     )
-    q_range = q_value_range(train_ds, config.agent.gamma)
-    agent = config.agent
+    agent = active_agent_config(config)
+    module = get_agent(config.algo)
+    q_range = q_value_range(train_ds, getattr(agent, "gamma", 0.99))
     key = jax.random.PRNGKey(config.seed)
     k_init, k_train, k_eval = jax.random.split(key, 3)
-    state = cql.init(agent, dataset.obs_dim, dataset.act_dim, k_init)
+    behavior_info = None
+    if config.algo == "brac" and not config.resume:
+        behavior_params, behavior_info = _load_behavior(config, normalizer, dataset_fp)
+        agent = dataclasses.replace(agent, behavior_hidden_dims=tuple(behavior_info["actor_hidden_dims"]))
+        config = _with_agent_config(config, agent)
+    state = module.init(agent, dataset.obs_dim, dataset.act_dim, k_init)
+    if behavior_info is not None:
+        state = module.with_behavior(state, behavior_params)
 
     dataset_info = {
         "path": str(Path(config.dataset).absolute()),
@@ -312,7 +350,8 @@ def train(config: TrainConfig) -> Path:
         extra = {
             "dataset": dataset_info,
             "normalizer": normalizer.to_dict(),
-            "num_params": cql.param_counts(state),
+            "num_params": module.param_counts(state),
+            **({"behavior": behavior_info} if behavior_info else {}),
         }
         rd.write_json(out / rd.CONFIG_FILE, _resolved_config(config, extra))
     if start_step >= config.steps:
@@ -323,8 +362,8 @@ def train(config: TrainConfig) -> Path:
     if heldout_ds is not None:
         eval_sets["heldout/"] = _eval_arrays(heldout_ds, normalizer, config.eval_transitions, config.seed)
     chunk_steps = _chunk_size(config)
-    train_chunk = make_train_chunk(agent, config.batch_size, chunk_steps)
-    evaluate = make_evaluator(agent)
+    train_chunk = make_train_chunk(config.algo, agent, config.batch_size, chunk_steps)
+    evaluate = make_evaluator(config.algo, agent)
     horizon = q_range["effective_horizon"]
     q_limit = divergence_limit(q_range["q_min"], q_range["q_max"], config.divergence_factor)
 
@@ -354,21 +393,25 @@ def train(config: TrainConfig) -> Path:
             for k, v in metrics.items():
                 interval_sums[k] = interval_sums.get(k, 0.0) + float(v)
             interval_chunks += 1
-            bar.set_postfix(q_data=f"{metrics['q_data']:.3g}", td=f"{metrics['td_error']:.2g}")
+            if "q_data" in metrics:
+                bar.set_postfix(q_data=f"{metrics['q_data']:.3g}", td=f"{metrics['td_error']:.2g}")
+            else:
+                bar.set_postfix(log_likelihood=f"{metrics['log_likelihood']:.3g}")
             if step % config.checkpoint_every == 0 or step == config.steps:
                 record: dict[str, Any] = {"step": step, "time_s": round(time.perf_counter() - t0, 3)}
                 for prefix, (chunks, mask) in eval_sets.items():
                     ev = jax.device_get(evaluate(state, chunks, mask, k_eval))
                     for k, v in ev.items():
                         record[prefix + k] = float(v)
-                    record[prefix + "q_error_estimate"] = float(ev["td_error"]) * horizon
+                    if "td_error" in ev:
+                        record[prefix + "q_error_estimate"] = float(ev["td_error"]) * horizon
                 record.update({f"train/{k}": v / interval_chunks for k, v in interval_sums.items()})
                 # Throughput of this interval's gradient steps (the first interval includes compilation).
                 record["steps_per_s"] = round(interval_chunks * chunk_steps / (train_time + 1e-9), 2)
                 nonfinite = [k for k, v in record.items() if isinstance(v, float) and not np.isfinite(v)]
                 if nonfinite:
                     _stop_diverged(out, manager, step, record, f"{nonfinite} are NaN/inf at step {step}")
-                if record["q_data"] > q_limit:
+                if record.get("q_data", -np.inf) > q_limit:
                     reason = (
                         f"q_data = {record['q_data']:.4g} at step {step} is above {q_limit:.4g}, far beyond the "
                         f"largest return the rewards allow ({q_range['q_max']:.4g})"
@@ -385,12 +428,43 @@ def train(config: TrainConfig) -> Path:
                     manager,
                     step,
                     state,
-                    {"step": step, "offrl_version": rd.offrl_version(), "algo": "cql"},
+                    {"step": step, "offrl_version": rd.offrl_version(), "algo": config.algo},
                 )
                 interval_sums, interval_chunks, train_time = {}, 0, 0.0
     finally:
         bar.close()
     return out
+
+
+def _load_behavior(config: TrainConfig, normalizer: Normalizer, dataset_fp: str) -> tuple[Any, dict[str, Any]]:
+    """pi_beta for BRAC: the actor of a BC run's checkpoint, checked to match this run's data and inputs.
+
+    Raises:
+        FileNotFoundError: the behaviour run or step does not exist.
+        ValueError: it is not a BC run, was trained on another dataset or with another normalisation.
+    """
+    from offrl.training.policy import best_step_by, load_state
+
+    run = Path(config.behavior_run)
+    bcfg = load_run_config(run)
+    if bcfg.get("algo") != "bc":
+        raise ValueError(f"--behavior-run {run} is a {bcfg.get('algo')!r} run; pi_beta comes from `--algo bc`")
+    if bcfg["dataset"]["fingerprint"] != dataset_fp:
+        raise ValueError(
+            f"--behavior-run {run} was trained on another dataset ({bcfg['dataset']['path']}): train BC on "
+            f"{config.dataset}"
+        )
+    if Normalizer.from_dict(bcfg["normalizer"]).to_dict() != normalizer.to_dict():
+        raise ValueError(
+            f"--behavior-run {run} normalises observations differently: train BC with the same --seed, "
+            f"--heldout-fraction and --normalize-observations as this run"
+        )
+    step = config.behavior_step
+    if step is None:
+        step = best_step_by(run, "heldout/log_likelihood", fallback="log_likelihood")
+    bstate, _ = load_state(run, step)
+    info = {"run": str(run.absolute()), "step": step, "actor_hidden_dims": bcfg["agent"]["actor_hidden_dims"]}
+    return bstate.actor_params, info
 
 
 def _stop_diverged(out: Path, manager: Any, step: int, record: dict[str, Any], reason: str) -> None:

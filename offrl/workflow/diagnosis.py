@@ -29,6 +29,9 @@ from offrl.data import divergence_limit
 from offrl.training import run_dir as rd
 
 VERDICTS = ("overfitting", "underfitting", "healthy", "inconclusive", "diverged")
+# Per algorithm: the curve of Metric 3.1 / Guideline 3.1, and the regularizer compared by Metric 3.2.
+DEFAULT_METRIC = {"cql": "q_data", "brac": "q_regularized", "bc": "heldout/log_likelihood"}
+REGULARIZER = {"cql": "cql_regularizer", "brac": "kl_estimate", "bc": None}
 DIAGNOSIS_FILE = "diagnosis.json"
 
 
@@ -36,9 +39,10 @@ DIAGNOSIS_FILE = "diagnosis.json"
 class DiagnosisConfig:
     """Thresholds of the diagnosis. Units: checkpoints (counts along the metric curve) and ratios."""
 
-    metric: str = "q_data"
-    """Curve read by Metric 3.1 and Guideline 3.1: ``q_data`` (training transitions, as in the paper) or
-    ``heldout/q_data``."""
+    metric: str = "auto"
+    """Curve read by Metric 3.1 and Guideline 3.1. ``auto``: ``q_data`` for CQL (training transitions, as in
+    the paper), ``q_regularized`` for BRAC (Appendix F), ``heldout/log_likelihood`` for BC; or any logged key
+    such as ``heldout/q_data``."""
     smoothing_window: int = 3
     """Width of the centred moving average applied to the curve before finding the peak, in checkpoints."""
     min_checkpoints: int = 4
@@ -155,11 +159,19 @@ def _tail_mean(values: Sequence[float], n: int) -> float:
     return float(v[-n:].mean()) if len(v) else float("nan")
 
 
-def _recommendation(verdict: str, selected_step: int | None) -> str:
+def _recommendation(verdict: str, selected_step: int | None, algo: str = "cql") -> str:
+    if algo == "bc":
+        if verdict == "overfitting":
+            return (
+                f"The held-out log-likelihood peaks, then falls: the policy memorises its training episodes. Use "
+                f"step {selected_step} (as pi_beta for BRAC too); more data, a smaller network or fewer steps help."
+            )
+        if verdict in ("healthy", "underfitting"):
+            return f"The held-out log-likelihood does not fall: use step {selected_step}."
     if verdict == "overfitting":
         return (
             f"Deploy the checkpoint at step {selected_step}, at the peak of the dataset Q-value before it falls "
-            f"(Guideline 3.1). To fix the overfitting, add capacity-decreasing regularization to the Q-function: "
+            f"(Guideline 3.1; for BRAC the regularised objective Q + beta log pi_beta). To fix the overfitting, add capacity-decreasing regularization to the Q-function: "
             f"a variational information bottleneck (paper Eq. 3) or dropout (Guideline 4.1); more data or "
             f"fewer gradient steps also help."
         )
@@ -180,7 +192,8 @@ def _recommendation(verdict: str, selected_step: int | None) -> str:
     if verdict == "diverged":
         return (
             "The Q-values left the range the rewards allow, or became NaN/inf. Lower the learning rates, check "
-            "the rewards' scale and the terminals, or raise the CQL weight alpha."
+            "the rewards' scale and the terminals, or make the method more conservative (a larger CQL alpha "
+            "or BRAC beta)."
             + (f" The last sound checkpoint is step {selected_step}." if selected_step else "")
         )
     return (
@@ -198,6 +211,7 @@ def diagnose_metrics(
     compare: Sequence[dict[str, Any]] = (),
     num_params: dict[str, int] | None = None,
     warmup_steps: int = 0,
+    algo: str = "cql",
 ) -> dict[str, Any]:
     """Diagnose a run from its checkpoint records (the lines of metrics.jsonl).
 
@@ -211,16 +225,23 @@ def diagnose_metrics(
         warmup_steps: the actor's behaviour-cloning warm start (``agent.bc_steps``). Checkpoints at or before
             it hold behaviour-cloned policies, not CQL policies, and the Q curve restarts when the actor starts
             maximising Q, so they are left out of Metric 3.1, the error estimates and the selection.
+        algo: ``cql``, ``brac`` or ``bc``: decides the default curve, the regularizer compared by Metric 3.2, and
+            (for ``bc``, which has no Q-function) that the Q-range rules do not apply.
 
     Returns:
         ``{"verdict", "selected_step", "peak_step", "selection_rule", "q_range", "evidence", "reasons",
         "recommendation", "compared_runs"}``; ``verdict`` is one of ``VERDICTS``.
     """
     by_step = {int(r["step"]): r for r in records if "step" in r}
+    metric = DEFAULT_METRIC[algo] if config.metric == "auto" else config.metric
+    if algo == "bc" and metric not in next(iter(by_step.values()), {}):
+        metric = "log_likelihood"  # no held-out episodes
+    config = dataclasses.replace(config, metric=metric)
+    has_q = algo != "bc"
     q_min, q_max = float(q_range[0]), float(q_range[1])
-    width = q_max - q_min
+    width = q_max - q_min if has_q else 0.0
     reasons: list[str] = []
-    evidence: dict[str, Any] = {"metric": config.metric}
+    evidence: dict[str, Any] = {"metric": config.metric, "algo": algo}
     out: dict[str, Any] = {
         "verdict": "inconclusive",
         "selected_step": None,
@@ -236,7 +257,7 @@ def diagnose_metrics(
     # non-finite value, or Q far *above* what the rewards allow (extrapolation error blowing up). Q below the
     # range is not divergence: CQL's over-minimisation of Q on sampled actions biases every backup downwards,
     # and with 0/1 rewards that bias sets the level (paper Sec. 3); a falling q_data there is Metric 3.1's.
-    limit = divergence_limit(q_min, q_max, config.divergence_factor)
+    limit = divergence_limit(q_min, q_max, config.divergence_factor) if has_q else float("inf")
 
     def value(r: dict[str, Any]) -> float:
         v = r.get(config.metric)
@@ -260,7 +281,7 @@ def diagnose_metrics(
         out["verdict"] = "diverged"
         out["selected_step"] = max(after_warmup, key=lambda s: value(by_step[s])) if after_warmup else None
         out["selection_rule"] = "highest dataset Q-value before divergence"
-        out["recommendation"] = _recommendation("diverged", out["selected_step"])
+        out["recommendation"] = _recommendation("diverged", out["selected_step"], algo)
         return out
 
     warmup = [s for s in sorted(by_step) if s <= warmup_steps]
@@ -283,10 +304,11 @@ def diagnose_metrics(
             f"no checkpoint after the warm start has a finite '{config.metric}'" if warmup
             else f"no checkpoint has a finite '{config.metric}'"
         )
-        out["recommendation"] = _recommendation("inconclusive", None)
+        out["recommendation"] = _recommendation("inconclusive", None, algo)
         return out
 
-    if q[-1] < q_min - width:
+    # Only a Q-value has the reward range as its scale (BRAC's q_regularized adds beta * log pi_beta).
+    if config.metric.removeprefix("heldout/") == "q_data" and q[-1] < q_min - width:
         evidence["q_data_below_q_range_by"] = float(q_min - q[-1])
         reasons.append(
             f"{config.metric} ends at {q[-1]:.4g}, below the lowest return the rewards allow ({q_min:.4g}): "
@@ -313,8 +335,9 @@ def diagnose_metrics(
     tail_n = config.tail
     td = _tail_mean(series("td_error"), tail_n)
     q_err = _tail_mean(series("q_error_estimate"), tail_n)
-    reg = _tail_mean(series("cql_regularizer"), tail_n)
-    evidence.update({"td_error_end": td, "cql_regularizer_end": reg, "q_error_estimate_end": q_err})
+    reg_key = REGULARIZER[algo]
+    reg = _tail_mean(series(reg_key), tail_n) if reg_key else float("nan")
+    evidence.update({"td_error_end": td, f"{reg_key or 'regularizer'}_end": reg, "q_error_estimate_end": q_err})
     if "heldout/td_error" in records[-1]:
         held_td = _tail_mean(series("heldout/td_error"), tail_n)
         evidence["heldout_td_error_end"] = held_td
@@ -347,7 +370,7 @@ def diagnose_metrics(
     for c in compare:
         c_records = sorted(c["records"], key=lambda r: int(r["step"]))
         c_td = _tail_mean([r.get("td_error", np.nan) for r in c_records], tail_n)
-        c_reg = _tail_mean([r.get("cql_regularizer", np.nan) for r in c_records], tail_n)
+        c_reg = _tail_mean([r.get(reg_key, np.nan) if reg_key else np.nan for r in c_records], tail_n)
         td_rel = (td - c_td) / abs(td) if td else 0.0
         reg_rel = (reg - c_reg) / abs(reg) if reg else 0.0
         helps = bool(td_rel >= config.capacity_improvement or reg_rel >= config.capacity_improvement)
@@ -356,9 +379,9 @@ def diagnose_metrics(
                 "run_dir": c.get("run_dir"),
                 "num_params": c.get("num_params"),
                 "td_error_end": c_td,
-                "cql_regularizer_end": c_reg,
+                "regularizer_end": c_reg,
                 "td_error_reduction": td_rel,
-                "cql_regularizer_reduction": reg_rel,
+                "regularizer_reduction": reg_rel,
                 "capacity_reduces_error": helps,
             }
         )
@@ -391,6 +414,8 @@ def diagnose_metrics(
             f"the threshold {dec.threshold:.3g}: no material decline"
         )
 
+    if not has_q:
+        underfitting = False
     if len(steps) < config.min_checkpoints:
         verdict = "inconclusive"
         reasons.append(f"only {len(steps)} checkpoint(s); at least {config.min_checkpoints} are needed")
@@ -408,11 +433,11 @@ def diagnose_metrics(
     idx = min(dec.peak_index + (1 if after_peak else 0), len(steps) - 1)
     out["selected_step"] = steps[idx]
     out["selection_rule"] = (
-        "checkpoint after the dataset Q-value peak (Guideline 3.1, actor-critic variant)"
+        f"checkpoint after the peak of {config.metric} (Guideline 3.1, actor-critic variant)"
         if after_peak
-        else "dataset Q-value peak (Guideline 3.1)"
+        else f"peak of {config.metric} (Guideline 3.1)"
     )
-    out["recommendation"] = _recommendation(verdict, out["selected_step"])
+    out["recommendation"] = _recommendation(verdict, out["selected_step"], algo)
     return out
 
 
@@ -449,6 +474,7 @@ def diagnose_run(
         compare=others,
         num_params=main["num_params"],
         warmup_steps=int(main["config"].get("agent", {}).get("bc_steps", 0)),
+        algo=main["config"].get("algo", "cql"),
     )
     result["config"] = dataclasses.asdict(config)
     if write:

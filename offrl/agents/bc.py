@@ -1,0 +1,78 @@
+"""Behaviour cloning: maximum likelihood of the dataset actions under a tanh-Gaussian policy.
+
+A baseline of its own, and the behaviour policy pi_beta of BRAC (paper Appendix F). Its workflow metric is
+the log-likelihood of held-out episodes' actions: like a validation loss, it rises then falls when the policy
+overfits, and the checkpoint at its peak is the pi_beta to use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from offrl.agents import common
+from offrl.networks import TanhGaussianActor, tanh_gaussian_log_prob
+
+Batch = dict[str, jnp.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class BCConfig:
+    """Hyperparameters of behaviour cloning."""
+
+    actor_hidden_dims: tuple[int, ...] = (256, 256, 256)
+    """Hidden widths of the policy MLP (the same network as CQL's actor)."""
+    actor_lr: float = 1e-4
+    """Adam learning rate (CQL's actor learning rate in the reference code)."""
+
+
+@flax.struct.dataclass
+class BCState:
+    step: jnp.ndarray  # () int32
+    actor_params: Any
+    actor_opt_state: Any
+
+
+def init(config: BCConfig, obs_dim: int, act_dim: int, key: jax.Array) -> BCState:
+    """Fresh policy parameters and optimiser state."""
+    params = TanhGaussianActor(config.actor_hidden_dims, act_dim=act_dim).init(key, jnp.zeros((1, obs_dim)))
+    return BCState(jnp.zeros((), jnp.int32), params, optax.adam(config.actor_lr).init(params))
+
+
+def evaluate(state: BCState, batch: Batch, key: jax.Array, config: BCConfig) -> dict[str, jnp.ndarray]:
+    """Per-transition ``log_likelihood`` = log pi(a_data|s) (nats) and ``action_mse`` = mean over action
+    dimensions of (tanh(mu(s)) - a_data)^2, each (B,)."""
+    act = batch["actions"]
+    mean, log_std = TanhGaussianActor(config.actor_hidden_dims, act_dim=act.shape[-1]).apply(
+        state.actor_params, batch["observations"]
+    )
+    return {
+        "log_likelihood": tanh_gaussian_log_prob(act, mean, log_std),
+        "action_mse": jnp.mean((jnp.tanh(mean) - act) ** 2, axis=-1),
+    }
+
+
+def update(state: BCState, batch: Batch, key: jax.Array, config: BCConfig) -> tuple[BCState, dict]:
+    """One Adam step on the negative log-likelihood of the batch's actions."""
+
+    def loss_fn(params: Any) -> tuple[jnp.ndarray, dict]:
+        parts = evaluate(state.replace(actor_params=params), batch, key, config)
+        return -parts["log_likelihood"].mean(), parts
+
+    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.actor_params)
+    updates, opt_state = optax.adam(config.actor_lr).update(grads, state.actor_opt_state, state.actor_params)
+    new = BCState(state.step + 1, optax.apply_updates(state.actor_params, updates), opt_state)
+    return new, {"bc_loss": loss, **{k: v.mean() for k, v in parts.items()}}
+
+
+def deterministic_action(actor_params: Any, observations: jnp.ndarray, act_dim: int, config: BCConfig):
+    """tanh(mu(s)) for normalised observations (B, obs_dim) -> (B, act_dim)."""
+    return common.deterministic_action(actor_params, observations, act_dim, config.actor_hidden_dims)
+
+
+param_counts = common.param_counts
