@@ -225,7 +225,7 @@ def _check_config(config: TrainConfig) -> None:
     gamma = getattr(active_agent_config(config), "gamma", 0.99)
     if not 0.0 <= gamma < 1.0:
         problems.append(f"gamma must be in [0, 1) (got {gamma})")
-    if config.algo == "brac" and config.behavior_run is None and not config.resume:
+    if config.algo == "brac" and config.behavior_run is None and not config.resume:  # resume: from config.json
         problems.append(
             "BRAC needs a behaviour policy: train one with `offrl train --algo bc ...` and pass --behavior-run"
         )
@@ -277,6 +277,10 @@ def train(config: TrainConfig) -> Path:
         saved = rd.read_json(out / rd.CONFIG_FILE)
         config = dataclasses.replace(config, algo=saved.get("algo", "cql"), seed=saved["seed"])
         config = _with_agent_config(config, agent_config_from_dict(saved["agent"], config.algo))
+        if "behavior" in saved:  # BRAC: the same pi_beta, even when no checkpoint exists yet to restore
+            config = dataclasses.replace(
+                config, behavior_run=Path(saved["behavior"]["run"]), behavior_step=saved["behavior"]["step"]
+            )
         for k in ("checkpoint_every", "log_every", "batch_size", "heldout_fraction", "eval_transitions"):
             config = dataclasses.replace(config, **{k: saved["training"][k]})
     elif out.exists() and any(out.iterdir()) and not config.overwrite:
@@ -305,7 +309,7 @@ def train(config: TrainConfig) -> Path:
     key = jax.random.PRNGKey(config.seed)
     k_init, k_train, k_eval = jax.random.split(key, 3)
     behavior_info = None
-    if config.algo == "brac" and not config.resume:
+    if config.algo == "brac":
         behavior_params, behavior_info = _load_behavior(config, normalizer, dataset_fp)
         agent = dataclasses.replace(agent, behavior_hidden_dims=tuple(behavior_info["actor_hidden_dims"]))
         config = _with_agent_config(config, agent)
