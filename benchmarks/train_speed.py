@@ -30,7 +30,7 @@ def measure(agent: cql.CQLConfig, steps: int, n: int = 7500, obs_dim: int = 39, 
         "next_observations": jnp.asarray(rng.normal(size=(n, obs_dim)), jnp.float32),
     }
     state = cql.init(agent, obs_dim, act_dim, jax.random.PRNGKey(0))
-    chunk = make_train_chunk(agent, 256, steps)
+    chunk = make_train_chunk("cql", agent, 256, steps)
     t = time.perf_counter()
     state, _ = chunk(state, data, jax.random.PRNGKey(1))
     jax.block_until_ready(state)

@@ -96,7 +96,7 @@ def _train_bandit(alpha: float, steps: int = 600):
                            num_action_samples=4, bc_steps=100, critic_lr=1e-3)
     data = _bandit_data()
     state = cql.init(config, 2, 2, jax.random.PRNGKey(0))
-    state, _ = make_train_chunk(config, 128, steps)(state, data, jax.random.PRNGKey(1))
+    state, _ = make_train_chunk("cql", config, 128, steps)(state, data, jax.random.PRNGKey(1))
     critic, _ = cql._networks(config, 2)
     obs = data["observations"][:256]
     q_data = critic.apply(state.critic_params, obs, data["actions"][:256]).mean()
@@ -135,3 +135,31 @@ def test_update_is_deterministic_and_jittable():
     c1 = jax.tree.leaves(s1.critic_params)[0]
     np.testing.assert_allclose(jax.tree.leaves(s1.target_critic_params)[0], p0 + config.tau * (c1 - p0), rtol=1e-5,
                                atol=1e-7)
+
+
+@pytest.mark.parametrize("gap, direction", [(100.0, -1), (-100.0, +1)])
+def test_lagrange_multiplier_moves_towards_the_target_gap(gap, direction):
+    # alpha * R far below the gap -> alpha' shrinks (log alpha' < 0); far above -> it grows.
+    config = cql.CQLConfig(critic_hidden_dims=(8,), actor_hidden_dims=(8,), num_action_samples=2, bc_steps=0,
+                           lagrange=True, target_action_gap=gap)
+    data = _bandit_data(64)
+    batch = jax.tree.map(lambda x: x[:16], data)
+    state = cql.init(config, 2, 2, jax.random.PRNGKey(0))
+    new, metrics = cql.update(state, batch, jax.random.PRNGKey(3), config)
+    assert float(metrics["alpha_prime"]) == pytest.approx(1.0)  # exp(0) at the first step
+    assert np.sign(float(new.log_alpha_prime)) == direction
+    # the critic loss carries alpha' * (alpha * R - gap), summed over the two critics
+    loss, parts = cql.critic_terms(state.critic_params, state.target_critic_params, state.actor_params,
+                                   state.log_temperature, batch, jax.random.PRNGKey(5), config, 2.0)
+    want = 2 * float(parts["td_error"].mean()) + 2.0 * 2 * (config.alpha * float(parts["cql_regularizer"].mean())
+                                                           - gap)
+    assert float(loss) == pytest.approx(want, rel=1e-4)
+
+
+def test_without_lagrange_the_multiplier_stays_one():
+    config = cql.CQLConfig(critic_hidden_dims=(8,), actor_hidden_dims=(8,), num_action_samples=2)
+    state = cql.init(config, 2, 2, jax.random.PRNGKey(0))
+    new, metrics = cql.update(state, jax.tree.map(lambda x: x[:16], _bandit_data(64)), jax.random.PRNGKey(3),
+                              config)
+    assert "alpha_prime" not in metrics and float(new.log_alpha_prime) == 0.0
+    assert float(cql.alpha_prime_of(new, config)) == 1.0

@@ -67,6 +67,13 @@ class CQLConfig:
     """Gradient steps of behaviour cloning for the actor before the RL actor loss (reference code: 10,000)."""
     deterministic_backup: bool = True
     """Leave the entropy term out of the TD target (reference code)."""
+    lagrange: bool = False
+    """Tune the CQL weight automatically (the Lagrange variant of CQL): a multiplier alpha' >= 0 scales
+    ``alpha * (R - target_action_gap)`` and grows while the regularizer is above the gap, shrinks below it."""
+    target_action_gap: float = 5.0
+    """Lagrange variant: the value ``alpha * R`` is held at (reference code: 5.0)."""
+    alpha_prime_lr: float = 3e-4
+    """Lagrange variant: Adam learning rate of log alpha' (the critic's, as in the reference code)."""
 
 
 @flax.struct.dataclass
@@ -81,6 +88,37 @@ class CQLState:
     critic_opt_state: Any
     actor_opt_state: Any
     temperature_opt_state: Any
+    log_alpha_prime: jnp.ndarray  # () float32, Lagrange variant only (0 = a multiplier of 1 otherwise)
+    alpha_prime_opt_state: Any
+
+
+@flax.struct.dataclass
+class CQLStateV1:
+    """The state layout of offrl 0.1.0 checkpoints (before the Lagrange variant), kept to load them."""
+
+    step: jnp.ndarray
+    critic_params: Any
+    target_critic_params: Any
+    actor_params: Any
+    log_temperature: jnp.ndarray
+    critic_opt_state: Any
+    actor_opt_state: Any
+    temperature_opt_state: Any
+
+
+def legacy_states(config: CQLConfig, obs_dim: int, act_dim: int) -> list[tuple[Any, Any]]:
+    """Older checkpoint layouts as ``(like_state, upgrade)`` pairs, newest first; ``upgrade(old) -> CQLState``."""
+    fresh = init(config, obs_dim, act_dim, jax.random.PRNGKey(0))
+    v1 = CQLStateV1(**{f: getattr(fresh, f) for f in CQLStateV1.__dataclass_fields__})
+
+    def upgrade(old: CQLStateV1) -> CQLState:
+        return CQLState(
+            **{f: getattr(old, f) for f in CQLStateV1.__dataclass_fields__},
+            log_alpha_prime=fresh.log_alpha_prime,
+            alpha_prime_opt_state=fresh.alpha_prime_opt_state,
+        )
+
+    return [(v1, upgrade)]
 
 
 def _networks(config: CQLConfig, act_dim: int) -> tuple[CriticEnsemble, TanhGaussianActor]:
@@ -104,6 +142,7 @@ def init(config: CQLConfig, obs_dim: int, act_dim: int, key: jax.Array) -> CQLSt
     actor_params = actor.init(k_actor, obs)
     log_temperature = jnp.asarray(math.log(config.init_temperature), jnp.float32)
     critic_opt, actor_opt, temp_opt = _optimizers(config)
+    log_alpha_prime = jnp.zeros((), jnp.float32)
     return CQLState(
         step=jnp.zeros((), jnp.int32),
         critic_params=critic_params,
@@ -113,7 +152,16 @@ def init(config: CQLConfig, obs_dim: int, act_dim: int, key: jax.Array) -> CQLSt
         critic_opt_state=critic_opt.init(critic_params),
         actor_opt_state=actor_opt.init(actor_params),
         temperature_opt_state=temp_opt.init(log_temperature),
+        log_alpha_prime=log_alpha_prime,
+        alpha_prime_opt_state=optax.adam(config.alpha_prime_lr).init(log_alpha_prime),
     )
+
+
+def alpha_prime_of(state: CQLState, config: CQLConfig) -> jnp.ndarray:
+    """The Lagrange multiplier alpha' = exp(log alpha') clipped to [0, 1e6] (reference code); 1 without it."""
+    if not config.lagrange:
+        return jnp.ones((), jnp.float32)
+    return jnp.clip(jnp.exp(state.log_alpha_prime), 0.0, 1e6)
 
 
 def cql_penalty(
@@ -167,6 +215,7 @@ def critic_terms(
     batch: Batch,
     key: jax.Array,
     config: CQLConfig,
+    alpha_prime: jnp.ndarray | float = 1.0,
 ) -> tuple[jnp.ndarray, Metrics]:
     """The critic loss of CQL and its parts, per transition, for training and for the workflow's metrics.
 
@@ -177,7 +226,8 @@ def critic_terms(
     Returns:
         ``(loss, parts)``: the scalar loss summed over critics, and (B,)-shaped parts averaged over critics:
         ``q_data``, ``td_error`` (squared Bellman error, no CQL term), ``cql_regularizer`` (before alpha),
-        ``q_random``, ``q_policy``, ``target_q``.
+        ``q_random``, ``q_policy``, ``target_q``. With the Lagrange variant the CQL term of the loss is
+        ``alpha' * alpha * (R - target_action_gap)``, alpha' given (a constant for the critic).
     """
     critic, actor = _networks(config, batch["actions"].shape[-1])
     obs, act, next_obs = batch["observations"], batch["actions"], batch["next_observations"]
@@ -207,7 +257,8 @@ def critic_terms(
     log_pi, log_pi_next = jax.lax.stop_gradient(log_pi), jax.lax.stop_gradient(log_pi_next)
     penalty = cql_penalty(q, q_random, q_policy, q_next_policy, log_pi, log_pi_next, act_dim)  # (C, B)
 
-    loss = jnp.sum(sq_td.mean(axis=-1) + config.alpha * penalty.mean(axis=-1))
+    gap = config.target_action_gap if config.lagrange else 0.0
+    loss = jnp.sum(sq_td.mean(axis=-1) + alpha_prime * (config.alpha * penalty.mean(axis=-1) - gap))
     parts = {
         "q_data": q.mean(axis=0),
         "td_error": sq_td.mean(axis=0),
@@ -272,6 +323,7 @@ def update(state: CQLState, batch: Batch, key: jax.Array, config: CQLConfig) -> 
         state.log_temperature, state.temperature_opt_state, a_aux["log_pi"], target_entropy, temp_opt
     )
 
+    alpha_prime = jax.lax.stop_gradient(alpha_prime_of(state, config))
     (c_loss, parts), c_grads = jax.value_and_grad(critic_terms, has_aux=True)(
         state.critic_params,
         state.target_critic_params,
@@ -280,7 +332,21 @@ def update(state: CQLState, batch: Batch, key: jax.Array, config: CQLConfig) -> 
         batch,
         k_critic,
         config,
+        alpha_prime,
     )
+    log_alpha_prime, alpha_prime_opt_state = state.log_alpha_prime, state.alpha_prime_opt_state
+    if config.lagrange:
+        # Dual ascent on alpha': minimise -alpha' * (alpha * R - gap), R held constant (reference code).
+        reg = jax.lax.stop_gradient(parts["cql_regularizer"].mean())
+
+        def alpha_prime_loss(lap: jnp.ndarray) -> jnp.ndarray:
+            return -jnp.clip(jnp.exp(lap), 0.0, 1e6) * (config.alpha * reg - config.target_action_gap)
+
+        ap_grad = jax.grad(alpha_prime_loss)(state.log_alpha_prime)
+        ap_updates, alpha_prime_opt_state = optax.adam(config.alpha_prime_lr).update(
+            ap_grad, state.alpha_prime_opt_state
+        )
+        log_alpha_prime = optax.apply_updates(state.log_alpha_prime, ap_updates)
     c_updates, critic_opt_state = critic_opt.update(c_grads, state.critic_opt_state, state.critic_params)
     critic_params = optax.apply_updates(state.critic_params, c_updates)
     target_critic_params = optax.incremental_update(critic_params, state.target_critic_params, config.tau)
@@ -294,8 +360,12 @@ def update(state: CQLState, batch: Batch, key: jax.Array, config: CQLConfig) -> 
         critic_opt_state=critic_opt_state,
         actor_opt_state=actor_opt_state,
         temperature_opt_state=temperature_opt_state,
+        log_alpha_prime=log_alpha_prime,
+        alpha_prime_opt_state=alpha_prime_opt_state,
     )
     metrics = {k: v.mean() for k, v in parts.items()}
+    if config.lagrange:
+        metrics["alpha_prime"] = alpha_prime
     metrics.update(
         critic_loss=c_loss,
         actor_loss=a_loss,

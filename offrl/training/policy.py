@@ -25,8 +25,11 @@ def load_state(run_dir: str | Path, step: int) -> tuple[Any, dict]:
     cfg = load_run_config(run_dir)
     algo = cfg.get("algo", "cql")
     agent = agent_config_from_dict(cfg["agent"], algo)
-    like = get_agent(algo).init(agent, cfg["dataset"]["obs_dim"], cfg["dataset"]["act_dim"], jax.random.PRNGKey(0))
-    state, _ = rd.restore_checkpoint(rd.checkpoint_manager(run_dir), step, like)
+    module = get_agent(algo)
+    dims = (cfg["dataset"]["obs_dim"], cfg["dataset"]["act_dim"])
+    like = module.init(agent, *dims, jax.random.PRNGKey(0))
+    legacy = module.legacy_states(agent, *dims) if hasattr(module, "legacy_states") else []
+    state, _ = rd.restore_checkpoint(rd.checkpoint_manager(run_dir), step, like, legacy)
     return state, cfg
 
 

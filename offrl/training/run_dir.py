@@ -155,17 +155,43 @@ def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any, meta:
         )
 
 
-def restore_checkpoint(manager: ocp.CheckpointManager, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
-    """Restore ``(state, meta)`` at a step; ``like`` is a state of the same structure (e.g. a fresh init)."""
+def restore_checkpoint(
+    manager: ocp.CheckpointManager, step: int, like: Any, legacy: list[tuple[Any, Any]] = ()
+) -> tuple[Any, dict[str, Any]]:
+    """Restore ``(state, meta)`` at a step; ``like`` is a state of the same structure (e.g. a fresh init).
+
+    ``legacy`` lists older state layouts as ``(like_old, upgrade)`` pairs: a checkpoint written by an older
+    offrl is restored into the first layout that fits and upgraded to the current one.
+
+    Raises:
+        FileNotFoundError: no checkpoint at that step.
+        ValueError: the checkpoint fits neither the current nor any legacy layout.
+    """
     if step not in manager.all_steps():
         raise FileNotFoundError(
             f"no checkpoint at step {step} in {manager.directory}; available: {list(manager.all_steps())}"
         )
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
-    )
-    return restored["state"], restored["meta"]
+
+    def restore(target: Any) -> dict[str, Any]:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        return manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+        )
+
+    try:
+        restored = restore(like)
+        return restored["state"], restored["meta"]
+    except ValueError as error:
+        for like_old, upgrade in legacy:
+            try:
+                restored = restore(like_old)
+            except ValueError:
+                continue
+            return upgrade(restored["state"]), restored["meta"]
+        raise ValueError(
+            f"checkpoint {step} in {manager.directory} does not match this offrl's state layout "
+            f"(written by another version?): {str(error)[:300]}"
+        ) from error
 
 
 def _complete(step_dir: Path) -> bool:

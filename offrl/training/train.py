@@ -346,7 +346,9 @@ def train(config: TrainConfig) -> Path:
         steps_done = rd.checkpoint_steps(out)
         if steps_done:
             start_step = steps_done[-1]
-            state, _ = rd.restore_checkpoint(manager, start_step, state)
+            legacy = module.legacy_states(agent, dataset.obs_dim, dataset.act_dim) if hasattr(
+                module, "legacy_states") else []
+            state, _ = rd.restore_checkpoint(manager, start_step, state, legacy)
         rd.truncate_metrics(out, start_step)
         saved["training"]["steps"] = max(config.steps, saved["training"]["steps"])
         rd.write_json(out / rd.CONFIG_FILE, saved)
