@@ -71,6 +71,23 @@ class Select:
 
 
 @dataclasses.dataclass(frozen=True)
+class Tune:
+    """Choose CQL's alpha (or BRAC's beta) offline: one short run per value, read through the diagnostics;
+    the least conservative value whose Q stays within what the rewards allow (docs/metrics.md)."""
+
+    out: Path
+    """Folder for the runs (one per value) and tuning.json."""
+    values: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0)
+    """Values of alpha (cql) or beta (brac) to try."""
+    tolerance: float = 0.1
+    """Slack above the largest return the rewards allow, as a fraction of the Q range's width."""
+    train: TrainConfig = dataclasses.field(
+        default_factory=lambda: TrainConfig(dataset=Path("data/pick-place.h5"), out=Path("unused"), steps=20_000)
+    )
+    """Training settings shared by every run (--train.dataset, --train.steps, --train.algo, ...)."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Report:
     """Write RUN_DIR/report.html from the files in the run directory."""
 
@@ -99,6 +116,7 @@ Command = (
     | Annotated[Select, tyro.conf.subcommand("select")]
     | Annotated[Evaluate, tyro.conf.subcommand("evaluate")]
     | Annotated[Report, tyro.conf.subcommand("report")]
+    | Annotated[Tune, tyro.conf.subcommand("tune")]
     | Annotated[
         WorkflowConfig,
         tyro.conf.subcommand(
@@ -153,6 +171,16 @@ def run(cmd: object) -> int:
         from offrl.report import write_report
 
         print(f"wrote {write_report(cmd.run_dir)}")
+    elif isinstance(cmd, Tune):
+        from offrl.workflow.tuning import tune_conservatism
+
+        result = tune_conservatism(cmd.train, cmd.out, cmd.values, cmd.tolerance)
+        for r in result["runs"]:
+            print(
+                f"{result['parameter']} = {r['value']:g}: verdict {r['verdict']}, max q_data {r['max_q_data']:.3g}, "
+                + ("sound" if r["sound"] else "over-estimates" if r["overestimates"] else "diverged")
+            )
+        print(f"chosen {result['parameter']}: {result['chosen']} ({result['rule']})")
     elif isinstance(cmd, WorkflowConfig):
         from offrl.workflow.pipeline import format_summary, run_workflow
 

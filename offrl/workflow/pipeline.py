@@ -6,8 +6,10 @@ import dataclasses
 import datetime
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from offrl.agents.bc import BCConfig
+from offrl.agents.brac import BRACConfig
 from offrl.agents.cql import CQLConfig
 from offrl.data.collect import collect
 from offrl.envs import DEFAULT_HORIZON, DEFAULT_NOISE_SIGMA
@@ -45,8 +47,15 @@ class WorkflowConfig:
     """Select the checkpoint after the Q peak (Guideline 3.1's actor-critic variant)."""
     progress: bool = True
     """Progress bars."""
+    algo: Literal["cql", "brac", "bc"] = "cql"
+    """Algorithm. ``brac`` first trains behaviour cloning (its own run directory, suffix ``_bc``) and uses the
+    checkpoint with the highest held-out log-likelihood as pi_beta."""
     agent: CQLConfig = dataclasses.field(default_factory=CQLConfig)
     """CQL hyperparameters (the reference values; only the number of steps is cut to fit a CPU)."""
+    brac: BRACConfig = dataclasses.field(default_factory=BRACConfig)
+    """BRAC hyperparameters."""
+    bc: BCConfig = dataclasses.field(default_factory=BCConfig)
+    """Behaviour-cloning hyperparameters (also for BRAC's pi_beta)."""
 
 
 def run_workflow(config: WorkflowConfig) -> dict[str, Any]:
@@ -70,15 +79,20 @@ def run_workflow(config: WorkflowConfig) -> dict[str, Any]:
     else:
         print(f"[1/5] using existing dataset {dataset}", flush=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = config.out or Path("runs") / f"{config.task}_cql_s{config.seed}_{stamp}"
-    print(f"[2/5] training CQL for {config.steps} steps -> {out}", flush=True)
-    t = time.perf_counter()
-    train(
-        TrainConfig(
-            dataset=Path(dataset), out=Path(out), steps=config.steps, checkpoint_every=config.checkpoint_every,
-            seed=config.seed, progress=config.progress, agent=config.agent,
-        )
+    out = Path(config.out or Path("runs") / f"{config.task}_{config.algo}_s{config.seed}_{stamp}")
+    base = TrainConfig(
+        dataset=Path(dataset), out=out, steps=config.steps, checkpoint_every=config.checkpoint_every,
+        seed=config.seed, progress=config.progress, algo=config.algo, agent=config.agent, brac=config.brac,
+        bc=config.bc,
     )
+    t = time.perf_counter()
+    if config.algo == "brac":
+        bc_out = out.with_name(out.name + "_bc")
+        print(f"[2/5] training pi_beta (behaviour cloning) for {config.steps} steps -> {bc_out}", flush=True)
+        train(dataclasses.replace(base, algo="bc", out=bc_out))
+        base = dataclasses.replace(base, behavior_run=bc_out)
+    print(f"[2/5] training {config.algo.upper()} for {config.steps} steps -> {out}", flush=True)
+    train(base)
     timings["train_s"] = time.perf_counter() - t
     print("[3/5] diagnosing", flush=True)
     diagnosis = diagnose_run(out, config=DiagnosisConfig(), after_peak=config.after_peak)
