@@ -43,3 +43,16 @@ def chain_arrays(
 @pytest.fixture
 def chain_dataset() -> Dataset:
     return make_dataset(chain_arrays(), {"task": "toy", "action_low": [-1, -1], "action_high": [1, 1]})
+
+
+def tiny_train_config(dataset, out, **overrides):
+    """A TrainConfig small enough for tests: 16x16 networks, 120 steps, a checkpoint every 40."""
+    from offrl.agents.cql import CQLConfig
+    from offrl.training.train import TrainConfig
+
+    base = dict(dataset=dataset, out=out, steps=120, checkpoint_every=40, log_every=20, batch_size=32,
+                progress=False,
+                agent=CQLConfig(critic_hidden_dims=(16, 16), actor_hidden_dims=(16, 16), num_action_samples=2,
+                                bc_steps=20))
+    base.update(overrides)
+    return TrainConfig(**base)

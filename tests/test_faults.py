@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import chain_arrays
+from conftest import tiny_train_config as _config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +25,7 @@ from offrl.cli import main
 from offrl.data import DatasetError, make_dataset, save_dataset
 from offrl.training import run_dir as rd
 from offrl.training.policy import load_policy
-from offrl.training.train import TrainConfig, TrainingDiverged, train
+from offrl.training.train import TrainingDiverged, train
 from offrl.workflow.diagnosis import diagnose_run
 
 TINY = CQLConfig(critic_hidden_dims=(16, 16), actor_hidden_dims=(16, 16), num_action_samples=2, bc_steps=20)
@@ -35,11 +36,6 @@ def _data(tmp_path, name="d.h5", **kw):
     return save_dataset(tmp_path / name, make_dataset(chain_arrays(**kw), {"task": "toy"}))
 
 
-def _config(data, out, **kw):
-    base = dict(dataset=data, out=out, steps=120, checkpoint_every=40, log_every=20, batch_size=32,
-                progress=False, agent=TINY)
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 def _same_records(a, b):
@@ -86,7 +82,8 @@ def _last_false(x):
     return x
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: the same examples on every run, so CI cannot turn red on a new random draw.
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(
     mutations=st.lists(st.sampled_from(sorted(_MUTATIONS)), min_size=1, max_size=3),
     seed=st.integers(0, 2**32 - 1),
@@ -96,15 +93,17 @@ def _last_false(x):
 def test_random_malformed_datasets_always_get_a_dataset_error(mutations, seed, episodes, length):
     r = np.random.default_rng(seed)
     a = chain_arrays(episodes=episodes, length=length, seed=seed % 1000)
-    # Dropping a key goes last so that the other mutations find the keys they change.
-    for m in sorted(mutations, key=lambda m: m == "drop_key"):
+    # Value mutations first, then the ones that change structure (lengths, ranks, keys), so that each mutation
+    # finds the arrays it changes in the shape it expects.
+    structural = ("no_end", "extra_dim", "short", "drop_key")
+    for m in sorted(mutations, key=lambda m: structural.index(m) + 1 if m in structural else 0):
         _MUTATIONS[m](a, r)
     with pytest.raises(DatasetError) as e:
         make_dataset(a)
     assert "\n" not in str(e.value) and len(str(e.value)) > 20
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 10_000), episodes=st.integers(1, 6), length=st.integers(1, 8))
 def test_random_wellformed_datasets_are_accepted(seed, episodes, length):
     ds = make_dataset(chain_arrays(episodes=episodes, length=length, seed=seed))

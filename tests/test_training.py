@@ -8,12 +8,13 @@ import jax
 import numpy as np
 import pytest
 from conftest import chain_arrays
+from conftest import tiny_train_config as _config
 
 from offrl.agents.cql import CQLConfig
 from offrl.data import make_dataset, save_dataset
 from offrl.training import run_dir as rd
 from offrl.training.policy import load_policy, load_state
-from offrl.training.train import TrainConfig, train
+from offrl.training.train import train
 
 TINY = CQLConfig(critic_hidden_dims=(16, 16), actor_hidden_dims=(16, 16), num_action_samples=2, bc_steps=20)
 
@@ -24,11 +25,6 @@ def dataset_path(tmp_path):
     return save_dataset(tmp_path / "toy.h5", ds)
 
 
-def _config(dataset_path, out, **kw):
-    base = dict(dataset=dataset_path, out=out, steps=120, checkpoint_every=40, log_every=20, batch_size=32,
-                progress=False, agent=TINY)
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 def test_run_directory_contents(tmp_path, dataset_path):

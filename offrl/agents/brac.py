@@ -34,35 +34,16 @@ Batch = dict[str, jnp.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
-class BRACConfig:
-    """Hyperparameters of BRAC. Defaults: the paper's reference code (beta 1.0) and CQL's shared values."""
+class BRACConfig(common.ActorCriticConfig):
+    """Hyperparameters of BRAC: beta 1.0 (reference code), the rest shared with CQL. The entropy temperature
+    is alpha in the paper's BRAC formulas."""
 
     beta: float = 1.0
     """Weight of the behaviour regularizer (log pi_beta terms)."""
     penalty: Literal["value", "policy"] = "value"
     """Value penalty (in the actor and the target) or policy penalty (actor only)."""
-    gamma: float = 0.99
-    """Discount factor."""
-    tau: float = 0.005
-    """Soft target-network update rate, every step."""
-    critic_lr: float = 3e-4
-    """Adam learning rate of the critics."""
-    actor_lr: float = 1e-4
-    """Adam learning rate of the actor."""
-    temperature_lr: float = 1e-4
-    """Adam learning rate of the log entropy temperature."""
-    init_temperature: float = 1.0
-    """Initial entropy temperature (alpha in the paper's BRAC formulas)."""
-    target_entropy: float | None = None
-    """Target entropy in nats; None means -act_dim."""
-    critic_hidden_dims: tuple[int, ...] = (256, 256, 256)
-    """Hidden widths of each critic MLP."""
-    actor_hidden_dims: tuple[int, ...] = (256, 256, 256)
-    """Hidden widths of the actor MLP."""
     behavior_hidden_dims: tuple[int, ...] = (256, 256, 256)
     """Hidden widths of pi_beta; must match the BC run it is loaded from."""
-    num_critics: int = 2
-    """Critic ensemble size."""
     min_log_prob: float = -100.0
     """Floor on log pi_beta(a|s), in nats: a policy action far outside the data can have a log-density of
     -1e4 under a narrow pi_beta, which would swamp every other term (numerical safeguard, our choice)."""

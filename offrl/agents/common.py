@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -9,6 +10,32 @@ import jax
 import jax.numpy as jnp
 
 from offrl.networks import TanhGaussianActor
+
+
+@dataclasses.dataclass(frozen=True)
+class ActorCriticConfig:
+    """Hyperparameters shared by the actor-critic agents (CQL, BRAC); defaults from the reference code."""
+
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 0.005
+    """Soft target-network update rate, applied every gradient step."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critics."""
+    actor_lr: float = 1e-4
+    """Adam learning rate of the actor."""
+    temperature_lr: float = 1e-4
+    """Adam learning rate of the log entropy temperature."""
+    init_temperature: float = 1.0
+    """Initial entropy temperature."""
+    target_entropy: float | None = None
+    """Target policy entropy in nats; None means -act_dim (SAC's heuristic)."""
+    critic_hidden_dims: tuple[int, ...] = (256, 256, 256)
+    """Hidden widths of each critic MLP."""
+    actor_hidden_dims: tuple[int, ...] = (256, 256, 256)
+    """Hidden widths of the actor MLP."""
+    num_critics: int = 2
+    """Size of the critic ensemble; the target and the actor use the minimum over it."""
 
 
 @functools.partial(jax.jit, static_argnames=("act_dim", "actor_hidden_dims"))

@@ -34,31 +34,11 @@ Metrics = dict[str, jnp.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
-class CQLConfig:
+class CQLConfig(common.ActorCriticConfig):
     """Hyperparameters of CQL. Every default comes from the paper or its reference code."""
 
     alpha: float = 1.0
     """Weight of the CQL regularizer (paper Eq. 1); 1.0 in the workflow paper's experiments."""
-    gamma: float = 0.99
-    """Discount factor."""
-    tau: float = 0.005
-    """Soft target-network update rate, applied every gradient step."""
-    critic_lr: float = 3e-4
-    """Adam learning rate of the critics."""
-    actor_lr: float = 1e-4
-    """Adam learning rate of the actor."""
-    temperature_lr: float = 1e-4
-    """Adam learning rate of the log entropy temperature."""
-    init_temperature: float = 1.0
-    """Initial entropy temperature."""
-    target_entropy: float | None = None
-    """Target policy entropy in nats; None means -act_dim (SAC's heuristic)."""
-    critic_hidden_dims: tuple[int, ...] = (256, 256, 256)
-    """Hidden widths of each critic MLP."""
-    actor_hidden_dims: tuple[int, ...] = (256, 256, 256)
-    """Hidden widths of the actor MLP."""
-    num_critics: int = 2
-    """Size of the critic ensemble; the target and the actor use the minimum over it."""
     num_action_samples: int = 1
     """Actions drawn per state from each of the three proposals (uniform, pi(.|s), pi(.|s')) to estimate the
     log-sum-exp. 1 as in the workflow paper's release; the original CQL on D4RL uses 10, which is less noisy
