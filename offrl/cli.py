@@ -181,6 +181,8 @@ def run(cmd: object) -> int:
                 + ("sound" if r["sound"] else "over-estimates" if r["overestimates"] else "diverged")
             )
         print(f"chosen {result['parameter']}: {result['chosen']} ({result['rule']})")
+        if "advice" in result:
+            print(f"note: {result['advice']}")
     elif isinstance(cmd, WorkflowConfig):
         from offrl.workflow.pipeline import format_summary, run_workflow
 

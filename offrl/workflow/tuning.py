@@ -99,5 +99,12 @@ def tune_conservatism(
     }
     if chosen is None:
         result["advice"] = f"every {name} tried over-estimates or diverges: try larger values"
+    elif len(sound) == len(runs) and len(runs) > 1:
+        # Nothing over-estimated, so the rule had nothing to go on (see docs/metrics.md: on pick-place-v3 this
+        # fell back to the smallest value, the worst in hindsight).
+        result["advice"] = (
+            f"no {name} tried over-estimated, so the choice is uninformed: the smallest value is returned; "
+            f"prefer the paper's default ({name} = 1) unless larger values over-estimate"
+        )
     rd.write_json(out_dir / TUNING_FILE, result)
     return result
