@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import importlib.util
 import json
 import math
 import shutil
@@ -35,6 +36,7 @@ from offrl.data import (
     split_episodes,
 )
 from offrl.training import run_dir as rd
+from offrl.training.loggers import MetricsLogger
 
 # Transitions per evaluation chunk: the workflow metrics are computed in fixed-size chunks (padded and masked)
 # so evaluation sets of any size compile once.
@@ -71,6 +73,9 @@ class TrainConfig:
     """Continue an existing run from its last complete checkpoint."""
     progress: bool = True
     """Show a progress bar with steps/s."""
+    wandb_project: str | None = None
+    """Also log every checkpoint record to this Weights & Biases project (needs `pip install 'offrl[wandb]'`).
+    TensorBoard event files are always written to RUN_DIR/tensorboard."""
     on_divergence: Literal["stop", "flag"] = "stop"
     """When q_data exceeds the divergence limit (docs/metrics.md): stop, keeping the last good checkpoint, or
     flag the record (``"diverged": true``) and go on. NaN/inf always stops."""
@@ -225,6 +230,8 @@ def _check_config(config: TrainConfig) -> None:
     gamma = getattr(active_agent_config(config), "gamma", 0.99)
     if not 0.0 <= gamma < 1.0:
         problems.append(f"gamma must be in [0, 1) (got {gamma})")
+    if config.wandb_project and importlib.util.find_spec("wandb") is None:
+        problems.append("--wandb-project needs wandb, which is not installed: pip install 'offrl[wandb]'")
     if config.algo == "brac" and config.behavior_run is None and not config.resume:  # resume: from config.json
         problems.append(
             "BRAC needs a behaviour policy: train one with `offrl train --algo bc ...` and pass --behavior-run"
@@ -377,6 +384,7 @@ def train(config: TrainConfig) -> Path:
     interval_sums: dict[str, float] = {}
     interval_chunks = 0
     train_time = 0.0
+    logger = MetricsLogger(out, rd.read_json(out / rd.CONFIG_FILE), config.wandb_project)
     bar = tqdm(
         total=config.steps, initial=start_step, disable=not config.progress, unit="step", dynamic_ncols=True
     )
@@ -393,7 +401,7 @@ def train(config: TrainConfig) -> Path:
             bad = [k for k, v in metrics.items() if not np.isfinite(v)]
             if bad:
                 _stop_diverged(
-                    out, manager, step, {f"train/{k}": float(v) for k, v in metrics.items()},
+                    logger, manager, step, {f"train/{k}": float(v) for k, v in metrics.items()},
                     f"{bad} became NaN/inf between steps {step - chunk_steps} and {step}",
                 )
             for k, v in metrics.items():
@@ -416,20 +424,20 @@ def train(config: TrainConfig) -> Path:
                 record["steps_per_s"] = round(interval_chunks * chunk_steps / (train_time + 1e-9), 2)
                 nonfinite = [k for k, v in record.items() if isinstance(v, float) and not np.isfinite(v)]
                 if nonfinite:
-                    _stop_diverged(out, manager, step, record, f"{nonfinite} are NaN/inf at step {step}")
+                    _stop_diverged(logger, manager, step, record, f"{nonfinite} are NaN/inf at step {step}")
                 if record.get("q_data", -np.inf) > q_limit:
                     reason = (
                         f"q_data = {record['q_data']:.4g} at step {step} is above {q_limit:.4g}, far beyond the "
                         f"largest return the rewards allow ({q_range['q_max']:.4g})"
                     )
                     if config.on_divergence == "stop":
-                        _stop_diverged(out, manager, step, record, reason)
+                        _stop_diverged(logger, manager, step, record, reason)
                     record["diverged"] = True
                     tqdm.write(f"offrl: warning: {reason}; flagged in metrics.jsonl, training goes on")
                 # Record first, checkpoint second: a crash in between leaves a record without its checkpoint,
                 # which resume drops and recomputes identically from the previous checkpoint. The other order
                 # would leave a checkpoint whose record is lost for good.
-                rd.append_metrics(out, record)
+                logger.write(record)
                 rd.save_checkpoint(
                     manager,
                     step,
@@ -439,6 +447,7 @@ def train(config: TrainConfig) -> Path:
                 interval_sums, interval_chunks, train_time = {}, 0, 0.0
     finally:
         bar.close()
+        logger.close()
     return out
 
 
@@ -473,13 +482,13 @@ def _load_behavior(config: TrainConfig, normalizer: Normalizer, dataset_fp: str)
     return bstate.actor_params, info
 
 
-def _stop_diverged(out: Path, manager: Any, step: int, record: dict[str, Any], reason: str) -> None:
+def _stop_diverged(logger: MetricsLogger, manager: Any, step: int, record: dict[str, Any], reason: str) -> None:
     """Log a record marked ``"diverged": true`` (no checkpoint is saved for it) and raise TrainingDiverged.
 
     The diagnosis reads the record as the verdict ``diverged``; earlier checkpoints are untouched.
     """
-    rd.append_metrics(out, {"step": step, **record, "diverged": True, "divergence_reason": reason})
-    last = max(rd.checkpoint_steps(out), default=None)
+    logger.write({"step": step, **record, "diverged": True, "divergence_reason": reason})
+    last = max(rd.checkpoint_steps(logger.run_dir), default=None)
     raise TrainingDiverged(
         f"training diverged: {reason}. "
         + (f"The last good checkpoint, step {last}, is kept. " if last is not None else "No checkpoint was kept. ")
