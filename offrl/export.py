@@ -1,0 +1,428 @@
+"""Export a trained policy as a self-contained folder for deployment, and load it back.
+
+Layout of an export folder::
+
+    OUT/policy.json        what the policy is: format version, algo, dimensions, actor widths, observation
+                           normaliser, action bounds, source run and step, input/output contract, file hashes
+    OUT/actor.msgpack      the actor parameters (``flax.serialization.to_bytes``)
+    OUT/policy.jax_export  the whole policy (normalisation, actor, tanh) compiled by ``jax.export`` for any
+                           batch size; absent when the export had no ``flatbuffers`` (see :func:`export_policy`)
+    OUT/README.txt         how to load it
+
+Loading (:func:`load_policy`) needs only numpy, JAX, Flax and :mod:`offrl.networks`; never the training or
+dataset code, Orbax or MetaWorld. The compiled form needs only JAX (with flatbuffers, which its serialisation
+imports).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+FORMAT = "offrl.policy"
+FORMAT_VERSION = 1
+"""Version of the export layout; :func:`load_policy` refuses newer ones."""
+POLICY_FILE = "policy.json"
+PARAMS_FILE = "actor.msgpack"
+COMPILED_FILE = "policy.jax_export"
+README_FILE = "README.txt"
+COMPILED_PLATFORMS = ("cpu", "cuda")
+"""Platforms lowered into policy.jax_export, so an export made on a GPU machine also runs on a CPU robot."""
+DEFAULT_OUT = "policy"
+"""Folder name, inside the run directory, of an export when no ``out`` is given."""
+CONTRACT = {
+    "input": "raw (unnormalised) observations, float32, shape (B, obs_dim) or (obs_dim,)",
+    "output": "actions, float32, shape (B, act_dim) or (act_dim,), in [-1, 1] (the units of the dataset's "
+              "actions; the policy does not rescale them to action_low/action_high)",
+    "action": "deterministic tanh(mu(normalize(obs))), the mean action of the tanh-Gaussian actor",
+    "normalize": "(obs - normalizer.mean) / normalizer.std, per feature, in float32",
+}
+
+
+def export_policy(
+    run_dir: str | Path,
+    step: int | None = None,
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    compiled: bool | None = None,
+) -> Path:
+    """Write the deterministic policy of a run's checkpoint as a self-contained folder (see module docstring).
+
+    The folder is built in a temporary sibling, checked (both the rebuilt actor and the compiled form must
+    reproduce the checkpoint's actions on probe observations) and then renamed into place, so ``out`` is
+    never left half-written. With ``overwrite`` an existing export is replaced only once the new one is
+    complete (it is moved aside, the new one renamed in, then the old one deleted).
+
+    Args:
+        run_dir: run directory made by ``offrl train``.
+        step: checkpoint step; None for the ``selected_step`` of RUN_DIR/diagnosis.json when that file
+            exists, else the last complete checkpoint.
+        out: folder to create; None for RUN_DIR/policy.
+        overwrite: replace an existing export at ``out``. A folder that is not an offrl policy export is
+            never replaced.
+        compiled: write policy.jax_export. None: when possible (``jax.export`` serialisation needs the
+            ``flatbuffers`` package; without it the export is written without the file, with a warning);
+            True: required (an error without ``flatbuffers``); False: never.
+
+    Returns:
+        The export folder ``out``.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` is not a run directory, it has no checkpoints, or none at ``step``.
+        FileExistsError: ``out`` exists and ``overwrite`` is False, or it is not a policy export.
+        ValueError: diagnosis.json selects no checkpoint (pass ``step``), or the checkpoint does not match.
+        ImportError: ``compiled=True`` and ``flatbuffers`` is not installed.
+        RuntimeError: the exported files do not reproduce the checkpoint's actions (nothing is written).
+    """
+    run_dir = Path(run_dir)
+    out = Path(out) if out is not None else run_dir / DEFAULT_OUT
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{run_dir / 'config.json'} not found: {run_dir} is not a run made by `offrl train`")
+    _check_replaceable(out, overwrite)  # before the slow part, so a refusal costs nothing
+
+    # The training stack (Orbax, optax, agents) is imported here only: loading an export must not need it.
+    from offrl.agents import common
+    from offrl.training.policy import load_state
+
+    step, step_source = _resolve_step(run_dir, step)
+    state, cfg = load_state(run_dir, step)
+    ds = cfg["dataset"]
+    obs_dim, act_dim = int(ds["obs_dim"]), int(ds["act_dim"])
+    hidden = tuple(int(h) for h in cfg["agent"]["actor_hidden_dims"])
+    mean = np.asarray(cfg["normalizer"]["mean"], np.float32)
+    std = np.asarray(cfg["normalizer"]["std"], np.float32)
+    actor_params = jax.device_get(state.actor_params)
+    meta = ds.get("metadata") or {}
+
+    import flax.serialization
+
+    files = {PARAMS_FILE: flax.serialization.to_bytes(actor_params)}
+    compiled_note = None
+    if compiled is not False:
+        try:
+            files[COMPILED_FILE] = _export_compiled(actor_params, mean, std, hidden, obs_dim, act_dim)
+        except ImportError as e:  # jax.export serialisation imports flatbuffers, an optional JAX dependency
+            if compiled:
+                raise ImportError(f"writing {COMPILED_FILE} needs `pip install flatbuffers`: {e}") from e
+            compiled_note = f"jax.export serialisation needs the flatbuffers package: {e}"
+            warnings.warn(f"{COMPILED_FILE} not written ({compiled_note}); the rest of the export is usable",
+                          stacklevel=2)
+    else:
+        compiled_note = "export_policy(compiled=False)"
+
+    spec = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "algo": cfg.get("algo", "cql"),
+        "obs_dim": obs_dim,
+        "act_dim": act_dim,
+        "actor_hidden_dims": list(hidden),
+        "normalizer": {"mean": mean.tolist(), "std": std.tolist()},
+        "action_low": meta.get("action_low"),
+        "action_high": meta.get("action_high"),
+        "source": {
+            "run_dir": str(run_dir.resolve()),
+            "step": step,
+            "step_source": step_source,
+            "dataset_fingerprint": ds.get("fingerprint"),
+            "task": ds.get("task"),
+            "offrl_version": cfg.get("offrl_version"),
+        },
+        "contract": CONTRACT,
+        "compiled": (
+            {"file": COMPILED_FILE, "platforms": list(COMPILED_PLATFORMS), "jax_version": jax.__version__}
+            if COMPILED_FILE in files else {"file": None, "note": compiled_note}
+        ),
+        "files": {name: _sha256(data) for name, data in files.items()},
+        "exported_by": {"offrl_version": _offrl_version(), "jax_version": jax.__version__},
+    }
+    files[POLICY_FILE] = (json.dumps(spec, indent=2) + "\n").encode()
+    files[README_FILE] = _readme(spec).encode()
+
+    # Reference actions straight from the checkpoint, as offrl.training.policy.load_policy computes them.
+    probe = mean + std * np.random.default_rng(0).normal(size=(4, obs_dim)).astype(np.float32)
+    expected = np.asarray(common.deterministic_action(
+        state.actor_params, ((probe - mean) / std).astype(np.float32), act_dim, hidden))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # A sibling, so that the final rename stays on one file system; hidden, so that it is not taken for an
+    # export; created with mkdir (not mkdtemp, whose 0700 mode would make the export private to its writer).
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        for name, data in files.items():
+            _write_file(tmp / name, data)
+        _verify(tmp, probe, expected)
+        _publish(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_policy_spec(path: str | Path) -> dict[str, Any]:
+    """The policy.json of an export folder, checked.
+
+    Raises:
+        FileNotFoundError: no such folder, or it has no policy.json.
+        ValueError: policy.json is not an offrl policy description, or its format version is newer than
+            this offrl supports.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"policy export folder {folder} not found (made by `offrl.export.export_policy`)")
+    file = folder / POLICY_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found: {folder} is not a policy export")
+    try:
+        spec = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file} is not valid JSON ({e})") from e
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+        raise ValueError(f"{file} is not an offrl policy description (no \"format\": \"{FORMAT}\")")
+    version = spec.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{file} has format version {version!r}; this offrl ({_offrl_version()}) reads up to "
+            f"{FORMAT_VERSION}: upgrade offrl to load it"
+        )
+    return spec
+
+
+def load_policy(path: str | Path, compiled: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """Load an export folder as a function from raw observations to actions.
+
+    The returned function accepts observations of shape (obs_dim,) or (B, obs_dim), any float dtype (cast to
+    float32), and returns float32 actions of shape (act_dim,) or (B, act_dim) in [-1, 1]: the deterministic
+    ``tanh(mu(normalize(obs)))``, identical to ``offrl.training.policy.load_policy`` of the source checkpoint.
+    It raises ValueError for observations of another shape.
+
+    Args:
+        path: folder written by :func:`export_policy`.
+        compiled: run policy.jax_export through ``jax.export.deserialize`` (no Flax, no network code; needs
+            the ``flatbuffers`` package) instead of rebuilding the actor from policy.json and actor.msgpack.
+            Its actions agree with the default path to float32 rounding (about 1e-7), not always bit for bit.
+
+    Raises:
+        FileNotFoundError: no such folder, or a file of the export is missing (policy.jax_export, with
+            ``compiled``, also when the export was written without it).
+        ValueError: policy.json is invalid or of a newer format version; a file's hash does not match
+            policy.json (a corrupted or partial copy); the parameters do not fit the described actor.
+        ImportError: ``compiled`` and ``flatbuffers`` is not installed.
+    """
+    folder = Path(path)
+    spec = read_policy_spec(folder)
+    obs_dim, act_dim = int(spec["obs_dim"]), int(spec["act_dim"])
+    if compiled:
+        if not (spec.get("compiled") or {}).get("file"):
+            note = (spec.get("compiled") or {}).get("note", "")
+            raise FileNotFoundError(f"{folder} has no {COMPILED_FILE} (written without it: {note}); "
+                                    f"load it with compiled=False")
+        run = _compiled_fn(_read_checked(folder, COMPILED_FILE, spec), obs_dim, act_dim, folder)
+    else:
+        run = _network_fn(_read_checked(folder, PARAMS_FILE, spec), spec, folder)
+
+    def policy(observations: np.ndarray) -> np.ndarray:
+        obs = np.asarray(observations, dtype=np.float32)
+        if obs.ndim not in (1, 2) or obs.shape[-1] != obs_dim:
+            raise ValueError(
+                f"observations must have shape ({obs_dim},) or (B, {obs_dim}) for this policy; got {obs.shape}"
+            )
+        batch = obs.reshape(-1, obs_dim)
+        if batch.shape[0] == 0:  # the compiled form's symbolic batch size is at least 1
+            return np.zeros((0, act_dim), np.float32)
+        actions = np.asarray(run(batch), dtype=np.float32)
+        return actions[0] if obs.ndim == 1 else actions
+
+    return policy
+
+
+def _network_fn(blob: bytes, spec: dict[str, Any], folder: Path) -> Callable[[np.ndarray], Any]:
+    """Rebuild the actor from policy.json and the msgpack parameters: (B, obs_dim) raw -> (B, act_dim)."""
+    import flax.serialization
+    import jax.numpy as jnp
+
+    from offrl.networks.actor import TanhGaussianActor
+
+    obs_dim, act_dim = int(spec["obs_dim"]), int(spec["act_dim"])
+    hidden = tuple(int(h) for h in spec["actor_hidden_dims"])
+    mean = np.asarray(spec["normalizer"]["mean"], np.float32)
+    std = np.asarray(spec["normalizer"]["std"], np.float32)
+    if mean.shape != (obs_dim,) or std.shape != (obs_dim,):
+        raise ValueError(f"{folder / POLICY_FILE}: normalizer mean/std have shapes {mean.shape}/{std.shape}, "
+                         f"expected ({obs_dim},)")
+    actor = TanhGaussianActor(hidden, act_dim=act_dim)
+    params = flax.serialization.msgpack_restore(blob)
+    like = jax.eval_shape(actor.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, obs_dim), jnp.float32))
+    if _shapes(params) != _shapes(like):
+        raise ValueError(
+            f"{folder / PARAMS_FILE} does not hold the parameters of TanhGaussianActor{hidden} for obs_dim "
+            f"{obs_dim}, act_dim {act_dim}: {_shapes(params)} != {_shapes(like)}"
+        )
+    params = jax.device_put(params)
+
+    @jax.jit
+    def action(p: Any, obs: jnp.ndarray) -> jnp.ndarray:
+        # Same computation as offrl.agents.common.deterministic_action, so the actions match it exactly.
+        return jnp.tanh(actor.apply(p, obs)[0])
+
+    def run(batch: np.ndarray) -> Any:
+        # Normalised in numpy exactly as offrl.data.Normalizer does, for bit-identical inputs to the actor.
+        return action(params, ((batch - mean) / std).astype(np.float32))
+
+    return run
+
+
+def _compiled_fn(blob: bytes, obs_dim: int, act_dim: int, folder: Path) -> Callable[[np.ndarray], Any]:
+    """Deserialise policy.jax_export: (B, obs_dim) raw observations -> (B, act_dim) actions."""
+    try:
+        exported = jax.export.deserialize(bytearray(blob))
+    except ImportError as e:
+        raise ImportError(f"loading {folder / COMPILED_FILE} needs `pip install flatbuffers`: {e}") from e
+    (in_aval,), (out_aval,) = exported.in_avals, exported.out_avals
+    if len(in_aval.shape) != 2 or in_aval.shape[1] != obs_dim or out_aval.shape[-1] != act_dim:
+        raise ValueError(f"{folder / COMPILED_FILE} maps {in_aval.shape} -> {out_aval.shape}, but policy.json "
+                         f"says (B, {obs_dim}) -> (B, {act_dim})")
+    # jit caches the compilation per batch size; calling exported.call directly would recompile every call.
+    return jax.jit(exported.call)
+
+
+def _export_compiled(
+    actor_params: Any, mean: np.ndarray, std: np.ndarray, hidden: tuple[int, ...], obs_dim: int, act_dim: int
+) -> bytes:
+    """Serialised ``jax.export`` of raw observations (b, obs_dim) float32 -> actions (b, act_dim) float32,
+    with the parameters and the normaliser baked in as constants and a symbolic batch size b >= 1."""
+    import jax.numpy as jnp
+
+    from offrl.networks.actor import TanhGaussianActor
+
+    actor = TanhGaussianActor(hidden, act_dim=act_dim)
+
+    def policy(obs: jnp.ndarray) -> jnp.ndarray:
+        return jnp.tanh(actor.apply(actor_params, (obs - mean) / std)[0])
+
+    arg = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f"b, {obs_dim}"), jnp.float32)
+    exported = jax.export.export(jax.jit(policy), platforms=COMPILED_PLATFORMS)(arg)
+    return bytes(exported.serialize())
+
+
+def _resolve_step(run_dir: Path, step: int | None) -> tuple[int, str]:
+    """The checkpoint step to export and where it came from ("argument", "diagnosis.json", "last checkpoint")."""
+    if step is not None:
+        return int(step), "argument"
+    diagnosis = run_dir / "diagnosis.json"
+    if diagnosis.is_file():
+        d = json.loads(diagnosis.read_text())
+        if d.get("selected_step") is None:
+            # Falling back to the last checkpoint here would deploy exactly what the diagnosis advised against.
+            raise ValueError(f"{diagnosis} selects no checkpoint (verdict {d.get('verdict')!r}): pass a step")
+        return int(d["selected_step"]), "diagnosis.json"
+    from offrl.training.run_dir import checkpoint_steps
+
+    steps = checkpoint_steps(run_dir)
+    if not steps:
+        raise FileNotFoundError(f"{run_dir} has no complete checkpoint to export")
+    return steps[-1], "last checkpoint"
+
+
+def _is_export(folder: Path) -> bool:
+    try:
+        return json.loads((folder / POLICY_FILE).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_replaceable(out: Path, overwrite: bool) -> None:
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out} already exists: pass overwrite=True to replace it")
+    if not out.is_dir() or out.is_symlink() or (any(out.iterdir()) and not _is_export(out)):
+        # overwrite deletes the old folder: never do that to something that is not an export (a run dir...).
+        raise FileExistsError(f"{out} exists and is not an offrl policy export: refusing to replace it")
+
+
+def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Rename the finished ``tmp`` to ``out``; an existing ``out`` is moved aside first and deleted last."""
+    _check_replaceable(out, overwrite)  # again: something may have appeared while the export was built
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _verify(folder: Path, probe: np.ndarray, expected: np.ndarray) -> None:
+    """Both loading paths of the written folder must reproduce the checkpoint's actions."""
+    got = load_policy(folder)(probe)
+    if not np.array_equal(got, expected):
+        raise RuntimeError(f"the exported actor does not reproduce the checkpoint: {got} != {expected}")
+    if (folder / COMPILED_FILE).is_file():
+        got = load_policy(folder, compiled=True)(probe)
+        if not np.allclose(got, expected, rtol=0, atol=1e-5):
+            raise RuntimeError(f"{COMPILED_FILE} does not reproduce the checkpoint: {got} != {expected}")
+
+
+def _read_checked(folder: Path, name: str, spec: dict[str, Any]) -> bytes:
+    file = folder / name
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found: the export is incomplete")
+    data = file.read_bytes()
+    want = (spec.get("files") or {}).get(name)
+    if want is not None and _sha256(data) != want:
+        raise ValueError(f"{file} does not match the hash in {POLICY_FILE}: a corrupted or partial copy")
+    return data
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    return {jax.tree_util.keystr(k): tuple(np.shape(v)) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _offrl_version() -> str:
+    import offrl
+
+    return offrl.__version__
+
+
+def _readme(spec: dict[str, Any]) -> str:
+    o, a = spec["obs_dim"], spec["act_dim"]
+    lines = [
+        f"offrl {spec['algo']} policy (run {spec['source']['run_dir']}, step {spec['source']['step']}): raw "
+        f"observations float32 (B, {o}) -> actions float32 (B, {a}) in [-1, 1]; details in {POLICY_FILE}.",
+        "With offrl: from offrl.export import load_policy; policy = load_policy('THIS_FOLDER'); "
+        "actions = policy(observations)",
+    ]
+    if spec["compiled"]["file"]:
+        lines.append(f"JAX only (any batch size, normalisation included): import jax; "
+                     f"p = jax.export.deserialize(bytearray(open('{COMPILED_FILE}', 'rb').read())); "
+                     f"actions = p.call(observations)  (needs `pip install flatbuffers`)")
+    else:
+        lines.append(f"No {COMPILED_FILE} in this export ({spec['compiled']['note']}).")
+    return "\n".join(lines) + "\n"
