@@ -21,8 +21,9 @@ _API = {
     "diagnose": "offrl.api:diagnose",
     "select": "offrl.api:select",
     "evaluate": "offrl.api:evaluate",
-    "report": "offrl.api:report",
-    "workflow": "offrl.api:workflow",
+    # Not "report"/"workflow": those are subpackages, whose modules would shadow the functions once imported.
+    "write_report": "offrl.api:write_report",
+    "run_workflow": "offrl.api:run_workflow",
     "load_dataset": "offrl.data:load_dataset",
     "save_dataset": "offrl.data:save_dataset",
     "import_dataset": "offrl.data.importers:import_dataset",

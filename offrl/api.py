@@ -4,7 +4,7 @@
     ds = offrl.collect("pick-place-v3", episodes=50, out="data/pp.h5")
     run = offrl.train("data/pp.h5", "runs/pp", steps=40_000, checkpoint_every=2_000)
     diagnosis = offrl.diagnose(run)
-    offrl.report(run)
+    offrl.write_report(run)
     offrl.export_policy(run, out="policy/")
     act = offrl.load_policy("policy/")      # raw observation(s) -> action(s)
 
@@ -58,16 +58,17 @@ def evaluate(run_dir: str | Path, episodes: int = 10, **kwargs: Any) -> dict[str
     return evaluate_run(run_dir, episodes=episodes, **kwargs)
 
 
-def report(run_dir: str | Path) -> Path:
+def write_report(run_dir: str | Path) -> Path:
     """Write RUN_DIR/report.html from the files in the run directory."""
-    from offrl.report import write_report
+    from offrl.report import write_report as _write_report
 
-    return write_report(run_dir)
+    return _write_report(run_dir)
 
 
-def workflow(**kwargs: Any) -> dict[str, Any]:
+def run_workflow(**kwargs: Any) -> dict[str, Any]:
     """Collect (if needed), train, diagnose, select, evaluate and report; keyword arguments are the fields of
     :class:`offrl.workflow.pipeline.WorkflowConfig`. Returns the summary."""
-    from offrl.workflow.pipeline import WorkflowConfig, run_workflow
+    from offrl.workflow.pipeline import WorkflowConfig
+    from offrl.workflow.pipeline import run_workflow as _run_workflow
 
-    return run_workflow(WorkflowConfig(**kwargs))
+    return _run_workflow(WorkflowConfig(**kwargs))

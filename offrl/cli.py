@@ -12,7 +12,7 @@ import errno
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 
@@ -88,6 +88,56 @@ class Tune:
 
 
 @dataclasses.dataclass(frozen=True)
+class Import:
+    """Convert a dataset from robomimic / D4RL-style HDF5 / Minari / NumPy into an offrl HDF5 file."""
+
+    src: tyro.conf.Positional[Path]
+    """Source file (robomimic, d4rl, npz) or folder / dataset id (minari)."""
+    format: Literal["robomimic", "d4rl", "minari", "npz"]
+    """Source format."""
+    out: Path
+    """offrl HDF5 file to write."""
+    obs_keys: tuple[str, ...] | None = None
+    """Low-dimensional observation keys to concatenate, in this order (default: all of them, sorted)."""
+    reward_key: str | None = None
+    """Which stored array holds the reward (e.g. robomimic 'rewards', D4RL 'infos/success')."""
+    success_key: str | None = None
+    """A per-step success flag to relabel as a sparse reward: 1 on success steps, else 0."""
+    reward_fn: str | None = None
+    """'module:function' mapping (observations, actions, next_observations) -> rewards (N,)."""
+    terminate_on_success: bool = False
+    """Cut each episode at its first success (terminal there), as `offrl collect` does."""
+    target_success_rate: float | None = None
+    """Drop successful or failed episodes until the behaviour success rate is as close as possible to this."""
+    seed: int = 0
+    """Seeds which episodes the success-rate filter drops."""
+    overwrite: bool = False
+    """Replace an existing --out."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Inspect:
+    """Summarise a dataset and flag problems (constant features, actions at the bounds, no successes, ...)."""
+
+    path: tyro.conf.Positional[Path]
+    """An offrl HDF5 dataset (`offrl collect` or `offrl import`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Export:
+    """Write a checkpoint's policy as a self-contained folder for the robot (see offrl.load_policy)."""
+
+    run_dir: tyro.conf.Positional[Path]
+    """Run directory made by `offrl train`."""
+    out: Path | None = None
+    """Folder to write; default RUN_DIR/policy."""
+    step: int | None = None
+    """Checkpoint step; default: the selected step of diagnosis.json, else the last checkpoint."""
+    overwrite: bool = False
+    """Replace an existing export."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Report:
     """Write RUN_DIR/report.html from the files in the run directory."""
 
@@ -117,6 +167,9 @@ Command = (
     | Annotated[Evaluate, tyro.conf.subcommand("evaluate")]
     | Annotated[Report, tyro.conf.subcommand("report")]
     | Annotated[Tune, tyro.conf.subcommand("tune")]
+    | Annotated[Import, tyro.conf.subcommand("import")]
+    | Annotated[Inspect, tyro.conf.subcommand("inspect")]
+    | Annotated[Export, tyro.conf.subcommand("export")]
     | Annotated[
         WorkflowConfig,
         tyro.conf.subcommand(
@@ -171,6 +224,27 @@ def run(cmd: object) -> int:
         from offrl.report import write_report
 
         print(f"wrote {write_report(cmd.run_dir)}")
+    elif isinstance(cmd, Import):
+        from offrl.data import import_dataset, save_dataset
+
+        if cmd.out.exists() and not cmd.overwrite:
+            raise FileExistsError(f"{cmd.out} already exists: choose another --out, or pass --overwrite")
+        ds = import_dataset(
+            cmd.format, cmd.src, obs_keys=cmd.obs_keys, reward_key=cmd.reward_key, success_key=cmd.success_key,
+            reward_fn=cmd.reward_fn, terminate_on_success=cmd.terminate_on_success,
+            target_success_rate=cmd.target_success_rate, seed=cmd.seed,
+        )
+        save_dataset(cmd.out, ds, overwrite=cmd.overwrite)
+        print(f"wrote {cmd.out}: {len(ds)} transitions, {ds.num_episodes} episodes; next: offrl inspect {cmd.out}")
+    elif isinstance(cmd, Inspect):
+        from offrl.data import format_inspection, inspect_dataset, load_dataset
+
+        print(format_inspection(inspect_dataset(load_dataset(cmd.path))))
+    elif isinstance(cmd, Export):
+        from offrl.export import export_policy
+
+        path = export_policy(cmd.run_dir, step=cmd.step, out=cmd.out, overwrite=cmd.overwrite)
+        print(f"wrote {path}; load it with offrl.load_policy({str(path)!r})")
     elif isinstance(cmd, Tune):
         from offrl.workflow.tuning import tune_conservatism
 

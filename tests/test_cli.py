@@ -79,3 +79,32 @@ def test_workflow_end_to_end_in_the_simulator(tmp_path, monkeypatch, capsys):
     # a second workflow with the same --out refuses to overwrite the run
     assert main(argv) == 1
     assert "already exists" in capsys.readouterr().err
+
+
+def test_import_inspect_train_directly_and_export(tmp_path, capsys):
+    import h5py
+
+    a = chain_arrays(episodes=10)
+    with h5py.File(tmp_path / "d4rl.hdf5", "w") as f:  # D4RL layout without next_observations
+        for k in ("observations", "actions", "rewards", "terminals", "timeouts"):
+            f[k] = a[k]
+    out = tmp_path / "imported.h5"
+    assert main(["import", str(tmp_path / "d4rl.hdf5"), "--format", "d4rl", "--out", str(out)]) == 0
+    assert main(["import", str(tmp_path / "d4rl.hdf5"), "--format", "d4rl", "--out", str(out)]) == 1  # exists
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "episodes: 10" in text and "behaviour success rate 0.50" in text
+    # `offrl train` reads the other format directly
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", str(tmp_path / "d4rl.hdf5"), "--dataset-format", "d4rl", "--out",
+                 str(run), "--steps", "80", "--checkpoint-every", "40", "--log-every", "20", *TINY]) == 0
+    assert json.loads((run / "config.json").read_text())["dataset"]["metadata"]["source_format"] == "d4rl"
+    assert main(["export", str(run), "--out", str(tmp_path / "policy")]) == 0
+    import numpy as np
+
+    import offrl
+    from offrl.training.policy import load_policy as checkpoint_policy
+
+    obs = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
+    np.testing.assert_array_equal(offrl.load_policy(tmp_path / "policy")(obs), checkpoint_policy(run, 80)(obs))

@@ -10,6 +10,8 @@ from offrl.data.dataset import (
     split_episodes,
 )
 from offrl.data.hdf5 import fingerprint, load_dataset, save_dataset
+from offrl.data.importers import FORMATS, import_dataset
+from offrl.data.inspect import format_inspection, inspect_dataset
 
 __all__ = [
     "Dataset",
@@ -22,4 +24,8 @@ __all__ = [
     "fingerprint",
     "load_dataset",
     "save_dataset",
+    "FORMATS",
+    "import_dataset",
+    "inspect_dataset",
+    "format_inspection",
 ]

@@ -110,9 +110,15 @@ def load_dataset(path: str | Path, *, check_continuity: bool = True) -> Dataset:
 
 
 def fingerprint(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    """sha256 hex digest of a file's bytes, recorded in every run so results can be traced to their data."""
+    """sha256 hex digest of a file's bytes (of a folder's files, with their relative paths, for datasets
+    stored as folders such as Minari's), recorded in every run so results can be traced to their data."""
+    path = Path(path)
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            h.update(chunk)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            h.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as f:
+            while chunk := f.read(chunk_bytes):
+                h.update(chunk)
     return h.hexdigest()

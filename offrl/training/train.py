@@ -48,9 +48,13 @@ class TrainConfig:
     """What `offrl train` does. Units: steps are gradient steps."""
 
     dataset: Path
-    """HDF5 dataset (``offrl collect`` or any file in the schema of docs/dataset-format.md)."""
+    """Dataset: an offrl HDF5 file (``offrl collect``, ``offrl import``), or a file of --dataset-format."""
     out: Path
     """Run directory to create."""
+    dataset_format: Literal["offrl", "robomimic", "d4rl", "minari", "npz"] = "offrl"
+    """Read --dataset directly in another format (as `offrl import` would; see its --help)."""
+    obs_keys: tuple[str, ...] | None = None
+    """With --dataset-format: the low-dimensional observation keys to concatenate (default: all)."""
     steps: int = 100_000
     """Gradient steps in all."""
     checkpoint_every: int = 5_000
@@ -298,7 +302,12 @@ def train(config: TrainConfig) -> Path:
 
     # Validate everything before touching the run directory: bad input must leave no partial run behind,
     # and --overwrite must not delete the old run for a dataset that cannot be trained on.
-    dataset = load_dataset(config.dataset)
+    if config.dataset_format == "offrl":
+        dataset = load_dataset(config.dataset)
+    else:
+        from offrl.data.importers import import_dataset
+
+        dataset = import_dataset(config.dataset_format, config.dataset, obs_keys=config.obs_keys)
     check_trainable(dataset, config)
     dataset_fp = fingerprint(config.dataset)
     if not config.resume and out.exists() and config.overwrite:
