@@ -100,6 +100,9 @@ def test_import_inspect_train_directly_and_export(tmp_path, capsys):
     assert main(["train", "--dataset", str(tmp_path / "d4rl.hdf5"), "--dataset-format", "d4rl", "--out",
                  str(run), "--steps", "80", "--checkpoint-every", "40", "--log-every", "20", *TINY]) == 0
     assert json.loads((run / "config.json").read_text())["dataset"]["metadata"]["source_format"] == "d4rl"
+    # resuming reads the format from the run's config.json; the flag need not be repeated
+    assert main(["train", "--dataset", str(tmp_path / "d4rl.hdf5"), "--out", str(run), "--steps", "80",
+                 "--resume", "--no-progress"]) == 0
     assert main(["export", str(run), "--out", str(tmp_path / "policy")]) == 0
     import numpy as np
 

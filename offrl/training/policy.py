@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from offrl.agents import get_agent
+from offrl.agents import get_agent, legacy_states
 from offrl.data import Normalizer
 from offrl.training import run_dir as rd
 from offrl.training.train import agent_config_from_dict, load_run_config
@@ -28,7 +28,7 @@ def load_state(run_dir: str | Path, step: int) -> tuple[Any, dict]:
     module = get_agent(algo)
     dims = (cfg["dataset"]["obs_dim"], cfg["dataset"]["act_dim"])
     like = module.init(agent, *dims, jax.random.PRNGKey(0))
-    legacy = module.legacy_states(agent, *dims) if hasattr(module, "legacy_states") else []
+    legacy = legacy_states(algo, agent, *dims)
     state, _ = rd.restore_checkpoint(rd.checkpoint_manager(run_dir), step, like, legacy)
     return state, cfg
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from offrl.agents import config_from_dict, cql, get_agent
+from offrl.agents import config_from_dict, cql, get_agent, legacy_states
 from offrl.agents.bc import BCConfig
 from offrl.agents.brac import BRACConfig
 from offrl.data import (
@@ -292,8 +292,12 @@ def train(config: TrainConfig) -> Path:
             config = dataclasses.replace(
                 config, behavior_run=Path(saved["behavior"]["run"]), behavior_step=saved["behavior"]["step"]
             )
-        for k in ("checkpoint_every", "log_every", "batch_size", "heldout_fraction", "eval_transitions"):
-            config = dataclasses.replace(config, **{k: saved["training"][k]})
+        restored = ("checkpoint_every", "log_every", "batch_size", "heldout_fraction", "eval_transitions",
+                    "normalize_observations", "dataset_format", "obs_keys")
+        for k in restored:
+            if k in saved["training"]:
+                v = saved["training"][k]
+                config = dataclasses.replace(config, **{k: tuple(v) if isinstance(v, list) else v})
     elif out.exists() and any(out.iterdir()) and not config.overwrite:
         raise FileExistsError(
             f"run directory {out} already exists: choose another --out, pass --resume to continue it, "
@@ -362,8 +366,7 @@ def train(config: TrainConfig) -> Path:
         steps_done = rd.checkpoint_steps(out)
         if steps_done:
             start_step = steps_done[-1]
-            legacy = module.legacy_states(agent, dataset.obs_dim, dataset.act_dim) if hasattr(
-                module, "legacy_states") else []
+            legacy = legacy_states(config.algo, agent, dataset.obs_dim, dataset.act_dim)
             state, _ = rd.restore_checkpoint(manager, start_step, state, legacy)
         rd.truncate_metrics(out, start_step)
         saved["training"]["steps"] = max(config.steps, saved["training"]["steps"])
