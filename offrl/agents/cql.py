@@ -54,6 +54,23 @@ class CQLConfig(common.ActorCriticConfig):
     """Lagrange variant: the value ``alpha * R`` is held at (reference code: 5.0)."""
     alpha_prime_lr: float = 3e-4
     """Lagrange variant: Adam learning rate of log alpha' (the critic's, as in the reference code)."""
+    critic_dropout: float = 0.0
+    """Dropout rate after each hidden layer of the critics (Guideline 4.1; off at evaluation and in the
+    target network)."""
+    critic_layer_norm: bool = False
+    """LayerNorm before each hidden activation of the critics."""
+    vib_dim: int = 0
+    """Size of the critics' variational information bottleneck (paper Eq. 3; the release uses 16); 0 = off."""
+    beta: float = 1e-3
+    """VIB weight on KL(N(mu, sigma^2) || N(0, I)) (paper Eq. 3); the release's README value for the
+    overfitting regime (its default is 0.5). Used only with vib_dim > 0."""
+    dr3_coef: float = 0.0
+    """DR3 weight (paper Eq. 4): c * mean phi(s, a) . stop_grad(phi(s', a')) on the critics' penultimate
+    features (the release uses 1e-3); 0 = off."""
+    l2_coef: float = 0.0
+    """L2 penalty on the critics' weight matrices (paper Appendix J); 0 = off."""
+    l1_coef: float = 0.0
+    """L1 penalty on the critics' weight matrices (paper Appendix J); 0 = off."""
 
 
 @flax.struct.dataclass
@@ -103,7 +120,13 @@ def legacy_states(config: CQLConfig, obs_dim: int, act_dim: int) -> list[tuple[A
 
 def _networks(config: CQLConfig, act_dim: int) -> tuple[CriticEnsemble, TanhGaussianActor]:
     return (
-        CriticEnsemble(config.critic_hidden_dims, num_critics=config.num_critics),
+        CriticEnsemble(
+            config.critic_hidden_dims,
+            num_critics=config.num_critics,
+            dropout_rate=config.critic_dropout,
+            layer_norm=config.critic_layer_norm,
+            vib_dim=config.vib_dim,
+        ),
         TanhGaussianActor(config.actor_hidden_dims, act_dim=act_dim),
     )
 
@@ -196,6 +219,7 @@ def critic_terms(
     key: jax.Array,
     config: CQLConfig,
     alpha_prime: jnp.ndarray | float = 1.0,
+    train: bool = True,
 ) -> tuple[jnp.ndarray, Metrics]:
     """The critic loss of CQL and its parts, per transition, for training and for the workflow's metrics.
 
@@ -207,7 +231,10 @@ def critic_terms(
         ``(loss, parts)``: the scalar loss summed over critics, and (B,)-shaped parts averaged over critics:
         ``q_data``, ``td_error`` (squared Bellman error, no CQL term), ``cql_regularizer`` (before alpha),
         ``q_random``, ``q_policy``, ``target_q``. With the Lagrange variant the CQL term of the loss is
-        ``alpha' * alpha * (R - target_action_gap)``, alpha' given (a constant for the critic).
+        ``alpha' * alpha * (R - target_action_gap)``, alpha' given (a constant for the critic). The critic
+        regularizers add ``beta * KL`` (VIB, Eq. 3; part ``vib_kl``), ``dr3_coef * phi(s,a).phi(s',a')`` (DR3,
+        Eq. 4; part ``dr3_dot``) and L2/L1 weight penalties (parts ``l2_weights``, ``l1_weights``), each
+        summed over critics. ``train=False`` (evaluation) turns dropout and VIB sampling off.
     """
     critic, actor = _networks(config, batch["actions"].shape[-1])
     obs, act, next_obs = batch["observations"], batch["actions"], batch["next_observations"]
@@ -222,7 +249,18 @@ def critic_terms(
         next_q = next_q - jnp.exp(log_temperature) * next_log_pi
     target = jax.lax.stop_gradient(td_target(batch["rewards"], batch["terminals"], next_q, config.gamma))
 
-    q = critic.apply(critic_params, obs, act)  # (C, B)
+    # Dropout and VIB noise only while training the online critics; the target network is deterministic.
+    stochastic = train and (config.critic_dropout > 0 or config.vib_dim > 0)
+    noise = jax.random.fold_in(key, 1)
+
+    def q_and_aux(o: jnp.ndarray, a: jnp.ndarray, call: int) -> tuple[jnp.ndarray, dict]:
+        rngs = None
+        if stochastic:
+            k_drop, k_vib = jax.random.split(jax.random.fold_in(noise, call))
+            rngs = {"dropout": k_drop, "vib": k_vib}
+        return critic.apply(critic_params, o, a, deterministic=not stochastic, return_aux=True, rngs=rngs)
+
+    q, aux = q_and_aux(obs, act, 0)  # (C, B)
     # The release (rlkit) uses an unhalved MSE where Eq. 1 prints 1/2; we follow the code, which sets the
     # balance between the TD term and alpha that the paper's experiments used.
     sq_td = (q - target) ** 2  # (C, B)
@@ -232,13 +270,32 @@ def critic_terms(
     pi_next_act, log_pi_next = sample_tanh_gaussian(k_pi_next, next_mean, next_log_std, n)
     # One critic call on all 3n sampled actions per state; the policy's log-probs are constants for the critic.
     sampled = jnp.concatenate([random_act, pi_act, pi_next_act], axis=0)  # (3n, B, A)
-    q_sampled = critic.apply(critic_params, jnp.broadcast_to(obs, (3 * n, *obs.shape)), sampled)  # (C,3n,B)
+    q_sampled, _ = q_and_aux(jnp.broadcast_to(obs, (3 * n, *obs.shape)), sampled, 1)  # (C, 3n, B)
     q_random, q_policy, q_next_policy = jnp.split(q_sampled, 3, axis=1)
     log_pi, log_pi_next = jax.lax.stop_gradient(log_pi), jax.lax.stop_gradient(log_pi_next)
     penalty = cql_penalty(q, q_random, q_policy, q_next_policy, log_pi, log_pi_next, act_dim)  # (C, B)
 
     gap = config.target_action_gap if config.lagrange else 0.0
     loss = jnp.sum(sq_td.mean(axis=-1) + alpha_prime * (config.alpha * penalty.mean(axis=-1) - gap))
+    extra: dict[str, jnp.ndarray] = {}
+    if config.vib_dim > 0:
+        loss = loss + config.beta * jnp.sum(aux["kl"].mean(axis=-1))
+        extra["vib_kl"] = aux["kl"].mean(axis=0)
+    if config.dr3_coef > 0:
+        # DR3 (Eq. 4): the implicit regularizer's co-adaptation of consecutive features, with the gradient
+        # stopped through the s' features.
+        _, aux_next = q_and_aux(next_obs, jax.lax.stop_gradient(next_act), 2)
+        dot = jnp.sum(aux["features"] * jax.lax.stop_gradient(aux_next["features"]), axis=-1)  # (C, B)
+        loss = loss + config.dr3_coef * jnp.sum(dot.mean(axis=-1))
+        extra["dr3_dot"] = dot.mean(axis=0)
+    if config.l2_coef > 0 or config.l1_coef > 0:
+        kernels = [w for path, w in jax.tree_util.tree_leaves_with_path(critic_params)
+                   if getattr(path[-1], "key", None) == "kernel"]
+        l2 = sum(jnp.sum(w**2) for w in kernels)
+        l1 = sum(jnp.sum(jnp.abs(w)) for w in kernels)
+        loss = loss + config.l2_coef * l2 + config.l1_coef * l1
+        extra["l2_weights"] = jnp.full((b,), l2)
+        extra["l1_weights"] = jnp.full((b,), l1)
     parts = {
         "q_data": q.mean(axis=0),
         "td_error": sq_td.mean(axis=0),
@@ -246,6 +303,7 @@ def critic_terms(
         "q_random": q_random.mean(axis=(0, 1)),
         "q_policy": q_policy.mean(axis=(0, 1)),
         "target_q": target,
+        **extra,
     }
     return loss, parts
 
@@ -367,8 +425,25 @@ def evaluate_critic(state: CQLState, batch: Batch, key: jax.Array, config: CQLCo
         batch,
         key,
         config,
+        train=False,
     )
     return parts
+
+
+def srank(features: jnp.ndarray, delta: float = 0.01) -> jnp.ndarray:
+    """Effective rank of a feature matrix (Kumar et al. 2021, "Implicit Under-Parameterization"):
+    the smallest k with sum_{i<=k} sigma_i >= (1 - delta) sum_i sigma_i, sigma the singular values.
+    features (N, F) -> () int32. A collapsing srank means the critic uses ever fewer directions."""
+    sv = jnp.linalg.svd(features, compute_uv=False)
+    cum = jnp.cumsum(sv) / jnp.maximum(jnp.sum(sv), 1e-12)
+    return jnp.sum(cum < 1.0 - delta).astype(jnp.int32) + 1
+
+
+def feature_srank(state: CQLState, batch: Batch, config: CQLConfig) -> jnp.ndarray:
+    """srank of each critic's penultimate features on a batch of dataset (s, a), averaged over critics."""
+    critic, _ = _networks(config, batch["actions"].shape[-1])
+    _, aux = critic.apply(state.critic_params, batch["observations"], batch["actions"], return_aux=True)
+    return jnp.mean(jax.vmap(srank)(aux["features"]).astype(jnp.float32))
 
 
 def deterministic_action(actor_params: Any, observations: jnp.ndarray, act_dim: int, config: CQLConfig):

@@ -5,45 +5,85 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from offrl.networks.mlp import MLP
 
 
 class Critic(nn.Module):
-    """``Q(s, a)``: an MLP on the concatenation ``[s, a]``.
+    """``Q(s, a)``: an MLP on the concatenation ``[s, a]``, with the paper's optional regularizers.
 
-    Input observations (..., obs_dim) and actions (..., act_dim), float32 -> Q (...,) float32.
+    Attributes:
+        hidden_dims: hidden widths.
+        dropout_rate, layer_norm: see :class:`MLP` (Guideline 4.1 / a common stabiliser).
+        vib_dim: > 0 inserts a variational information bottleneck (paper Eq. 3): the MLP predicts the mean and
+            log-std of a ``vib_dim``-dimensional Gaussian code z, sampled as ``mu + sigma * eps`` (eps from a
+            'vib' PRNG stream; z = mu when deterministic), and a head MLP of the same widths maps z to Q.
+
+    ``__call__(observations (..., obs_dim), actions (..., act_dim), deterministic=True)`` returns Q (...,) and,
+    with ``return_aux=True``, also ``{"features": penultimate features (..., width), "kl": (...,) KL of the
+    code to N(0, I), 0 without VIB}``; the features feed DR3 (paper Eq. 4) and the srank diagnostic.
     """
 
     hidden_dims: Sequence[int]
+    dropout_rate: float = 0.0
+    layer_norm: bool = False
+    vib_dim: int = 0
 
     @nn.compact
-    def __call__(self, observations: jnp.ndarray, actions: jnp.ndarray) -> jnp.ndarray:
+    def __call__(
+        self, observations: jnp.ndarray, actions: jnp.ndarray, deterministic: bool = True, return_aux: bool = False
+    ):
         x = jnp.concatenate([observations, actions], axis=-1)
-        return MLP(self.hidden_dims, output_dim=1)(x)[..., 0]
+        kl = jnp.zeros(x.shape[:-1], x.dtype)
+        if self.vib_dim > 0:
+            h = MLP(self.hidden_dims, activate_final=True, dropout_rate=self.dropout_rate,
+                    layer_norm=self.layer_norm)(x, deterministic)
+            mu = nn.Dense(self.vib_dim)(h)
+            log_std = jnp.clip(nn.Dense(self.vib_dim)(h), -10.0, 2.0)
+            if deterministic:
+                z = mu
+            else:
+                z = mu + jnp.exp(log_std) * jax.random.normal(self.make_rng("vib"), mu.shape, mu.dtype)
+            # KL(N(mu, sigma^2) || N(0, I)) summed over the code's dimensions.
+            kl = 0.5 * jnp.sum(mu**2 + jnp.exp(2 * log_std) - 1.0 - 2 * log_std, axis=-1)
+            x = z
+        # The output layer stays inside the MLP so that parameter names match checkpoints of offrl 0.1.0.
+        q, features = MLP(self.hidden_dims, output_dim=1, dropout_rate=self.dropout_rate,
+                          layer_norm=self.layer_norm)(x, deterministic, return_features=True)
+        q = q[..., 0]
+        return (q, {"features": features, "kl": kl}) if return_aux else q
 
 
 class CriticEnsemble(nn.Module):
     """``num_critics`` independent critics with stacked parameters, evaluated in one vectorised call.
 
     Building the ensemble with ``nn.vmap`` guarantees every member has the same architecture (a second
-    hand-written critic can silently differ, as happened in CORL).
+    hand-written critic can silently differ, as happened in CORL). Dropout and VIB noise are drawn
+    independently per member.
 
-    Input observations (..., obs_dim) and actions (..., act_dim) -> Q (num_critics, ...) float32.
+    Input observations (..., obs_dim) and actions (..., act_dim) -> Q (num_critics, ...) float32 (and the aux
+    dict of :class:`Critic`, stacked the same way, with ``return_aux``).
     """
 
     hidden_dims: Sequence[int]
     num_critics: int = 2
+    dropout_rate: float = 0.0
+    layer_norm: bool = False
+    vib_dim: int = 0
 
     @nn.compact
-    def __call__(self, observations: jnp.ndarray, actions: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, observations, actions, deterministic: bool = True, return_aux: bool = False):
         ensemble = nn.vmap(
             Critic,
             variable_axes={"params": 0},
-            split_rngs={"params": True},
+            split_rngs={"params": True, "dropout": True, "vib": True},
             in_axes=None,
             out_axes=0,
             axis_size=self.num_critics,
+            methods=["__call__"],
         )
-        return ensemble(self.hidden_dims)(observations, actions)
+        return ensemble(self.hidden_dims, self.dropout_rate, self.layer_norm, self.vib_dim)(
+            observations, actions, deterministic, return_aux
+        )

@@ -386,6 +386,13 @@ def train(config: TrainConfig) -> Path:
     eval_sets = {"": _eval_arrays(train_ds, normalizer, config.eval_transitions, config.seed)}
     if heldout_ds is not None:
         eval_sets["heldout/"] = _eval_arrays(heldout_ds, normalizer, config.eval_transitions, config.seed)
+    # The effective rank of the critic's features (srank, beyond the paper), on the first evaluation chunk.
+    srank_fn = None
+    if hasattr(module, "feature_srank"):
+        chunks0, mask0 = eval_sets[""]
+        valid = int(np.asarray(mask0[0]).sum())
+        srank_batch = {k: v[0][:valid] for k, v in chunks0.items()}
+        srank_fn = jax.jit(lambda st: module.feature_srank(st, srank_batch, agent))
     chunk_steps = _chunk_size(config)
     train_chunk = make_train_chunk(config.algo, agent, config.batch_size, chunk_steps)
     evaluate = make_evaluator(config.algo, agent)
@@ -431,6 +438,8 @@ def train(config: TrainConfig) -> Path:
                         record[prefix + k] = float(v)
                     if "td_error" in ev:
                         record[prefix + "q_error_estimate"] = float(ev["td_error"]) * horizon
+                if srank_fn is not None:
+                    record["srank"] = float(srank_fn(state))
                 record.update({f"train/{k}": v / interval_chunks for k, v in interval_sums.items()})
                 # Throughput of this interval's gradient steps (the first interval includes compilation).
                 record["steps_per_s"] = round(interval_chunks * chunk_steps / (train_time + 1e-9), 2)
