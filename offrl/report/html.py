@@ -655,3 +655,57 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_path, text)
     return out_path
+
+
+def write_comparison_report(out_dir: str | Path, runs: dict[str, str | Path], decision: dict | None = None) -> Path:
+    """OUT_DIR/report.html: several runs side by side (q_data, TD error, CQL regularizer, srank; training and
+    held-out) and the automated workflow's decision path, like the paper's Figure 1. Reads only the runs'
+    metrics.jsonl and diagnosis.json files; written atomically.
+
+    Args:
+        out_dir: folder of the comparison.
+        runs: display name -> run directory.
+        decision: ``{"path": [...], "reasons": [...]}`` from :func:`offrl.workflow.auto.decide`.
+    """
+    out_dir = Path(out_dir)
+    records = {name: _by_step(load_metrics(run)) for name, run in runs.items()}
+    keys = [("q_data", "q_data"), ("td_error", "td_error"), ("cql_regularizer", "cql_regularizer"),
+            ("srank", "srank (feature rank)")]
+    fig, axes = _new_figure(6.5, nrows=2, ncols=2)
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b"]
+    for ax, (key, label) in zip([a for row in axes for a in row], keys, strict=True):
+        for i, (name, recs) in enumerate(records.items()):
+            for prefix, style in (("", "-"), (HELDOUT, ":")):
+                xs, ys = _series(recs, prefix + key)
+                if xs:
+                    ax.plot(xs, ys, style, color=colours[i % len(colours)], marker="." if not prefix else None,
+                            label=f"{name}{' (held-out)' if prefix else ''}")
+        if key == "td_error":
+            ax.set_yscale("log")
+        _style_axes(ax, label)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    _legend_below(fig, handles, labels)
+    img = _to_png_b64(fig)
+    rows = []
+    for name, run in runs.items():
+        diag, _ = _read_json(Path(run) / "diagnosis.json")
+        rows.append(
+            f"<tr><td>{_e(name)}</td><td>{_e(str(run))}</td><td>{_e((diag or {}).get('verdict', '-'))}</td>"
+            f"<td>{_e(str((diag or {}).get('selected_step', '-')))}</td></tr>"
+        )
+    path_items = "".join(f"<li>{_e(p)}</li>" for p in (decision or {}).get("path", []))
+    reasons = "".join(f"<li>{_e(r)}</li>" for r in (decision or {}).get("reasons", []))
+    html_text = "\n".join([
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>offrl: {_e(out_dir.name)}</title><style>{CSS}</style></head><body><main>",
+        f"<h1>offrl automated workflow: {_e(out_dir.name)}</h1>",
+        f"<h2>Decision path</h2><ol>{path_items}</ol><ul>{reasons}</ul>",
+        "<h2>Runs side by side</h2>",
+        f"<img alt='runs side by side' src='data:image/png;base64,{img}'>",
+        "<table><tr><th>run</th><th>directory</th><th>verdict</th><th>selected step</th></tr>",
+        *rows,
+        "</table><p>Each run has its own report.html with every figure.</p></main></body></html>",
+    ])
+    out = out_dir / "report.html"
+    atomic_write_text(out, html_text)
+    return out

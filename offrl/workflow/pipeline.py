@@ -50,6 +50,10 @@ class WorkflowConfig:
     algo: Literal["cql", "brac", "bc"] = "cql"
     """Algorithm. ``brac`` first trains behaviour cloning (its own run directory, suffix ``_bc``) and uses the
     checkpoint with the highest held-out log-likelihood as pi_beta."""
+    auto: bool = False
+    """The automated workflow (paper Figure 1, CQL): after the base run, re-run with the remedy its verdict
+    calls for (VIB for overfitting, DR3 + wider critics for underfitting) and decide which run and checkpoint
+    to deploy (OUT/auto.json). Runs go to OUT/base, OUT/vib, OUT/capacity."""
     agent: CQLConfig = dataclasses.field(default_factory=CQLConfig)
     """CQL hyperparameters (the reference values; only the number of steps is cut to fit a CPU)."""
     brac: BRACConfig = dataclasses.field(default_factory=BRACConfig)
@@ -80,6 +84,8 @@ def run_workflow(config: WorkflowConfig) -> dict[str, Any]:
         print(f"[1/5] using existing dataset {dataset}", flush=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(config.out or Path("runs") / f"{config.task}_{config.algo}_s{config.seed}_{stamp}")
+    if config.auto:
+        return _run_auto(dataclasses.replace(config, dataset=Path(dataset), out=out), timings, t_start)
     base = TrainConfig(
         dataset=Path(dataset), out=out, steps=config.steps, checkpoint_every=config.checkpoint_every,
         seed=config.seed, progress=config.progress, algo=config.algo, agent=config.agent, brac=config.brac,
@@ -112,6 +118,37 @@ def run_workflow(config: WorkflowConfig) -> dict[str, Any]:
     return summarize(out, diagnosis, evaluation, report, timings)
 
 
+def _run_auto(config: WorkflowConfig, timings: dict[str, float], t_start: float) -> dict[str, Any]:
+    from offrl.workflow.auto import run_auto
+
+    if config.algo != "cql":
+        raise ValueError("--auto applies to CQL (the paper's remedies are for its Q-function); drop --algo")
+    if config.out.exists() and any(config.out.iterdir()):
+        raise FileExistsError(f"{config.out} already exists: choose another --out")
+    t = time.perf_counter()
+    result = run_auto(config)
+    timings["train_s"] = time.perf_counter() - t
+    summary: dict[str, Any] = {"decision": result["decision"], "runs": result["runs"]}
+    for run in result["runs"].values():
+        if config.eval_episodes > 0:
+            from offrl.workflow.evaluate import evaluate_run
+
+            ev = evaluate_run(run["run_dir"], episodes=config.eval_episodes, seed=config.seed,
+                              progress=config.progress)
+            res = {r["step"]: r["success_rate"] for r in ev["results"]}
+            run["analysis_only_success_selected"] = res.get(run["selected_step"])
+            run["analysis_only_success_best"] = max(res.values())
+        write_report(run["run_dir"])
+    from offrl.report import write_comparison_report
+
+    summary["report"] = str(write_comparison_report(
+        config.out, {name: run["run_dir"] for name, run in result["runs"].items()}, result["decision"]
+    ))
+    timings["total_s"] = time.perf_counter() - t_start
+    summary["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
+    return summary
+
+
 def summarize(
     out: Path, diagnosis: dict[str, Any], evaluation: dict[str, Any] | None, report: Path, timings: dict[str, float]
 ) -> dict[str, Any]:
@@ -138,6 +175,18 @@ def summarize(
 
 def format_summary(summary: dict[str, Any]) -> str:
     """The summary as a few lines for the terminal."""
+    if "decision" in summary:  # the automated workflow
+        lines = [*summary["decision"]["path"], *(f"  - {r}" for r in summary["decision"]["reasons"])]
+        for name, run in summary["runs"].items():
+            extra = ""
+            if run.get("analysis_only_success_selected") is not None:
+                extra = (f", analysis-only success {run['analysis_only_success_selected']:.0%} "
+                         f"(best checkpoint {run['analysis_only_success_best']:.0%})")
+            lines.append(f"{name}: {run['verdict']}, selected step {run['selected_step']}{extra} "
+                         f"[{run['run_dir']}/report.html]")
+        lines.append(f"report (runs side by side): {summary['report']}")
+        lines.append("timings:            " + ", ".join(f"{k} {v}" for k, v in summary["timings_s"].items()))
+        return "\n".join(lines)
     lines = [
         f"verdict:            {summary['verdict']}",
         f"selected checkpoint: step {summary['selected_step']} (Q peak at step {summary['peak_step']})",
