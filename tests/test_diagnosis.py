@@ -131,3 +131,18 @@ def test_heldout_td_error_gap_is_reported_as_memorisation():
     for r in recs:
         r["heldout/td_error"] = 2 * r["td_error"]
     assert not any("memorises" in r for r in diagnose_metrics(recs, (0.0, 1.0))["reasons"])
+
+
+def test_metric_3_2_is_not_fooled_by_a_lower_regularizer_with_a_worse_td_error():
+    # Measured on pick-place-v3: more capacity pushed R from -0.15 to -2.6 while the TD error tripled.
+    q = 0.03 * np.arange(10)
+    base = _records(q, td=1.57, reg=-0.148)
+    bigger = {"run_dir": "big", "records": _records(q, td=4.94, reg=-2.59)}
+    d = diagnose_metrics(base, (0.0, 1.0), compare=[bigger])
+    m = d["evidence"]["metric_3_2"][0]
+    assert not m["capacity_reduces_error"]
+    assert m["regularizer_reduction"] == pytest.approx((-0.148 + 2.59) / 2.59)
+    # a lower regularizer with a TD error that holds steady does count
+    steady = {"run_dir": "big", "records": _records(q, td=1.5, reg=-2.59)}
+    assert diagnose_metrics(base, (0.0, 1.0), compare=[steady])["evidence"]["metric_3_2"][0][
+        "capacity_reduces_error"]

@@ -64,7 +64,8 @@ class DiagnosisConfig:
     """Underfitting when ``q_error_estimate`` at the end exceeds this multiple of the Q range's width (the paper
     calls an error as large as the range "large")."""
     capacity_improvement: float = 0.1
-    """Metric 3.2: a relative reduction of TD error or regularizer at least this large counts as a reduction."""
+    """Metric 3.2: the run with more capacity fits better when its TD error drops by this fraction (or its
+    regularizer by this fraction of max(|R|, |R'|, 1)) and the other error does not rise by as much."""
     heldout_gap_ratio: float = 10.0
     """Report memorisation when the held-out TD error exceeds this multiple of the training TD error (evidence
     beyond the paper; it does not change the verdict)."""
@@ -372,8 +373,14 @@ def diagnose_metrics(
         c_td = _tail_mean([r.get("td_error", np.nan) for r in c_records], tail_n)
         c_reg = _tail_mean([r.get(reg_key, np.nan) if reg_key else np.nan for r in c_records], tail_n)
         td_rel = (td - c_td) / abs(td) if td else 0.0
-        reg_rel = (reg - c_reg) / abs(reg) if reg else 0.0
-        helps = bool(td_rel >= config.capacity_improvement or reg_rel >= config.capacity_improvement)
+        # The regularizer carries an arbitrary offset (log of the number of samples) and can sit near 0 or
+        # below, so its change is scaled by max(|R|, |R'|, 1), not by |R| (which made -0.15 -> -2.6 a "1,650%
+        # reduction" on pick-place-v3).
+        reg_rel = (reg - c_reg) / max(abs(reg), abs(c_reg), 1.0) if np.isfinite(reg) else 0.0
+        thr = config.capacity_improvement
+        # Metric 3.2: one training error drops with more capacity, and the other does not get worse by as
+        # much (the same pick-place run lowered R while its TD error tripled: that is not a better fit).
+        helps = bool((td_rel >= thr and reg_rel > -thr) or (reg_rel >= thr and td_rel > -thr))
         comparisons.append(
             {
                 "run_dir": c.get("run_dir"),
