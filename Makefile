@@ -3,14 +3,18 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Headless MuJoCo: the default workflow renders nothing, but evaluation imports MuJoCo; EGL is not on a CPU box.
-export MUJOCO_GL ?= disable
+# Headless MuJoCo through EGL: Mesa renders on the CPU where there is no GPU (image datasets, image evaluation).
+export MUJOCO_GL ?= egl
 export XLA_FLAGS ?= --xla_cpu_multi_thread_eigen=true
 export JAX_PLATFORMS ?= cpu
 
 .PHONY: run test lint clean-venv
 
+# Headless rendering needs Mesa's EGL (Debian: libegl1 libegl-mesa0 libgl1-mesa-dri); installed when missing.
 $(STAMP): pyproject.toml
+	@ldconfig -p | grep -q libEGL_mesa || { echo "installing Mesa EGL for headless rendering"; \
+	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
+	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq libegl1 libegl-mesa0 libgl1-mesa-dri; }
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[sim,test]'

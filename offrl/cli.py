@@ -40,6 +40,13 @@ class Collect:
     """Seeds the simulator and the noise."""
     terminate_on_success: bool = True
     """End an episode at its first success (terminal, reward 1): Q-values then lie in [0, 1]."""
+    obs: Literal["state", "image"] = "state"
+    """``image`` also renders a camera image of every state (stored once per state, uint8); the state is
+    always stored too, so one dataset serves `offrl train --obs state`, `image` and `image+proprio`."""
+    image_size: int = 48
+    """With --obs image: square image size in pixels (the paper: 48 in simulation, 64 on real robots)."""
+    camera: str = "corner4"
+    """With --obs image: the MetaWorld camera to render."""
     overwrite: bool = False
     """Replace an existing file."""
 
@@ -191,14 +198,17 @@ def run(cmd: object) -> int:
     """Execute a parsed command; returns the exit status."""
     if isinstance(cmd, Collect):
         from offrl.data.collect import collect
+        from offrl.envs.render import RenderConfig
 
+        render = RenderConfig(size=cmd.image_size, camera=cmd.camera) if cmd.obs == "image" else None
         ds = collect(
             cmd.task, cmd.episodes, cmd.out, horizon=cmd.horizon, noise_sigma=cmd.noise_sigma, seed=cmd.seed,
-            terminate_on_success=cmd.terminate_on_success, overwrite=cmd.overwrite,
+            terminate_on_success=cmd.terminate_on_success, overwrite=cmd.overwrite, render=render,
         )
         m = ds.metadata
+        images = f", {ds.images.shape[0]} frames of {ds.image_shape}" if ds.has_images else ""
         print(
-            f"wrote {cmd.out}: {len(ds)} transitions, {ds.num_episodes} episodes, behaviour success rate "
+            f"wrote {cmd.out}: {len(ds)} transitions, {ds.num_episodes} episodes{images}, behaviour success rate "
             f"{m['behaviour_success_rate']:.0%}"
         )
     elif isinstance(cmd, TrainConfig):

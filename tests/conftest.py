@@ -56,3 +56,25 @@ def tiny_train_config(dataset, out, **overrides):
                                 bc_steps=20))
     base.update(overrides)
     return TrainConfig(**base)
+
+
+def image_chain_arrays(
+    episodes: int = 6, length: int = 10, size: int = 16, state_dim: int = 3, act_dim: int = 2, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """:func:`chain_arrays` plus camera frames stored once per state: an episode of T transitions has T + 1
+    frames; frame f is filled with the value f % 251 in channel 0, so a frame's index can be read off it."""
+    arrays = chain_arrays(episodes, length, state_dim, act_dim, seed)
+    frames_per_episode = length + 1
+    m = episodes * frames_per_episode
+    images = np.zeros((m, size, size, 3), np.uint8)
+    images[..., 0] = (np.arange(m) % 251)[:, None, None]
+    images[..., 1] = np.random.default_rng(seed).integers(0, 256, (m, size, size))
+    t = np.arange(episodes * length)
+    image_index = (t // length) * frames_per_episode + t % length
+    arrays.update(images=images, image_index=image_index, next_image_index=image_index + 1)
+    return arrays
+
+
+@pytest.fixture
+def image_chain_dataset() -> Dataset:
+    return make_dataset(image_chain_arrays(), {"task": "toy", "proprio_dims": [0, 1]})

@@ -31,7 +31,7 @@ def config_from_dict(algo: str, d: dict[str, Any]) -> Any:
     return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names})
 
 
-def legacy_states(algo: str, config: Any, obs_dim: int, act_dim: int) -> list[tuple[Any, Any]]:
+def legacy_states(algo: str, config: Any, obs_dim: Any, act_dim: int) -> list[tuple[Any, Any]]:
     """Older checkpoint layouts of an agent as ``(like_state, upgrade)`` pairs (empty when it has none)."""
     module = get_agent(algo)
     return module.legacy_states(config, obs_dim, act_dim) if hasattr(module, "legacy_states") else []

@@ -8,7 +8,7 @@ overfits, and the checkpoint at its peak is the pi_beta to use.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 import flax
 import jax
@@ -29,6 +29,10 @@ class BCConfig:
     """Hidden widths of the policy MLP (the same network as CQL's actor)."""
     actor_lr: float = 1e-4
     """Adam learning rate (CQL's actor learning rate in the reference code)."""
+    actor_encoder: Literal["cnn", "resnet"] = "cnn"
+    """Image runs: the policy's image encoder (see CQL's)."""
+    crop_padding: int = 4
+    """Image runs: random-crop augmentation padding in pixels while training; 0 = off."""
 
 
 @flax.struct.dataclass
@@ -38,9 +42,13 @@ class BCState:
     actor_opt_state: Any
 
 
-def init(config: BCConfig, obs_dim: int, act_dim: int, key: jax.Array) -> BCState:
-    """Fresh policy parameters and optimiser state."""
-    params = TanhGaussianActor(config.actor_hidden_dims, act_dim=act_dim).init(key, jnp.zeros((1, obs_dim)))
+def _actor(config: BCConfig, act_dim: int) -> TanhGaussianActor:
+    return TanhGaussianActor(config.actor_hidden_dims, act_dim=act_dim, encoder=config.actor_encoder)
+
+
+def init(config: BCConfig, obs_spec: common.ObsSpec, act_dim: int, key: jax.Array) -> BCState:
+    """Fresh policy parameters and optimiser state (``obs_spec``: see :data:`offrl.agents.common.ObsSpec`)."""
+    params = _actor(config, act_dim).init(key, common.example_observation(obs_spec))
     return BCState(jnp.zeros((), jnp.int32), params, optax.adam(config.actor_lr).init(params))
 
 
@@ -48,9 +56,7 @@ def evaluate(state: BCState, batch: Batch, key: jax.Array, config: BCConfig) -> 
     """Per-transition ``log_likelihood`` = log pi(a_data|s) (nats) and ``action_mse`` = mean over action
     dimensions of (tanh(mu(s)) - a_data)^2, each (B,)."""
     act = batch["actions"]
-    mean, log_std = TanhGaussianActor(config.actor_hidden_dims, act_dim=act.shape[-1]).apply(
-        state.actor_params, batch["observations"]
-    )
+    mean, log_std = _actor(config, act.shape[-1]).apply(state.actor_params, batch["observations"])
     return {
         "log_likelihood": tanh_gaussian_log_prob(act, mean, log_std),
         "action_mse": jnp.mean((jnp.tanh(mean) - act) ** 2, axis=-1),
@@ -58,7 +64,9 @@ def evaluate(state: BCState, batch: Batch, key: jax.Array, config: BCConfig) -> 
 
 
 def update(state: BCState, batch: Batch, key: jax.Array, config: BCConfig) -> tuple[BCState, dict]:
-    """One Adam step on the negative log-likelihood of the batch's actions."""
+    """One Adam step on the negative log-likelihood of the batch's actions (images random-cropped)."""
+    batch = {**batch, "observations": common.augment(jax.random.fold_in(key, 7), batch["observations"],
+                                                     config.crop_padding)}
 
     def loss_fn(params: Any) -> tuple[jnp.ndarray, dict]:
         parts = evaluate(state.replace(actor_params=params), batch, key, config)
@@ -72,7 +80,9 @@ def update(state: BCState, batch: Batch, key: jax.Array, config: BCConfig) -> tu
 
 def deterministic_action(actor_params: Any, observations: jnp.ndarray, act_dim: int, config: BCConfig):
     """tanh(mu(s)) for normalised observations (B, obs_dim) -> (B, act_dim)."""
-    return common.deterministic_action(actor_params, observations, act_dim, config.actor_hidden_dims)
+    return common.deterministic_action(
+        actor_params, observations, act_dim, config.actor_hidden_dims, config.actor_encoder
+    )
 
 
 param_counts = common.param_counts

@@ -44,6 +44,8 @@ class BRACConfig(common.ActorCriticConfig):
     """Value penalty (in the actor and the target) or policy penalty (actor only)."""
     behavior_hidden_dims: tuple[int, ...] = (256, 256, 256)
     """Hidden widths of pi_beta; must match the BC run it is loaded from."""
+    behavior_encoder: Literal["cnn", "resnet"] = "cnn"
+    """Image runs: pi_beta's encoder; must match the BC run it is loaded from."""
     min_log_prob: float = -100.0
     """Floor on log pi_beta(a|s), in nats: a policy action far outside the data can have a log-density of
     -1e4 under a narrow pi_beta, which would swamp every other term (numerical safeguard, our choice)."""
@@ -64,9 +66,9 @@ class BRACState:
 
 def _nets(config: BRACConfig, act_dim: int):
     return (
-        CriticEnsemble(config.critic_hidden_dims, num_critics=config.num_critics),
-        TanhGaussianActor(config.actor_hidden_dims, act_dim=act_dim),
-        TanhGaussianActor(config.behavior_hidden_dims, act_dim=act_dim),
+        CriticEnsemble(config.critic_hidden_dims, num_critics=config.num_critics, encoder=config.critic_encoder),
+        TanhGaussianActor(config.actor_hidden_dims, act_dim=act_dim, encoder=config.actor_encoder),
+        TanhGaussianActor(config.behavior_hidden_dims, act_dim=act_dim, encoder=config.behavior_encoder),
     )
 
 
@@ -74,11 +76,11 @@ def _opts(config: BRACConfig):
     return optax.adam(config.critic_lr), optax.adam(config.actor_lr), optax.adam(config.temperature_lr)
 
 
-def init(config: BRACConfig, obs_dim: int, act_dim: int, key: jax.Array) -> BRACState:
+def init(config: BRACConfig, obs_spec: common.ObsSpec, act_dim: int, key: jax.Array) -> BRACState:
     """Fresh parameters. ``behavior_params`` is a random placeholder: set it with :func:`with_behavior`."""
     critic, actor, behavior = _nets(config, act_dim)
     kc, ka, kb = jax.random.split(key, 3)
-    obs, act = jnp.zeros((1, obs_dim)), jnp.zeros((1, act_dim))
+    obs, act = common.example_observation(obs_spec), jnp.zeros((1, act_dim))
     cp, ap = critic.init(kc, obs, act), actor.init(ka, obs)
     c_opt, a_opt, t_opt = _opts(config)
     lt = jnp.asarray(math.log(config.init_temperature), jnp.float32)
@@ -159,16 +161,17 @@ def update(state: BRACState, batch: Batch, key: jax.Array, config: BRACConfig) -
     c_opt, a_opt, t_opt = _opts(config)
     k_critic, k_actor = jax.random.split(key)
     target_entropy = common.target_entropy_of(config.target_entropy, batch["actions"].shape[-1])
+    critic_batch, actor_batch = common.augmented_batches(batch, jax.random.fold_in(key, 7), config.crop_padding)
 
     (a_loss, a_aux), a_grads = jax.value_and_grad(actor_loss, has_aux=True)(
-        state.actor_params, state, batch, k_actor, config
+        state.actor_params, state, actor_batch, k_actor, config
     )
     a_updates, actor_opt_state = a_opt.update(a_grads, state.actor_opt_state, state.actor_params)
     log_temperature, temperature_opt_state, t_loss = common.temperature_step(
         state.log_temperature, state.temperature_opt_state, a_aux["log_pi"], target_entropy, t_opt
     )
     (c_loss, parts), c_grads = jax.value_and_grad(critic_terms, has_aux=True)(
-        state.critic_params, state, batch, k_critic, config
+        state.critic_params, state, critic_batch, k_critic, config
     )
     c_updates, critic_opt_state = c_opt.update(c_grads, state.critic_opt_state, state.critic_params)
     critic_params = optax.apply_updates(state.critic_params, c_updates)
@@ -197,7 +200,9 @@ def evaluate(state: BRACState, batch: Batch, key: jax.Array, config: BRACConfig)
 
 def deterministic_action(actor_params: Any, observations: jnp.ndarray, act_dim: int, config: BRACConfig):
     """tanh(mu(s)) for normalised observations (B, obs_dim) -> (B, act_dim)."""
-    return common.deterministic_action(actor_params, observations, act_dim, config.actor_hidden_dims)
+    return common.deterministic_action(
+        actor_params, observations, act_dim, config.actor_hidden_dims, config.actor_encoder
+    )
 
 
 param_counts = common.param_counts

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 
 from offrl.networks import TanhGaussianActor
+from offrl.networks.augment import augment_observations
+
+ObsSpec = int | dict[str, Any]
+"""What observations look like: the number of state features (state runs), or for image runs
+``{"image": [H, W, C], "state": d}`` (C = 3 x frame stack, d >= 0 state features beside the image)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,15 +41,41 @@ class ActorCriticConfig:
     """Hidden widths of the actor MLP."""
     num_critics: int = 2
     """Size of the critic ensemble; the target and the actor use the minimum over it."""
+    critic_encoder: Literal["cnn", "resnet"] = "cnn"
+    """Image runs: the critics' encoder, the paper's 3-conv CNN or the 9-conv residual network (Guideline 4.2)."""
+    actor_encoder: Literal["cnn", "resnet"] = "cnn"
+    """Image runs: the actor's encoder (the paper's fix for underfitting on the Sawyer tasks is a ResNet actor)."""
+    crop_padding: int = 4
+    """Image runs: random-crop augmentation after padding by this many pixels, drawn independently for the
+    critic, the target and the actor (reference code: 4); 0 turns augmentation off."""
 
 
-@functools.partial(jax.jit, static_argnames=("act_dim", "actor_hidden_dims"))
+def example_observation(obs_spec: ObsSpec, batch: int = 1) -> Any:
+    """Zero observations of a spec with a leading batch axis: (batch, obs_dim) float32, or for image specs
+    ``{"image": (batch, H, W, C) uint8, "state": (batch, d) float32}`` (network initialisation)."""
+    if isinstance(obs_spec, dict):
+        return {
+            "image": jnp.zeros((batch, *obs_spec["image"]), jnp.uint8),
+            "state": jnp.zeros((batch, int(obs_spec.get("state", 0))), jnp.float32),
+        }
+    return jnp.zeros((batch, int(obs_spec)), jnp.float32)
+
+
+def augment(key: jax.Array, observations: Any, crop_padding: int) -> Any:
+    """Random-crop augmentation of image observations (:mod:`offrl.networks.augment`); states pass through."""
+    return augment_observations(key, observations, crop_padding)
+
+
+@functools.partial(jax.jit, static_argnames=("act_dim", "actor_hidden_dims", "actor_encoder"))
 def deterministic_action(
-    actor_params: Any, observations: jnp.ndarray, act_dim: int, actor_hidden_dims: tuple[int, ...]
+    actor_params: Any, observations: Any, act_dim: int, actor_hidden_dims: tuple[int, ...],
+    actor_encoder: str = "cnn",
 ) -> jnp.ndarray:
     """The evaluation action tanh(mu(s)) of a tanh-Gaussian actor (reference code), for normalised
-    observations (B, obs_dim) -> (B, act_dim) in (-1, 1)."""
-    mean, _ = TanhGaussianActor(actor_hidden_dims, act_dim=act_dim).apply(actor_params, observations)
+    observations (B, obs_dim) or image observations (see :class:`TanhGaussianActor`) -> (B, act_dim) in
+    (-1, 1). No augmentation at evaluation."""
+    actor = TanhGaussianActor(actor_hidden_dims, act_dim=act_dim, encoder=actor_encoder)
+    mean, _ = actor.apply(actor_params, observations)
     return jnp.tanh(mean)
 
 
@@ -76,3 +107,17 @@ def temperature_step(
 def target_entropy_of(target_entropy: float | None, act_dim: int) -> float:
     """SAC's default target entropy -|A| when none is given."""
     return -float(act_dim) if target_entropy is None else float(target_entropy)
+
+
+def augmented_batches(batch: dict[str, Any], key: jax.Array, crop_padding: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The critic's and the actor's views of a batch: image observations random-cropped with independent
+    draws for the critic (at s), the target (at s') and the actor (at s), as in the reference code. State
+    batches are returned unchanged."""
+    k_critic, k_target, k_actor = jax.random.split(key, 3)
+    critic_batch = {
+        **batch,
+        "observations": augment(k_critic, batch["observations"], crop_padding),
+        "next_observations": augment(k_target, batch["next_observations"], crop_padding),
+    }
+    actor_batch = {**batch, "observations": augment(k_actor, batch["observations"], crop_padding)}
+    return critic_batch, actor_batch

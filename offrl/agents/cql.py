@@ -103,9 +103,9 @@ class CQLStateV1:
     temperature_opt_state: Any
 
 
-def legacy_states(config: CQLConfig, obs_dim: int, act_dim: int) -> list[tuple[Any, Any]]:
+def legacy_states(config: CQLConfig, obs_spec: common.ObsSpec, act_dim: int) -> list[tuple[Any, Any]]:
     """Older checkpoint layouts as ``(like_state, upgrade)`` pairs, newest first; ``upgrade(old) -> CQLState``."""
-    fresh = init(config, obs_dim, act_dim, jax.random.PRNGKey(0))
+    fresh = init(config, obs_spec, act_dim, jax.random.PRNGKey(0))
     v1 = CQLStateV1(**{f: getattr(fresh, f) for f in CQLStateV1.__dataclass_fields__})
 
     def upgrade(old: CQLStateV1) -> CQLState:
@@ -126,8 +126,9 @@ def _networks(config: CQLConfig, act_dim: int) -> tuple[CriticEnsemble, TanhGaus
             dropout_rate=config.critic_dropout,
             layer_norm=config.critic_layer_norm,
             vib_dim=config.vib_dim,
+            encoder=config.critic_encoder,
         ),
-        TanhGaussianActor(config.actor_hidden_dims, act_dim=act_dim),
+        TanhGaussianActor(config.actor_hidden_dims, act_dim=act_dim, encoder=config.actor_encoder),
     )
 
 
@@ -135,11 +136,12 @@ def _optimizers(config: CQLConfig) -> tuple[optax.GradientTransformation, ...]:
     return optax.adam(config.critic_lr), optax.adam(config.actor_lr), optax.adam(config.temperature_lr)
 
 
-def init(config: CQLConfig, obs_dim: int, act_dim: int, key: jax.Array) -> CQLState:
-    """Fresh parameters and optimiser states for observations of obs_dim and actions of act_dim features."""
+def init(config: CQLConfig, obs_spec: common.ObsSpec, act_dim: int, key: jax.Array) -> CQLState:
+    """Fresh parameters and optimiser states for observations of ``obs_spec`` (state features, or an image
+    spec, see :data:`offrl.agents.common.ObsSpec`) and actions of act_dim features."""
     critic, actor = _networks(config, act_dim)
     k_critic, k_actor = jax.random.split(key)
-    obs = jnp.zeros((1, obs_dim), jnp.float32)
+    obs = common.example_observation(obs_spec)
     act = jnp.zeros((1, act_dim), jnp.float32)
     critic_params = critic.init(k_critic, obs, act)
     actor_params = actor.init(k_actor, obs)
@@ -224,8 +226,10 @@ def critic_terms(
     """The critic loss of CQL and its parts, per transition, for training and for the workflow's metrics.
 
     Args:
-        batch: ``observations`` (B, obs_dim), ``actions`` (B, act_dim), ``rewards`` (B,), ``terminals`` (B,)
-            float32 0/1, ``next_observations`` (B, obs_dim).
+        batch: ``observations`` (B, obs_dim) or image observations (``{"image": (B, H, W, C) uint8, "state":
+            (B, d)}``), ``actions`` (B, act_dim), ``rewards`` (B,), ``terminals`` (B,) float32 0/1,
+            ``next_observations`` like ``observations``. Each critic encodes a state once; the encoding is
+            reused for the dataset action and for all 3n sampled actions.
 
     Returns:
         ``(loss, parts)``: the scalar loss summed over critics, and (B,)-shaped parts averaged over critics:
@@ -253,14 +257,20 @@ def critic_terms(
     stochastic = train and (config.critic_dropout > 0 or config.vib_dim > 0)
     noise = jax.random.fold_in(key, 1)
 
-    def q_and_aux(o: jnp.ndarray, a: jnp.ndarray, call: int) -> tuple[jnp.ndarray, dict]:
-        rngs = None
-        if stochastic:
-            k_drop, k_vib = jax.random.split(jax.random.fold_in(noise, call))
-            rngs = {"dropout": k_drop, "vib": k_vib}
-        return critic.apply(critic_params, o, a, deterministic=not stochastic, return_aux=True, rngs=rngs)
+    def rngs(call: int) -> dict[str, jax.Array] | None:
+        if not stochastic:
+            return None
+        k_drop, k_vib = jax.random.split(jax.random.fold_in(noise, call))
+        return {"dropout": k_drop, "vib": k_vib}
 
-    q, aux = q_and_aux(obs, act, 0)  # (C, B)
+    def encode(o: Any, call: int) -> jnp.ndarray:
+        return critic.apply(critic_params, o, encode_only=True, deterministic=not stochastic, rngs=rngs(call))
+
+    def q_and_aux(phi: jnp.ndarray, a: jnp.ndarray, call: int) -> tuple[jnp.ndarray, dict]:
+        return critic.apply(critic_params, None, a, phi, not stochastic, True, rngs=rngs(call))
+
+    phi = encode(obs, 3)  # (C, B, F): each critic's encoding of s, computed once
+    q, aux = q_and_aux(phi, act, 0)  # (C, B)
     # The release (rlkit) uses an unhalved MSE where Eq. 1 prints 1/2; we follow the code, which sets the
     # balance between the TD term and alpha that the paper's experiments used.
     sq_td = (q - target) ** 2  # (C, B)
@@ -270,7 +280,7 @@ def critic_terms(
     pi_next_act, log_pi_next = sample_tanh_gaussian(k_pi_next, next_mean, next_log_std, n)
     # One critic call on all 3n sampled actions per state; the policy's log-probs are constants for the critic.
     sampled = jnp.concatenate([random_act, pi_act, pi_next_act], axis=0)  # (3n, B, A)
-    q_sampled, _ = q_and_aux(jnp.broadcast_to(obs, (3 * n, *obs.shape)), sampled, 1)  # (C, 3n, B)
+    q_sampled, _ = q_and_aux(phi[:, None], sampled, 1)  # (C, 3n, B)
     q_random, q_policy, q_next_policy = jnp.split(q_sampled, 3, axis=1)
     log_pi, log_pi_next = jax.lax.stop_gradient(log_pi), jax.lax.stop_gradient(log_pi_next)
     penalty = cql_penalty(q, q_random, q_policy, q_next_policy, log_pi, log_pi_next, act_dim)  # (C, B)
@@ -284,7 +294,8 @@ def critic_terms(
     if config.dr3_coef > 0:
         # DR3 (Eq. 4): the implicit regularizer's co-adaptation of consecutive features, with the gradient
         # stopped through the s' features.
-        _, aux_next = q_and_aux(next_obs, jax.lax.stop_gradient(next_act), 2)
+        phi_next = jax.lax.stop_gradient(encode(next_obs, 4))
+        _, aux_next = q_and_aux(phi_next, jax.lax.stop_gradient(next_act), 2)
         dot = jnp.sum(aux["features"] * jax.lax.stop_gradient(aux_next["features"]), axis=-1)  # (C, B)
         loss = loss + config.dr3_coef * jnp.sum(dot.mean(axis=-1))
         extra["dr3_dot"] = dot.mean(axis=0)
@@ -348,11 +359,12 @@ def update(state: CQLState, batch: Batch, key: jax.Array, config: CQLConfig) -> 
     k_critic, k_actor = jax.random.split(key)
     act_dim = batch["actions"].shape[-1]
     target_entropy = common.target_entropy_of(config.target_entropy, act_dim)
+    critic_batch, actor_batch = common.augmented_batches(batch, jax.random.fold_in(key, 7), config.crop_padding)
 
     # Actor and temperature use the critic before this step's update (as in rlkit).
     bc_phase = state.step < config.bc_steps
     (a_loss, a_aux), a_grads = jax.value_and_grad(actor_loss, has_aux=True)(
-        state.actor_params, state.critic_params, state.log_temperature, batch, k_actor, bc_phase, config
+        state.actor_params, state.critic_params, state.log_temperature, actor_batch, k_actor, bc_phase, config
     )
     a_updates, actor_opt_state = actor_opt.update(a_grads, state.actor_opt_state, state.actor_params)
     actor_params = optax.apply_updates(state.actor_params, a_updates)
@@ -367,7 +379,7 @@ def update(state: CQLState, batch: Batch, key: jax.Array, config: CQLConfig) -> 
         state.target_critic_params,
         state.actor_params,
         state.log_temperature,
-        batch,
+        critic_batch,
         k_critic,
         config,
         alpha_prime,
@@ -448,7 +460,9 @@ def feature_srank(state: CQLState, batch: Batch, config: CQLConfig) -> jnp.ndarr
 
 def deterministic_action(actor_params: Any, observations: jnp.ndarray, act_dim: int, config: CQLConfig):
     """The evaluation action tanh(mu(s)) for normalised observations (B, obs_dim) -> (B, act_dim)."""
-    return common.deterministic_action(actor_params, observations, act_dim, config.actor_hidden_dims)
+    return common.deterministic_action(
+        actor_params, observations, act_dim, config.actor_hidden_dims, config.actor_encoder
+    )
 
 
 param_counts = common.param_counts

@@ -16,6 +16,9 @@ from typing import Any
 import numpy as np
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
+# Image datasets add camera frames, each distinct state's frame stored once, and the frame of s and s' of
+# every transition by index (docs/dataset-format.md).
+IMAGE_KEYS = ("images", "image_index", "next_image_index")
 
 
 class DatasetError(ValueError):
@@ -34,6 +37,14 @@ class Dataset:
         timeouts: (N,) bool, True where the episode was cut by a time limit (bootstrap continues).
         next_observations: (N, obs_dim) float32, ``s'``.
         metadata: free-form facts about the data (task, horizon, noise, behaviour success rate, ...).
+        images: image datasets only: (M, H, W, C) uint8 camera frames, every distinct state once (an episode
+            of T transitions has T + 1 frames), so next observations cost no second copy.
+        image_index: (N,) int64, the frame of ``s`` of each transition (image datasets only).
+        next_image_index: (N,) int64, the frame of ``s'`` (image datasets only).
+
+    In image datasets ``observations`` holds the low-dimensional state logged beside the camera (the robot's
+    proprioception on a real robot; the simulator state in MetaWorld, of which ``metadata["proprio_dims"]``
+    names the robot's own features); training chooses what the networks see (``offrl train --obs``).
 
     Build one with :func:`make_dataset`, which validates; the constructor itself does not.
     """
@@ -45,6 +56,18 @@ class Dataset:
     timeouts: np.ndarray
     next_observations: np.ndarray
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    images: np.ndarray | None = None
+    image_index: np.ndarray | None = None
+    next_image_index: np.ndarray | None = None
+
+    @property
+    def has_images(self) -> bool:
+        return self.images is not None
+
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """(H, W, C) of the frames, or None without images."""
+        return None if self.images is None else tuple(int(d) for d in self.images.shape[1:])
 
     def __len__(self) -> int:
         return int(self.rewards.shape[0])
@@ -82,6 +105,11 @@ class Dataset:
         if len(episode_indices) == 0:
             raise DatasetError("select_episodes got no episodes: ask for at least one episode index")
         idx = np.concatenate([np.arange(slices[i].start, slices[i].stop) for i in episode_indices])
+        # Frames are shared, not copied: the selection indexes into the same (possibly huge) frame array.
+        images = {}
+        if self.images is not None:
+            images = dict(images=self.images, image_index=self.image_index[idx],
+                          next_image_index=self.next_image_index[idx])
         return Dataset(
             observations=self.observations[idx],
             actions=self.actions[idx],
@@ -90,11 +118,13 @@ class Dataset:
             timeouts=self.timeouts[idx],
             next_observations=self.next_observations[idx],
             metadata=dict(self.metadata),
+            **images,
         )
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The transition arrays by their D4RL names."""
-        return {k: getattr(self, k) for k in REQUIRED_KEYS}
+        """The transition arrays by their D4RL names (and the image keys of image datasets)."""
+        keys = REQUIRED_KEYS + (IMAGE_KEYS if self.images is not None else ())
+        return {k: getattr(self, k) for k in keys}
 
 
 def _as_flag(name: str, x: np.ndarray) -> np.ndarray:
@@ -231,7 +261,56 @@ def make_dataset(
                 f"transition {t} ({int(broken.sum())} such places): mark the episode end with "
                 f"timeouts[{t}] = True (or terminals if the task ended there)"
             )
-    return Dataset(obs, actions, rewards, terminals, timeouts, next_obs, metadata)
+    images = _check_images(arrays, terminals | timeouts, n, check_continuity)
+    return Dataset(obs, actions, rewards, terminals, timeouts, next_obs, metadata, **images)
+
+
+def _check_images(arrays: dict[str, Any], ends: np.ndarray, n: int, check_continuity: bool) -> dict[str, Any]:
+    """Validate the optional image keys (IMAGE_KEYS); returns them as Dataset fields ({} without images)."""
+    present = [k for k in IMAGE_KEYS if arrays.get(k) is not None]
+    if not present:
+        return {}
+    if len(present) != len(IMAGE_KEYS):
+        missing = [k for k in IMAGE_KEYS if k not in present]
+        raise DatasetError(
+            f"an image dataset needs all of {list(IMAGE_KEYS)} but {missing} is missing: 'images' holds each "
+            f"frame once and the two index arrays point at the frames of s and s' (docs/dataset-format.md)"
+        )
+    images = arrays["images"]
+    if not isinstance(images, np.ndarray) or images.ndim != 4:
+        raise DatasetError(
+            f"'images' has shape {getattr(images, 'shape', None)}; expected (num_frames, H, W, C)"
+        )
+    if images.dtype != np.uint8:
+        raise DatasetError(
+            f"'images' has dtype {images.dtype}; frames are stored as uint8 pixels in [0, 255]: convert with "
+            f"(x * 255).round().astype(np.uint8) if they are floats in [0, 1]"
+        )
+    m = images.shape[0]
+    out = {"images": images}
+    for k in ("image_index", "next_image_index"):
+        idx = np.asarray(arrays[k])
+        if idx.shape != (n,):
+            raise DatasetError(f"'{k}' has shape {idx.shape}; expected ({n},), one frame index per transition")
+        if not np.issubdtype(idx.dtype, np.integer):
+            raise DatasetError(f"'{k}' has dtype {idx.dtype}; it must hold integer frame indices")
+        bad = (idx < 0) | (idx >= m)
+        if bad.any():
+            t = int(np.flatnonzero(bad)[0])
+            raise DatasetError(
+                f"'{k}'[{t}] = {int(idx[t])} is not a frame of 'images' (it has {m} frames, 0..{m - 1})"
+            )
+        out[k] = idx.astype(np.int64, copy=False)
+    if check_continuity and n > 1:
+        inside = ~ends[:-1]
+        broken = inside & (out["image_index"][1:] != out["next_image_index"][:-1])
+        if broken.any():
+            t = int(np.flatnonzero(broken)[0])
+            raise DatasetError(
+                f"next_image_index[{t}] != image_index[{t + 1}] but no episode ends at transition {t}: inside "
+                f"an episode s' of one transition is s of the next; fix the indices or mark the episode end"
+            )
+    return out
 
 
 def split_episodes(

@@ -16,7 +16,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from offrl.data.dataset import REQUIRED_KEYS, Dataset, DatasetError, make_dataset
+from offrl.data.dataset import IMAGE_KEYS, REQUIRED_KEYS, Dataset, DatasetError, make_dataset
 
 FORMAT_VERSION = 1
 _JSON_PREFIX = "json:"
@@ -61,7 +61,10 @@ def save_dataset(path: str | Path, dataset: Dataset, *, overwrite: bool = False)
     try:
         with h5py.File(tmp, "w") as f:
             for k, v in dataset.arrays().items():
-                f.create_dataset(k, data=v, compression="gzip", compression_opts=4, chunks=True)
+                # Frames are chunked a few hundred at a time: whole frames, so reading any subset decompresses
+                # little beyond it, and large enough for gzip to find the redundancy between frames.
+                chunks = (min(len(v), 256), *v.shape[1:]) if k == "images" else True
+                f.create_dataset(k, data=v, compression="gzip", compression_opts=4, chunks=chunks)
             f.attrs["offrl_format_version"] = FORMAT_VERSION
             for k, v in dataset.metadata.items():
                 f.attrs[k] = _encode_attr(v)
@@ -97,7 +100,7 @@ def load_dataset(path: str | Path, *, check_continuity: bool = True) -> Dataset:
                     f"{path} is missing {missing}; an offrl dataset needs {list(REQUIRED_KEYS)} at the file's "
                     f"root (see docs/dataset-format.md)"
                 )
-            arrays = {k: f[k][()] for k in REQUIRED_KEYS}
+            arrays = {k: f[k][()] for k in REQUIRED_KEYS + IMAGE_KEYS if k in f}
             metadata = {k: _decode_attr(v) for k, v in f.attrs.items()}
     except OSError as e:
         raise DatasetError(

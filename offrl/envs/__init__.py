@@ -9,11 +9,14 @@ from offrl.envs.metaworld import (
     evaluate_policy,
     scripted_policy,
 )
+from offrl.envs.render import RenderConfig, Renderer
 
 __all__ = [
     "DEFAULT_HORIZON",
     "DEFAULT_NOISE_SIGMA",
     "MetaWorldEnv",
+    "RenderConfig",
+    "Renderer",
     "available_tasks",
     "collect_episodes",
     "evaluate_policy",

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from offrl.networks.encoders import EncoderKind, ObservationEncoder
 from offrl.networks.mlp import MLP
 
 # Clamp of log sigma used by the reference code (rlkit TanhGaussianPolicy).
@@ -20,16 +21,20 @@ _ATANH_EPS = 1e-6
 class TanhGaussianActor(nn.Module):
     """Outputs the mean and log-std of the pre-tanh Gaussian.
 
-    Input observations (..., obs_dim) -> ``(mean, log_std)``, each (..., act_dim) float32, with log_std
-    clamped to [-5, 2].
+    Input observations (B, obs_dim), or image observations ``{"image": (B, H, W, C) uint8, "state": (B, d)}``
+    encoded by its own ``encoder`` ('cnn' or 'resnet', see :mod:`offrl.networks.encoders`) ->
+    ``(mean, log_std)``, each (B, act_dim) float32, with log_std clamped to [-5, 2].
     """
 
     hidden_dims: Sequence[int]
     act_dim: int
+    encoder: EncoderKind = "cnn"
 
     @nn.compact
-    def __call__(self, observations: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-        h = MLP(self.hidden_dims, activate_final=True)(observations)
+    def __call__(self, observations) -> tuple[jnp.ndarray, jnp.ndarray]:
+        # The encoder has parameters only for image observations: state actors keep offrl 0.1.0's names.
+        h = ObservationEncoder(self.encoder, name="encoder")(observations)
+        h = MLP(self.hidden_dims, activate_final=True)(h)
         mean = nn.Dense(self.act_dim)(h)
         log_std = jnp.clip(nn.Dense(self.act_dim)(h), LOG_STD_MIN, LOG_STD_MAX)
         return mean, log_std

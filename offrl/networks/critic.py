@@ -8,11 +8,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from offrl.networks.encoders import EncoderKind, ObservationEncoder
 from offrl.networks.mlp import MLP
 
 
 class Critic(nn.Module):
-    """``Q(s, a)``: an MLP on the concatenation ``[s, a]``, with the paper's optional regularizers.
+    """``Q(s, a)``: an MLP on the concatenation ``[phi(s), a]``, with the paper's optional regularizers.
+
+    ``phi(s)`` is the state itself for state observations, or the flat features of an image encoder
+    (:class:`~offrl.networks.encoders.ObservationEncoder`) for image observations; the action is concatenated to
+    the flat conv features, as in the reference code.
 
     Attributes:
         hidden_dims: hidden widths.
@@ -20,22 +25,39 @@ class Critic(nn.Module):
         vib_dim: > 0 inserts a variational information bottleneck (paper Eq. 3): the MLP predicts the mean and
             log-std of a ``vib_dim``-dimensional Gaussian code z, sampled as ``mu + sigma * eps`` (eps from a
             'vib' PRNG stream; z = mu when deterministic), and a head MLP of the same widths maps z to Q.
+        encoder: image encoder, 'cnn' (the paper's) or 'resnet' (Guideline 4.2); unused for state observations.
 
-    ``__call__(observations (..., obs_dim), actions (..., act_dim), deterministic=True)`` returns Q (...,) and,
-    with ``return_aux=True``, also ``{"features": penultimate features (..., width), "kl": (...,) KL of the
-    code to N(0, I), 0 without VIB}``; the features feed DR3 (paper Eq. 4) and the srank diagnostic.
+    ``__call__(observations, actions (..., act_dim), encoded=None, deterministic=True, return_aux=False,
+    encode_only=False)`` returns Q (...,) and, with ``return_aux=True``, also ``{"features": penultimate features
+    (..., width), "kl": (...,) KL of the code to N(0, I), 0 without VIB}``; the features feed DR3 (paper Eq. 4)
+    and the srank diagnostic. ``encode_only=True`` returns phi(s) (B, F) alone; passing it back as ``encoded``
+    (with ``observations=None``) skips the encoder, so CQL's sampled actions at a state reuse one encoding.
+    ``encoded`` (B, F) broadcasts against actions with extra leading axes, e.g. (n, B, act_dim).
     """
 
     hidden_dims: Sequence[int]
     dropout_rate: float = 0.0
     layer_norm: bool = False
     vib_dim: int = 0
+    encoder: EncoderKind = "cnn"
 
     @nn.compact
     def __call__(
-        self, observations: jnp.ndarray, actions: jnp.ndarray, deterministic: bool = True, return_aux: bool = False
+        self,
+        observations,
+        actions: jnp.ndarray | None,
+        encoded: jnp.ndarray | None = None,
+        deterministic: bool = True,
+        return_aux: bool = False,
+        encode_only: bool = False,
     ):
-        x = jnp.concatenate([observations, actions], axis=-1)
+        if encoded is None:
+            # Created only for image observations, so state critics keep the parameter names of offrl 0.1.0.
+            encoded = ObservationEncoder(self.encoder, self.dropout_rate, name="encoder")(observations, deterministic)
+            if encode_only:
+                return encoded
+        encoded = jnp.broadcast_to(encoded, (*actions.shape[:-1], encoded.shape[-1]))
+        x = jnp.concatenate([encoded, actions], axis=-1)
         kl = jnp.zeros(x.shape[:-1], x.dtype)
         if self.vib_dim > 0:
             h = MLP(self.hidden_dims, activate_final=True, dropout_rate=self.dropout_rate,
@@ -61,10 +83,12 @@ class CriticEnsemble(nn.Module):
 
     Building the ensemble with ``nn.vmap`` guarantees every member has the same architecture (a second
     hand-written critic can silently differ, as happened in CORL). Dropout and VIB noise are drawn
-    independently per member.
+    independently per member. Each member has its own image encoder (as the reference code's two Q-networks).
 
-    Input observations (..., obs_dim) and actions (..., act_dim) -> Q (num_critics, ...) float32 (and the aux
-    dict of :class:`Critic`, stacked the same way, with ``return_aux``).
+    Input observations (B, ...) and actions (B, act_dim) -> Q (num_critics, B) float32 (and the aux dict of
+    :class:`Critic`, stacked the same way, with ``return_aux``). ``encode_only=True`` gives each member's
+    phi(s), (num_critics, B, F); pass it back as ``encoded`` (observations None) with actions of any leading
+    shape (..., B, act_dim) to get Q (num_critics, ..., B) without running the encoders again.
     """
 
     hidden_dims: Sequence[int]
@@ -72,18 +96,28 @@ class CriticEnsemble(nn.Module):
     dropout_rate: float = 0.0
     layer_norm: bool = False
     vib_dim: int = 0
+    encoder: EncoderKind = "cnn"
 
     @nn.compact
-    def __call__(self, observations, actions, deterministic: bool = True, return_aux: bool = False):
+    def __call__(
+        self,
+        observations,
+        actions=None,
+        encoded=None,
+        deterministic: bool = True,
+        return_aux: bool = False,
+        encode_only: bool = False,
+    ):
         ensemble = nn.vmap(
             Critic,
             variable_axes={"params": 0},
             split_rngs={"params": True, "dropout": True, "vib": True},
-            in_axes=None,
+            # Each member maps over its own slice of ``encoded``; observations and actions are shared.
+            in_axes=(None, None, 0, None, None, None),
             out_axes=0,
             axis_size=self.num_critics,
             methods=["__call__"],
         )
-        return ensemble(self.hidden_dims, self.dropout_rate, self.layer_norm, self.vib_dim)(
-            observations, actions, deterministic, return_aux
+        return ensemble(self.hidden_dims, self.dropout_rate, self.layer_norm, self.vib_dim, self.encoder)(
+            observations, actions, encoded, deterministic, return_aux, encode_only
         )

@@ -26,18 +26,25 @@ def load_state(run_dir: str | Path, step: int) -> tuple[Any, dict]:
     algo = cfg.get("algo", "cql")
     agent = agent_config_from_dict(cfg["agent"], algo)
     module = get_agent(algo)
-    dims = (cfg["dataset"]["obs_dim"], cfg["dataset"]["act_dim"])
+    dims = (run_obs_spec(cfg), cfg["dataset"]["act_dim"])
     like = module.init(agent, *dims, jax.random.PRNGKey(0))
     legacy = legacy_states(algo, agent, *dims)
     state, _ = rd.restore_checkpoint(rd.checkpoint_manager(run_dir), step, like, legacy)
     return state, cfg
 
 
-def load_policy(run_dir: str | Path, step: int) -> Callable[[np.ndarray], np.ndarray]:
+def run_obs_spec(cfg: dict[str, Any]) -> Any:
+    """The observation spec a run's networks were built for (runs before image support: obs_dim)."""
+    return cfg["dataset"].get("obs_spec", cfg["dataset"]["obs_dim"])
+
+
+def load_policy(run_dir: str | Path, step: int) -> Callable[[Any], np.ndarray]:
     """The deterministic policy ``tanh(mu(s))`` of a checkpoint (the reference code's evaluation action).
 
     The returned function maps raw observations (B, obs_dim) float to actions (B, act_dim) float32 in [-1, 1];
-    the run's observation normalisation is applied inside it.
+    the run's observation normalisation is applied inside it. Image runs take
+    ``{"image": (B, H, W, C * frame_stack) uint8, "state": (B, obs_dim) float}`` (the simulator's full state;
+    the run's state columns are picked inside), as :func:`offrl.envs.evaluate_policy` hands them out.
     """
     state, cfg = load_state(run_dir, step)
     algo = cfg.get("algo", "cql")
@@ -46,8 +53,15 @@ def load_policy(run_dir: str | Path, step: int) -> Callable[[np.ndarray], np.nda
     normalizer = Normalizer.from_dict(cfg["normalizer"])
     act_dim = int(cfg["dataset"]["act_dim"])
 
-    def policy(observations: np.ndarray) -> np.ndarray:
-        obs = normalizer(np.asarray(observations, np.float32))
+    mode = cfg["dataset"].get("obs_mode", "state")
+    columns = list(cfg["dataset"].get("state_columns", []))
+
+    def policy(observations: Any) -> np.ndarray:
+        if mode == "state":
+            obs = normalizer(np.asarray(observations, np.float32))
+        else:
+            state_in = np.asarray(observations["state"], np.float32)
+            obs = {"image": np.asarray(observations["image"], np.uint8), "state": normalizer(state_in[:, columns])}
         return np.asarray(module.deterministic_action(state.actor_params, obs, act_dim, agent))
 
     return policy

@@ -35,6 +35,14 @@ from offrl.data import (
     q_value_range,
     split_episodes,
 )
+from offrl.data.images import (
+    ObsMode,
+    frame_stack_indices,
+    image_batch,
+    obs_spec,
+    resolve_obs_mode,
+    state_columns,
+)
 from offrl.training import run_dir as rd
 from offrl.training.loggers import MetricsLogger
 
@@ -55,6 +63,11 @@ class TrainConfig:
     """Read --dataset directly in another format (as `offrl import` would; see its --help)."""
     obs_keys: tuple[str, ...] | None = None
     """With --dataset-format: the low-dimensional observation keys to concatenate (default: all)."""
+    obs: ObsMode = "auto"
+    """What the networks see: state, image (pixels only, the paper's setting), image+proprio (pixels and the
+    robot's own state, metadata proprio_dims), or auto (image for image datasets, else state)."""
+    frame_stack: int = 1
+    """Image runs: frames stacked along the channel axis (the newest last)."""
     steps: int = 100_000
     """Gradient steps in all."""
     checkpoint_every: int = 5_000
@@ -107,30 +120,74 @@ def _chunk_size(config: TrainConfig) -> int:
     return math.gcd(config.log_every, config.checkpoint_every, config.steps)
 
 
-def _device_arrays(ds: Dataset, normalizer: Normalizer) -> dict[str, jnp.ndarray]:
-    return {
-        "observations": jnp.asarray(normalizer(ds.observations)),
-        "actions": jnp.asarray(ds.actions),
-        "rewards": jnp.asarray(ds.rewards),
-        "terminals": jnp.asarray(ds.terminals, jnp.float32),
-        "next_observations": jnp.asarray(normalizer(ds.next_observations)),
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """What the networks see of a dataset: observation mode (resolved, see :mod:`offrl.data.images`), the
+    ``observations`` columns used and their normalisation, and the frame stack of image runs."""
+
+    mode: str
+    columns: tuple[int, ...]
+    normalizer: Normalizer
+    frame_stack: int = 1
+
+    @property
+    def images(self) -> bool:
+        return self.mode != "state"
+
+    def state(self, observations: np.ndarray) -> np.ndarray:
+        """Normalised state features the networks see, (N, len(columns)) float32."""
+        if not self.images:  # all columns, in order: no copy before normalising
+            return self.normalizer(observations)
+        return self.normalizer(observations[:, list(self.columns)])
+
+
+def _host_arrays(ds: Dataset, inputs: Inputs) -> dict[str, np.ndarray]:
+    """Transition arrays as the compiled loop stores them; image runs add the frames (once) and the (N, k)
+    frame indices of s and s' (:func:`offrl.data.images.frame_stack_indices`)."""
+    arrays = {
+        "observations": inputs.state(ds.observations),
+        "actions": ds.actions,
+        "rewards": ds.rewards,
+        "terminals": ds.terminals.astype(np.float32),
+        "next_observations": inputs.state(ds.next_observations),
     }
+    if inputs.images:
+        arrays["obs_frames"], arrays["next_obs_frames"] = frame_stack_indices(ds, inputs.frame_stack)
+        arrays["images"] = ds.images
+    return arrays
+
+
+def _device_arrays(ds: Dataset, inputs: Inputs) -> dict[str, jnp.ndarray]:
+    # device_put, not jnp.asarray: on the CPU backend asarray transiently holds two extra copies of an array,
+    # which for a million 48x48x3 frames (6.9 GB) would not fit in 24 GB.
+    return {k: jax.device_put(v) for k, v in _host_arrays(ds, inputs).items()}
+
+
+def make_batch(data: dict[str, Any], idx: Any) -> dict[str, Any]:
+    """Transitions ``idx`` of device (or host) arrays as an agent batch; image runs assemble the frame stacks
+    from indices (:func:`offrl.data.images.image_batch`)."""
+    if "images" in data:
+        return image_batch(data, idx)
+    return {k: v[idx] for k, v in data.items()}
 
 
 def _eval_arrays(
-    ds: Dataset, normalizer: Normalizer, max_transitions: int, seed: int
-) -> tuple[dict[str, jnp.ndarray], jnp.ndarray]:
-    """A fixed subset of transitions, padded to whole chunks: (num_chunks, _EVAL_CHUNK, ...) and a mask."""
+    ds: Dataset, inputs: Inputs, max_transitions: int, seed: int
+) -> tuple[dict[str, Any], jnp.ndarray]:
+    """A fixed subset of transitions, padded to whole chunks: (num_chunks, _EVAL_CHUNK, ...) and a mask.
+    Image stacks are materialised here (at most ``max_transitions`` of them)."""
     n = len(ds)
     idx = np.arange(n) if n <= max_transitions else np.sort(np.random.default_rng(seed).permutation(n)[:max_transitions])
-    arrays = {k: np.asarray(v)[idx] for k, v in _device_arrays(ds, normalizer).items()}
+    batch = make_batch(_host_arrays(ds, inputs), idx)
     m = len(idx)
     chunks = -(-m // _EVAL_CHUNK)
     pad = chunks * _EVAL_CHUNK - m
-    out = {
-        k: jnp.asarray(np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]).reshape(chunks, _EVAL_CHUNK, *v.shape[1:]))
-        for k, v in arrays.items()
-    }
+
+    def chunked(v: np.ndarray) -> jnp.ndarray:
+        v = np.asarray(v)
+        return jnp.asarray(np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]).reshape(chunks, _EVAL_CHUNK, *v.shape[1:]))
+
+    out = jax.tree.map(chunked, batch)
     mask = jnp.asarray(np.concatenate([np.ones(m, np.float32), np.zeros(pad, np.float32)]).reshape(chunks, _EVAL_CHUNK))
     return out, mask
 
@@ -162,14 +219,14 @@ def make_train_chunk(algo: str, agent: Any, batch_size: int, num_steps: int):
             state, sums = carry
             k_idx, k_upd = jax.random.split(k)
             idx = jax.random.randint(k_idx, (batch_size,), 0, n)
-            batch = jax.tree.map(lambda x: x[idx], data)
+            batch = make_batch(data, idx)
             state, metrics = module.update(state, batch, k_upd, agent)
             sums = jax.tree.map(jnp.add, sums, metrics)
             return (state, sums), None
 
         zeros = jax.tree.map(
             lambda s: jnp.zeros(s.shape, s.dtype),
-            jax.eval_shape(lambda: module.update(state, jax.tree.map(lambda x: x[:batch_size], data), key, agent)[1]),
+            jax.eval_shape(lambda: module.update(state, make_batch(data, jnp.arange(batch_size)), key, agent)[1]),
         )
         (state, sums), _ = jax.lax.scan(body, (state, zeros), jax.random.split(key, num_steps))
         return state, jax.tree.map(lambda s: s / num_steps, sums)
@@ -293,7 +350,7 @@ def train(config: TrainConfig) -> Path:
                 config, behavior_run=Path(saved["behavior"]["run"]), behavior_step=saved["behavior"]["step"]
             )
         restored = ("checkpoint_every", "log_every", "batch_size", "heldout_fraction", "eval_transitions",
-                    "normalize_observations", "dataset_format", "obs_keys")
+                    "normalize_observations", "dataset_format", "obs_keys", "obs", "frame_stack")
         for k in restored:
             if k in saved["training"]:
                 v = saved["training"][k]
@@ -318,11 +375,15 @@ def train(config: TrainConfig) -> Path:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     train_ds, heldout_ds = split_episodes(dataset, config.heldout_fraction, config.seed)
+    mode = resolve_obs_mode(config.obs, dataset)
+    columns = state_columns(mode, dataset)
     normalizer = (
-        Normalizer.fit(train_ds.observations)
+        Normalizer.fit(train_ds.observations[:, columns])
         if config.normalize_observations
-        else Normalizer.identity(dataset.obs_dim)
+        else Normalizer.identity(len(columns))
     )
+    inputs = Inputs(mode, tuple(columns), normalizer, config.frame_stack)
+    spec = obs_spec(mode, dataset, config.frame_stack)
     agent = active_agent_config(config)
     module = get_agent(config.algo)
     q_range = q_value_range(train_ds, getattr(agent, "gamma", 0.99))
@@ -330,10 +391,14 @@ def train(config: TrainConfig) -> Path:
     k_init, k_train, k_eval = jax.random.split(key, 3)
     behavior_info = None
     if config.algo == "brac":
-        behavior_params, behavior_info = _load_behavior(config, normalizer, dataset_fp)
-        agent = dataclasses.replace(agent, behavior_hidden_dims=tuple(behavior_info["actor_hidden_dims"]))
+        behavior_params, behavior_info = _load_behavior(config, inputs, dataset_fp)
+        agent = dataclasses.replace(
+            agent,
+            behavior_hidden_dims=tuple(behavior_info["actor_hidden_dims"]),
+            behavior_encoder=behavior_info["actor_encoder"],
+        )
         config = _with_agent_config(config, agent)
-    state = module.init(agent, dataset.obs_dim, dataset.act_dim, k_init)
+    state = module.init(agent, spec, dataset.act_dim, k_init)
     if behavior_info is not None:
         state = module.with_behavior(state, behavior_params)
 
@@ -346,6 +411,10 @@ def train(config: TrainConfig) -> Path:
         "heldout_episodes": 0 if heldout_ds is None else heldout_ds.num_episodes,
         "obs_dim": dataset.obs_dim,
         "act_dim": dataset.act_dim,
+        "obs_mode": mode,
+        "state_columns": columns,
+        "obs_spec": spec,
+        "image_shape": dataset.image_shape,
         "metadata": dataset.metadata,
         "task": dataset.metadata.get("task"),
         "q_range": [q_range["q_min"], q_range["q_max"]],
@@ -366,7 +435,7 @@ def train(config: TrainConfig) -> Path:
         steps_done = rd.checkpoint_steps(out)
         if steps_done:
             start_step = steps_done[-1]
-            legacy = legacy_states(config.algo, agent, dataset.obs_dim, dataset.act_dim)
+            legacy = legacy_states(config.algo, agent, spec, dataset.act_dim)
             state, _ = rd.restore_checkpoint(manager, start_step, state, legacy)
         rd.truncate_metrics(out, start_step)
         saved["training"]["steps"] = max(config.steps, saved["training"]["steps"])
@@ -382,16 +451,18 @@ def train(config: TrainConfig) -> Path:
     if start_step >= config.steps:
         return out
 
-    data = _device_arrays(train_ds, normalizer)
-    eval_sets = {"": _eval_arrays(train_ds, normalizer, config.eval_transitions, config.seed)}
+    data = _device_arrays(train_ds, inputs)
+    eval_sets = {"": _eval_arrays(train_ds, inputs, config.eval_transitions, config.seed)}
     if heldout_ds is not None:
-        eval_sets["heldout/"] = _eval_arrays(heldout_ds, normalizer, config.eval_transitions, config.seed)
+        eval_sets["heldout/"] = _eval_arrays(heldout_ds, inputs, config.eval_transitions, config.seed)
+    # The host copies are no longer needed; dropping them halves the memory of large image datasets.
+    del dataset, train_ds, heldout_ds
     # The effective rank of the critic's features (srank, beyond the paper), on the first evaluation chunk.
     srank_fn = None
     if hasattr(module, "feature_srank"):
         chunks0, mask0 = eval_sets[""]
         valid = int(np.asarray(mask0[0]).sum())
-        srank_batch = {k: v[0][:valid] for k, v in chunks0.items()}
+        srank_batch = jax.tree.map(lambda v: v[0][:valid], chunks0)
         srank_fn = jax.jit(lambda st: module.feature_srank(st, srank_batch, agent))
     chunk_steps = _chunk_size(config)
     train_chunk = make_train_chunk(config.algo, agent, config.batch_size, chunk_steps)
@@ -472,7 +543,7 @@ def train(config: TrainConfig) -> Path:
     return out
 
 
-def _load_behavior(config: TrainConfig, normalizer: Normalizer, dataset_fp: str) -> tuple[Any, dict[str, Any]]:
+def _load_behavior(config: TrainConfig, inputs: Inputs, dataset_fp: str) -> tuple[Any, dict[str, Any]]:
     """pi_beta for BRAC: the actor of a BC run's checkpoint, checked to match this run's data and inputs.
 
     Raises:
@@ -490,6 +561,13 @@ def _load_behavior(config: TrainConfig, normalizer: Normalizer, dataset_fp: str)
             f"--behavior-run {run} was trained on another dataset ({bcfg['dataset']['path']}): train BC on "
             f"{config.dataset}"
         )
+    normalizer = inputs.normalizer
+    bc_inputs = (bcfg["dataset"].get("obs_mode", "state"), bcfg["training"].get("frame_stack", 1))
+    if bc_inputs != (inputs.mode, inputs.frame_stack):
+        raise ValueError(
+            f"--behavior-run {run} sees observations as (obs, frame stack) = {bc_inputs}, this run as "
+            f"{(inputs.mode, inputs.frame_stack)}: train BC with the same --obs and --frame-stack"
+        )
     if Normalizer.from_dict(bcfg["normalizer"]).to_dict() != normalizer.to_dict():
         raise ValueError(
             f"--behavior-run {run} normalises observations differently: train BC with the same --seed, "
@@ -499,7 +577,12 @@ def _load_behavior(config: TrainConfig, normalizer: Normalizer, dataset_fp: str)
     if step is None:
         step = best_step_by(run, "heldout/log_likelihood", fallback="log_likelihood")
     bstate, _ = load_state(run, step)
-    info = {"run": str(run.absolute()), "step": step, "actor_hidden_dims": bcfg["agent"]["actor_hidden_dims"]}
+    info = {
+        "run": str(run.absolute()),
+        "step": step,
+        "actor_hidden_dims": bcfg["agent"]["actor_hidden_dims"],
+        "actor_encoder": bcfg["agent"].get("actor_encoder", "cnn"),
+    }
     return bstate.actor_params, info
 
 

@@ -3,7 +3,8 @@
 - **Overfitting** (Metric 3.1) -> re-run with capacity-decreasing regularization on the Q-function
   (Guideline 4.1: VIB, paper Eq. 3, by default; dropout as the alternative) and check that q_data no longer
   falls. The remedy run is chosen when it stops the decline; otherwise the base run's Q peak (Guideline 3.1).
-- **Underfitting** -> re-run with more capacity (Guideline 4.2: DR3, paper Eq. 4, plus wider critics) and apply
+- **Underfitting** -> re-run with more capacity (Guideline 4.2: DR3, paper Eq. 4, plus wider critics, and for
+  image runs the residual encoder, by default for the actor as in the paper's Sawyer fix) and apply
   Metric 3.2: if the bigger run lowers the TD error or the regularizer, the base run was underfitting and the
   bigger run is chosen (unless it diverged); otherwise the report says that capacity does not help.
 - **Healthy / inconclusive / diverged** -> no re-run; the base run's selection stands, with the advice.
@@ -40,17 +41,28 @@ class RemedyConfig:
     """DR3 weight of the capacity run (the release's value)."""
     width_factor: int = 2
     """The capacity run's critics are this many times wider."""
+    residual: Literal["actor", "critic", "both", "none"] = "actor"
+    """Image runs: which networks the capacity run gives the 9-conv residual encoder (Guideline 4.2; the paper's
+    fix on the Sawyer tasks is the ResNet actor)."""
 
 
-def remedy_agent(base: CQLConfig, kind: str, remedies: RemedyConfig = RemedyConfig()) -> CQLConfig:
-    """The agent config of a remedy run: ``kind`` in {"vib", "dropout", "capacity"}."""
+def remedy_agent(
+    base: CQLConfig, kind: str, remedies: RemedyConfig = RemedyConfig(), images: bool = False
+) -> CQLConfig:
+    """The agent config of a remedy run: ``kind`` in {"vib", "dropout", "capacity"}; ``images``: the run
+    learns from pixels, so capacity also means residual encoders (``remedies.residual``)."""
     if kind == "vib":
         return dataclasses.replace(base, vib_dim=remedies.vib_dim, beta=remedies.beta)
     if kind == "dropout":
         return dataclasses.replace(base, critic_dropout=remedies.dropout)
     if kind == "capacity":
         wider = tuple(w * remedies.width_factor for w in base.critic_hidden_dims)
-        return dataclasses.replace(base, dr3_coef=remedies.dr3_coef, critic_hidden_dims=wider)
+        bigger = dataclasses.replace(base, dr3_coef=remedies.dr3_coef, critic_hidden_dims=wider)
+        if images and remedies.residual in ("actor", "both"):
+            bigger = dataclasses.replace(bigger, actor_encoder="resnet")
+        if images and remedies.residual in ("critic", "both"):
+            bigger = dataclasses.replace(bigger, critic_encoder="resnet")
+        return bigger
     raise ValueError(f"unknown remedy {kind!r}: vib, dropout or capacity")
 
 
@@ -139,6 +151,7 @@ def run_auto(config: Any, remedies: RemedyConfig = RemedyConfig()) -> dict[str, 
     base_cfg = TrainConfig(
         dataset=Path(config.dataset), out=out / "base", steps=config.steps,
         checkpoint_every=config.checkpoint_every, seed=config.seed, progress=config.progress, agent=config.agent,
+        obs=getattr(config, "obs", "auto"), frame_stack=getattr(config, "frame_stack", 1),
     )
     print(f"[auto] base run -> {base_cfg.out}", flush=True)
     train(base_cfg)
@@ -149,7 +162,8 @@ def run_auto(config: Any, remedies: RemedyConfig = RemedyConfig()) -> dict[str, 
     if kind is not None:
         run = out / kind
         print(f"[auto] verdict {base['verdict']} -> {kind} run -> {run}", flush=True)
-        train(dataclasses.replace(base_cfg, out=run, agent=remedy_agent(config.agent, kind, remedies)))
+        images = rd.read_json(base_cfg.out / rd.CONFIG_FILE)["dataset"].get("obs_mode", "state") != "state"
+        train(dataclasses.replace(base_cfg, out=run, agent=remedy_agent(config.agent, kind, remedies, images)))
         remedy = {**diagnose_run(run, after_peak=config.after_peak), "run_dir": str(run)}
         runs[kind] = remedy
         if kind == "capacity":

@@ -30,7 +30,8 @@ def evaluate_run(
     """Roll out every checkpoint (or ``steps``) for ``episodes`` episodes and write evaluation.json.
 
     The task, horizon and success-ends-episode convention default to the dataset's metadata.
-    Episode seeds do not overlap the collection's, and are the same for every checkpoint.
+    Episode seeds do not overlap the collection's, and are the same for every checkpoint. Image runs render the
+    dataset's camera at its size (metadata ``image``) and stack the run's number of frames.
 
     Raises:
         FileNotFoundError: not a run directory or no checkpoint.
@@ -51,12 +52,22 @@ def evaluate_run(
     if not all_steps:
         raise FileNotFoundError(f"{run_dir} has no checkpoints to evaluate: train it first")
     steps = all_steps if steps is None else steps
+    render, frame_stack = None, 1
+    if cfg["dataset"].get("obs_mode", "state") != "state":
+        from offrl.envs.render import RenderConfig
+
+        image = meta.get("image") or {}
+        if not image:
+            raise ValueError(f"{run_dir} is an image run but its dataset's metadata says nothing of the camera "
+                             f"(metadata 'image'): it cannot be evaluated in the simulator")
+        render = RenderConfig(**{k: v for k, v in image.items() if k in RenderConfig.__dataclass_fields__})
+        frame_stack = int(cfg["training"].get("frame_stack", 1))
     results = []
     for i, step in enumerate(steps):
         t = time.perf_counter()
         res = evaluate_policy(
             load_policy(run_dir, step), task, episodes, horizon=horizon, seed=seed,
-            terminate_on_success=terminate,
+            terminate_on_success=terminate, render=render, frame_stack=frame_stack,
         )
         results.append(
             {

@@ -43,6 +43,15 @@ class WorkflowConfig:
     """Seeds collection, training and evaluation."""
     eval_episodes: int = 20
     """Episodes per checkpoint for the analysis-only success rate; 0 to skip evaluation."""
+    obs: Literal["state", "image", "image+proprio"] = "state"
+    """What the networks see: the simulator state, camera images (the paper's setting: 48x48 RGB, the paper's
+    CNN), or images plus the arm's own state. Image datasets are collected with --image-size and --camera."""
+    image_size: int = 48
+    """Image runs: square camera image size in pixels."""
+    camera: str = "corner4"
+    """Image runs: the MetaWorld camera."""
+    frame_stack: int = 1
+    """Image runs: frames stacked along the channel axis."""
     after_peak: bool = False
     """Select the checkpoint after the Q peak (Guideline 3.1's actor-critic variant)."""
     progress: bool = True
@@ -71,25 +80,31 @@ def run_workflow(config: WorkflowConfig) -> dict[str, Any]:
     """
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    dataset = config.dataset or Path("data") / f"{config.task}_{config.episodes}ep_s{config.seed}.h5"
+    images = config.obs != "state"
+    suffix = f"_img{config.image_size}_{config.camera}" if images else ""
+    dataset = config.dataset or Path("data") / f"{config.task}_{config.episodes}ep_s{config.seed}{suffix}.h5"
     if not Path(dataset).exists():
         print(f"[1/5] collecting {config.episodes} episodes of {config.task} -> {dataset}", flush=True)
         t = time.perf_counter()
+        from offrl.envs.render import RenderConfig
+
         collect(
             config.task, config.episodes, dataset, horizon=config.horizon, noise_sigma=config.noise_sigma,
             seed=config.seed, progress=config.progress,
+            render=RenderConfig(size=config.image_size, camera=config.camera) if images else None,
         )
         timings["collect_s"] = time.perf_counter() - t
     else:
         print(f"[1/5] using existing dataset {dataset}", flush=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(config.out or Path("runs") / f"{config.task}_{config.algo}_s{config.seed}_{stamp}")
+    tag = f"{config.algo}_{config.obs.replace('+', '_')}" if images else config.algo
+    out = Path(config.out or Path("runs") / f"{config.task}_{tag}_s{config.seed}_{stamp}")
     if config.auto:
         return _run_auto(dataclasses.replace(config, dataset=Path(dataset), out=out), timings, t_start)
     base = TrainConfig(
         dataset=Path(dataset), out=out, steps=config.steps, checkpoint_every=config.checkpoint_every,
         seed=config.seed, progress=config.progress, algo=config.algo, agent=config.agent, brac=config.brac,
-        bc=config.bc,
+        bc=config.bc, obs=config.obs, frame_stack=config.frame_stack,
     )
     t = time.perf_counter()
     if config.algo == "brac":

@@ -1,0 +1,81 @@
+"""Gradient steps per second of image CQL (48x48x3 pixels, batch 256) for the paper's encoders.
+
+Usage: python benchmarks/image_speed.py [--steps 20] [--size 48] [--settings cnn_fc256x3 cnn_fc_reference ...]
+Prints one JSON object. Compilation is excluded: each setting is compiled and run once before timing. The data
+are random frames held once on the device with frame indices, as in `offrl train --obs image`; the batch is
+assembled (gathered and cropped) inside the compiled update, so the numbers include that cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from offrl.agents import cql
+from offrl.training.train import make_train_chunk
+
+SETTINGS = {
+    # The paper's CNN with state-sized FC layers: the image default of `offrl workflow --obs image`.
+    "cnn_fc256x3": dict(critic_hidden_dims=(256, 256, 256), actor_hidden_dims=(256, 256, 256)),
+    # The reference code's FC stack after the CNN: [1024, 512, 256].
+    "cnn_fc_reference": dict(critic_hidden_dims=(1024, 512, 256), actor_hidden_dims=(1024, 512, 256)),
+    # The capacity increase (Guideline 4.2): the 9-conv residual encoder for the actor, or for both.
+    "resnet_actor": dict(critic_hidden_dims=(256, 256, 256), actor_hidden_dims=(256, 256, 256),
+                         actor_encoder="resnet"),
+    "resnet_both": dict(critic_hidden_dims=(256, 256, 256), actor_hidden_dims=(256, 256, 256),
+                        actor_encoder="resnet", critic_encoder="resnet"),
+}
+
+
+def measure(agent: cql.CQLConfig, steps: int, size: int, n: int = 5000, act_dim: int = 4) -> dict:
+    rng = np.random.default_rng(0)
+    frames = np.arange(n)
+    data = {
+        "observations": jnp.zeros((n, 0), jnp.float32),
+        "next_observations": jnp.zeros((n, 0), jnp.float32),
+        "actions": jnp.asarray(rng.uniform(-1, 1, (n, act_dim)), jnp.float32),
+        "rewards": jnp.asarray(rng.integers(0, 2, n), jnp.float32),
+        "terminals": jnp.zeros(n, jnp.float32),
+        "images": jnp.asarray(rng.integers(0, 256, (n + 1, size, size, 3)), jnp.uint8),
+        "obs_frames": jnp.asarray(frames[:, None], jnp.int32),
+        "next_obs_frames": jnp.asarray(frames[:, None] + 1, jnp.int32),
+    }
+    state = cql.init(agent, {"image": [size, size, 3], "state": 0}, act_dim, jax.random.PRNGKey(0))
+    chunk = make_train_chunk("cql", agent, 256, steps)
+    t = time.perf_counter()
+    state, _ = chunk(state, data, jax.random.PRNGKey(1))
+    jax.block_until_ready(state)
+    compile_s = time.perf_counter() - t
+    t = time.perf_counter()
+    state, _ = chunk(state, data, jax.random.PRNGKey(2))
+    jax.block_until_ready(state)
+    return {
+        "steps_per_s": round(steps / (time.perf_counter() - t), 2),
+        "compile_plus_first_call_s": round(compile_s, 1),
+        "params": cql.param_counts(state),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--size", type=int, default=48)
+    p.add_argument("--settings", nargs="*", default=list(SETTINGS))
+    args = p.parse_args()
+    out = {
+        name: measure(cql.CQLConfig(**SETTINGS[name]), args.steps, args.size) for name in args.settings
+    }
+    out["batch_size"] = 256
+    out["image"] = [args.size, args.size, 3]
+    out["machine"] = {"cpu": platform.processor() or platform.machine(), "devices": [str(d) for d in jax.devices()]}
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
