@@ -33,7 +33,7 @@ SETTINGS = {
 }
 
 
-def measure(agent: cql.CQLConfig, steps: int, size: int, n: int = 5000, act_dim: int = 4) -> dict:
+def measure(agent: cql.CQLConfig, steps: int, size: int, batch_size: int = 256, n: int = 5000, act_dim: int = 4) -> dict:
     rng = np.random.default_rng(0)
     frames = np.arange(n)
     data = {
@@ -47,7 +47,7 @@ def measure(agent: cql.CQLConfig, steps: int, size: int, n: int = 5000, act_dim:
         "next_obs_frames": jnp.asarray(frames[:, None] + 1, jnp.int32),
     }
     state = cql.init(agent, {"image": [size, size, 3], "state": 0}, act_dim, jax.random.PRNGKey(0))
-    chunk = make_train_chunk("cql", agent, 256, steps)
+    chunk = make_train_chunk("cql", agent, batch_size, steps)
     t = time.perf_counter()
     state, _ = chunk(state, data, jax.random.PRNGKey(1))
     jax.block_until_ready(state)
@@ -66,12 +66,13 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--size", type=int, default=48)
+    p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--settings", nargs="*", default=list(SETTINGS))
     args = p.parse_args()
     out = {
-        name: measure(cql.CQLConfig(**SETTINGS[name]), args.steps, args.size) for name in args.settings
+        name: measure(cql.CQLConfig(**SETTINGS[name]), args.steps, args.size, args.batch_size) for name in args.settings
     }
-    out["batch_size"] = 256
+    out["batch_size"] = args.batch_size
     out["image"] = [args.size, args.size, 3]
     out["machine"] = {"cpu": platform.processor() or platform.machine(), "devices": [str(d) for d in jax.devices()]}
     print(json.dumps(out, indent=2))

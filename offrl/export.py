@@ -80,7 +80,8 @@ def export_policy(
     Raises:
         FileNotFoundError: ``run_dir`` is not a run directory, it has no checkpoints, or none at ``step``.
         FileExistsError: ``out`` exists and ``overwrite`` is False, or it is not a policy export.
-        ValueError: diagnosis.json selects no checkpoint (pass ``step``), or the checkpoint does not match.
+        ValueError: diagnosis.json selects no checkpoint (pass ``step``), the checkpoint does not match, or the
+            run learns from images (not exportable yet; use :func:`offrl.training.policy.load_policy`).
         ImportError: ``compiled=True`` and ``flatbuffers`` is not installed.
         RuntimeError: the exported files do not reproduce the checkpoint's actions (nothing is written).
     """
@@ -97,6 +98,12 @@ def export_policy(
     step, step_source = _resolve_step(run_dir, step)
     state, cfg = load_state(run_dir, step)
     ds = cfg["dataset"]
+    if ds.get("obs_mode", "state") != "state":
+        raise ValueError(
+            f"{run_dir} learns from images (--obs {ds['obs_mode']}), and `offrl export` writes state policies "
+            f"only so far: on the robot, load the checkpoint with offrl.training.policy.load_policy(run_dir, "
+            f"step), which takes {{'image': uint8 (B, H, W, C), 'state': (B, obs_dim)}}"
+        )
     obs_dim, act_dim = int(ds["obs_dim"]), int(ds["act_dim"])
     hidden = tuple(int(h) for h in cfg["agent"]["actor_hidden_dims"])
     mean = np.asarray(cfg["normalizer"]["mean"], np.float32)

@@ -213,8 +213,8 @@ def test_cql_update_on_images_trains_the_encoder():
     state = cql.init(config, {"image": [48, 48, 3], "state": 0}, 4, jax.random.PRNGKey(0))
     new, metrics = jax.jit(lambda s, b, k: cql.update(s, b, k, config))(state, _image_batch(), jax.random.PRNGKey(2))
     assert all(np.isfinite(float(v)) for v in metrics.values())
-    before = state.critic_params["params"]["VmapCritic_0"]["encoder"]["ConvEncoder_0"]["Conv_0"]["kernel"]
-    after = new.critic_params["params"]["VmapCritic_0"]["encoder"]["ConvEncoder_0"]["Conv_0"]["kernel"]
+    before = state.critic_params["params"]["encoder_0"]["ConvEncoder_0"]["Conv_0"]["kernel"]
+    after = new.critic_params["params"]["encoder_0"]["ConvEncoder_0"]["Conv_0"]["kernel"]
     assert not np.allclose(before, after)
     actor_enc = new.actor_params["params"]["encoder"]["ConvEncoder_0"]["Conv_0"]["kernel"]
     assert actor_enc.shape == (3, 3, 3, 16)
@@ -245,6 +245,11 @@ def test_image_training_run_end_to_end(tmp_path, image_chain_dataset):
     obs = {"image": np.zeros((3, 16, 16, 6), np.uint8), "state": np.zeros((3, 3), np.float32)}
     actions = policy(obs)
     assert actions.shape == (3, 2) and np.all(np.abs(actions) <= 1)
+    from offrl.export import export_policy
+
+    with pytest.raises(ValueError, match="learns from images"):
+        export_policy(run, out=tmp_path / "policy")
+    assert not (tmp_path / "policy").exists()
     # Resume continues the same run, with its observation mode restored from config.json.
     resumed = train(dataclasses.replace(base, steps=80, resume=True, obs="auto", frame_stack=1))
     assert [r["step"] for r in read_metrics(resumed)] == [20, 40, 60, 80]
