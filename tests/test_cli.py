@@ -4,6 +4,7 @@ clear errors with a non-zero exit for bad input."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from conftest import chain_arrays
@@ -79,6 +80,32 @@ def test_workflow_end_to_end_in_the_simulator(tmp_path, monkeypatch, capsys):
     # a second workflow with the same --out refuses to overwrite the run
     assert main(argv) == 1
     assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.sim
+def test_image_workflow_end_to_end_in_the_simulator(tmp_path, monkeypatch, capsys):
+    """`offrl workflow --obs image`: rendered collection, image CQL, diagnosis, rendered evaluation, report."""
+    pytest.importorskip("metaworld")
+    if os.environ.get("MUJOCO_GL", "").lower() in ("disable", "disabled", "off"):
+        monkeypatch.setenv("MUJOCO_GL", "egl")
+    monkeypatch.chdir(tmp_path)
+    argv = ["workflow", "--obs", "image+proprio", "--image-size", "16", "--frame-stack", "2", "--episodes", "4",
+            "--horizon", "60", "--noise-sigma", "0.2", "--steps", "40", "--checkpoint-every", "20",
+            "--batch-size", "16", "--eval-episodes", "2", "--out", "runs/img",
+            "--agent.critic-hidden-dims", "16", "--agent.actor-hidden-dims", "16", "--agent.bc-steps", "10",
+            "--no-progress"]
+    try:
+        code = main(argv)
+    except RuntimeError as err:  # no headless OpenGL on this machine
+        pytest.skip(str(err))
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "verdict:" in out and "analysis-only success" in out
+    cfg = json.loads((tmp_path / "runs/img/config.json").read_text())
+    assert cfg["dataset"]["obs_spec"] == {"image": [16, 16, 6], "state": 4}
+    ev = json.loads((tmp_path / "runs/img/evaluation.json").read_text())
+    assert [r["step"] for r in ev["results"]] == [20, 40]
+    assert (tmp_path / "data/pick-place-v3_4ep_s0_img16_corner4.h5").exists()
 
 
 def test_import_inspect_train_directly_and_export(tmp_path, capsys):

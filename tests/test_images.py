@@ -253,3 +253,52 @@ def test_image_training_run_end_to_end(tmp_path, image_chain_dataset):
     # Resume continues the same run, with its observation mode restored from config.json.
     resumed = train(dataclasses.replace(base, steps=80, resume=True, obs="auto", frame_stack=1))
     assert [r["step"] for r in read_metrics(resumed)] == [20, 40, 60, 80]
+
+
+def test_shared_encoder_is_trained_by_the_critic_and_copied_to_the_actor():
+    config = cql.CQLConfig(critic_hidden_dims=(32,), actor_hidden_dims=(32,), bc_steps=0, shared_encoder=True)
+    state = cql.init(config, {"image": [48, 48, 3], "state": 0}, 4, jax.random.PRNGKey(0))
+    assert "encoder_1" not in state.critic_params["params"]  # one encoder for both critics
+
+    def encoders(st):
+        return (st.critic_params["params"]["encoder_0"], st.actor_params["params"]["encoder"])
+
+    jax.tree.map(np.testing.assert_array_equal, *encoders(state))
+    new, _ = jax.jit(lambda s, b, k: cql.update(s, b, k, config))(state, _image_batch(), jax.random.PRNGKey(2))
+    critic_enc, actor_enc = encoders(new)
+    jax.tree.map(np.testing.assert_array_equal, critic_enc, actor_enc)
+    assert not np.allclose(critic_enc["ConvEncoder_0"]["Conv_0"]["kernel"],
+                           encoders(state)[0]["ConvEncoder_0"]["Conv_0"]["kernel"])
+    # The actor's own head still trains.
+    assert not np.allclose(new.actor_params["params"]["MLP_0"]["Dense_0"]["kernel"],
+                           state.actor_params["params"]["MLP_0"]["Dense_0"]["kernel"])
+
+
+def test_shared_encoder_needs_one_encoder_kind(tmp_path, image_chain_dataset):
+    from offrl.training.train import train
+
+    path = save_dataset(tmp_path / "img.h5", image_chain_dataset)
+    bad = tiny_train_config(path, tmp_path / "run", agent=cql.CQLConfig(shared_encoder=True, actor_encoder="resnet"))
+    with pytest.raises(ValueError, match="shared_encoder needs one encoder kind"):
+        train(bad)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bc_then_brac_on_images(tmp_path, image_chain_dataset):
+    """pi_beta from an image BC run carries its encoder into BRAC; a state BC run is refused for an image run."""
+    from offrl.agents.bc import BCConfig
+    from offrl.agents.brac import BRACConfig
+    from offrl.training.run_dir import read_json
+    from offrl.training.train import train
+
+    path = save_dataset(tmp_path / "img.h5", image_chain_dataset)
+    small = dict(steps=40, checkpoint_every=20, obs="image")
+    bc_run = train(tiny_train_config(path, tmp_path / "bc", algo="bc", bc=BCConfig(actor_hidden_dims=(16,)),
+                                     **small))
+    brac = BRACConfig(critic_hidden_dims=(16,), actor_hidden_dims=(16,))
+    run = train(tiny_train_config(path, tmp_path / "brac", algo="brac", brac=brac, behavior_run=bc_run, **small))
+    cfg = read_json(run / "config.json")
+    assert cfg["agent"]["behavior_encoder"] == "cnn" and cfg["agent"]["behavior_hidden_dims"] == [16]
+    with pytest.raises(ValueError, match="same --obs and --frame-stack"):
+        train(tiny_train_config(path, tmp_path / "brac2", algo="brac", brac=brac, behavior_run=bc_run,
+                                **{**small, "frame_stack": 2}))

@@ -45,6 +45,10 @@ class ActorCriticConfig:
     """Image runs: the critics' encoder, the paper's 3-conv CNN or the 9-conv residual network (Guideline 4.2)."""
     actor_encoder: Literal["cnn", "resnet"] = "cnn"
     """Image runs: the actor's encoder (the paper's fix for underfitting on the Sawyer tasks is a ResNet actor)."""
+    shared_encoder: bool = False
+    """Image runs: one image encoder for the critics and the actor, trained by the critic loss only; the actor
+    uses it without back-propagating into it (DrQ's design). Needs critic_encoder == actor_encoder. Default:
+    separate encoders for each critic and the actor, as in the paper's reference code."""
     crop_padding: int = 4
     """Image runs: random-crop augmentation after padding by this many pixels, drawn independently for the
     critic, the target and the actor (reference code: 4); 0 turns augmentation off."""
@@ -121,3 +125,17 @@ def augmented_batches(batch: dict[str, Any], key: jax.Array, crop_padding: int) 
     }
     actor_batch = {**batch, "observations": augment(k_actor, batch["observations"], crop_padding)}
     return critic_batch, actor_batch
+
+
+def share_encoder(actor_params: Any, critic_params: Any, grads: Any | None = None) -> Any:
+    """With a shared encoder: the actor's copy of the encoder set to the critics' (``encoder_0``), or, given
+    the actor's ``grads``, those grads with the encoder's zeroed (the actor does not train the encoder).
+    Parameters without an image encoder are returned unchanged."""
+    tree = actor_params if grads is None else grads
+    if "encoder" not in tree.get("params", {}):
+        return tree
+    if grads is None:
+        new = critic_params["params"]["encoder_0"]
+    else:
+        new = jax.tree.map(jnp.zeros_like, grads["params"]["encoder"])
+    return {**tree, "params": {**tree["params"], "encoder": new}}

@@ -127,6 +127,7 @@ def _networks(config: CQLConfig, act_dim: int) -> tuple[CriticEnsemble, TanhGaus
             layer_norm=config.critic_layer_norm,
             vib_dim=config.vib_dim,
             encoder=config.critic_encoder,
+            shared_encoder=config.shared_encoder,
         ),
         TanhGaussianActor(config.actor_hidden_dims, act_dim=act_dim, encoder=config.actor_encoder),
     )
@@ -145,6 +146,8 @@ def init(config: CQLConfig, obs_spec: common.ObsSpec, act_dim: int, key: jax.Arr
     act = jnp.zeros((1, act_dim), jnp.float32)
     critic_params = critic.init(k_critic, obs, act)
     actor_params = actor.init(k_actor, obs)
+    if config.shared_encoder:
+        actor_params = common.share_encoder(actor_params, critic_params)
     log_temperature = jnp.asarray(math.log(config.init_temperature), jnp.float32)
     critic_opt, actor_opt, temp_opt = _optimizers(config)
     log_alpha_prime = jnp.zeros((), jnp.float32)
@@ -366,6 +369,8 @@ def update(state: CQLState, batch: Batch, key: jax.Array, config: CQLConfig) -> 
     (a_loss, a_aux), a_grads = jax.value_and_grad(actor_loss, has_aux=True)(
         state.actor_params, state.critic_params, state.log_temperature, actor_batch, k_actor, bc_phase, config
     )
+    if config.shared_encoder:
+        a_grads = common.share_encoder(state.actor_params, state.critic_params, a_grads)
     a_updates, actor_opt_state = actor_opt.update(a_grads, state.actor_opt_state, state.actor_params)
     actor_params = optax.apply_updates(state.actor_params, a_updates)
 
@@ -400,6 +405,8 @@ def update(state: CQLState, batch: Batch, key: jax.Array, config: CQLConfig) -> 
     c_updates, critic_opt_state = critic_opt.update(c_grads, state.critic_opt_state, state.critic_params)
     critic_params = optax.apply_updates(state.critic_params, c_updates)
     target_critic_params = optax.incremental_update(critic_params, state.target_critic_params, config.tau)
+    if config.shared_encoder:
+        actor_params = common.share_encoder(actor_params, critic_params)
 
     new_state = CQLState(
         step=state.step + 1,

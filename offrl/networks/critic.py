@@ -84,7 +84,8 @@ class CriticEnsemble(nn.Module):
     Building the ensemble with ``nn.vmap`` guarantees every member has the same architecture (a second
     hand-written critic can silently differ, as happened in CORL). Dropout and VIB noise are drawn
     independently per member. Each member has its own image encoder (as the reference code's two Q-networks),
-    ``encoder_0``, ``encoder_1``, ... beside the vmapped heads.
+    ``encoder_0``, ``encoder_1``, ... beside the vmapped heads; with ``shared_encoder`` one encoder,
+    ``encoder_0``, feeds every member (DrQ's design).
 
     Input observations (B, ...) and actions (B, act_dim) -> Q (num_critics, B) float32 (and the aux dict of
     :class:`Critic`, stacked the same way, with ``return_aux``). ``encode_only=True`` gives each member's
@@ -98,6 +99,7 @@ class CriticEnsemble(nn.Module):
     layer_norm: bool = False
     vib_dim: int = 0
     encoder: EncoderKind = "cnn"
+    shared_encoder: bool = False
 
     @nn.compact
     def __call__(
@@ -114,12 +116,14 @@ class CriticEnsemble(nn.Module):
                 # One encoder module per member, outside the vmap: XLA turns a vmapped convolution into a
                 # grouped one whose gradient is ~8x slower on the CPU than two plain convolutions
                 # (0.36 s vs 2.8 s per batch of 256 48x48 images, measured on 2 cores).
+                n_encoders = 1 if self.shared_encoder else self.num_critics
                 encoded = jnp.stack([
                     ObservationEncoder(self.encoder, self.dropout_rate, name=f"encoder_{i}")(
                         observations, deterministic
                     )
-                    for i in range(self.num_critics)
+                    for i in range(n_encoders)
                 ])
+                encoded = jnp.broadcast_to(encoded, (self.num_critics, *encoded.shape[1:]))
             else:
                 encoded = jnp.broadcast_to(observations, (self.num_critics, *observations.shape))
             if encode_only:

@@ -320,6 +320,17 @@ def _check_config(config: TrainConfig) -> None:
     gamma = getattr(active_agent_config(config), "gamma", 0.99)
     if not 0.0 <= gamma < 1.0:
         problems.append(f"gamma must be in [0, 1) (got {gamma})")
+    agent = active_agent_config(config)
+    if getattr(agent, "shared_encoder", False):
+        if config.algo != "cql":
+            problems.append("shared_encoder is implemented for CQL only: drop it for --algo " + config.algo)
+        elif agent.critic_encoder != agent.actor_encoder:
+            problems.append(
+                f"shared_encoder needs one encoder kind, but critic_encoder={agent.critic_encoder} and "
+                f"actor_encoder={agent.actor_encoder}: set both to the same"
+            )
+    if config.frame_stack < 1:
+        problems.append(f"--frame-stack must be >= 1 (got {config.frame_stack})")
     if config.wandb_project and importlib.util.find_spec("wandb") is None:
         problems.append("--wandb-project needs wandb, which is not installed: pip install 'offrl[wandb]'")
     if config.algo == "brac" and config.behavior_run is None and not config.resume:  # resume: from config.json
@@ -349,8 +360,11 @@ def check_trainable(dataset: Dataset, config: TrainConfig) -> None:
         )
 
 
-def train(config: TrainConfig) -> Path:
+def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
     """Train CQL on a dataset, writing a run directory (see :mod:`offrl.training.run_dir`).
+
+    ``dataset``: the contents of ``config.dataset`` already loaded (the automated workflow loads it once for
+    all its runs); None reads the file. The run records the file's fingerprint either way.
 
     At every checkpoint the workflow metrics (docs/metrics.md) are computed on a fixed set of training
     transitions and, under a ``heldout/`` prefix, on the held-out episodes, and appended to metrics.jsonl
@@ -392,7 +406,9 @@ def train(config: TrainConfig) -> Path:
 
     # Validate everything before touching the run directory: bad input must leave no partial run behind,
     # and --overwrite must not delete the old run for a dataset that cannot be trained on.
-    if config.dataset_format == "offrl":
+    if dataset is not None:
+        pass
+    elif config.dataset_format == "offrl":
         dataset = load_dataset(config.dataset)
     else:
         from offrl.data.importers import import_dataset

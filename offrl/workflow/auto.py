@@ -143,6 +143,7 @@ def run_auto(config: Any, remedies: RemedyConfig = RemedyConfig()) -> dict[str, 
     Returns:
         the decision (also in OUT/auto.json), with each run's diagnosis.
     """
+    from offrl.data import load_dataset
     from offrl.training.train import TrainConfig, train
     from offrl.workflow.diagnosis import diagnose_run
 
@@ -152,9 +153,12 @@ def run_auto(config: Any, remedies: RemedyConfig = RemedyConfig()) -> dict[str, 
         dataset=Path(config.dataset), out=out / "base", steps=config.steps,
         checkpoint_every=config.checkpoint_every, seed=config.seed, progress=config.progress, agent=config.agent,
         obs=getattr(config, "obs", "auto"), frame_stack=getattr(config, "frame_stack", 1),
+        batch_size=getattr(config, "batch_size", 256),
     )
+    # Loaded once for every run of the loop (image datasets take a while to decompress).
+    dataset = load_dataset(base_cfg.dataset)
     print(f"[auto] base run -> {base_cfg.out}", flush=True)
-    train(base_cfg)
+    train(base_cfg, dataset)
     base = {**diagnose_run(base_cfg.out, after_peak=config.after_peak), "run_dir": str(base_cfg.out)}
     kind = next_action(base, remedies)
     remedy = comparison = None
@@ -163,7 +167,8 @@ def run_auto(config: Any, remedies: RemedyConfig = RemedyConfig()) -> dict[str, 
         run = out / kind
         print(f"[auto] verdict {base['verdict']} -> {kind} run -> {run}", flush=True)
         images = rd.read_json(base_cfg.out / rd.CONFIG_FILE)["dataset"].get("obs_mode", "state") != "state"
-        train(dataclasses.replace(base_cfg, out=run, agent=remedy_agent(config.agent, kind, remedies, images)))
+        train(dataclasses.replace(base_cfg, out=run, agent=remedy_agent(config.agent, kind, remedies, images)),
+              dataset)
         remedy = {**diagnose_run(run, after_peak=config.after_peak), "run_dir": str(run)}
         runs[kind] = remedy
         if kind == "capacity":
