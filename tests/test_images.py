@@ -302,3 +302,14 @@ def test_bc_then_brac_on_images(tmp_path, image_chain_dataset):
     with pytest.raises(ValueError, match="same --obs and --frame-stack"):
         train(tiny_train_config(path, tmp_path / "brac2", algo="brac", brac=brac, behavior_run=bc_run,
                                 **{**small, "frame_stack": 2}))
+
+
+def test_inspect_reports_the_frames_and_flags_blank_cameras(image_chain_dataset):
+    from offrl.data.inspect import format_inspection, inspect_dataset
+
+    report = inspect_dataset(image_chain_dataset)
+    assert report["images"]["frames"] == 66 and report["images"]["shape"] == [16, 16, 3]
+    assert "images: 66 frames of (16, 16, 3) uint8" in format_inspection(report)
+    assert not any("camera" in p for p in report["problems"])
+    blank = dataclasses.replace(image_chain_dataset, images=np.zeros_like(image_chain_dataset.images))
+    assert any("images are (nearly) constant" in p for p in inspect_dataset(blank)["problems"])

@@ -80,6 +80,14 @@ def inspect_dataset(ds: Dataset) -> dict[str, Any]:
     constant = np.flatnonzero(o_std < CONSTANT_STD)
 
     problems = []
+    if ds.has_images:
+        sample = ds.images[:: max(1, ds.images.shape[0] // 1000)]
+        if float(sample.std()) < 1.0:
+            problems.append(
+                f"the camera images are (nearly) constant (pixel std {float(sample.std()):.2f} over "
+                f"{len(sample)} sampled frames): rendering likely failed or the camera sees nothing; re-collect "
+                f"with another --camera, or check MUJOCO_GL"
+            )
     if constant.size:
         problems.append(
             f"{constant.size} of {ds.obs_dim} observation features are constant (std < {CONSTANT_STD:g}): "
@@ -162,6 +170,12 @@ def inspect_dataset(ds: Dataset) -> dict[str, Any]:
             "std_max": float(o_std.max()),
             "constant_features": constant.tolist(),
         },
+        "images": None if not ds.has_images else {
+            "frames": int(ds.images.shape[0]),
+            "shape": list(ds.image_shape),
+            "bytes": int(ds.images.nbytes),
+            "mean_pixel": float(ds.images[:: max(1, ds.images.shape[0] // 1000)].mean()),
+        },
         "metadata_keys": sorted(ds.metadata),
         "problems": problems,
     }
@@ -212,6 +226,12 @@ def format_inspection(report: dict[str, Any]) -> str:
         lines.append(f"  {i:>7} {obs['min'][i]:>10.4g} {obs['max'][i]:>10.4g} {obs['std'][i]:>10.4g}")
     if obs["dim"] > shown:
         lines.append(f"  ... {obs['dim'] - shown} more features (see the report's 'observations')")
+    if r.get("images"):
+        im = r["images"]
+        lines.append(
+            f"images: {im['frames']} frames of {tuple(im['shape'])} uint8, stored once per state "
+            f"({im['bytes'] / 1e9:.2f} GB in memory); mean pixel {im['mean_pixel']:.1f}"
+        )
     lines.append(f"metadata keys: {', '.join(r['metadata_keys']) if r['metadata_keys'] else '(none)'}")
     if r["problems"]:
         lines.append(f"problems ({len(r['problems'])}):")
