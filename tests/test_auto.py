@@ -77,6 +77,11 @@ def test_remedy_configs():
     assert remedy_agent(base, "dropout", RemedyConfig(dropout=0.2)).critic_dropout == 0.2
     cap = remedy_agent(base, "capacity")
     assert cap.critic_hidden_dims == (512, 512, 512) and cap.dr3_coef == 1e-3
+    assert (cap.actor_encoder, cap.critic_encoder) == ("cnn", "cnn")  # state runs have no encoder to change
+    img = remedy_agent(base, "capacity", images=True)
+    assert (img.actor_encoder, img.critic_encoder) == ("resnet", "cnn")  # the paper's ResNet-actor fix
+    both = remedy_agent(base, "capacity", RemedyConfig(residual="both"), images=True)
+    assert (both.actor_encoder, both.critic_encoder) == ("resnet", "resnet")
 
 
 def test_workflow_auto_end_to_end(tmp_path, monkeypatch, capsys):
