@@ -1,6 +1,7 @@
 """Gradient steps per second of image CQL (48x48x3 pixels, batch 256) for the paper's encoders.
 
-Usage: python benchmarks/image_speed.py [--steps 20] [--size 48] [--settings cnn_fc256x3 cnn_fc_reference ...]
+Usage: python benchmarks/image_speed.py [--steps 20] [--size 48] [--batch-size 256] [--settings cnn_fc256x3 ...]
+       python benchmarks/image_speed.py --compare-loops   # the Python loop of jitted steps vs one lax.scan
 Prints one JSON object. Compilation is excluded: each setting is compiled and run once before timing. The data
 are random frames held once on the device with frame indices, as in `offrl train --obs image`; the batch is
 assembled (gathered and cropped) inside the compiled update, so the numbers include that cost.
@@ -33,7 +34,10 @@ SETTINGS = {
 }
 
 
-def measure(agent: cql.CQLConfig, steps: int, size: int, batch_size: int = 256, n: int = 5000, act_dim: int = 4) -> dict:
+def measure(
+    agent: cql.CQLConfig, steps: int, size: int, batch_size: int = 256, loop: str = "auto", n: int = 5000,
+    act_dim: int = 4,
+) -> dict:
     rng = np.random.default_rng(0)
     frames = np.arange(n)
     data = {
@@ -47,7 +51,7 @@ def measure(agent: cql.CQLConfig, steps: int, size: int, batch_size: int = 256, 
         "next_obs_frames": jnp.asarray(frames[:, None] + 1, jnp.int32),
     }
     state = cql.init(agent, {"image": [size, size, 3], "state": 0}, act_dim, jax.random.PRNGKey(0))
-    chunk = make_train_chunk("cql", agent, batch_size, steps)
+    chunk = make_train_chunk("cql", agent, batch_size, steps, loop=loop)
     t = time.perf_counter()
     state, _ = chunk(state, data, jax.random.PRNGKey(1))
     jax.block_until_ready(state)
@@ -68,10 +72,18 @@ def main() -> None:
     p.add_argument("--size", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--settings", nargs="*", default=list(SETTINGS))
+    p.add_argument("--compare-loops", action="store_true",
+                   help="time the first setting with a Python loop of jitted steps and with one lax.scan")
     args = p.parse_args()
-    out = {
-        name: measure(cql.CQLConfig(**SETTINGS[name]), args.steps, args.size, args.batch_size) for name in args.settings
-    }
+    if args.compare_loops:
+        cfg = cql.CQLConfig(**SETTINGS[args.settings[0]])
+        out = {loop: measure(cfg, args.steps, args.size, args.batch_size, loop) for loop in ("python", "scan")}
+        out["ratio_python_over_scan"] = round(out["python"]["steps_per_s"] / out["scan"]["steps_per_s"], 2)
+    else:
+        out = {
+            name: measure(cql.CQLConfig(**SETTINGS[name]), args.steps, args.size, args.batch_size)
+            for name in args.settings
+        }
     out["batch_size"] = args.batch_size
     out["image"] = [args.size, args.size, 3]
     out["machine"] = {"cpu": platform.processor() or platform.machine(), "devices": [str(d) for d in jax.devices()]}

@@ -202,7 +202,9 @@ def _with_agent_config(config: TrainConfig, agent_config: Any) -> TrainConfig:
     return dataclasses.replace(config, **{field: agent_config})
 
 
-def make_train_chunk(algo: str, agent: Any, batch_size: int, num_steps: int):
+def make_train_chunk(
+    algo: str, agent: Any, batch_size: int, num_steps: int, loop: Literal["auto", "scan", "python"] = "auto"
+):
     """A ``(state, data, key) -> (state, mean metrics)`` function running ``num_steps`` gradient steps.
 
     Minibatches are drawn uniformly with replacement from the device-resident ``data`` (dict of (N, ...)
@@ -210,7 +212,8 @@ def make_train_chunk(algo: str, agent: Any, batch_size: int, num_steps: int):
     as one ``lax.scan``. Image runs compile one step and loop in Python: XLA's CPU backend runs convolutions
     inside a loop body about 8x slower than the same step compiled alone (5.8 s vs 0.72 s per CQL step at
     batch 256, 48x48, measured on 2 cores), while the host's dispatch cost per step is negligible next to a
-    convolutional step. Both draw the same minibatches and keys.
+    convolutional step. Both draw the same minibatches and keys. ``loop`` forces one or the other
+    (benchmarks/image_speed.py --compare-loops measures both).
     """
 
     module = get_agent(algo)
@@ -245,7 +248,8 @@ def make_train_chunk(algo: str, agent: Any, batch_size: int, num_steps: int):
         return state, jax.tree.map(lambda s: s / num_steps, sums)
 
     def chunk(state: Any, data: dict[str, jnp.ndarray], key: jax.Array):
-        return (looped if "images" in data else scanned)(state, data, key)
+        python = loop == "python" or (loop == "auto" and "images" in data)
+        return (looped if python else scanned)(state, data, key)
 
     return chunk
 
