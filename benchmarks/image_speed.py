@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from timing import time_chunk
 
 from offrl.agents import cql
 from offrl.training.train import make_train_chunk
@@ -52,18 +52,8 @@ def measure(
     }
     state = cql.init(agent, {"image": [size, size, 3], "state": 0}, act_dim, jax.random.PRNGKey(0))
     chunk = make_train_chunk("cql", agent, batch_size, steps, loop=loop)
-    t = time.perf_counter()
-    state, _ = chunk(state, data, jax.random.PRNGKey(1))
-    jax.block_until_ready(state)
-    compile_s = time.perf_counter() - t
-    t = time.perf_counter()
-    state, _ = chunk(state, data, jax.random.PRNGKey(2))
-    jax.block_until_ready(state)
-    return {
-        "steps_per_s": round(steps / (time.perf_counter() - t), 2),
-        "compile_plus_first_call_s": round(compile_s, 1),
-        "params": cql.param_counts(state),
-    }
+    state, timing = time_chunk(chunk, state, data, steps)
+    return {**timing, "params": cql.param_counts(state)}
 
 
 def main() -> None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from timing import time_chunk
 
 from offrl.agents import cql
 from offrl.training.train import make_train_chunk
@@ -31,14 +31,7 @@ def measure(agent: cql.CQLConfig, steps: int, n: int = 7500, obs_dim: int = 39, 
     }
     state = cql.init(agent, obs_dim, act_dim, jax.random.PRNGKey(0))
     chunk = make_train_chunk("cql", agent, 256, steps)
-    t = time.perf_counter()
-    state, _ = chunk(state, data, jax.random.PRNGKey(1))
-    jax.block_until_ready(state)
-    compile_s = time.perf_counter() - t
-    t = time.perf_counter()
-    state, m = chunk(state, data, jax.random.PRNGKey(2))
-    jax.block_until_ready(state)
-    return {"steps_per_s": round(steps / (time.perf_counter() - t), 1), "compile_plus_first_call_s": round(compile_s, 1)}
+    return time_chunk(chunk, state, data, steps)[1]
 
 
 def main() -> None:
@@ -46,9 +39,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1000)
     args = p.parse_args()
     settings = {
-        "mlp256x3_samples10": cql.CQLConfig(),
+        "mlp256x3_samples10": cql.CQLConfig(num_action_samples=10),
         "mlp256x3_samples1": cql.CQLConfig(num_action_samples=1),
-        "mlp256x2_samples10": cql.CQLConfig(critic_hidden_dims=(256, 256), actor_hidden_dims=(256, 256)),
+        "mlp256x2_samples10": cql.CQLConfig(critic_hidden_dims=(256, 256), actor_hidden_dims=(256, 256), num_action_samples=10),
         "mlp256x2_samples1": cql.CQLConfig(
             critic_hidden_dims=(256, 256), actor_hidden_dims=(256, 256), num_action_samples=1
         ),
