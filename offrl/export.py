@@ -30,8 +30,10 @@ import jax
 import numpy as np
 
 FORMAT = "offrl.policy"
-FORMAT_VERSION = 1
-"""Version of the export layout; :func:`load_policy` refuses newer ones."""
+FORMAT_VERSION = 2
+"""Version of the export layout; :func:`load_policy` refuses newer ones. State policies are written as version 1
+(unchanged), image policies as version 2 (policy.json's ``observation`` section), so an offrl that cannot run
+an image policy refuses it instead of misreading it."""
 POLICY_FILE = "policy.json"
 PARAMS_FILE = "actor.msgpack"
 COMPILED_FILE = "policy.jax_export"
@@ -46,6 +48,15 @@ CONTRACT = {
               "actions; the policy does not rescale them to action_low/action_high)",
     "action": "deterministic tanh(mu(normalize(obs))), the mean action of the tanh-Gaussian actor",
     "normalize": "(obs - normalizer.mean) / normalizer.std, per feature, in float32",
+}
+IMAGE_CONTRACT = {
+    "input": "{'image': uint8 (B, H, W, C) or (H, W, C), the last frame_stack camera frames stacked along the "
+             "channel axis, oldest first; 'state': float32 (B, obs_dim) or (obs_dim,), the raw low-dimensional "
+             "state of the dataset's layout (only observation.state_columns are used)}",
+    "output": CONTRACT["output"],
+    "action": "deterministic tanh(mu(image, normalize(state[state_columns]))) of the tanh-Gaussian actor",
+    "normalize": "(state[:, state_columns] - normalizer.mean) / normalizer.std, in float32; pixels / 255 in "
+                 "the network",
 }
 
 
@@ -80,8 +91,7 @@ def export_policy(
     Raises:
         FileNotFoundError: ``run_dir`` is not a run directory, it has no checkpoints, or none at ``step``.
         FileExistsError: ``out`` exists and ``overwrite`` is False, or it is not a policy export.
-        ValueError: diagnosis.json selects no checkpoint (pass ``step``), the checkpoint does not match, or the
-            run learns from images (not exportable yet; use :func:`offrl.training.policy.load_policy`).
+        ValueError: diagnosis.json selects no checkpoint (pass ``step``), or the checkpoint does not match.
         ImportError: ``compiled=True`` and ``flatbuffers`` is not installed.
         RuntimeError: the exported files do not reproduce the checkpoint's actions (nothing is written).
     """
@@ -98,13 +108,16 @@ def export_policy(
     step, step_source = _resolve_step(run_dir, step)
     state, cfg = load_state(run_dir, step)
     ds = cfg["dataset"]
-    if ds.get("obs_mode", "state") != "state":
-        raise ValueError(
-            f"{run_dir} learns from images (--obs {ds['obs_mode']}), and `offrl export` writes state policies "
-            f"only so far: on the robot, load the checkpoint with offrl.training.policy.load_policy(run_dir, "
-            f"step), which takes {{'image': uint8 (B, H, W, C), 'state': (B, obs_dim)}}"
-        )
     obs_dim, act_dim = int(ds["obs_dim"]), int(ds["act_dim"])
+    encoder = cfg["agent"].get("actor_encoder", "cnn")
+    observation: dict[str, Any] = {"mode": ds.get("obs_mode", "state")}
+    if observation["mode"] != "state":
+        observation.update(
+            image_shape=[int(d) for d in ds["obs_spec"]["image"]],
+            frame_stack=int(cfg["training"].get("frame_stack", 1)),
+            state_columns=[int(c) for c in ds["state_columns"]],
+            camera=(ds.get("metadata") or {}).get("image"),
+        )
     hidden = tuple(int(h) for h in cfg["agent"]["actor_hidden_dims"])
     mean = np.asarray(cfg["normalizer"]["mean"], np.float32)
     std = np.asarray(cfg["normalizer"]["std"], np.float32)
@@ -117,7 +130,8 @@ def export_policy(
     compiled_note = None
     if compiled is not False:
         try:
-            files[COMPILED_FILE] = _export_compiled(actor_params, mean, std, hidden, obs_dim, act_dim)
+            files[COMPILED_FILE] = _export_compiled(actor_params, mean, std, hidden, obs_dim, act_dim, encoder,
+                                                    observation)
         except ImportError as e:  # jax.export serialisation imports flatbuffers, an optional JAX dependency
             if compiled:
                 raise ImportError(f"writing {COMPILED_FILE} needs `pip install flatbuffers`: {e}") from e
@@ -129,11 +143,13 @@ def export_policy(
 
     spec = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": 1 if observation["mode"] == "state" else 2,
         "algo": cfg.get("algo", "cql"),
         "obs_dim": obs_dim,
         "act_dim": act_dim,
         "actor_hidden_dims": list(hidden),
+        "actor_encoder": encoder,
+        "observation": observation,
         "normalizer": {"mean": mean.tolist(), "std": std.tolist()},
         "action_low": meta.get("action_low"),
         "action_high": meta.get("action_high"),
@@ -145,7 +161,7 @@ def export_policy(
             "task": ds.get("task"),
             "offrl_version": cfg.get("offrl_version"),
         },
-        "contract": CONTRACT,
+        "contract": CONTRACT if observation["mode"] == "state" else IMAGE_CONTRACT,
         "compiled": (
             {"file": COMPILED_FILE, "platforms": list(COMPILED_PLATFORMS), "jax_version": jax.__version__}
             if COMPILED_FILE in files else {"file": None, "note": compiled_note}
@@ -157,9 +173,17 @@ def export_policy(
     files[README_FILE] = _readme(spec).encode()
 
     # Reference actions straight from the checkpoint, as offrl.training.policy.load_policy computes them.
-    probe = mean + std * np.random.default_rng(0).normal(size=(4, obs_dim)).astype(np.float32)
-    expected = np.asarray(common.deterministic_action(
-        state.actor_params, ((probe - mean) / std).astype(np.float32), act_dim, hidden))
+    rng = np.random.default_rng(0)
+    if observation["mode"] == "state":
+        probe = mean + std * rng.normal(size=(4, obs_dim)).astype(np.float32)
+        net_in = ((probe - mean) / std).astype(np.float32)
+    else:
+        cols = observation["state_columns"]
+        raw = rng.normal(size=(4, obs_dim)).astype(np.float32)
+        raw[:, cols] = mean + std * raw[:, cols]
+        probe = {"image": rng.integers(0, 256, (4, *observation["image_shape"])).astype(np.uint8), "state": raw}
+        net_in = {"image": probe["image"], "state": ((raw[:, cols] - mean) / std).astype(np.float32)}
+    expected = np.asarray(common.deterministic_action(state.actor_params, net_in, act_dim, hidden, encoder))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     # A sibling, so that the final rename stays on one file system; hidden, so that it is not taken for an
@@ -212,7 +236,9 @@ def load_policy(path: str | Path, compiled: bool = False) -> Callable[[np.ndarra
     The returned function accepts observations of shape (obs_dim,) or (B, obs_dim), any float dtype (cast to
     float32), and returns float32 actions of shape (act_dim,) or (B, act_dim) in [-1, 1]: the deterministic
     ``tanh(mu(normalize(obs)))``, identical to ``offrl.training.policy.load_policy`` of the source checkpoint.
-    It raises ValueError for observations of another shape.
+    It raises ValueError for observations of another shape. Image policies (policy.json ``observation.mode``
+    ``image`` or ``image+proprio``) take ``{"image": uint8 (B, H, W, C) or (H, W, C), "state": (B, obs_dim) or
+    (obs_dim,)}``: the stacked camera frames and the raw state, of which the policy uses its state columns.
 
     Args:
         path: folder written by :func:`export_policy`.
@@ -230,14 +256,18 @@ def load_policy(path: str | Path, compiled: bool = False) -> Callable[[np.ndarra
     folder = Path(path)
     spec = read_policy_spec(folder)
     obs_dim, act_dim = int(spec["obs_dim"]), int(spec["act_dim"])
+    observation = spec.get("observation") or {"mode": "state"}
     if compiled:
         if not (spec.get("compiled") or {}).get("file"):
             note = (spec.get("compiled") or {}).get("note", "")
             raise FileNotFoundError(f"{folder} has no {COMPILED_FILE} (written without it: {note}); "
                                     f"load it with compiled=False")
-        run = _compiled_fn(_read_checked(folder, COMPILED_FILE, spec), obs_dim, act_dim, folder)
+        run = _compiled_fn(_read_checked(folder, COMPILED_FILE, spec), spec, folder)
     else:
         run = _network_fn(_read_checked(folder, PARAMS_FILE, spec), spec, folder)
+
+    if observation["mode"] != "state":
+        return _image_policy(run, obs_dim, act_dim, tuple(observation["image_shape"]))
 
     def policy(observations: np.ndarray) -> np.ndarray:
         obs = np.asarray(observations, dtype=np.float32)
@@ -254,8 +284,37 @@ def load_policy(path: str | Path, compiled: bool = False) -> Callable[[np.ndarra
     return policy
 
 
-def _network_fn(blob: bytes, spec: dict[str, Any], folder: Path) -> Callable[[np.ndarray], Any]:
-    """Rebuild the actor from policy.json and the msgpack parameters: (B, obs_dim) raw -> (B, act_dim)."""
+def _image_policy(
+    run: Callable[..., Any], obs_dim: int, act_dim: int, image_shape: tuple[int, ...]
+) -> Callable[[dict[str, Any]], np.ndarray]:
+    """The user-facing function of an image policy: checks ``{"image", "state"}`` inputs, single or batched."""
+
+    def policy(observations: dict[str, Any]) -> np.ndarray:
+        if not isinstance(observations, dict) or not {"image", "state"} <= set(observations):
+            raise ValueError("this policy takes {'image': uint8 (B, H, W, C), 'state': float32 (B, obs_dim)}")
+        image = np.asarray(observations["image"])
+        state = np.asarray(observations["state"], dtype=np.float32)
+        single = image.ndim == 3
+        if image.shape[-3:] != image_shape or image.ndim not in (3, 4):
+            raise ValueError(f"'image' must have shape {image_shape} or (B, *{image_shape}); got {image.shape}")
+        if image.dtype != np.uint8:
+            raise ValueError(f"'image' must be uint8 pixels in [0, 255]; got dtype {image.dtype}")
+        image = image.reshape(-1, *image_shape)
+        state = state.reshape(-1, obs_dim) if state.shape[-1:] == (obs_dim,) else state
+        if state.shape != (image.shape[0], obs_dim):
+            raise ValueError(f"'state' must have shape ({obs_dim},) or (B, {obs_dim}) matching the images; "
+                             f"got {np.shape(observations['state'])}")
+        if image.shape[0] == 0:
+            return np.zeros((0, act_dim), np.float32)
+        actions = np.asarray(run(image, state), dtype=np.float32)
+        return actions[0] if single else actions
+
+    return policy
+
+
+def _network_fn(blob: bytes, spec: dict[str, Any], folder: Path) -> Callable[..., Any]:
+    """Rebuild the actor from policy.json and the msgpack parameters: (B, obs_dim) raw -> (B, act_dim), or for
+    image policies (images (B, H, W, C) uint8, raw states (B, obs_dim)) -> (B, act_dim)."""
     import flax.serialization
     import jax.numpy as jnp
 
@@ -263,14 +322,21 @@ def _network_fn(blob: bytes, spec: dict[str, Any], folder: Path) -> Callable[[np
 
     obs_dim, act_dim = int(spec["obs_dim"]), int(spec["act_dim"])
     hidden = tuple(int(h) for h in spec["actor_hidden_dims"])
+    observation = spec.get("observation") or {"mode": "state"}
+    image = observation["mode"] != "state"
+    cols = list(observation.get("state_columns", range(obs_dim)))
     mean = np.asarray(spec["normalizer"]["mean"], np.float32)
     std = np.asarray(spec["normalizer"]["std"], np.float32)
-    if mean.shape != (obs_dim,) or std.shape != (obs_dim,):
+    if mean.shape != (len(cols),) or std.shape != (len(cols),):
         raise ValueError(f"{folder / POLICY_FILE}: normalizer mean/std have shapes {mean.shape}/{std.shape}, "
-                         f"expected ({obs_dim},)")
-    actor = TanhGaussianActor(hidden, act_dim=act_dim)
+                         f"expected ({len(cols)},)")
+    actor = TanhGaussianActor(hidden, act_dim=act_dim, encoder=spec.get("actor_encoder", "cnn"))
     params = flax.serialization.msgpack_restore(blob)
-    like = jax.eval_shape(actor.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, obs_dim), jnp.float32))
+    example: Any = jax.ShapeDtypeStruct((1, obs_dim), jnp.float32)
+    if image:
+        example = {"image": jax.ShapeDtypeStruct((1, *observation["image_shape"]), jnp.uint8),
+                   "state": jax.ShapeDtypeStruct((1, len(cols)), jnp.float32)}
+    like = jax.eval_shape(actor.init, jax.random.PRNGKey(0), example)
     if _shapes(params) != _shapes(like):
         raise ValueError(
             f"{folder / PARAMS_FILE} does not hold the parameters of TanhGaussianActor{hidden} for obs_dim "
@@ -279,47 +345,67 @@ def _network_fn(blob: bytes, spec: dict[str, Any], folder: Path) -> Callable[[np
     params = jax.device_put(params)
 
     @jax.jit
-    def action(p: Any, obs: jnp.ndarray) -> jnp.ndarray:
+    def action(p: Any, obs: Any) -> jnp.ndarray:
         # Same computation as offrl.agents.common.deterministic_action, so the actions match it exactly.
         return jnp.tanh(actor.apply(p, obs)[0])
 
-    def run(batch: np.ndarray) -> Any:
-        # Normalised in numpy exactly as offrl.data.Normalizer does, for bit-identical inputs to the actor.
-        return action(params, ((batch - mean) / std).astype(np.float32))
+    def normalize(state: np.ndarray) -> np.ndarray:
+        # In numpy exactly as offrl.data.Normalizer does, for bit-identical inputs to the actor.
+        return ((state - mean) / std).astype(np.float32)
 
-    return run
+    if image:
+        return lambda images, states: action(params, {"image": images, "state": normalize(states[:, cols])})
+    return lambda batch: action(params, normalize(batch))
 
 
-def _compiled_fn(blob: bytes, obs_dim: int, act_dim: int, folder: Path) -> Callable[[np.ndarray], Any]:
-    """Deserialise policy.jax_export: (B, obs_dim) raw observations -> (B, act_dim) actions."""
+def _compiled_fn(blob: bytes, spec: dict[str, Any], folder: Path) -> Callable[..., Any]:
+    """Deserialise policy.jax_export: (B, obs_dim) raw observations -> (B, act_dim) actions, or for image
+    policies (images, raw states) -> actions."""
+    obs_dim, act_dim = int(spec["obs_dim"]), int(spec["act_dim"])
+    observation = spec.get("observation") or {"mode": "state"}
     try:
         exported = jax.export.deserialize(bytearray(blob))
     except ImportError as e:
         raise ImportError(f"loading {folder / COMPILED_FILE} needs `pip install flatbuffers`: {e}") from e
-    (in_aval,), (out_aval,) = exported.in_avals, exported.out_avals
-    if len(in_aval.shape) != 2 or in_aval.shape[1] != obs_dim or out_aval.shape[-1] != act_dim:
-        raise ValueError(f"{folder / COMPILED_FILE} maps {in_aval.shape} -> {out_aval.shape}, but policy.json "
-                         f"says (B, {obs_dim}) -> (B, {act_dim})")
+    ins = [tuple(a.shape[1:]) for a in exported.in_avals]
+    want = [(obs_dim,)] if observation["mode"] == "state" else [tuple(observation["image_shape"]), (obs_dim,)]
+    (out_aval,) = exported.out_avals
+    if ins != want or out_aval.shape[-1] != act_dim:
+        raise ValueError(f"{folder / COMPILED_FILE} maps inputs {ins} -> {out_aval.shape}, but policy.json says "
+                         f"{want} -> (B, {act_dim})")
     # jit caches the compilation per batch size; calling exported.call directly would recompile every call.
     return jax.jit(exported.call)
 
 
 def _export_compiled(
-    actor_params: Any, mean: np.ndarray, std: np.ndarray, hidden: tuple[int, ...], obs_dim: int, act_dim: int
+    actor_params: Any, mean: np.ndarray, std: np.ndarray, hidden: tuple[int, ...], obs_dim: int, act_dim: int,
+    encoder: str = "cnn", observation: dict[str, Any] | None = None,
 ) -> bytes:
-    """Serialised ``jax.export`` of raw observations (b, obs_dim) float32 -> actions (b, act_dim) float32,
-    with the parameters and the normaliser baked in as constants and a symbolic batch size b >= 1."""
+    """Serialised ``jax.export`` of raw observations (b, obs_dim) float32 -> actions (b, act_dim) float32, or
+    for image policies of (images (b, H, W, C) uint8, raw states (b, obs_dim) float32), with the parameters and
+    the normaliser baked in as constants and a symbolic batch size b >= 1."""
     import jax.numpy as jnp
 
     from offrl.networks.actor import TanhGaussianActor
 
-    actor = TanhGaussianActor(hidden, act_dim=act_dim)
+    actor = TanhGaussianActor(hidden, act_dim=act_dim, encoder=encoder)
+    (b,) = jax.export.symbolic_shape("b")
+    if observation is None or observation["mode"] == "state":
 
-    def policy(obs: jnp.ndarray) -> jnp.ndarray:
-        return jnp.tanh(actor.apply(actor_params, (obs - mean) / std)[0])
+        def policy(obs: jnp.ndarray) -> jnp.ndarray:
+            return jnp.tanh(actor.apply(actor_params, (obs - mean) / std)[0])
 
-    arg = jax.ShapeDtypeStruct(jax.export.symbolic_shape(f"b, {obs_dim}"), jnp.float32)
-    exported = jax.export.export(jax.jit(policy), platforms=COMPILED_PLATFORMS)(arg)
+        args = (jax.ShapeDtypeStruct((b, obs_dim), jnp.float32),)
+    else:
+        cols = jnp.asarray(observation["state_columns"], jnp.int32)
+
+        def policy(images: jnp.ndarray, states: jnp.ndarray) -> jnp.ndarray:
+            state = (states[:, cols] - mean) / std
+            return jnp.tanh(actor.apply(actor_params, {"image": images, "state": state})[0])
+
+        args = (jax.ShapeDtypeStruct((b, *observation["image_shape"]), jnp.uint8),
+                jax.ShapeDtypeStruct((b, obs_dim), jnp.float32))
+    exported = jax.export.export(jax.jit(policy), platforms=COMPILED_PLATFORMS)(*args)
     return bytes(exported.serialize())
 
 
@@ -420,9 +506,14 @@ def _offrl_version() -> str:
 
 def _readme(spec: dict[str, Any]) -> str:
     o, a = spec["obs_dim"], spec["act_dim"]
+    inputs = f"raw observations float32 (B, {o})"
+    observation = spec.get("observation") or {"mode": "state"}
+    if observation["mode"] != "state":
+        inputs = (f"{{'image': uint8 (B, {', '.join(map(str, observation['image_shape']))}), 'state': float32 "
+                  f"(B, {o})}} (compiled form: two arguments, images then states)")
     lines = [
-        f"offrl {spec['algo']} policy (run {spec['source']['run_dir']}, step {spec['source']['step']}): raw "
-        f"observations float32 (B, {o}) -> actions float32 (B, {a}) in [-1, 1]; details in {POLICY_FILE}.",
+        f"offrl {spec['algo']} policy (run {spec['source']['run_dir']}, step {spec['source']['step']}): "
+        f"{inputs} -> actions float32 (B, {a}) in [-1, 1]; details in {POLICY_FILE}.",
         "With offrl: from offrl.export import load_policy; policy = load_policy('THIS_FOLDER'); "
         "actions = policy(observations)",
     ]

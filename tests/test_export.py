@@ -80,7 +80,8 @@ def test_export_folder_contents(exported):
     assert ("policy.jax_export" in names) == HAS_FLATBUFFERS
     spec = json.loads((out / "policy.json").read_text())
     config = json.loads((run / "config.json").read_text())
-    assert spec["format_version"] == ex.FORMAT_VERSION and spec["algo"] == "cql"
+    assert spec["format_version"] == 1 and spec["algo"] == "cql"  # state exports stay readable by offrl 0.1
+    assert spec["observation"] == {"mode": "state"} and spec["actor_encoder"] == "cnn"
     assert (spec["obs_dim"], spec["act_dim"], spec["actor_hidden_dims"]) == (OBS_DIM, ACT_DIM, [8])
     assert spec["normalizer"] == config["normalizer"]
     assert spec["source"]["step"] == 80 and spec["source"]["step_source"] == "last checkpoint"

@@ -245,11 +245,23 @@ def test_image_training_run_end_to_end(tmp_path, image_chain_dataset):
     obs = {"image": np.zeros((3, 16, 16, 6), np.uint8), "state": np.zeros((3, 3), np.float32)}
     actions = policy(obs)
     assert actions.shape == (3, 2) and np.all(np.abs(actions) <= 1)
+    # Export: both loading paths reproduce the checkpoint's policy, single observations included.
     from offrl.export import export_policy
+    from offrl.export import load_policy as load_export
 
-    with pytest.raises(ValueError, match="learns from images"):
-        export_policy(run, out=tmp_path / "policy")
-    assert not (tmp_path / "policy").exists()
+    folder = export_policy(run, step=60, out=tmp_path / "policy")
+    rng = np.random.default_rng(1)
+    obs = {"image": rng.integers(0, 256, (3, 16, 16, 6)).astype(np.uint8),
+           "state": rng.normal(size=(3, 3)).astype(np.float32)}
+    np.testing.assert_array_equal(load_export(folder)(obs), policy(obs))
+    np.testing.assert_allclose(load_export(folder, compiled=True)(obs), policy(obs), atol=1e-5)
+    single = load_export(folder)({"image": obs["image"][0], "state": obs["state"][0]})
+    # Against a batch of one: XLA's convolutions may round differently for another batch size.
+    np.testing.assert_array_equal(single, policy({"image": obs["image"][:1], "state": obs["state"][:1]})[0])
+    with pytest.raises(ValueError, match="must be uint8"):
+        load_export(folder)({"image": obs["image"].astype(np.float32), "state": obs["state"]})
+    with pytest.raises(ValueError, match="'image' must have shape"):
+        load_export(folder)({"image": obs["image"][..., :3], "state": obs["state"]})
     # Resume continues the same run, with its observation mode restored from config.json.
     resumed = train(dataclasses.replace(base, steps=80, resume=True, obs="auto", frame_stack=1))
     assert [r["step"] for r in read_metrics(resumed)] == [20, 40, 60, 80]
