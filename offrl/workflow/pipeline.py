@@ -99,6 +99,8 @@ def run_workflow(config: WorkflowConfig) -> dict[str, Any]:
         timings["collect_s"] = time.perf_counter() - t
     else:
         print(f"[1/5] using existing dataset {dataset}", flush=True)
+    if images:
+        _warn_image_budget(config)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     tag = f"{config.algo}_{config.obs.replace('+', '_')}" if images else config.algo
     out = Path(config.out or Path("runs") / f"{config.task}_{tag}_s{config.seed}_{stamp}")
@@ -134,6 +136,28 @@ def run_workflow(config: WorkflowConfig) -> dict[str, Any]:
     print(f"[5/5] report written: {report}", flush=True)
     timings["total_s"] = time.perf_counter() - t_start
     return summarize(out, diagnosis, evaluation, report, timings)
+
+
+# Image CQL gradient steps/s on a 2-core CPU at batch 256 (benchmarks/image_speed.py, paper CNN); per-step cost
+# scales roughly with the batch size. Used only for the warning below.
+_CPU_IMAGE_STEPS_PER_S_AT_256 = 1.4
+
+
+def _warn_image_budget(config: WorkflowConfig) -> None:
+    """Image runs on a CPU are slow: say how long the requested steps will take before starting."""
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return
+    rate = _CPU_IMAGE_STEPS_PER_S_AT_256 * 256 / max(config.batch_size, 1)
+    hours = config.steps / rate / 3600 * (2 if config.auto else 1)
+    if hours > 0.5:
+        print(
+            f"note: image CQL runs on the CPU here at about {rate:.1f} gradient steps/s (batch {config.batch_size}); "
+            f"{config.steps} steps{' per run' if config.auto else ''} take roughly {hours:.1f} h. On a CPU, "
+            f"consider --batch-size 64 --steps 8000 --agent.bc-steps 2000 (docs/images.md), or use a GPU.",
+            flush=True,
+        )
 
 
 def _run_auto(config: WorkflowConfig, timings: dict[str, float], t_start: float) -> dict[str, Any]:
