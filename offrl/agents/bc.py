@@ -17,6 +17,7 @@ import optax
 
 from offrl.agents import common
 from offrl.networks import TanhGaussianActor, tanh_gaussian_log_prob
+from offrl.networks.augment import augment_observations
 
 Batch = dict[str, jnp.ndarray]
 
@@ -65,8 +66,8 @@ def evaluate(state: BCState, batch: Batch, key: jax.Array, config: BCConfig) -> 
 
 def update(state: BCState, batch: Batch, key: jax.Array, config: BCConfig) -> tuple[BCState, dict]:
     """One Adam step on the negative log-likelihood of the batch's actions (images random-cropped)."""
-    batch = {**batch, "observations": common.augment(jax.random.fold_in(key, 7), batch["observations"],
-                                                     config.crop_padding)}
+    batch = {**batch, "observations": augment_observations(jax.random.fold_in(key, 7), batch["observations"],
+                                                           config.crop_padding)}
 
     def loss_fn(params: Any) -> tuple[jnp.ndarray, dict]:
         parts = evaluate(state.replace(actor_params=params), batch, key, config)

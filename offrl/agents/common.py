@@ -65,11 +65,6 @@ def example_observation(obs_spec: ObsSpec, batch: int = 1) -> Any:
     return jnp.zeros((batch, int(obs_spec)), jnp.float32)
 
 
-def augment(key: jax.Array, observations: Any, crop_padding: int) -> Any:
-    """Random-crop augmentation of image observations (:mod:`offrl.networks.augment`); states pass through."""
-    return augment_observations(key, observations, crop_padding)
-
-
 @functools.partial(jax.jit, static_argnames=("act_dim", "actor_hidden_dims", "actor_encoder"))
 def deterministic_action(
     actor_params: Any, observations: Any, act_dim: int, actor_hidden_dims: tuple[int, ...],
@@ -120,10 +115,10 @@ def augmented_batches(batch: dict[str, Any], key: jax.Array, crop_padding: int) 
     k_critic, k_target, k_actor = jax.random.split(key, 3)
     critic_batch = {
         **batch,
-        "observations": augment(k_critic, batch["observations"], crop_padding),
-        "next_observations": augment(k_target, batch["next_observations"], crop_padding),
+        "observations": augment_observations(k_critic, batch["observations"], crop_padding),
+        "next_observations": augment_observations(k_target, batch["next_observations"], crop_padding),
     }
-    actor_batch = {**batch, "observations": augment(k_actor, batch["observations"], crop_padding)}
+    actor_batch = {**batch, "observations": augment_observations(k_actor, batch["observations"], crop_padding)}
     return critic_batch, actor_batch
 
 
