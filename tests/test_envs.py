@@ -218,3 +218,107 @@ def test_missing_simulator_raises_install_hint(monkeypatch):
         mw.available_tasks()
     with pytest.raises(RuntimeError, match="MetaWorld is not installed"):
         collect_episodes(TASK, 1, progress=False)
+
+
+MULTI = "reach-v3+drawer-open-v3"
+
+
+def test_multi_task_spec_validation():
+    assert mw.task_list(MULTI) == ["reach-v3", "drawer-open-v3"]
+    assert mw.task_list(TASK) == [TASK]
+    mw._check_task(TASK)  # a single task is still fine
+    mw._check_task("pick-place-v3+drawer-open-v3+reach-v3")
+    with pytest.raises(ValueError, match="'drawer-opne-v3'") as err:
+        mw._check_task("reach-v3+drawer-opne-v3")
+    assert "Unknown MetaWorld task" in str(err.value) and "pick-place-v3" in str(err.value)
+    with pytest.raises(ValueError, match="repeats 'reach-v3'"):
+        mw._check_task("reach-v3+drawer-open-v3+reach-v3")
+    with pytest.raises(ValueError, match="Unknown MetaWorld task ''"):
+        mw._check_task("reach-v3+")
+    with pytest.raises(ValueError, match="Unknown MetaWorld task"):
+        collect_episodes("reach-v3+nope", 1, progress=False)
+    with pytest.raises(ValueError, match="Unknown MetaWorld task"):
+        scripted_policy("nope+reach-v3")
+    assert isinstance(mw.make_env(TASK, seed=0, horizon=2), MetaWorldEnv)
+
+
+def test_multi_task_env_interface_and_task_cycle():
+    env = mw.make_env(MULTI, seed=3, horizon=2)
+    assert isinstance(env, mw.MultiTaskEnv) and env.task == MULTI
+    assert (env.obs_dim, env.act_dim, env.horizon) == (41, 4, 2)
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(np.zeros(4))
+    seen = []
+    for _ in range(3):
+        obs = env.reset()
+        assert obs.shape == (41,) and obs.dtype == np.float32
+        seen.append(int(np.argmax(obs[39:])))
+        obs, success = env.step(np.zeros(4))
+        assert obs.shape == (41,) and isinstance(success, bool)
+        assert int(np.argmax(obs[39:])) == seen[-1]
+    assert seen == [1, 0, 1]  # starts at task seed % T, then alternates
+    env.seed(4)
+    assert np.argmax(env.reset()[39:]) == 0
+    env.close()
+
+
+def test_multi_task_collection_has_one_hot_and_alternates_tasks():
+    data, info = collect_episodes(MULTI, 4, horizon=20, seed=0, progress=False)
+    assert info["obs_dim"] == 41 and info["tasks"] == ["reach-v3", "drawer-open-v3"]
+    assert info["task"] == MULTI
+    assert data["observations"].shape[1] == 41 and data["next_observations"].shape[1] == 41
+    for key in ("observations", "next_observations"):
+        one_hot = data[key][:, 39:]
+        assert set(np.unique(one_hot)) == {0.0, 1.0}
+        np.testing.assert_array_equal(one_hot.sum(axis=1), 1.0)
+    episodes = _episode_slices(data)
+    assert len(episodes) == 4
+    tasks = []
+    for ep in episodes:
+        ids = np.argmax(data["observations"][ep][:, 39:], axis=1)
+        assert np.all(ids == ids[0])
+        assert np.all(np.argmax(data["next_observations"][ep][:, 39:], axis=1) == ids[0])
+        tasks.append(int(ids[0]))
+    assert tasks == [0, 1, 0, 1]
+    single_info = collect_episodes(TASK, 1, horizon=2, seed=0, progress=False)[1]
+    assert single_info["tasks"] == [TASK] and single_info["obs_dim"] == 39
+
+
+def test_noiseless_multi_task_expert_succeeds():
+    data, info = collect_episodes(MULTI, 2, horizon=DEFAULT_HORIZON, noise_sigma=0.0, seed=0, progress=False)
+    assert info["behaviour_success_rate"] > 0
+    expert = scripted_policy(MULTI)
+    np.testing.assert_array_equal(data["actions"], expert(data["observations"]))
+    np.testing.assert_array_equal(expert(data["observations"][0]), data["actions"][0])
+    # Each row goes to its own task's expert, on the first 39 entries.
+    single = scripted_policy("drawer-open-v3")
+    rows = data["observations"][:, 40] == 1.0
+    np.testing.assert_array_equal(data["actions"][rows], single(data["observations"][rows, :39]))
+    with pytest.raises(ValueError, match="shape"):
+        expert(np.zeros(39))
+
+
+def test_multi_task_evaluation_balances_tasks():
+    expert = scripted_policy(MULTI)
+    seen = set()
+
+    def spy(obs):
+        seen.update(int(k) for k in np.argmax(obs[:, 39:], axis=1))
+        assert obs.shape == (2, 41)
+        return expert(obs)
+
+    result = evaluate_policy(spy, MULTI, episodes=4, horizon=20, seed=0, num_envs=2)
+    assert result["episodes"] == 4 and seen == {0, 1}
+    seeds = mw._episode_seeds(0, 5, 2)
+    assert [s % 2 for s in seeds] == [0, 1, 0, 1, 0] and min(seeds) >= 0
+    plain = mw._episode_seeds(0, 5)
+    assert all(abs(a - b) <= 1 for a, b in zip(seeds, plain, strict=True))
+
+
+def test_multi_task_rendering_is_refused():
+    from offrl.envs import RenderConfig
+
+    with pytest.raises(ValueError, match="state-only"):
+        collect_episodes(MULTI, 1, horizon=2, progress=False, render=RenderConfig())
+    with pytest.raises(ValueError, match="state-only"):
+        evaluate_policy(lambda o: np.zeros((o.shape[0], 4)), MULTI, episodes=1, horizon=2, render=RenderConfig())

@@ -4,10 +4,13 @@ from offrl.envs.metaworld import (
     DEFAULT_HORIZON,
     DEFAULT_NOISE_SIGMA,
     MetaWorldEnv,
+    MultiTaskEnv,
     available_tasks,
     collect_episodes,
     evaluate_policy,
+    make_env,
     scripted_policy,
+    task_list,
 )
 from offrl.envs.render import RenderConfig, Renderer
 
@@ -15,10 +18,13 @@ __all__ = [
     "DEFAULT_HORIZON",
     "DEFAULT_NOISE_SIGMA",
     "MetaWorldEnv",
+    "MultiTaskEnv",
     "RenderConfig",
     "Renderer",
     "available_tasks",
     "collect_episodes",
     "evaluate_policy",
+    "make_env",
     "scripted_policy",
+    "task_list",
 ]

@@ -1,5 +1,12 @@
 """MetaWorld v3 (Sawyer arm) adapter: noisy scripted data collection and policy evaluation.
 
+A task is either one MetaWorld task name (``"pick-place-v3"``) or a multi-task spec: at least two
+distinct names joined by ``+`` (``"pick-place-v3+drawer-open-v3+reach-v3"``), for datasets that mix
+several tasks (Kumar et al. 2021, Scenario 2: several object types in one dataset). A multi-task
+environment (`MultiTaskEnv`) appends a one-hot task indicator (in the spec's order) to the 39-d
+observation, so a spec of T tasks has ``obs_dim = 39 + T``; episodes alternate tasks (see
+`MultiTaskEnv.reset`). Multi-task datasets are state-only (no camera images).
+
 The simulator is optional (``pip install 'offrl[sim]'``), so every import of ``metaworld`` and
 ``mujoco`` happens inside a function: importing this module never fails without it.
 
@@ -50,6 +57,11 @@ _OBSERVABLE_SUFFIX = "-goal-observable"
 _EVAL_STREAM = 1
 # The robot's own state inside the 39-d observation: hand xyz (3) and gripper opening (1).
 PROPRIO_DIMS = (0, 1, 2, 3)
+# Size of one task's observation; a multi-task observation appends a one-hot of the task.
+TASK_OBS_DIM = 39
+# Separator of the task names in a multi-task spec.
+_TASK_SEP = "+"
+_MAX_SEED = 2**32  # MetaWorld's constructors seed np.random temporarily: seeds must be < 2**32
 
 
 def _metaworld() -> tuple[Any, Any]:
@@ -93,10 +105,52 @@ def available_tasks() -> list[str]:
     return sorted(set(env_dict.ALL_V3_ENVIRONMENTS) & set(policies.ENV_POLICY_MAP))
 
 
+def task_list(task: str) -> list[str]:
+    """Splits a task spec into its task names (no validation; see `_check_task`).
+
+    Args:
+        task: One task name (``"reach-v3"``) or a multi-task spec (``"reach-v3+drawer-open-v3"``).
+
+    Returns:
+        The names in the spec's order, e.g. ``["reach-v3", "drawer-open-v3"]``; ``[task]`` for a
+        single task.
+    """
+    return task.split(_TASK_SEP)
+
+
+def _is_multi(task: str) -> bool:
+    return _TASK_SEP in task
+
+
 def _check_task(task: str) -> None:
+    # Accepts a single task name or a multi-task spec ("a+b+..."): >= 2 distinct known names.
+    if not isinstance(task, str):
+        raise ValueError(f"task must be a string, got {task!r}.")
     tasks = available_tasks()
-    if task not in tasks:
-        raise ValueError(f"Unknown MetaWorld task {task!r}. Use one of: {', '.join(tasks)}.")
+    if not _is_multi(task):
+        if task not in tasks:
+            raise ValueError(f"Unknown MetaWorld task {task!r}. Use one of: {', '.join(tasks)}.")
+        return
+    parts = task_list(task)
+    for part in parts:
+        if part not in tasks:
+            raise ValueError(
+                f"Unknown MetaWorld task {part!r} in the multi-task spec {task!r} (task names joined by "
+                f"{_TASK_SEP!r}). Use one of: {', '.join(tasks)}."
+            )
+    duplicates = sorted({part for part in parts if parts.count(part) > 1})
+    if duplicates:
+        raise ValueError(
+            f"The multi-task spec {task!r} repeats {', '.join(map(repr, duplicates))}: each task may appear once."
+        )
+
+
+def _check_state_only(task: str, render: RenderConfig | None) -> None:
+    if render is not None and _is_multi(task):
+        raise ValueError(
+            f"Multi-task datasets are state-only: drop --obs image (render=None) for {task!r}, or collect "
+            "its tasks one at a time."
+        )
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -122,21 +176,27 @@ def scripted_policy(task: str) -> Callable[[np.ndarray], np.ndarray]:
     The expert is a deterministic, stateless function of the observation. It reads the goal from
     the last 3 observation entries, so it only works with goal-observable observations (as
     produced by `MetaWorldEnv`); with the goal hidden it succeeds on 0 % of pick-place episodes.
+    For a multi-task spec of T tasks it reads each observation's one-hot (the last T entries, as
+    produced by `MultiTaskEnv`) and applies that task's expert to the first 39 entries.
 
     Args:
-        task: A name from `available_tasks`, e.g. ``"pick-place-v3"``.
+        task: A name from `available_tasks`, e.g. ``"pick-place-v3"``, or a multi-task spec
+            (``"reach-v3+drawer-open-v3"``).
 
     Returns:
-        A function mapping an observation of shape ``(39,)`` (or a batch ``(B, 39)``), any float
-        dtype, to a float32 action of shape ``(4,)`` (or ``(B, 4)``) clipped to [-1, 1]. The raw
-        expert output is a proportional controller that often exceeds the bounds; the simulator
-        would clip it anyway, so clipping here changes nothing but makes the action honest.
+        A function mapping an observation of shape ``(obs_dim,)`` (or a batch ``(B, obs_dim)``),
+        any float dtype, to a float32 action of shape ``(4,)`` (or ``(B, 4)``) clipped to [-1, 1];
+        ``obs_dim`` is 39, or 39 + T for a spec of T tasks. The raw expert output is a
+        proportional controller that often exceeds the bounds; the simulator would clip it anyway,
+        so clipping here changes nothing but makes the action honest.
 
     Raises:
-        ValueError: If ``task`` is unknown.
+        ValueError: If ``task`` is unknown (or a multi-task spec is invalid).
         RuntimeError: If MetaWorld is not installed.
     """
     _check_task(task)
+    if _is_multi(task):
+        return _multi_task_policy(task_list(task))
     _, policies = _metaworld()
     expert = policies.ENV_POLICY_MAP[task]()
 
@@ -153,6 +213,27 @@ def scripted_policy(task: str) -> Callable[[np.ndarray], np.ndarray]:
             else:
                 raise ValueError(f"obs must have shape (39,) or (B, 39), got {obs.shape}.")
         return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+    return act
+
+
+def _multi_task_policy(tasks: list[str]) -> Callable[[np.ndarray], np.ndarray]:
+    # Dispatches each row to the expert of the task its one-hot (last T entries) names.
+    experts = [scripted_policy(name) for name in tasks]
+    n_tasks = len(tasks)
+    obs_dim = TASK_OBS_DIM + n_tasks
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        obs = np.asarray(obs, dtype=np.float64)
+        if obs.ndim not in (1, 2) or obs.shape[-1] != obs_dim:
+            raise ValueError(f"obs must have shape ({obs_dim},) or (B, {obs_dim}), got {obs.shape}.")
+        batch = obs.reshape(-1, obs_dim)
+        which = np.argmax(batch[:, TASK_OBS_DIM:], axis=1)
+        actions = np.empty((len(batch), 4), np.float32)
+        for k in np.unique(which):
+            rows = which == k
+            actions[rows] = experts[k](batch[rows, :TASK_OBS_DIM])
+        return actions[0] if obs.ndim == 1 else actions
 
     return act
 
@@ -264,6 +345,134 @@ class MetaWorldEnv:
         self._env.close()
 
 
+class MultiTaskEnv:
+    """Several goal-observable MetaWorld v3 tasks behind one interface, with a one-hot task indicator.
+
+    Holds one `MetaWorldEnv` per task. Each episode runs one task; its observations are that
+    task's 39 values followed by a float32 one-hot of length T marking the task (in the spec's
+    order). Episode ``k`` (counted from the last `seed`, or from construction) runs task
+    ``(seed + k) % T``: consecutive resets alternate the tasks, and the first episode after
+    ``seed(s)`` runs task ``s % T``.
+
+    Attributes:
+        task: The multi-task spec, e.g. ``"reach-v3+drawer-open-v3"``.
+        tasks: Its task names, in order.
+        obs_dim: Observation size (39 + T).
+        act_dim: Action size (4).
+        action_low: Lower action bounds, float32 ``(act_dim,)`` (all -1).
+        action_high: Upper action bounds, float32 ``(act_dim,)`` (all +1).
+        horizon: Maximum steps per episode; `step` refuses to go further.
+    """
+
+    def __init__(self, task: str, seed: int, horizon: int = DEFAULT_HORIZON) -> None:
+        """Builds one simulator per task (about 0.15 s each; nothing is rendered).
+
+        Args:
+            task: A multi-task spec: at least two distinct names from `available_tasks` joined
+                by ``+``.
+            seed: Non-negative integer seeding every task's start-state generator; the first
+                episode runs task ``seed % T``.
+            horizon: Maximum number of steps per episode (>= 1).
+
+        Raises:
+            ValueError: If the spec is invalid (unknown or repeated task, fewer than two tasks),
+                ``horizon < 1`` or ``seed < 0``.
+            RuntimeError: If MetaWorld is not installed.
+        """
+        _check_task(task)
+        if not _is_multi(task):
+            raise ValueError(f"MultiTaskEnv needs tasks joined by {_TASK_SEP!r}, got the single task {task!r}.")
+        _check_positive("horizon", horizon)
+        _check_seed(seed)
+        self.task = task
+        self.tasks = task_list(task)
+        self._envs: list[MetaWorldEnv] = []
+        try:
+            for name in self.tasks:
+                self._envs.append(MetaWorldEnv(name, seed=seed, horizon=horizon))
+        except BaseException:
+            self.close()
+            raise
+        first = self._envs[0]
+        self.horizon = first.horizon
+        self.obs_dim = first.obs_dim + len(self.tasks)
+        self.act_dim = first.act_dim
+        self.action_low = first.action_low.copy()
+        self.action_high = first.action_high.copy()
+        self._episode = int(seed)
+        self._active: int | None = None
+
+    def seed(self, seed: int) -> None:
+        """Re-seeds every task's start-state generator; the next `reset` runs task ``seed % T``.
+
+        Args:
+            seed: Non-negative integer.
+
+        Raises:
+            ValueError: If ``seed < 0``.
+        """
+        _check_seed(seed)
+        for env in self._envs:
+            env.seed(seed)
+        self._episode = int(seed)
+
+    def _with_task(self, obs: np.ndarray) -> np.ndarray:
+        one_hot = np.zeros(len(self.tasks), np.float32)
+        one_hot[self._active] = 1.0
+        return np.concatenate([obs.astype(np.float32), one_hot])
+
+    def reset(self) -> np.ndarray:
+        """Starts an episode of the next task in turn, with freshly drawn object and goal positions.
+
+        Returns:
+            The first observation, float32 ``(obs_dim,)``: the task's 39 values, then its one-hot.
+        """
+        self._active = self._episode % len(self.tasks)
+        self._episode += 1
+        return self._with_task(self._envs[self._active].reset())
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Applies one action to the current episode's task (see `MetaWorldEnv.step`).
+
+        Returns:
+            ``(next_obs, success)``: float32 ``(obs_dim,)`` observation (one-hot included) and the
+            task's success flag.
+
+        Raises:
+            RuntimeError: If called before `reset` or after ``horizon`` steps.
+            ValueError: If the action has the wrong shape or non-finite values.
+        """
+        if self._active is None:
+            raise RuntimeError("Call reset() before step().")
+        obs, success = self._envs[self._active].step(action)
+        return self._with_task(obs), success
+
+    def close(self) -> None:
+        """Releases the simulators."""
+        for env in self._envs:
+            env.close()
+
+
+def make_env(task: str, seed: int, horizon: int = DEFAULT_HORIZON) -> MetaWorldEnv | MultiTaskEnv:
+    """Builds the environment of a task spec.
+
+    Args:
+        task: A name from `available_tasks` or a multi-task spec (names joined by ``+``).
+        seed: Non-negative start-state seed.
+        horizon: Maximum number of steps per episode (>= 1).
+
+    Returns:
+        A `MetaWorldEnv` for a single task, a `MultiTaskEnv` for a multi-task spec.
+
+    Raises:
+        ValueError: If the spec is invalid, ``horizon < 1`` or ``seed < 0``.
+        RuntimeError: If MetaWorld is not installed.
+    """
+    if isinstance(task, str) and _is_multi(task):
+        return MultiTaskEnv(task, seed=seed, horizon=horizon)
+    return MetaWorldEnv(task, seed=seed, horizon=horizon)
+
+
 def collect_episodes(
     task: str,
     episodes: int,
@@ -283,8 +492,13 @@ def collect_episodes(
     ``terminals`` is never set. The last transition of an episode that reaches the horizon without
     terminating has ``timeouts=True``. Failed episodes are kept.
 
+    With a multi-task spec of T tasks one `MultiTaskEnv` collects every episode: episode ``e``
+    runs task ``(seed + e) % T`` (the tasks alternate, starting at ``seed % T``), each observation
+    ends with the task's one-hot, and the noiseless expert is the multi-task `scripted_policy`.
+
     Args:
-        task: A name from `available_tasks`.
+        task: A name from `available_tasks`, or a multi-task spec (names joined by ``+``,
+            e.g. ``"pick-place-v3+drawer-open-v3"``).
         episodes: Number of episodes (>= 1).
         horizon: Maximum steps per episode (>= 1).
         noise_sigma: Standard deviation of the per-dimension action noise (>= 0), in action units
@@ -295,10 +509,11 @@ def collect_episodes(
         render: Also record a camera image of every state (see `RenderConfig`). Rendering does not
             change the states: the state arrays are the same with or without it. Costs about 6 ms
             per frame at 48x48 with shadows off (software rendering, one CPU core): pick-place
-            collection drops from about 1500 to 125 transitions/s.
+            collection drops from about 1500 to 125 transitions/s. Single tasks only.
 
     Returns:
-        ``(data, info)``. ``data`` holds N transitions: ``observations`` float32 ``(N, obs_dim)``,
+        ``(data, info)``. ``obs_dim`` is 39, or 39 + T for a spec of T tasks (the last T entries
+        are the one-hot). ``data`` holds N transitions: ``observations`` float32 ``(N, obs_dim)``,
         ``actions`` float32 ``(N, act_dim)``, ``rewards`` float32 ``(N,)``, ``terminals`` bool
         ``(N,)``, ``timeouts`` bool ``(N,)``, ``next_observations`` float32 ``(N, obs_dim)``.
         With ``render`` it also holds ``images`` uint8 ``(M, size, size, 3)``, every state's image
@@ -306,15 +521,17 @@ def collect_episodes(
         ``image_index``/``next_image_index`` int64 ``(N,)``: the frame of ``s`` and of ``s'`` of
         each transition (inside an episode ``next_image_index[t] == image_index[t + 1]``).
         ``info`` holds the arguments (``task``, ``episodes``, ``horizon``, ``noise_sigma``,
-        ``seed``, ``terminate_on_success``), ``behaviour_success_rate`` (fraction of episodes
-        with any success), ``mean_episode_length``, ``transitions``, ``obs_dim``, ``act_dim``,
+        ``seed``, ``terminate_on_success``), ``tasks`` (`task_list` of ``task``: the task of each
+        one-hot entry; one name for a single task), ``behaviour_success_rate`` (fraction of
+        episodes with any success), ``mean_episode_length``, ``transitions``, ``obs_dim``, ``act_dim``,
         ``action_low``/``action_high`` (lists), ``proprio_dims`` (the observation entries that
         are the robot's own state: hand xyz and gripper, ``[0, 1, 2, 3]``) and
         ``metaworld_version``; with ``render`` also ``image`` (`RenderConfig.to_info`).
 
     Raises:
-        ValueError: If ``task`` is unknown, ``episodes < 1``, ``horizon < 1``,
-            ``noise_sigma < 0``, ``seed < 0`` or ``render.camera`` is not a camera of the model.
+        ValueError: If ``task`` is unknown (or an invalid multi-task spec), ``episodes < 1``,
+            ``horizon < 1``, ``noise_sigma < 0``, ``seed < 0``, ``render.camera`` is not a camera
+            of the model, or ``render`` is given with a multi-task spec (state-only).
         TypeError: If ``render`` is not a `RenderConfig` or None.
         RuntimeError: If MetaWorld is not installed, or ``render`` is given and rendering is
             impossible (``MUJOCO_GL=disable``, no EGL/OSMesa); the message says what to set.
@@ -326,9 +543,10 @@ def collect_episodes(
     noise_sigma = float(noise_sigma)
     if not np.isfinite(noise_sigma) or noise_sigma < 0:
         raise ValueError(f"noise_sigma must be a finite number >= 0, got {noise_sigma!r}.")
+    _check_state_only(task, render)
     _check_render(render)
 
-    env = MetaWorldEnv(task, seed=seed, horizon=horizon)
+    env = make_env(task, seed=seed, horizon=horizon)
     try:
         renderer = Renderer(env, render) if render is not None else None
     except BaseException:
@@ -344,7 +562,7 @@ def collect_episodes(
 
 
 def _collect(
-    env: MetaWorldEnv,
+    env: MetaWorldEnv | MultiTaskEnv,
     renderer: Renderer | None,
     episodes: int,
     noise_sigma: float,
@@ -427,6 +645,7 @@ def _collect(
         "noise_sigma": noise_sigma,
         "seed": int(seed),
         "terminate_on_success": bool(terminate_on_success),
+        "tasks": task_list(task),
         "behaviour_success_rate": successes / episodes,
         "mean_episode_length": n / episodes,
         "transitions": n,
@@ -451,11 +670,16 @@ def _metaworld_version() -> str:
         return "unknown"
 
 
-def _episode_seeds(seed: int, episodes: int) -> list[int]:
+def _episode_seeds(seed: int, episodes: int, n_tasks: int = 1) -> list[int]:
     # One seed per episode (not per env) so the result does not depend on num_envs or on the
-    # order in which lockstep slots free up.
+    # order in which lockstep slots free up. With T > 1 tasks, episode i's seed is moved to the
+    # nearest value below it that is congruent to i mod T, so that MultiTaskEnv runs task i % T.
     children = np.random.SeedSequence([seed, _EVAL_STREAM]).spawn(episodes)
-    return [int(c.generate_state(1, np.uint32)[0]) for c in children]
+    seeds = [int(c.generate_state(1, np.uint32)[0]) for c in children]
+    if n_tasks > 1:
+        seeds = [s - s % n_tasks + i % n_tasks for i, s in enumerate(seeds)]
+        seeds = [s - n_tasks if s >= _MAX_SEED else s for s in seeds]  # stays >= 0 and congruent
+    return seeds
 
 
 def evaluate_policy(
@@ -478,15 +702,21 @@ def evaluate_policy(
     ``SeedSequence([seed, 1])``, disjoint from the collection stream of `collect_episodes`; the
     result depends on ``seed`` and ``episodes`` but not on ``num_envs``.
 
+    With a multi-task spec of T tasks each episode's seed ``s`` is moved to
+    ``s - s % T + i % T`` (still non-negative), so episode ``i`` runs task ``i % T`` (see
+    `MultiTaskEnv.seed`): the tasks are evaluated in balance (exactly, when ``episodes`` is a
+    multiple of T) and the success rate is their mean.
+
     Args:
-        policy_fn: Maps float32 observations ``(B, obs_dim)`` to actions ``(B, act_dim)``
+        policy_fn: Maps float32 observations ``(B, obs_dim)`` (``obs_dim`` = 39, or 39 + T with
+            the task one-hot last for a spec of T tasks) to actions ``(B, act_dim)``
             (any array-like, e.g. a JAX array). Actions are clipped to the bounds. With
             ``render`` it gets a dict instead: ``{"state": float32 (B, obs_dim), "image": uint8
             (B, size, size, 3 * frame_stack)}``, where each row's image holds that simulator's
             last ``frame_stack`` frames, oldest first along the channel axis; at the start of an
             episode its first frame fills all the slots (the frame-stacking convention of image
             datasets).
-        task: A name from `available_tasks`.
+        task: A name from `available_tasks`, or a multi-task spec (names joined by ``+``).
         episodes: Number of episodes (>= 1).
         horizon: Maximum steps per episode (>= 1).
         seed: Non-negative evaluation seed; same seed and policy, same result.
@@ -494,7 +724,7 @@ def evaluate_policy(
             the flag set" either way; this only saves time and changes the episode lengths).
         num_envs: Simulators stepped in lockstep (>= 1); only affects speed and memory.
         render: Give the policy camera images too (see `RenderConfig`); about 6 ms per
-            simulator step at 48x48 with shadows off.
+            simulator step at 48x48 with shadows off. Single tasks only.
         frame_stack: Frames per image (>= 1); only with ``render``.
 
     Returns:
@@ -503,7 +733,8 @@ def evaluate_policy(
         including building the simulators.
 
     Raises:
-        ValueError: If an argument is out of range, the task is unknown, ``frame_stack > 1``
+        ValueError: If an argument is out of range, the task is unknown (or an invalid
+            multi-task spec), ``render`` is given with a multi-task spec, ``frame_stack > 1``
             without ``render``, ``render.camera`` is not a camera of the model, or ``policy_fn``
             returns the wrong shape or non-finite actions.
         TypeError: If ``render`` is not a `RenderConfig` or None.
@@ -516,17 +747,18 @@ def evaluate_policy(
     _check_positive("num_envs", num_envs)
     _check_positive("frame_stack", frame_stack)
     _check_seed(seed)
+    _check_state_only(task, render)
     _check_render(render)
     if render is None and frame_stack != 1:
         raise ValueError(f"frame_stack={frame_stack} stacks camera frames: pass render=RenderConfig(...) too.")
     start = time.perf_counter()
     batch = min(num_envs, episodes)
-    seeds = _episode_seeds(seed, episodes)
-    envs: list[MetaWorldEnv] = []
+    seeds = _episode_seeds(seed, episodes, len(task_list(task)))
+    envs: list[MetaWorldEnv | MultiTaskEnv] = []
     renderers: list[Renderer] = []
     try:
         for _ in range(batch):
-            envs.append(MetaWorldEnv(task, seed=seeds[0], horizon=horizon))
+            envs.append(make_env(task, seed=seeds[0], horizon=horizon))
             if render is not None:
                 renderers.append(Renderer(envs[-1], render))
         result = _evaluate(policy_fn, envs, renderers, seeds, terminate_on_success, frame_stack)
@@ -540,7 +772,7 @@ def evaluate_policy(
 
 def _evaluate(
     policy_fn: Callable[[Any], np.ndarray],
-    envs: list[MetaWorldEnv],
+    envs: list[MetaWorldEnv | MultiTaskEnv],
     renderers: list[Renderer],
     seeds: list[int],
     terminate_on_success: bool,

@@ -1,0 +1,240 @@
+"""The study's results page (markdown) and its figures, from ``analysis.json`` and the cells' files.
+
+Figures follow the paper's: per scenario and task, analysis-only success (top), the average dataset Q-value
+(middle) and the training TD error (bottom) against gradient steps, one line per dataset size and setting, with
+the workflow's pick as a dashed vertical line (paper Figures 3 and 5); and the normalised regret of every
+selector with its confidence interval.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from offrl.training import run_dir as rd
+from offrl.workflow.selection import SELECTORS, candidates, wilson_interval
+
+SELECTOR_TEXT = {
+    "workflow": "workflow (Guideline 3.1: peak of q_data)",
+    "workflow_after_peak": "workflow, checkpoint after the peak",
+    "last": "last checkpoint",
+    "heldout_td": "lowest held-out TD error",
+    "fqe": "FQE (fitted Q evaluation)",
+    "random": "random checkpoint (expectation)",
+}
+
+
+def _fmt(x: Any, digits: int = 2) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float) and not np.isfinite(x):
+        return "–"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def _ci(stat: dict[str, Any] | None, digits: int = 2) -> str:
+    if not stat or stat.get("mean") is None:
+        return "–"
+    s = _fmt(stat["mean"], digits)
+    if stat.get("ci"):
+        s += f" [{_fmt(stat['ci'][0], digits)}, {_fmt(stat['ci'][1], digits)}]"
+    return s + f" (n={stat['n']})"
+
+
+def _cells(config: Any) -> list[dict[str, Any]]:
+    from offrl.workflow.study import CELL_FILE, cells_of
+
+    out = []
+    for cell in cells_of(config):
+        p = config.out / "cells" / cell.name / CELL_FILE
+        if p.is_file():
+            out.append(rd.read_json(p))
+    return out
+
+
+def _figure_scenario(cells: list[dict[str, Any]], scenario: str, task: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [c for c in cells if c["cell"]["scenario"] == scenario and c["cell"]["task"] == task]
+    if not runs:
+        return
+    sizes = sorted({c["cell"]["episodes"] for c in runs})
+    settings = sorted({c["cell"]["setting"] for c in runs}, key=lambda s: (s != "base", s))
+    colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(len(sizes), 1)))
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(3, 1, figsize=(7, 8.5), sharex=True)
+    for c in runs:
+        cps = sorted(c["checkpoints"], key=lambda x: x["step"])
+        steps = [x["step"] for x in cps]
+        color = colors[sizes.index(c["cell"]["episodes"])]
+        ls = styles[settings.index(c["cell"]["setting"]) % len(styles)]
+        label = f"{c['cell']['episodes']} ep, {c['cell']['setting']}, s{c['cell']['seed']}"
+        axes[0].plot(steps, [x["success_rate"] for x in cps], ls, color=color, label=label, marker=".")
+        axes[1].plot(steps, [np.nan if x.get("q_data") is None else x["q_data"] for x in cps], ls, color=color)
+        axes[2].plot(steps, [np.nan if x.get("td_error") is None else x["td_error"] for x in cps], ls, color=color)
+        pick = c["diagnosis"].get("selected_step")
+        if pick is not None:
+            for ax in axes:
+                ax.axvline(pick, color=color, ls=(0, (2, 3)), lw=0.8, alpha=0.8)
+        warm = c.get("warmup_steps", 0)
+    axes[0].set_ylabel("success (analysis only)")
+    axes[1].set_ylabel("q_data")
+    axes[2].set_ylabel("td_error (train)")
+    axes[2].set_yscale("log")
+    axes[2].set_xlabel("gradient steps")
+    for ax in axes:
+        if warm:
+            ax.axvspan(0, warm, color="0.9", zorder=0)
+    axes[0].legend(fontsize=7, ncol=2)
+    axes[0].set_title(f"{scenario}: {task} (dashed verticals: the workflow's pick; grey: BC warm start)",
+                      fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _figure_selectors(analysis: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in SELECTORS if analysis["headline"][n]["regret"]["mean"] is not None]
+    if not names:
+        return
+    fig, ax = plt.subplots(figsize=(7, 3))
+    means = [analysis["headline"][n]["regret"]["mean"] for n in names]
+    lows = [analysis["headline"][n]["regret"]["ci"] or [m, m] for n, m in zip(names, means, strict=True)]
+    err = np.array([[m - lo[0] for m, lo in zip(means, lows, strict=True)],
+                    [lo[1] - m for m, lo in zip(means, lows, strict=True)]])
+    ax.bar(range(len(names)), means, yerr=err, capsize=4, color="tab:blue")
+    ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+    ax.set_ylabel("normalised regret (0 = best)")
+    ax.set_ylim(0, 1.05)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_results(analysis: dict[str, Any], config: Any, command: str | None = None) -> Path:
+    """Write the results page (markdown, atomically) and its figures; return its path."""
+    out = Path(config.results_path)
+    fig_dir = out.parent / "figures" / out.stem
+    cells = _cells(config)
+    rel = lambda p: Path(p).resolve().relative_to(out.parent.resolve()).as_posix() if \
+        Path(p).resolve().is_relative_to(out.parent.resolve()) else str(p)  # noqa: E731
+    cmd = command or f"offrl study {config.out / 'study.toml'}"
+    L: list[str] = []
+    L.append("# Does the workflow pick good policies? Validation study\n")
+    L.append(f"Written by `offrl study` on {datetime.date.today().isoformat()} "
+             f"({platform.machine()}, {platform.system()}). Reproduce: `{cmd}`.\n")
+    L.append(
+        f"Runs finished: **{analysis['runs']}** of {analysis.get('cells_total', analysis['runs'])}. "
+        f"Budget per run: {config.steps} gradient steps (the first {cells[0]['warmup_steps'] if cells else '?'} "
+        f"are the actor's behaviour-cloning warm start), a checkpoint every {config.checkpoint_every} steps, "
+        f"{config.eval_episodes} analysis-only episodes per checkpoint, FQE {config.fqe_steps} steps. Data: the "
+        f"task's scripted policy with Gaussian action noise sigma {config.noise_sigma}, horizon {config.horizon}. "
+        f"Every hyperparameter is the package default; settings change only what their name says.\n"
+    )
+    for f in analysis.get("failed", []):
+        L.append(f"- failed run `{f['cell']}`: {f['error']}")
+    L.append("Success rates are measured in the simulator **for analysis only**: no selector reads them.\n")
+
+    L.append("## Selection quality (all runs)\n")
+    L.append("Mean over runs, 95% percentile-bootstrap confidence interval over runs, and the number of runs "
+             "where the quantity is defined. Normalised regret = (best − picked) / (best − worst) over the "
+             "candidate checkpoints (those after the warm start); absolute regret = best − picked success; "
+             "Spearman = rank correlation between the selector's score and success across checkpoints.\n")
+    L.append("| selector | success of the pick | normalised regret | absolute regret | Spearman ρ |")
+    L.append("|---|---|---|---|---|")
+    for name in SELECTORS:
+        h = analysis["headline"][name]
+        L.append(f"| {SELECTOR_TEXT[name]} | {_ci(h['success'])} | {_ci(h['regret'])} | {_ci(h['abs_regret'])} | "
+                 f"{_ci(h['spearman'])} |")
+    if analysis.get("best_in_hindsight"):
+        L.append(f"| best checkpoint in hindsight | {_ci(analysis['best_in_hindsight'])} | 0 | 0 | 1 |")
+    _figure_selectors(analysis, fig_dir / "selectors_regret.png")
+    if (fig_dir / "selectors_regret.png").is_file():
+        L.append(f"\n![normalised regret per selector]({rel(fig_dir / 'selectors_regret.png')})\n")
+
+    da = analysis["diagnosis_accuracy"]
+    L.append("\n## Diagnosis accuracy\n")
+    L.append(f"Label from the analysis-only success curve: {da['rule']}. The offline verdict agrees when it says "
+             f"`overfitting` exactly for the runs so labelled.\n")
+    L.append(f"- labelled runs: {da['labelled_runs']}; overfitting by success: {da['overfitting_by_success']}; "
+             f"by the offline verdict: {da['overfitting_by_verdict']}")
+    L.append(f"- agreement: {_ci(da['accuracy'])}; precision {_fmt(da['precision'])}, recall {_fmt(da['recall'])}\n")
+    L.append("| offline verdict | success label | runs |")
+    L.append("|---|---|---|")
+    for row in da["confusion"]:
+        L.append(f"| {row['verdict']} | {row['success_label']} | {row['runs']} |")
+
+    for sc in config.scenarios:
+        rows = [c for c in cells if c["cell"]["scenario"] == sc.name]
+        L.append(f"\n## Scenario: {sc.name}\n")
+        if sc.description:
+            L.append(sc.description.strip() + "\n")
+        if not rows:
+            L.append("No finished runs yet.\n")
+            continue
+        L.append("| task | episodes | seed | setting | behaviour success | verdict | q_data peak → last | td_error "
+                 "(last) | Q error / range width | workflow pick | success: pick [95% CI] / best / last / late |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        per_run = {r["name"]: r for r in analysis["per_run"]}
+        for c in rows:
+            cc = c["cell"]
+            cps = candidates(c)
+            q = [x.get("q_data") for x in cps if x.get("q_data") is not None]
+            width = c["q_range"][1] - c["q_range"][0]
+            last = cps[-1]
+            sel = per_run[f"{cc['scenario']}__{cc['task']}__{cc['episodes']}ep__s{cc['seed']}__{cc['setting']}"]
+            wf = sel["selectors"]["workflow"]
+            picked = next((x for x in cps if x["step"] == wf["step"]), None)
+            ci = wilson_interval(picked["successes"], picked["episodes"]) if picked else None
+            late = float(np.mean([x["success_rate"] for x in cps[-3:]]))
+            qe = last.get("q_error_estimate")
+            L.append(
+                f"| {cc['task']} | {cc['episodes']} | {cc['seed']} | {cc['setting']} | "
+                f"{_fmt(c['dataset'].get('behaviour_success_rate'))} | {c['verdict']} | "
+                f"{_fmt(max(q) if q else None)} → {_fmt(q[-1] if q else None)} | {_fmt(last.get('td_error'), 3)} | "
+                f"{_fmt(None if qe is None else qe / width, 1)} | {wf['step']} | "
+                f"{_fmt(wf['success'])} [{_fmt(ci[0]) if ci else '–'}, {_fmt(ci[1]) if ci else '–'}] / "
+                f"{_fmt(wf['best'])} / {_fmt(last['success_rate'])} / {_fmt(late)} |"
+            )
+        for task in sc.tasks:
+            path = fig_dir / f"{sc.name}_{task.replace('+', '_')}.png"
+            _figure_scenario(cells, sc.name, task, path)
+            if path.is_file():
+                L.append(f"\n![{sc.name} {task}]({rel(path)})\n")
+        effects = [e for e in analysis["remedies"] if e["scenario"] == sc.name]
+        if effects:
+            L.append("\nRemedy against base (same data and seed): values are base → remedy.\n")
+            L.append("| task | episodes | seed | remedy | verdict | success of the workflow pick | best checkpoint | "
+                     "late success (last 3) | td_error (last) | q_data (last) |")
+            L.append("|---|---|---|---|---|---|---|---|---|---|")
+            for e in effects:
+                def pair(k: str, d: int = 2, e: dict[str, Any] = e) -> str:
+                    return f"{_fmt(e[k][0], d)} → {_fmt(e[k][1], d)}"
+
+                L.append(f"| {e['task']} | {e['episodes']} | {e['seed']} | {e['remedy']} | "
+                         f"{e['verdict'][0]} → {e['verdict'][1]} | {pair('workflow_pick_success')} | "
+                         f"{pair('best_success')} | {pair('late_success')} | {pair('final_td_error', 3)} | "
+                         f"{pair('final_q_data')} |")
+    L.append("\n## Definitions\n")
+    L.append("- *late*: mean success of the last 3 checkpoints (does a run keep its later checkpoints good?).")
+    L.append("- *Q error / range width*: the estimated Q error TD/(1−γ) (docs/metrics.md) at the last checkpoint, "
+             "divided by the width of the Q range the rewards allow; above 1 the workflow calls the run "
+             "underfitting (Metric 3.2).")
+    L.append("- The per-checkpoint success intervals are Wilson 95% intervals over the evaluation episodes.")
+    L.append("- All numbers: `analysis.json` in the study directory; per run: `cells/<run>/cell.json`.")
+    rd.atomic_write_text(out, "\n".join(L) + "\n")
+    return out

@@ -1,0 +1,245 @@
+"""Checkpoint selectors and how good their picks are, measured against analysis-only success (paper Sec. 5).
+
+Selectors (each reads only offline quantities, never the success rates):
+
+* ``workflow``: the workflow's pick, Guideline 3.1: the peak of the smoothed average dataset Q-value
+  (``diagnosis.json``'s ``selected_step``). Its score for rank correlation: the smoothed ``q_data``.
+* ``workflow_after_peak``: the checkpoint after that peak (Guideline 3.1's actor-critic variant). Score: the
+  smoothed ``q_data`` of the checkpoint before (the rule "one checkpoint after the peak", as a ranking).
+* ``last``: the last checkpoint. Score: the step.
+* ``heldout_td``: the lowest TD error on held-out episodes (the supervised-learning habit). Score: minus it.
+* ``fqe``: the highest fitted-Q-evaluation estimate of the return (:mod:`offrl.workflow.fqe`). Score: it.
+* ``random``: a uniformly random checkpoint, as a reference; its numbers are expectations.
+
+All selectors choose among the same candidates: the checkpoints after the actor's behaviour-cloning warm start
+(``agent.bc_steps``), the CQL policies; "best in hindsight" is the best of those candidates.
+
+Per run and selector: the success of the pick; the **normalised regret**
+``(best - picked) / (best - worst)`` over the candidates (0: the best checkpoint, 1: the worst; undefined, and
+left out, when every candidate has the same success); and the **Spearman rank correlation** between the score
+and the success across candidates (undefined when either is constant). Aggregates over runs carry percentile
+bootstrap 95% confidence intervals (``scipy.stats.bootstrap``, resampling runs).
+
+**Success-curve label** for diagnosis accuracy (the rule, fixed before looking at any run): smooth the success
+rates over the candidates with a centred 3-checkpoint moving average; the run *overfits in success* when the
+smoothed peak comes before the last 3 candidates and the mean raw success of the last 3 candidates is at least
+``OVERFIT_SUCCESS_DROP`` (0.15) below that peak. The offline verdict agrees when it says ``overfitting`` exactly
+for those runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from offrl.workflow.diagnosis import DiagnosisConfig, smooth
+
+SELECTORS = ("workflow", "workflow_after_peak", "last", "heldout_td", "fqe", "random")
+OVERFIT_SUCCESS_DROP = 0.15
+TAIL = 3
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (``scipy.stats.binomtest``); (0, 1) for n = 0."""
+    if n <= 0:
+        return (0.0, 1.0)
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return (float(ci.low), float(ci.high))
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Spearman rank correlation of two (n,) arrays; None when n < 3, either is constant, or NaNs remain."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(x, y).statistic)
+
+
+def candidates(cell: dict[str, Any]) -> list[dict[str, Any]]:
+    """The checkpoints selectors choose among: those after the behaviour-cloning warm start (all if none is)."""
+    cps = sorted(cell["checkpoints"], key=lambda c: c["step"])
+    after = [c for c in cps if c["step"] > cell.get("warmup_steps", 0)]
+    return after or cps
+
+
+def _num(v: Any) -> float:
+    return float(v) if isinstance(v, int | float) and v is not None and math.isfinite(v) else float("nan")
+
+
+def selector_scores(cell: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """For each selector: ``{"step": picked step, "scores": (n,) array over the candidates or None}``."""
+    cps = candidates(cell)
+    steps = [c["step"] for c in cps]
+    q = np.array([_num(c.get("q_data")) for c in cps])
+    qs = smooth(np.where(np.isfinite(q), q, np.nanmean(q) if np.isfinite(q).any() else 0.0),
+                DiagnosisConfig().smoothing_window)
+    wf = cell["diagnosis"].get("selected_step")
+    if wf not in steps:  # inconclusive diagnosis: the workflow has no pick; fall back to the smoothed Q peak
+        wf = steps[int(np.argmax(qs))]
+    i = steps.index(wf)
+    shifted = np.concatenate([[-np.inf], qs[:-1]])
+    td = np.array([_num(c.get("heldout/td_error")) for c in cps])
+    if not np.isfinite(td).any():
+        td = np.array([_num(c.get("td_error")) for c in cps])
+    fqe = np.array([_num(c.get("fqe_value")) for c in cps])
+    out = {
+        "workflow": {"step": wf, "scores": qs},
+        "workflow_after_peak": {"step": steps[min(i + 1, len(steps) - 1)], "scores": shifted},
+        "last": {"step": steps[-1], "scores": np.array(steps, float)},
+        "heldout_td": {"step": steps[int(np.nanargmin(td))] if np.isfinite(td).any() else steps[-1],
+                       "scores": -td},
+        "fqe": {"step": steps[int(np.nanargmax(fqe))] if np.isfinite(fqe).any() else None, "scores": fqe},
+        "random": {"step": None, "scores": None},
+    }
+    return out
+
+
+def evaluate_selectors(cell: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per selector: picked step, its success, best/worst success, normalised regret, Spearman correlation."""
+    cps = candidates(cell)
+    succ = np.array([c["success_rate"] for c in cps], float)
+    best, worst = float(succ.max()), float(succ.min())
+    by_step = {c["step"]: c["success_rate"] for c in cps}
+    res = {}
+    for name, sel in selector_scores(cell).items():
+        if name == "random":
+            picked = float(succ.mean())
+            step = None
+        elif sel["step"] is None:
+            res[name] = {"step": None, "success": None, "regret": None, "abs_regret": None, "spearman": None}
+            continue
+        else:
+            step, picked = sel["step"], float(by_step[sel["step"]])
+        regret = (best - picked) / (best - worst) if best > worst else None
+        rho = None
+        if sel["scores"] is not None:
+            s = np.asarray(sel["scores"], float)
+            ok = np.isfinite(s)
+            rho = spearman(s[ok], succ[ok])
+        res[name] = {"step": step, "success": picked, "best": best, "worst": worst, "regret": regret,
+                     "abs_regret": best - picked, "spearman": rho}
+    return res
+
+
+def success_label(cell: dict[str, Any]) -> str:
+    """``overfitting`` or ``no overfitting`` from the analysis-only success curve (rule in the module doc)."""
+    succ = np.array([c["success_rate"] for c in candidates(cell)], float)
+    if len(succ) < TAIL + 2:
+        return "too short"
+    sm = smooth(succ, 3)
+    peak = int(np.argmax(sm))
+    tail = float(succ[-TAIL:].mean())
+    if peak < len(succ) - TAIL and sm[peak] - tail >= OVERFIT_SUCCESS_DROP:
+        return "overfitting"
+    return "no overfitting"
+
+
+def bootstrap_mean(values: list[float], samples: int = 10_000, seed: int = 0) -> dict[str, Any]:
+    """Mean with a percentile bootstrap 95% CI over the values (None bounds when fewer than 2 values)."""
+    v = np.array([x for x in values if x is not None and math.isfinite(x)], float)
+    out: dict[str, Any] = {"mean": float(v.mean()) if len(v) else None, "n": int(len(v)), "ci": None}
+    if len(v) >= 2 and np.ptp(v) > 0:
+        from scipy.stats import bootstrap
+
+        r = bootstrap((v,), np.mean, n_resamples=samples, method="percentile", confidence_level=0.95,
+                      random_state=np.random.default_rng(seed))
+        out["ci"] = [float(r.confidence_interval.low), float(r.confidence_interval.high)]
+    elif len(v) >= 2:
+        out["ci"] = [float(v[0]), float(v[0])]
+    return out
+
+
+def analyse(cells: list[dict[str, Any]], config: Any) -> dict[str, Any]:
+    """Every number of the results page from the finished cells (cell.json contents)."""
+    samples = int(getattr(config, "bootstrap_samples", 10_000))
+    per_run = []
+    for cell in cells:
+        sel = evaluate_selectors(cell)
+        per_run.append({"name": _cell_name(cell), "cell": cell["cell"], "selectors": sel,
+                        "verdict": cell["verdict"], "success_label": success_label(cell)})
+    headline = {}
+    for name in SELECTORS:
+        rows = [r["selectors"][name] for r in per_run if name in r["selectors"]]
+        headline[name] = {
+            "success": bootstrap_mean([r["success"] for r in rows if r["success"] is not None], samples),
+            "regret": bootstrap_mean([r["regret"] for r in rows if r["regret"] is not None], samples),
+            "abs_regret": bootstrap_mean([r["abs_regret"] for r in rows if r["abs_regret"] is not None], samples),
+            "spearman": bootstrap_mean([r["spearman"] for r in rows if r["spearman"] is not None], samples),
+        }
+    best = bootstrap_mean([float(r["selectors"]["last"]["best"]) for r in per_run], samples) if per_run else None
+    confusion = Counter((r["verdict"], r["success_label"]) for r in per_run)
+    labelled = [r for r in per_run if r["success_label"] != "too short"]
+    agree = [(r["verdict"] == "overfitting") == (r["success_label"] == "overfitting") for r in labelled]
+    tp = sum(r["verdict"] == "overfitting" and r["success_label"] == "overfitting" for r in labelled)
+    pred = sum(r["verdict"] == "overfitting" for r in labelled)
+    actual = sum(r["success_label"] == "overfitting" for r in labelled)
+    return {
+        "runs": len(per_run),
+        "per_run": per_run,
+        "headline": headline,
+        "best_in_hindsight": best,
+        "diagnosis_accuracy": {
+            "rule": f"success overfits: smoothed (3) success peaks before the last {TAIL} candidates and the mean of "
+                    f"the last {TAIL} is >= {OVERFIT_SUCCESS_DROP} below the peak",
+            "labelled_runs": len(labelled),
+            "accuracy": bootstrap_mean([float(a) for a in agree], samples),
+            "precision": tp / pred if pred else None,
+            "recall": tp / actual if actual else None,
+            "overfitting_by_success": actual,
+            "overfitting_by_verdict": pred,
+            "confusion": [{"verdict": v, "success_label": s, "runs": n} for (v, s), n in sorted(confusion.items())],
+        },
+        "remedies": remedy_effects(cells),
+    }
+
+
+def _cell_name(cell: dict[str, Any]) -> str:
+    c = cell["cell"]
+    return f"{c['scenario']}__{c['task']}__{c['episodes']}ep__s{c['seed']}__{c['setting']}"
+
+
+def late_success(cell: dict[str, Any]) -> float:
+    """Mean success of the last 3 candidates: does a run keep its later checkpoints good?"""
+    succ = [c["success_rate"] for c in candidates(cell)]
+    return float(np.mean(succ[-TAIL:]))
+
+
+def _last(cell: dict[str, Any], key: str) -> float | None:
+    v = candidates(cell)[-1].get(key)
+    return None if v is None else float(v)
+
+
+def remedy_effects(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each (scenario, task, episodes, seed) run with ``base`` and a remedy setting: what the remedy changed."""
+    groups: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for cell in cells:
+        c = cell["cell"]
+        groups.setdefault((c["scenario"], c["task"], c["episodes"], c["seed"]), {})[c["setting"]] = cell
+    out = []
+    for (scenario, task, episodes, seed), runs in sorted(groups.items()):
+        base = runs.get("base")
+        if base is None:
+            continue
+        for setting, other in sorted(runs.items()):
+            if setting == "base":
+                continue
+            sb, so = evaluate_selectors(base)["workflow"], evaluate_selectors(other)["workflow"]
+            out.append({
+                "scenario": scenario, "task": task, "episodes": episodes, "seed": seed, "remedy": setting,
+                "verdict": [base["verdict"], other["verdict"]],
+                "workflow_pick_success": [sb["success"], so["success"]],
+                "best_success": [sb["best"], so["best"]],
+                "late_success": [late_success(base), late_success(other)],
+                "final_td_error": [_last(base, "td_error"), _last(other, "td_error")],
+                "final_q_data": [_last(base, "q_data"), _last(other, "q_data")],
+            })
+    return out
