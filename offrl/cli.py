@@ -288,7 +288,7 @@ def run(cmd: object) -> int:
         from offrl.workflow.study import load_study_config, run_study
 
         config = load_study_config(cmd.config, out=cmd.out, results=cmd.results)
-        analysis = run_study(config, analyse_only=cmd.analyse_only)
+        analysis = run_study(config, analyse_only=cmd.analyse_only, source=cmd.config)
         print(f"{analysis['runs']} of {analysis['cells_total']} runs finished; results: {config.results_path}")
         for name, h in analysis["headline"].items():
             r, rho = h["regret"], h["spearman"]

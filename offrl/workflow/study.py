@@ -203,8 +203,8 @@ def _raw_config_text(config: StudyConfig) -> str:
     return json.dumps(d, default=str, sort_keys=True, indent=1)
 
 
-def _check_study_dir(config: StudyConfig) -> None:
-    """Never mix two different studies in one directory."""
+def _check_study_dir(config: StudyConfig, source_text: str | None = None) -> None:
+    """Never mix two different studies in one directory; keep a copy of the study file (study.toml)."""
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "study.json"
@@ -222,6 +222,8 @@ def _check_study_dir(config: StudyConfig) -> None:
                     f"or restore the original config to resume it"
                 )
     rd.atomic_write_text(saved, text)
+    if source_text is not None:
+        rd.atomic_write_text(out / "study.toml", source_text)
 
 
 def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[str, Any]:
@@ -267,12 +269,15 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
         t = time.perf_counter()
         evaluation = evaluate_run(run, episodes=config.eval_episodes, seed=cell.seed, progress=progress)
         timings["evaluate_s"] = time.perf_counter() - t
-    fqe = rd.read_json(run / FQE_FILE) if (run / FQE_FILE).is_file() else None
-    if fqe is None or [r["step"] for r in fqe["results"]] != steps or fqe["config"]["steps"] != config.fqe_steps:
-        t = time.perf_counter()
-        fqe = fqe_run(run, config=FQEConfig(steps=config.fqe_steps, seed=cell.seed), dataset=dataset)
-        timings["fqe_s"] = time.perf_counter() - t
     cfg = rd.read_json(run / rd.CONFIG_FILE)
+    # FQE only scores the checkpoints selectors choose among (after the BC warm start): a third less work.
+    warmup = int(cfg["agent"].get("bc_steps", 0))
+    fqe_steps = [s for s in steps if s > warmup] or steps
+    fqe = rd.read_json(run / FQE_FILE) if (run / FQE_FILE).is_file() else None
+    if fqe is None or [r["step"] for r in fqe["results"]] != fqe_steps or fqe["config"]["steps"] != config.fqe_steps:
+        t = time.perf_counter()
+        fqe = fqe_run(run, fqe_steps, config=FQEConfig(steps=config.fqe_steps, seed=cell.seed), dataset=dataset)
+        timings["fqe_s"] = time.perf_counter() - t
     records = {int(r["step"]): r for r in rd.read_metrics(run)}
     success = {r["step"]: r for r in evaluation["results"]}
     fqe_by = {r["step"]: r["value"] for r in fqe["results"]}
@@ -301,7 +306,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
         "agent": cfg["agent"],
         "num_params": cfg.get("num_params"),
         "q_range": cfg["dataset"]["q_range"],
-        "warmup_steps": int(cfg["agent"].get("bc_steps", 0)),
+        "warmup_steps": warmup,
         "verdict": diagnosis["verdict"],
         "diagnosis": {k: diagnosis[k] for k in ("verdict", "selected_step", "peak_step", "reasons", "evidence")},
         "checkpoints": checkpoints,
@@ -311,8 +316,12 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
     return out
 
 
-def run_study(config: StudyConfig, progress: bool = True, analyse_only: bool = False) -> dict[str, Any]:
+def run_study(
+    config: StudyConfig, analyse_only: bool = False, source: str | Path | None = None
+) -> dict[str, Any]:
     """Run every cell not done yet, then analyse and write the results (analysis.json, results, figures).
+
+    ``source``: the study file, copied into the study directory and named in the results' reproduce command.
 
     Returns:
         The analysis (see :func:`offrl.workflow.selection.analyse`).
@@ -325,7 +334,7 @@ def run_study(config: StudyConfig, progress: bool = True, analyse_only: bool = F
     from offrl.workflow.results import write_results
     from offrl.workflow.selection import analyse
 
-    _check_study_dir(config)
+    _check_study_dir(config, Path(source).read_text() if source else None)
     cells = cells_of(config)
     t0 = time.perf_counter()
     done: list[dict[str, Any]] = []
@@ -355,5 +364,5 @@ def run_study(config: StudyConfig, progress: bool = True, analyse_only: bool = F
     analysis["cells_total"] = len(cells)
     analysis["failed"] = failed
     rd.write_json(config.out / "analysis.json", analysis)
-    write_results(analysis, config)
+    write_results(analysis, config, command=f"offrl study {source}" if source else None)
     return analysis

@@ -1,0 +1,196 @@
+"""The validation study: selectors, regret and rank correlation on synthetic runs with a known answer, the
+success-curve label, the study file's checks, and a tiny study end to end in the simulator (resumable)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from offrl.workflow.selection import (
+    analyse,
+    bootstrap_mean,
+    evaluate_selectors,
+    spearman,
+    success_label,
+    wilson_interval,
+)
+from offrl.workflow.study import (
+    Cell,
+    StudyConfigError,
+    agent_for,
+    cells_of,
+    load_study_config,
+    study_config_from_dict,
+)
+
+
+def _cell(q, success, td=None, fqe=None, verdict="overfitting", selected=None, warmup=0, setting="base"):
+    steps = [1000 * (i + 1) for i in range(len(q))]
+    td = td if td is not None else [0.01] * len(q)
+    fqe = fqe if fqe is not None else [0.0] * len(q)
+    cps = [{"step": s, "q_data": qv, "td_error": t, "heldout/td_error": t, "fqe_value": f, "success_rate": p,
+            "successes": int(round(p * 20)), "episodes": 20}
+           for s, qv, t, f, p in zip(steps, q, td, fqe, success, strict=True)]
+    return {"cell": {"scenario": "s", "task": "t", "episodes": 10, "seed": 0, "setting": setting},
+            "checkpoints": cps, "warmup_steps": warmup, "verdict": verdict,
+            "diagnosis": {"selected_step": selected}, "q_range": [0.0, 1.0]}
+
+
+def test_selectors_on_a_run_whose_q_peak_is_the_best_checkpoint():
+    q = [0.1, 0.3, 0.5, 0.4, 0.2, 0.1]
+    success = [0.2, 0.5, 0.9, 0.6, 0.3, 0.1]
+    td = [0.5, 0.4, 0.3, 0.2, 0.1, 0.05]          # falling TD error: the held-out TD selector picks the last
+    fqe = [0.0, 0.1, 0.2, 0.3, 0.25, 0.1]          # FQE peaks one checkpoint late
+    res = evaluate_selectors(_cell(q, success, td, fqe, selected=3000))
+    assert res["workflow"]["step"] == 3000 and res["workflow"]["regret"] == 0.0
+    assert res["workflow_after_peak"]["step"] == 4000
+    assert res["workflow_after_peak"]["regret"] == pytest.approx((0.9 - 0.6) / (0.9 - 0.1))
+    assert res["last"]["step"] == 6000 and res["last"]["regret"] == pytest.approx(1.0)
+    assert res["heldout_td"]["step"] == 6000
+    assert res["fqe"]["step"] == 4000 and res["fqe"]["abs_regret"] == pytest.approx(0.3)
+    assert res["random"]["success"] == pytest.approx(np.mean(success))
+    # success and the last checkpoint's score (the step): one rise, then a long fall
+    assert res["last"]["spearman"] == pytest.approx(spearman(np.arange(6), np.array(success)))
+    assert res["workflow"]["spearman"] > 0.8
+
+
+def test_candidates_skip_the_warm_start_and_constant_success_has_no_regret():
+    q = [0.9, 0.1, 0.2, 0.3]
+    res = evaluate_selectors(_cell(q, [1.0, 0.4, 0.4, 0.4], warmup=1000, selected=4000))
+    assert res["workflow"]["step"] == 4000          # the BC checkpoint at 1000 is not a candidate
+    assert res["workflow"]["regret"] is None and res["workflow"]["spearman"] is None
+    assert res["workflow"]["best"] == 0.4
+
+
+def test_success_label_rule():
+    assert success_label(_cell([0] * 8, [0.1, 0.4, 0.8, 0.8, 0.5, 0.3, 0.2, 0.2])) == "overfitting"
+    assert success_label(_cell([0] * 8, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.6, 0.7])) == "no overfitting"
+    # a dip smaller than 0.15 is noise, not overfitting
+    assert success_label(_cell([0] * 8, [0.5, 0.6, 0.6, 0.6, 0.5, 0.5, 0.5, 0.5])) == "no overfitting"
+    assert success_label(_cell([0] * 3, [0.1, 0.9, 0.0])) == "too short"
+
+
+def test_analysis_aggregates_and_diagnosis_accuracy():
+    over = [0.1, 0.4, 0.8, 0.8, 0.5, 0.3, 0.2, 0.2]
+    flat = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.6, 0.7]
+    q = [0.1, 0.3, 0.5, 0.45, 0.3, 0.2, 0.1, 0.0]
+    cells = [
+        _cell(q, over, verdict="overfitting", selected=3000),
+        _cell(q, flat, verdict="healthy", selected=3000, setting="vib"),
+        _cell(q, over, verdict="healthy", selected=3000, setting="dropout"),  # a miss
+    ]
+    a = analyse(cells, type("C", (), {"bootstrap_samples": 500})())
+    da = a["diagnosis_accuracy"]
+    assert da["labelled_runs"] == 3 and da["accuracy"]["mean"] == pytest.approx(2 / 3)
+    assert da["precision"] == 1.0 and da["recall"] == 0.5
+    assert a["headline"]["workflow"]["regret"]["n"] == 3
+    assert a["headline"]["last"]["success"]["mean"] == pytest.approx(np.mean([0.2, 0.7, 0.2]))
+    eff = {e["remedy"]: e for e in a["remedies"]}
+    assert set(eff) == {"vib", "dropout"}
+    assert eff["vib"]["late_success"] == [pytest.approx(np.mean([0.3, 0.2, 0.2])), pytest.approx(np.mean([0.6, 0.6, 0.7]))]
+
+
+def test_bootstrap_and_wilson_intervals():
+    b = bootstrap_mean([0.0, 1.0, 0.5, 0.5], samples=2000)
+    assert b["mean"] == 0.5 and b["n"] == 4 and b["ci"][0] < 0.5 < b["ci"][1]
+    assert bootstrap_mean([0.3])["ci"] is None
+    assert bootstrap_mean([None, float("nan")])["n"] == 0
+    lo, hi = wilson_interval(10, 20)
+    assert lo == pytest.approx(0.299, abs=1e-3) and hi == pytest.approx(0.701, abs=1e-3)
+
+
+def test_study_config_is_checked(tmp_path):
+    good = {"scenario": [{"name": "a", "tasks": ["reach-v3"], "episodes": [5], "settings": ["base", "vib"]}]}
+    config = study_config_from_dict(good, out=tmp_path)
+    assert cells_of(config) == [Cell("a", "reach-v3", 5, 0, "base"), Cell("a", "reach-v3", 5, 0, "vib")]
+    assert agent_for("vib", config).vib_dim == 16 and agent_for("base", config).vib_dim == 0
+    bad = [
+        ({**good, "stepz": 3}, "unknown keys"),
+        ({}, "no \\[\\[scenario\\]\\]"),
+        ({"scenario": [{**good["scenario"][0], "settings": ["mine"]}]}, "neither a preset"),
+        ({**good, "settings": {"wide": {"critic_width": 3}}}, "unknown CQL fields"),
+        ({"scenario": [{**good["scenario"][0], "episodes": [1]}]}, ">= 2 episodes"),
+        ({**good, "steps": 0}, "steps must be >= 1"),
+    ]
+    for raw, msg in bad:
+        with pytest.raises(StudyConfigError, match=msg):
+            study_config_from_dict(raw)
+    with pytest.raises(FileNotFoundError, match="studies/cpu.toml"):
+        load_study_config(tmp_path / "missing.toml")
+
+
+def test_shipped_study_files_parse():
+    for name in ("cpu", "gpu"):
+        config = load_study_config(f"studies/{name}.toml")
+        assert cells_of(config)
+
+
+TINY_STUDY = """
+out = "{out}"
+results = "{out}/results.md"
+steps = 60
+checkpoint_every = 10
+eval_episodes = 2
+horizon = 60
+noise_sigma = 0.3
+fqe_steps = 50
+bootstrap_samples = 200
+
+[settings.small]
+critic_hidden_dims = [32, 32]
+actor_hidden_dims = [32, 32]
+bc_steps = 10
+
+[settings.small_vib]
+critic_hidden_dims = [32, 32]
+actor_hidden_dims = [32, 32]
+bc_steps = 10
+vib_dim = 4
+
+[[scenario]]
+name = "tiny"
+tasks = ["reach-v3"]
+episodes = [4]
+settings = ["small", "small_vib"]
+"""
+
+
+def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
+    pytest.importorskip("metaworld")
+    from offrl.cli import main
+
+    out = tmp_path / "study"
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_STUDY.format(out=out))
+    assert main(["study", str(path)]) == 0
+    cells = sorted((out / "cells").glob("*/cell.json"))
+    assert len(cells) == 2
+    cell = json.loads(cells[0].read_text())
+    steps = [c["step"] for c in cell["checkpoints"]]
+    assert steps == [10, 20, 30, 40, 50, 60]
+    assert all(c["episodes"] == 2 for c in cell["checkpoints"])
+    fqe = json.loads((cells[0].parent / "fqe.json").read_text())
+    assert [r["step"] for r in fqe["results"]] == [20, 30, 40, 50, 60]   # after the 10-step warm start
+    assert all(np.isfinite(r["value"]) for r in fqe["results"])
+    results = (out / "results.md").read_text()
+    assert "| FQE (fitted Q evaluation) |" in results and f"offrl study {path}" in results
+    assert (out / "figures" / "results" / "tiny_reach-v3.png").is_file()
+    assert (out / "study.toml").read_text() == path.read_text()
+    analysis = json.loads((out / "analysis.json").read_text())
+    assert analysis["runs"] == 2 and set(analysis["headline"]) >= {"workflow", "fqe", "last"}
+
+    # Resume: finished cells are not redone; a cell without cell.json picks up its files.
+    mtimes = [c.stat().st_mtime_ns for c in cells]
+    cells[1].unlink()
+    assert main(["study", str(path)]) == 0
+    assert cells[0].stat().st_mtime_ns == mtimes[0] and cells[1].is_file()
+    again = json.loads(cells[1].read_text())
+    assert "train_s" in again["timings_s"] and "evaluate_s" not in again["timings_s"]
+
+    # A different study in the same directory is refused, and nothing is overwritten.
+    path.write_text(TINY_STUDY.format(out=out).replace("eval_episodes = 2", "eval_episodes = 3"))
+    capsys.readouterr()
+    assert main(["study", str(path)]) == 1
+    assert "different configuration" in capsys.readouterr().err
