@@ -87,7 +87,7 @@ def test_analysis_aggregates_and_diagnosis_accuracy():
     assert da["precision"] == 1.0 and da["recall"] == 0.5
     assert a["headline"]["workflow"]["regret"]["n"] == 3
     assert a["headline"]["last"]["success"]["mean"] == pytest.approx(np.mean([0.2, 0.7, 0.2]))
-    eff = {e["remedy"]: e for e in a["remedies"]}
+    eff = {e["remedy"]: e for e in a["remedies"]["all"]}
     assert set(eff) == {"vib", "dropout"}
     assert eff["vib"]["late_success"] == [pytest.approx(np.mean([0.3, 0.2, 0.2])), pytest.approx(np.mean([0.6, 0.6, 0.7]))]
 

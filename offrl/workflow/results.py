@@ -45,11 +45,12 @@ def _ci(stat: dict[str, Any] | None, digits: int = 2) -> str:
     return s + f" (n={stat['n']})"
 
 
-def _cells(config: Any) -> list[dict[str, Any]]:
+def _cells(config: Any, scenario: str | None = None) -> list[dict[str, Any]]:
+    """The finished cells (cell.json contents) of the study or of one scenario."""
     from offrl.workflow.study import CELL_FILE, cells_of
 
     out = []
-    for cell in cells_of(config):
+    for cell in cells_of(config, scenario):
         p = config.out / "cells" / cell.name / CELL_FILE
         if p.is_file():
             out.append(rd.read_json(p))
@@ -62,7 +63,7 @@ def _figure_scenario(cells: list[dict[str, Any]], scenario: str, task: str, path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [c for c in cells if c["cell"]["scenario"] == scenario and c["cell"]["task"] == task]
+    runs = [c for c in cells if c["cell"]["task"] == task]
     if not runs:
         return
     sizes = sorted({c["cell"]["episodes"] for c in runs})
@@ -179,7 +180,7 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
         L.append(f"| {row['verdict']} | {row['success_label']} | {row['runs']} |")
 
     for sc in config.scenarios:
-        rows = [c for c in cells if c["cell"]["scenario"] == sc.name]
+        rows = _cells(config, sc.name)
         L.append(f"\n## Scenario: {sc.name}\n")
         if sc.description:
             L.append(sc.description.strip() + "\n")
@@ -196,7 +197,7 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
             q = [x.get("q_data") for x in cps if x.get("q_data") is not None]
             width = c["q_range"][1] - c["q_range"][0]
             last = cps[-1]
-            sel = per_run[f"{cc['scenario']}__{cc['task']}__{cc['episodes']}ep__s{cc['seed']}__{cc['setting']}"]
+            sel = per_run[f"{cc['task']}__{cc['episodes']}ep__s{cc['seed']}__{cc['setting']}"]
             wf = sel["selectors"]["workflow"]
             picked = next((x for x in cps if x["step"] == wf["step"]), None)
             ci = wilson_interval(picked["successes"], picked["episodes"]) if picked else None
@@ -212,10 +213,10 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
             )
         for task in sc.tasks:
             path = fig_dir / f"{sc.name}_{task.replace('+', '_')}.png"
-            _figure_scenario(cells, sc.name, task, path)
+            _figure_scenario(rows, sc.name, task, path)
             if path.is_file():
                 L.append(f"\n![{sc.name} {task}]({rel(path)})\n")
-        effects = [e for e in analysis["remedies"] if e["scenario"] == sc.name]
+        effects = analysis["remedies"].get(sc.name, [])
         if effects:
             L.append("\nRemedy against base (same data and seed): values are base → remedy.\n")
             L.append("| task | episodes | seed | remedy | verdict | success of the workflow pick | best checkpoint | "

@@ -198,13 +198,24 @@ def analyse(cells: list[dict[str, Any]], config: Any) -> dict[str, Any]:
             "overfitting_by_verdict": pred,
             "confusion": [{"verdict": v, "success_label": s, "runs": n} for (v, s), n in sorted(confusion.items())],
         },
-        "remedies": remedy_effects(cells),
+        "remedies": _remedies_by_scenario(cells, config),
     }
+
+
+def _remedies_by_scenario(cells: list[dict[str, Any]], config: Any) -> dict[str, list[dict[str, Any]]]:
+    scenarios = getattr(config, "scenarios", None)
+    if not scenarios:
+        return {"all": remedy_effects(cells)}
+    from offrl.workflow.study import cells_of
+
+    by_name = {_cell_name(c): c for c in cells}
+    return {sc.name: remedy_effects([by_name[c.name] for c in cells_of(config, sc.name) if c.name in by_name])
+            for sc in scenarios}
 
 
 def _cell_name(cell: dict[str, Any]) -> str:
     c = cell["cell"]
-    return f"{c['scenario']}__{c['task']}__{c['episodes']}ep__s{c['seed']}__{c['setting']}"
+    return f"{c['task']}__{c['episodes']}ep__s{c['seed']}__{c['setting']}"
 
 
 def late_success(cell: dict[str, Any]) -> float:
@@ -219,13 +230,13 @@ def _last(cell: dict[str, Any], key: str) -> float | None:
 
 
 def remedy_effects(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """For each (scenario, task, episodes, seed) run with ``base`` and a remedy setting: what the remedy changed."""
+    """For each (task, episodes, seed) run with ``base`` and a remedy setting: what the remedy changed."""
     groups: dict[tuple, dict[str, dict[str, Any]]] = {}
     for cell in cells:
         c = cell["cell"]
-        groups.setdefault((c["scenario"], c["task"], c["episodes"], c["seed"]), {})[c["setting"]] = cell
+        groups.setdefault((c["task"], c["episodes"], c["seed"]), {})[c["setting"]] = cell
     out = []
-    for (scenario, task, episodes, seed), runs in sorted(groups.items()):
+    for (task, episodes, seed), runs in sorted(groups.items()):
         base = runs.get("base")
         if base is None:
             continue
@@ -234,7 +245,7 @@ def remedy_effects(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             sb, so = evaluate_selectors(base)["workflow"], evaluate_selectors(other)["workflow"]
             out.append({
-                "scenario": scenario, "task": task, "episodes": episodes, "seed": seed, "remedy": setting,
+                "task": task, "episodes": episodes, "seed": seed, "remedy": setting,
                 "verdict": [base["verdict"], other["verdict"]],
                 "workflow_pick_success": [sb["success"], so["success"]],
                 "best_success": [sb["best"], so["best"]],

@@ -166,22 +166,30 @@ class Cell:
 
     @property
     def name(self) -> str:
-        return f"{self.scenario}__{self.task}__{self.episodes}ep__s{self.seed}__{self.setting}"
+        # The scenario is a view: two scenarios that need the same run share it.
+        return f"{self.task}__{self.episodes}ep__s{self.seed}__{self.setting}"
 
     @property
     def dataset_name(self) -> str:
         return f"{self.task}_{self.episodes}ep_s{self.seed}.h5"
 
 
-def cells_of(config: StudyConfig) -> list[Cell]:
-    """Every cell of the grid, in the order they run (small datasets first, base before remedies)."""
-    out = []
+def cells_of(config: StudyConfig, scenario: str | None = None) -> list[Cell]:
+    """Every cell of the grid (or of one scenario), in the order they run; a run two scenarios share is listed
+    once, under the first."""
+    out, seen = [], set()
     for sc in config.scenarios:
         for task in sc.tasks:
             for episodes in sc.episodes:
                 for seed in sc.seeds:
                     for setting in sc.settings:
-                        out.append(Cell(sc.name, task, episodes, seed, setting))
+                        cell = Cell(sc.name, task, episodes, seed, setting)
+                        if scenario is not None:
+                            if sc.name == scenario:
+                                out.append(cell)
+                        elif cell.name not in seen:
+                            seen.add(cell.name)
+                            out.append(cell)
     return out
 
 
@@ -215,7 +223,10 @@ def _check_study_dir(config: StudyConfig, source_text: str | None = None) -> Non
             import json
 
             a, b = json.loads(old), json.loads(text)
-            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in ("results",))
+            # Scenarios may be added or removed (every run is its own cell); what a finished run was made with
+            # may not change.
+            free = ("results", "scenarios", "bootstrap_samples")
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in free)
             if diff:
                 raise FileExistsError(
                     f"{out} holds a study with a different configuration (differs in {diff}): pass another --out, "
