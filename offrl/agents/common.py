@@ -54,6 +54,15 @@ class ActorCriticConfig:
     critic, the target and the actor (reference code: 4); 0 turns augmentation off."""
 
 
+def term_on(coef: Any) -> bool:
+    """Whether a loss term weighted by ``coef`` is built: yes unless ``coef`` is a concrete number <= 0. A traced
+    coefficient (``offrl sweep`` vmaps over it) keeps the term, weighted by its value, so runs with and
+    without the term can share one compiled program."""
+    if isinstance(coef, int | float):
+        return coef > 0
+    return True
+
+
 def example_observation(obs_spec: ObsSpec, batch: int = 1) -> Any:
     """Zero observations of a spec with a leading batch axis: (batch, obs_dim) float32, or for image specs
     ``{"image": (batch, H, W, C) uint8, "state": (batch, d) float32}`` (network initialisation)."""

@@ -294,7 +294,7 @@ def critic_terms(
     if config.vib_dim > 0:
         loss = loss + config.beta * jnp.sum(aux["kl"].mean(axis=-1))
         extra["vib_kl"] = aux["kl"].mean(axis=0)
-    if config.dr3_coef > 0:
+    if common.term_on(config.dr3_coef):
         # DR3 (Eq. 4): the implicit regularizer's co-adaptation of consecutive features, with the gradient
         # stopped through the s' features.
         phi_next = jax.lax.stop_gradient(encode(next_obs, 4))
@@ -302,7 +302,7 @@ def critic_terms(
         dot = jnp.sum(aux["features"] * jax.lax.stop_gradient(aux_next["features"]), axis=-1)  # (C, B)
         loss = loss + config.dr3_coef * jnp.sum(dot.mean(axis=-1))
         extra["dr3_dot"] = dot.mean(axis=0)
-    if config.l2_coef > 0 or config.l1_coef > 0:
+    if common.term_on(config.l2_coef) or common.term_on(config.l1_coef):
         kernels = [w for path, w in jax.tree_util.tree_leaves_with_path(critic_params)
                    if getattr(path[-1], "key", None) == "kernel"]
         l2 = sum(jnp.sum(w**2) for w in kernels)

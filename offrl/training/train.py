@@ -78,6 +78,9 @@ class TrainConfig:
     """Transitions per gradient step."""
     seed: int = 0
     """Seeds the network initialisation, minibatch sampling and the held-out split."""
+    split_seed: int | None = None
+    """Seeds the held-out split and the evaluation subsets; None: --seed. Runs that differ only in --seed but
+    share --split-seed train on the same episodes (what `offrl sweep` does for all its runs)."""
     heldout_fraction: float = 0.1
     """Fraction of episodes held out from training, for the held-out metrics (0 for none)."""
     eval_transitions: int = 10_000
@@ -202,6 +205,34 @@ def _with_agent_config(config: TrainConfig, agent_config: Any) -> TrainConfig:
     return dataclasses.replace(config, **{field: agent_config})
 
 
+def sample_and_update(module: Any, agent: Any, batch_size: int, state: Any, data: dict[str, Any], k: jax.Array):
+    """One gradient step on a minibatch of ``batch_size`` transitions drawn uniformly (with replacement) from
+    the device-resident ``data`` with key ``k``: ``(state, metrics)``. Pure; the unit every training loop runs."""
+    n = data["rewards"].shape[0]
+    k_idx, k_upd = jax.random.split(k)
+    idx = jax.random.randint(k_idx, (batch_size,), 0, n)
+    return module.update(state, make_batch(data, idx), k_upd, agent)
+
+
+def scan_steps(
+    module: Any, agent: Any, batch_size: int, num_steps: int, state: Any, data: dict[str, Any], key: jax.Array
+):
+    """``num_steps`` gradient steps in one ``lax.scan`` (keys ``split(key, num_steps)``): ``(state, mean
+    metrics)``. Pure and traceable, so :mod:`offrl.training.sweep` can ``vmap`` it over runs."""
+
+    def body(carry, k):
+        state, sums = carry
+        state, metrics = sample_and_update(module, agent, batch_size, state, data, k)
+        return (state, jax.tree.map(jnp.add, sums, metrics)), None
+
+    zeros = jax.tree.map(
+        lambda s: jnp.zeros(s.shape, s.dtype),
+        jax.eval_shape(lambda: module.update(state, make_batch(data, jnp.arange(batch_size)), key, agent)[1]),
+    )
+    (state, sums), _ = jax.lax.scan(body, (state, zeros), jax.random.split(key, num_steps))
+    return state, jax.tree.map(lambda s: s / num_steps, sums)
+
+
 def make_train_chunk(
     algo: str, agent: Any, batch_size: int, num_steps: int, loop: Literal["auto", "scan", "python"] = "auto"
 ):
@@ -219,25 +250,9 @@ def make_train_chunk(
     module = get_agent(algo)
 
     def one_step(state: Any, data: dict[str, jnp.ndarray], k: jax.Array):
-        n = data["rewards"].shape[0]
-        k_idx, k_upd = jax.random.split(k)
-        idx = jax.random.randint(k_idx, (batch_size,), 0, n)
-        return module.update(state, make_batch(data, idx), k_upd, agent)
+        return sample_and_update(module, agent, batch_size, state, data, k)
 
-    @jax.jit
-    def scanned(state: Any, data: dict[str, jnp.ndarray], key: jax.Array):
-        def body(carry, k):
-            state, sums = carry
-            state, metrics = one_step(state, data, k)
-            return (state, jax.tree.map(jnp.add, sums, metrics)), None
-
-        zeros = jax.tree.map(
-            lambda s: jnp.zeros(s.shape, s.dtype),
-            jax.eval_shape(lambda: module.update(state, make_batch(data, jnp.arange(batch_size)), key, agent)[1]),
-        )
-        (state, sums), _ = jax.lax.scan(body, (state, zeros), jax.random.split(key, num_steps))
-        return state, jax.tree.map(lambda s: s / num_steps, sums)
-
+    scanned = jax.jit(lambda state, data, key: scan_steps(module, agent, batch_size, num_steps, state, data, key))
     step_jit = jax.jit(one_step)
 
     def looped(state: Any, data: dict[str, jnp.ndarray], key: jax.Array):
@@ -254,6 +269,17 @@ def make_train_chunk(
     return chunk
 
 
+def evaluate_chunks(module: Any, agent: Any, state: Any, chunks: dict[str, Any], mask: jnp.ndarray, key: jax.Array):
+    """The workflow metrics averaged over padded evaluation chunks (``lax.map`` over them). Pure and traceable
+    (vmapped by :mod:`offrl.training.sweep`)."""
+
+    def one(batch: dict[str, Any], m: jnp.ndarray):
+        return jax.tree.map(lambda v: jnp.sum(v * m), module.evaluate(state, batch, key, agent))
+
+    sums = jax.lax.map(lambda args: one(args[0], args[1]), (chunks, mask))
+    return jax.tree.map(lambda s: s.sum() / mask.sum(), sums)
+
+
 def make_evaluator(algo: str, agent: Any):
     """A ``(state, chunks, mask, key) -> metrics`` function giving the workflow metrics averaged over a fixed
     evaluation set (each agent's ``evaluate``, e.g. :func:`offrl.agents.cql.critic_terms`). The same key is used
@@ -267,10 +293,7 @@ def make_evaluator(algo: str, agent: Any):
         parts = module.evaluate(state, batch, key, agent)
         return jax.tree.map(lambda v: jnp.sum(v * m), parts)
 
-    @jax.jit
-    def mapped(state: Any, chunks: dict[str, Any], mask: jnp.ndarray, key: jax.Array):
-        sums = jax.lax.map(lambda args: one(state, args[0], args[1], key), (chunks, mask))
-        return jax.tree.map(lambda s: s.sum() / mask.sum(), sums)
+    mapped = jax.jit(lambda state, chunks, mask, key: evaluate_chunks(module, agent, state, chunks, mask, key))
 
     one_jit = jax.jit(one)
 
@@ -397,7 +420,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
                 config, behavior_run=Path(saved["behavior"]["run"]), behavior_step=saved["behavior"]["step"]
             )
         restored = ("checkpoint_every", "log_every", "batch_size", "heldout_fraction", "eval_transitions",
-                    "normalize_observations", "dataset_format", "obs_keys", "obs", "frame_stack")
+                    "normalize_observations", "dataset_format", "obs_keys", "obs", "frame_stack", "split_seed")
         for k in restored:
             if k in saved["training"]:
                 v = saved["training"][k]
@@ -423,7 +446,8 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
     if not config.resume and out.exists() and config.overwrite:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    train_ds, heldout_ds = split_episodes(dataset, config.heldout_fraction, config.seed)
+    data_seed = config.seed if config.split_seed is None else config.split_seed
+    train_ds, heldout_ds = split_episodes(dataset, config.heldout_fraction, data_seed)
     mode = resolve_obs_mode(config.obs, dataset)
     columns = state_columns(mode, dataset)
     normalizer = (
@@ -501,9 +525,9 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
         return out
 
     data = _device_arrays(train_ds, inputs)
-    eval_sets = {"": _eval_arrays(train_ds, inputs, config.eval_transitions, config.seed)}
+    eval_sets = {"": _eval_arrays(train_ds, inputs, config.eval_transitions, data_seed)}
     if heldout_ds is not None:
-        eval_sets["heldout/"] = _eval_arrays(heldout_ds, inputs, config.eval_transitions, config.seed)
+        eval_sets["heldout/"] = _eval_arrays(heldout_ds, inputs, config.eval_transitions, data_seed)
     # The host copies are no longer needed; dropping them halves the memory of large image datasets.
     del dataset, train_ds, heldout_ds
     # The effective rank of the critic's features (srank, beyond the paper), on the first evaluation chunk.

@@ -1,0 +1,258 @@
+"""`offrl sweep`: K CQL runs (seeds, and values of one hyperparameter) trained in one process, vectorised.
+
+The workflow's remedies call for small sweeps (the CQL weight alpha, the DR3 or VIB coefficients, seeds). On a
+machine whose cores one small MLP step does not fill, running the K runs as one ``jax.vmap``-ed program does
+more work per dispatch and per memory pass than K separate processes or K runs one after another.
+
+Each member of a sweep is an ordinary run directory (config.json, metrics.jsonl, checkpoints, TensorBoard), the
+same as ``offrl train`` with that seed and value would write: the same initialisation, minibatches and keys
+(member k uses ``PRNGKey(seed_k)`` split exactly as :func:`offrl.training.train.train` does), so its metrics
+match a separate run's to float tolerance (tests/test_sweep.py). All members share one train/held-out split:
+the split of ``train.seed`` (``TrainConfig.split_seed`` gives a separate run the same split).
+
+What can be swept: any float field of :class:`offrl.agents.cql.CQLConfig` that enters the update only
+arithmetically (alpha, beta, dr3_coef, l2_coef, l1_coef, gamma, tau, learning rates, ...). Fields that change
+the networks' shapes or the program (hidden sizes, vib_dim, num_action_samples, lagrange) cannot share one
+compiled program: run them separately (:func:`sweep` says so). State observations only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from offrl.agents import cql, get_agent
+from offrl.data import Normalizer, divergence_limit, fingerprint, load_dataset, q_value_range, split_episodes
+from offrl.data.images import obs_spec, resolve_obs_mode, state_columns
+from offrl.training import run_dir as rd
+from offrl.training.loggers import MetricsLogger
+from offrl.training.train import (
+    Inputs,
+    TrainConfig,
+    _check_config,
+    _chunk_size,
+    _device_arrays,
+    _eval_arrays,
+    _resolved_config,
+    check_trainable,
+    evaluate_chunks,
+    scan_steps,
+)
+
+# Fields whose value changes the program, not just numbers inside it.
+_STRUCTURAL = {"critic_hidden_dims", "actor_hidden_dims", "num_critics", "vib_dim", "num_action_samples",
+               "lagrange", "deterministic_backup", "critic_layer_norm", "critic_encoder", "actor_encoder",
+               "shared_encoder", "crop_padding", "bc_steps", "critic_dropout", "target_entropy"}
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """What `offrl sweep` does: the runs are every (seed, value) pair, trained together."""
+
+    train: TrainConfig
+    """The base run (dataset, steps, checkpoints, CQL hyperparameters); ``train.out`` is the sweep directory."""
+    seeds: tuple[int, ...] = (0,)
+    """Seeds of the runs."""
+    param: str | None = None
+    """A float CQL hyperparameter to vary (e.g. alpha, dr3_coef, beta); None: seeds only."""
+    values: tuple[float, ...] = ()
+    """Values of ``param``."""
+
+
+def member_name(seed: int, param: str | None, value: float | None) -> str:
+    """Run directory name of a sweep member, e.g. ``alpha=3_s1``."""
+    return f"s{seed}" if param is None else f"{param}={value:g}_s{seed}"
+
+
+def _with_value(agent: cql.CQLConfig, param: str | None, value: Any) -> cql.CQLConfig:
+    if param is None:
+        return agent
+    return dataclasses.replace(agent, **{param: value})
+
+
+def check_sweep(config: SweepConfig) -> list[tuple[int, float | None]]:
+    """The (seed, value) members, or a ValueError naming the problem and the fix."""
+    if config.train.algo != "cql":
+        raise ValueError(f"offrl sweep trains CQL runs; --train.algo {config.train.algo} is not supported")
+    if not config.seeds:
+        raise ValueError("--seeds needs at least one seed")
+    if len(set(config.seeds)) != len(config.seeds):
+        raise ValueError(f"--seeds repeats a seed: {config.seeds}")
+    if config.param is None:
+        if config.values:
+            raise ValueError("--values needs --param (the CQL hyperparameter they are values of)")
+        return [(s, None) for s in config.seeds]
+    fields = {f.name: f for f in dataclasses.fields(cql.CQLConfig)}
+    if config.param not in fields:
+        raise ValueError(f"--param {config.param!r} is not a CQL hyperparameter; floats such as alpha, beta, "
+                         f"dr3_coef, l2_coef can be swept")
+    if config.param in _STRUCTURAL or not isinstance(getattr(config.train.agent, config.param), float):
+        raise ValueError(
+            f"--param {config.param} changes the networks or the program, so its runs cannot share one compiled "
+            f"program: run `offrl train` once per value instead (a sweep varies float hyperparameters such as "
+            f"alpha, beta, dr3_coef)"
+        )
+    if not config.values:
+        raise ValueError(f"--param {config.param} needs --values")
+    return list(itertools.product(config.seeds, [float(v) for v in config.values]))
+
+
+def _stack(trees: list[Any]) -> Any:
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _member(tree: Any, k: int) -> Any:
+    return jax.tree.map(lambda x: x[k], tree)
+
+
+def sweep(config: SweepConfig) -> list[Path]:
+    """Train every member of the sweep together; returns the run directories (``train.out/<member>``).
+
+    Raises:
+        FileExistsError: the sweep directory has runs already (a sweep never overwrites; pass another --out).
+        ValueError: a setting cannot be swept (see the module doc), or the dataset is image-only.
+        DatasetError: the dataset is malformed or has no rewards.
+    """
+    members = check_sweep(config)
+    base = config.train
+    _check_config(base)
+    out = Path(base.out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"sweep directory {out} already exists: choose another --train.out")
+    dataset = load_dataset(base.dataset)
+    check_trainable(dataset, base)
+    mode = resolve_obs_mode(base.obs, dataset)
+    if mode != "state":
+        raise ValueError("offrl sweep trains on state observations; image runs: use `offrl train` per run")
+    train_ds, heldout_ds = split_episodes(dataset, base.heldout_fraction, base.seed)
+    columns = state_columns(mode, dataset)
+    normalizer = (Normalizer.fit(train_ds.observations[:, columns]) if base.normalize_observations
+                  else Normalizer.identity(len(columns)))
+    inputs = Inputs(mode, tuple(columns), normalizer, 1)
+    spec = obs_spec(mode, dataset, 1)
+    module = get_agent("cql")
+    agents = [_with_value(base.agent, config.param, v) for _, v in members]
+    q_range = q_value_range(train_ds, base.agent.gamma)
+    if config.param == "gamma":
+        raise ValueError("--param gamma changes the Q range each run is diagnosed against: run it separately")
+    dataset_fp = fingerprint(base.dataset)
+    keys = [jax.random.split(jax.random.PRNGKey(s), 3) for s, _ in members]
+    states = _stack([module.init(a, spec, dataset.act_dim, k[0]) for a, k in zip(agents, keys, strict=True)])
+    k_train = jnp.stack([k[1] for k in keys])
+    k_eval = jnp.stack([k[2] for k in keys])
+    values = jnp.asarray([0.0 if v is None else v for _, v in members], jnp.float32)
+
+    dataset_info = {
+        "path": str(Path(base.dataset).absolute()), "fingerprint": dataset_fp, "num_transitions": len(dataset),
+        "num_episodes": dataset.num_episodes, "train_episodes": train_ds.num_episodes,
+        "heldout_episodes": 0 if heldout_ds is None else heldout_ds.num_episodes, "obs_dim": dataset.obs_dim,
+        "act_dim": dataset.act_dim, "obs_mode": mode, "state_columns": columns, "obs_spec": spec,
+        "image_shape": None, "metadata": dataset.metadata, "task": dataset.metadata.get("task"),
+        "q_range": [q_range["q_min"], q_range["q_max"]], "reward_structure": q_range,
+    }
+    data = _device_arrays(train_ds, inputs)
+    eval_sets = {"": _eval_arrays(train_ds, inputs, base.eval_transitions, base.seed)}
+    if heldout_ds is not None:
+        eval_sets["heldout/"] = _eval_arrays(heldout_ds, inputs, base.eval_transitions, base.seed)
+    chunk_steps = _chunk_size(base)
+    param, agent = config.param, base.agent
+
+    def member_chunk(state: Any, key: jax.Array, value: jnp.ndarray):
+        return scan_steps(module, _with_value(agent, param, value), base.batch_size, chunk_steps, state, data, key)
+
+    def member_eval(state: Any, chunks: Any, mask: Any, key: jax.Array, value: jnp.ndarray):
+        return evaluate_chunks(module, _with_value(agent, param, value), state, chunks, mask, key)
+
+    try:
+        train_chunk = jax.jit(jax.vmap(member_chunk))
+        evaluate = jax.jit(jax.vmap(member_eval, in_axes=(0, None, None, 0, 0)))
+        chunks0, mask0 = eval_sets[""]
+        valid = int(np.asarray(mask0[0]).sum())
+        srank_batch = jax.tree.map(lambda v: v[0][:valid], chunks0)
+        srank = jax.jit(jax.vmap(lambda st, v: module.feature_srank(st, srank_batch, _with_value(agent, param, v))))
+        train_chunk.lower(states, k_train, values)  # trace now: a program-changing field fails here, clearly
+    except jax.errors.ConcretizationTypeError as e:
+        raise ValueError(f"--param {param} decides which program runs, so its runs cannot be vectorised: run "
+                         f"`offrl train` once per value instead ({type(e).__name__})") from None
+
+    out.mkdir(parents=True)
+    run_dirs, loggers, managers = [], [], []
+    for (seed, value), a in zip(members, agents, strict=True):
+        run = out / member_name(seed, param, value)
+        run.mkdir()
+        member_cfg = dataclasses.replace(base, out=run, seed=seed, agent=a, split_seed=base.seed)
+        extra = {"dataset": dataset_info, "normalizer": normalizer.to_dict(),
+                 "num_params": module.param_counts(_member(states, 0)),
+                 "sweep": {"dir": str(out), "members": len(members), "param": param}}
+        rd.write_json(run / rd.CONFIG_FILE, _resolved_config(member_cfg, extra))
+        run_dirs.append(run)
+        loggers.append(MetricsLogger(run, rd.read_json(run / rd.CONFIG_FILE), base.wandb_project))
+        managers.append(rd.checkpoint_manager(run))
+
+    horizon = q_range["effective_horizon"]
+    q_limit = divergence_limit(q_range["q_min"], q_range["q_max"], base.divergence_factor)
+    alive = np.ones(len(members), bool)
+    sums: dict[str, np.ndarray] = {}
+    n_chunks, train_time, t0, step = 0, 0.0, time.perf_counter(), 0
+    bar = tqdm(total=base.steps, disable=not base.progress, unit="step", dynamic_ncols=True,
+               desc=f"sweep x{len(members)}")
+    try:
+        while step < base.steps:
+            t = time.perf_counter()
+            chunk_keys = jax.vmap(lambda k, i=step // chunk_steps: jax.random.fold_in(k, i))(k_train)
+            states, metrics = train_chunk(states, chunk_keys, values)
+            metrics = jax.device_get(metrics)
+            train_time += time.perf_counter() - t
+            step += chunk_steps
+            bar.update(chunk_steps)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + np.asarray(v, np.float64)
+            n_chunks += 1
+            if step % base.checkpoint_every and step != base.steps:
+                continue
+            evs = {p: jax.device_get(evaluate(states, c, m, k_eval, values)) for p, (c, m) in eval_sets.items()}
+            sr = np.asarray(srank(states, values))
+            for i in np.flatnonzero(alive):
+                record: dict[str, Any] = {"step": step, "time_s": round(time.perf_counter() - t0, 3)}
+                for prefix, ev in evs.items():
+                    for k, v in ev.items():
+                        record[prefix + k] = float(v[i])
+                    if "td_error" in ev:
+                        record[prefix + "q_error_estimate"] = float(ev["td_error"][i]) * horizon
+                record["srank"] = float(sr[i])
+                record.update({f"train/{k}": float(v[i]) / n_chunks for k, v in sums.items()})
+                record["steps_per_s"] = round(n_chunks * chunk_steps / (train_time + 1e-9), 2)
+                record["sweep_members"] = len(members)
+                bad = [k for k, v in record.items() if isinstance(v, float) and not np.isfinite(v)]
+                reason = None
+                if bad:
+                    reason = f"{bad} are NaN/inf at step {step}"
+                elif record.get("q_data", -np.inf) > q_limit:
+                    reason = f"q_data = {record['q_data']:.4g} at step {step} is above {q_limit:.4g}"
+                if reason and base.on_divergence == "stop" or bad:
+                    # This member stops here (its earlier checkpoints stay); the others go on.
+                    loggers[i].write({**record, "diverged": True, "divergence_reason": reason})
+                    alive[i] = False
+                    tqdm.write(f"offrl: {run_dirs[i].name} diverged: {reason}; its earlier checkpoints are kept")
+                    continue
+                if reason:
+                    record["diverged"] = True
+                loggers[i].write(record)
+                rd.save_checkpoint(managers[i], step, _member(states, i),
+                                   {"step": step, "offrl_version": rd.offrl_version(), "algo": "cql"})
+            sums, n_chunks, train_time = {}, 0, 0.0
+            if not alive.any():
+                break
+    finally:
+        bar.close()
+        for logger in loggers:
+            logger.close()
+    return run_dirs
