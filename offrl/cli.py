@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 import tyro
 
 from offrl.envs import DEFAULT_HORIZON, DEFAULT_NOISE_SIGMA
+from offrl.training.sweep import SweepConfig
 from offrl.training.train import TrainConfig
 from offrl.workflow.diagnosis import DiagnosisConfig
 from offrl.workflow.pipeline import WorkflowConfig
@@ -194,6 +195,9 @@ Command = (
     | Annotated[Inspect, tyro.conf.subcommand("inspect")]
     | Annotated[Export, tyro.conf.subcommand("export")]
     | Annotated[Study, tyro.conf.subcommand("study")]
+    | Annotated[SweepConfig, tyro.conf.subcommand(
+        "sweep", description="Train K CQL runs (seeds x values of one float hyperparameter) together, "
+        "vectorised in one process; each run is an ordinary run directory under --train.out.")]
     | Annotated[
         WorkflowConfig,
         tyro.conf.subcommand(
@@ -294,6 +298,13 @@ def run(cmd: object) -> int:
             r, rho = h["regret"], h["spearman"]
             print(f"  {name:20s} normalised regret {r['mean'] if r['mean'] is not None else float('nan'):.2f} "
                   f"(n={r['n']}), Spearman {rho['mean'] if rho['mean'] is not None else float('nan'):.2f}")
+    elif isinstance(cmd, SweepConfig):
+        from offrl.training.sweep import sweep
+        from offrl.workflow.diagnosis import diagnose_run
+
+        for run in sweep(cmd):
+            d = diagnose_run(run)
+            print(f"{run}: verdict {d['verdict']}, selected step {d['selected_step']}")
     elif isinstance(cmd, WorkflowConfig):
         from offrl.workflow.pipeline import format_summary, run_workflow
 

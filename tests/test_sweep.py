@@ -98,3 +98,18 @@ def test_sweep_members_are_ordinary_runs(tmp_path, dataset_path):
         assert diagnose_run(run)["verdict"]
     assert json.loads((runs[1] / "config.json").read_text())["seed"] == 3
     assert CQLConfig().alpha == json.loads((runs[0] / "config.json").read_text())["agent"]["alpha"]
+
+
+def test_offrl_sweep_command(tmp_path, dataset_path, capsys):
+    from offrl.cli import main
+
+    tiny = ["--train.agent.critic-hidden-dims", "16", "16", "--train.agent.actor-hidden-dims", "16", "16",
+            "--train.agent.bc-steps", "10", "--train.batch-size", "32", "--train.no-progress"]
+    argv = ["sweep", "--train.dataset", str(dataset_path), "--train.out", str(tmp_path / "sw"), "--train.steps",
+            "40", "--train.checkpoint-every", "20", "--train.log-every", "20", "--seeds", "0", "1",
+            "--param", "alpha", "--values", "1", "3", *tiny]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("verdict") == 4 and "alpha=3_s1" in out
+    assert main(argv) == 1  # never overwrites
+    assert "already exists" in capsys.readouterr().err

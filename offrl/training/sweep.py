@@ -127,7 +127,12 @@ def sweep(config: SweepConfig) -> list[Path]:
     out = Path(base.out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"sweep directory {out} already exists: choose another --train.out")
-    dataset = load_dataset(base.dataset)
+    if base.dataset_format == "offrl":
+        dataset = load_dataset(base.dataset)
+    else:
+        from offrl.data.importers import import_dataset
+
+        dataset = import_dataset(base.dataset_format, base.dataset, obs_keys=base.obs_keys)
     check_trainable(dataset, base)
     mode = resolve_obs_mode(base.obs, dataset)
     if mode != "state":
