@@ -26,6 +26,8 @@ the FLOP/s that offrl's state CQL step achieves (XLA's cost analysis of one step
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import platform
 import sys
@@ -353,6 +355,13 @@ def threads() -> dict:
 
 
 def main() -> None:
+    # d3rlpy logs through structlog to stdout: keep stdout for the JSON alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        out = run(parse_args())
+    print(json.dumps(out, indent=2))
+
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=500, help="timed gradient steps, state")
     p.add_argument("--image-steps", type=int, default=20, help="timed gradient steps, image")
@@ -360,11 +369,24 @@ def main() -> None:
     p.add_argument("--skip-d3rlpy", action="store_true", help="offrl only; the d3rlpy keys are null")
     p.add_argument("--torch-compile", action="store_true",
                    help="also time d3rlpy with torch.compile on its gradient functions (slow to compile)")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="torch.set_num_threads for d3rlpy (default: leave torch's default, recorded in notes)")
     p.add_argument("--matmul-size", type=int, default=2048)
     p.add_argument("--matmul-repeats", type=int, default=10)
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def run(args: argparse.Namespace) -> dict:
+    load_at_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     if not args.skip_d3rlpy:
         import d3rlpy  # noqa: F401 -- fail early with the install hint
+        import torch
+
+        if args.torch_threads:
+            torch.set_num_threads(args.torch_threads)
+    if load_at_start and load_at_start[0] > 0.5:
+        log(f"load average {load_at_start[0]:.2f} at start: other work on the machine skews the numbers (torch's "
+            "OpenMP threads suffer most from a busy core)")
     agent = cql.CQLConfig()  # offrl's defaults: the networks and action samples both sides use
 
     log(f"state: {args.steps} timed steps")
@@ -386,7 +408,8 @@ def main() -> None:
         "offrl_state_step_flops": flops,
         "offrl_state_step_flops_source": state_extra.pop("flops_source"),
         "machine": {"cpu": platform.processor() or platform.machine(), "platform": platform.platform(),
-                    "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count()},
+                    "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
+                    "load_average_at_start": [round(x, 2) for x in load_at_start] if load_at_start else None},
         "notes": {
             "batch_size": BATCH,
             "num_critics": agent.num_critics,
@@ -415,12 +438,10 @@ def main() -> None:
             "d3rlpy_alpha": "fixed CQL weight (alpha_learning_rate=0), as offrl's default lagrange=False",
             "d3rlpy_extra": {"state": state_extra, "image": image_extra},
             "versions": versions(),
-            "threads": threads(),
+            "threads": {**threads(), "torch_threads_set_by_flag": args.torch_threads},
         },
     }
-    import json
-
-    print(json.dumps(out, indent=2))
+    return out
 
 
 if __name__ == "__main__":
