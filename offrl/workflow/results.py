@@ -179,7 +179,7 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
     for row in da["confusion"]:
         L.append(f"| {row['verdict']} | {row['success_label']} | {row['runs']} |")
 
-    for sc in config.scenarios:
+    for sc in sorted(config.scenarios, key=lambda sc: sc.name):
         rows = _cells(config, sc.name)
         L.append(f"\n## Scenario: {sc.name}\n")
         if sc.description:
