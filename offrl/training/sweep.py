@@ -170,20 +170,21 @@ def sweep(config: SweepConfig) -> list[Path]:
     chunk_steps = _chunk_size(base)
     param, agent = config.param, base.agent
 
-    def member_chunk(state: Any, key: jax.Array, value: jnp.ndarray):
+    # The dataset is an argument, not a closure: XLA would fold a closed-over array in as a constant.
+    def member_chunk(state: Any, data: dict[str, Any], key: jax.Array, value: jnp.ndarray):
         return scan_steps(module, _with_value(agent, param, value), base.batch_size, chunk_steps, state, data, key)
 
     def member_eval(state: Any, chunks: Any, mask: Any, key: jax.Array, value: jnp.ndarray):
         return evaluate_chunks(module, _with_value(agent, param, value), state, chunks, mask, key)
 
     try:
-        train_chunk = jax.jit(jax.vmap(member_chunk))
+        train_chunk = jax.jit(jax.vmap(member_chunk, in_axes=(0, None, 0, 0)))
         evaluate = jax.jit(jax.vmap(member_eval, in_axes=(0, None, None, 0, 0)))
         chunks0, mask0 = eval_sets[""]
         valid = int(np.asarray(mask0[0]).sum())
         srank_batch = jax.tree.map(lambda v: v[0][:valid], chunks0)
         srank = jax.jit(jax.vmap(lambda st, v: module.feature_srank(st, srank_batch, _with_value(agent, param, v))))
-        train_chunk.lower(states, k_train, values)  # trace now: a program-changing field fails here, clearly
+        train_chunk.lower(states, data, k_train, values)  # trace now: a program-changing field fails here, clearly
     except jax.errors.ConcretizationTypeError as e:
         raise ValueError(f"--param {param} decides which program runs, so its runs cannot be vectorised: run "
                          f"`offrl train` once per value instead ({type(e).__name__})") from None
@@ -213,7 +214,7 @@ def sweep(config: SweepConfig) -> list[Path]:
         while step < base.steps:
             t = time.perf_counter()
             chunk_keys = jax.vmap(lambda k, i=step // chunk_steps: jax.random.fold_in(k, i))(k_train)
-            states, metrics = train_chunk(states, chunk_keys, values)
+            states, metrics = train_chunk(states, data, chunk_keys, values)
             metrics = jax.device_get(metrics)
             train_time += time.perf_counter() - t
             step += chunk_steps
