@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from image_speed import measure as measure_offrl_image
+from timing import state_data as shared_state_data
 from timing import time_chunk
 
 from offrl.agents import cql
@@ -59,15 +60,8 @@ def log(msg: str) -> None:
 
 
 def state_data(n: int = N_STATE) -> dict[str, jnp.ndarray]:
-    """The random state dataset of benchmarks/train_speed.py, held on the device."""
-    rng = np.random.default_rng(0)
-    return {
-        "observations": jnp.asarray(rng.normal(size=(n, OBS_DIM)), jnp.float32),
-        "actions": jnp.asarray(rng.uniform(-1, 1, (n, ACT_DIM)), jnp.float32),
-        "rewards": jnp.asarray(rng.integers(0, 2, n), jnp.float32),
-        "terminals": jnp.zeros(n, jnp.float32),
-        "next_observations": jnp.asarray(rng.normal(size=(n, OBS_DIM)), jnp.float32),
-    }
+    """The random state dataset of the other speed benchmarks (benchmarks/timing.py), held on the device."""
+    return shared_state_data(n, OBS_DIM, ACT_DIM)
 
 
 def offrl_state(agent: cql.CQLConfig, steps: int) -> tuple[float, float | None, str]:

@@ -17,21 +17,10 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+from timing import state_data
 
 from offrl.agents import cql
 from offrl.training.train import scan_steps
-
-
-def _data(n: int = 7500, obs_dim: int = 39, act_dim: int = 4) -> dict:
-    rng = np.random.default_rng(0)
-    return {
-        "observations": jnp.asarray(rng.normal(size=(n, obs_dim)), jnp.float32),
-        "actions": jnp.asarray(rng.uniform(-1, 1, (n, act_dim)), jnp.float32),
-        "rewards": jnp.asarray(rng.integers(0, 2, n), jnp.float32),
-        "terminals": jnp.zeros(n, jnp.float32),
-        "next_observations": jnp.asarray(rng.normal(size=(n, obs_dim)), jnp.float32),
-    }
 
 
 def _timed(fn, *args) -> float:
@@ -67,7 +56,7 @@ def main() -> None:
     p.add_argument("--k", type=int, nargs="+", default=[1, 4, 16])
     args = p.parse_args()
     agent = cql.CQLConfig()
-    data = _data()
+    data = state_data()
     out = {"sweep": [measure(k, args.steps, agent, data) for k in args.k]}
     out["settings"] = {"steps_timed": args.steps, "batch": 256, "critic_hidden_dims": agent.critic_hidden_dims,
                        "actor_hidden_dims": agent.actor_hidden_dims, "num_action_samples": agent.num_action_samples}

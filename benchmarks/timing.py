@@ -1,4 +1,4 @@
-"""Shared by the speed benchmarks: time a compiled training chunk, compilation excluded."""
+"""Shared by the speed benchmarks: the random state dataset, and timing a compiled chunk (compilation excluded)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,20 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def state_data(n: int = 7500, obs_dim: int = 39, act_dim: int = 4) -> dict[str, jnp.ndarray]:
+    """Random transitions with MetaWorld's state shapes (39-d observations, 4-d actions), on the device."""
+    rng = np.random.default_rng(0)
+    return {
+        "observations": jnp.asarray(rng.normal(size=(n, obs_dim)), jnp.float32),
+        "actions": jnp.asarray(rng.uniform(-1, 1, (n, act_dim)), jnp.float32),
+        "rewards": jnp.asarray(rng.integers(0, 2, n), jnp.float32),
+        "terminals": jnp.zeros(n, jnp.float32),
+        "next_observations": jnp.asarray(rng.normal(size=(n, obs_dim)), jnp.float32),
+    }
 
 
 def time_chunk(chunk: Any, state: Any, data: dict[str, Any], steps: int) -> tuple[Any, dict[str, float]]:

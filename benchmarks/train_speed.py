@@ -12,23 +12,14 @@ import json
 import platform
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-from timing import time_chunk
+from timing import state_data, time_chunk
 
 from offrl.agents import cql
 from offrl.training.train import make_train_chunk
 
 
 def measure(agent: cql.CQLConfig, steps: int, n: int = 7500, obs_dim: int = 39, act_dim: int = 4) -> dict:
-    rng = np.random.default_rng(0)
-    data = {
-        "observations": jnp.asarray(rng.normal(size=(n, obs_dim)), jnp.float32),
-        "actions": jnp.asarray(rng.uniform(-1, 1, (n, act_dim)), jnp.float32),
-        "rewards": jnp.asarray(rng.integers(0, 2, n), jnp.float32),
-        "terminals": jnp.zeros(n, jnp.float32),
-        "next_observations": jnp.asarray(rng.normal(size=(n, obs_dim)), jnp.float32),
-    }
+    data = state_data(n, obs_dim, act_dim)
     state = cql.init(agent, obs_dim, act_dim, jax.random.PRNGKey(0))
     chunk = make_train_chunk("cql", agent, 256, steps)
     return time_chunk(chunk, state, data, steps)[1]

@@ -269,14 +269,16 @@ def make_train_chunk(
     return chunk
 
 
+def chunk_sums(module: Any, agent: Any, state: Any, batch: dict[str, Any], m: jnp.ndarray, key: jax.Array):
+    """The agent's evaluation terms of one padded chunk, summed over its valid rows (``m``: 1 valid, 0 pad)."""
+    return jax.tree.map(lambda v: jnp.sum(v * m), module.evaluate(state, batch, key, agent))
+
+
 def evaluate_chunks(module: Any, agent: Any, state: Any, chunks: dict[str, Any], mask: jnp.ndarray, key: jax.Array):
     """The workflow metrics averaged over padded evaluation chunks (``lax.map`` over them). Pure and traceable
     (vmapped by :mod:`offrl.training.sweep`)."""
 
-    def one(batch: dict[str, Any], m: jnp.ndarray):
-        return jax.tree.map(lambda v: jnp.sum(v * m), module.evaluate(state, batch, key, agent))
-
-    sums = jax.lax.map(lambda args: one(args[0], args[1]), (chunks, mask))
+    sums = jax.lax.map(lambda args: chunk_sums(module, agent, state, args[0], args[1], key), (chunks, mask))
     return jax.tree.map(lambda s: s.sum() / mask.sum(), sums)
 
 
@@ -289,13 +291,9 @@ def make_evaluator(algo: str, agent: Any):
 
     module = get_agent(algo)
 
-    def one(state: Any, batch: dict[str, Any], m: jnp.ndarray, key: jax.Array):
-        parts = module.evaluate(state, batch, key, agent)
-        return jax.tree.map(lambda v: jnp.sum(v * m), parts)
-
     mapped = jax.jit(lambda state, chunks, mask, key: evaluate_chunks(module, agent, state, chunks, mask, key))
 
-    one_jit = jax.jit(one)
+    one_jit = jax.jit(lambda state, batch, m, key: chunk_sums(module, agent, state, batch, m, key))
 
     def looped(state: Any, chunks: dict[str, Any], mask: jnp.ndarray, key: jax.Array):
         sums = None
