@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import flax.linen as nn
 import h5py
 import jax
 import jax.extend
@@ -16,7 +17,7 @@ from offrl.agents import cql
 from offrl.data import DatasetError, load_dataset, make_dataset, save_dataset
 from offrl.data.images import frame_stack_indices, obs_spec, resolve_obs_mode, stack_frames, state_columns
 from offrl.networks.augment import augment_observations, random_crop
-from offrl.networks.encoders import ConvEncoder, ObservationEncoder, ResNetEncoder
+from offrl.networks.encoders import ConvEncoder, ObservationEncoder, ResNetEncoder, max_pool_2x2
 
 # --- the dataset contract -------------------------------------------------------------------------------------
 
@@ -150,6 +151,20 @@ def test_observation_encoder_concatenates_the_state():
     out = enc.apply(enc.init(jax.random.PRNGKey(0), obs), obs)
     assert out.shape == (5, 2304 + 4)
     np.testing.assert_array_equal(out[:, -4:], 1.0)
+
+
+@pytest.mark.parametrize("shape", [(3, 6, 8, 2), (2, 7, 5, 3)])
+def test_max_pool_has_flax_value_and_gradient_with_ties(shape):
+    # Small integers make ties common: the gradient must go to the first maximum of each window, as XLA's
+    # select_and_scatter does, and an odd last row or column gets none.
+    x = jax.random.randint(jax.random.PRNGKey(0), shape, 0, 3).astype(jnp.float32)
+    g = jax.random.normal(jax.random.PRNGKey(1), (shape[0], shape[1] // 2, shape[2] // 2, shape[3]))
+    y_ref, vjp_ref = jax.vjp(lambda v: nn.max_pool(v, (2, 2), strides=(2, 2)), x)
+    y, vjp = jax.vjp(max_pool_2x2, x)
+    np.testing.assert_array_equal(y, y_ref)
+    (dx,), (dx_ref,) = vjp(g), vjp_ref(g)
+    np.testing.assert_array_equal(dx, dx_ref)
+    assert float(jnp.abs(dx).sum()) > 0
 
 
 def test_channel_dropout_drops_whole_channels():
