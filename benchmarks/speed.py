@@ -43,6 +43,7 @@ from timing import state_data as shared_state_data
 from timing import time_chunk
 
 from offrl.agents import cql
+from offrl.runtime import reexec_with_hugepage_malloc
 from offrl.training.train import make_batch, make_train_chunk
 
 OBS_DIM, ACT_DIM, IMAGE_SIZE, BATCH = 39, 4, 48, 256
@@ -361,8 +362,12 @@ def threads() -> dict:
 
 def main() -> None:
     # d3rlpy logs through structlog to stdout: keep stdout for the JSON alone.
+    args = parse_args()
+    if not args.no_hugepages:
+        # The same process set-up as the `offrl` command, for both libraries (offrl.runtime).
+        reexec_with_hugepage_malloc([os.path.abspath(__file__)])
     with contextlib.redirect_stdout(sys.stderr):
-        out = run(parse_args())
+        out = run(args)
     print(json.dumps(out, indent=2))
 
 
@@ -372,6 +377,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--image-steps", type=int, default=20, help="timed gradient steps, image")
     p.add_argument("--skip-image", action="store_true")
     p.add_argument("--skip-d3rlpy", action="store_true", help="offrl only; the d3rlpy keys are null")
+    p.add_argument("--no-hugepages", action="store_true",
+                   help="do not restart with glibc's huge-page malloc (offrl.runtime), which the offrl command uses")
     p.add_argument("--torch-compile", action="store_true",
                    help="also time d3rlpy with torch.compile on its gradient functions (slow to compile)")
     p.add_argument("--torch-threads", type=int, default=None,
@@ -444,6 +451,7 @@ def run(args: argparse.Namespace) -> dict:
             "d3rlpy_extra": {"state": state_extra, "image": image_extra},
             "versions": versions(),
             "threads": {**threads(), "torch_threads_set_by_flag": args.torch_threads},
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
         },
     }
     return out

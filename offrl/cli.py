@@ -313,7 +313,12 @@ def run(cmd: object) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `offrl` command."""
+    """Entry point of the `offrl` command. Run from the shell (``argv`` None), it first restarts itself once with
+    glibc's huge-page malloc when that helps (:mod:`offrl.runtime`; ``OFFRL_HUGEPAGES=0`` turns it off)."""
+    if argv is None:
+        from offrl.runtime import reexec_with_hugepage_malloc
+
+        reexec_with_hugepage_malloc(["-m", "offrl.cli"])
     cmd = tyro.cli(Command, args=argv, prog="offrl")  # type: ignore[call-overload]
     from offrl.data import DatasetError
     from offrl.training.train import TrainingDiverged
