@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import chain_arrays
@@ -101,3 +102,15 @@ def test_torn_metrics_line_is_dropped_but_corruption_elsewhere_is_an_error(tmp_p
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\nxx\n{"step": 2}\n')
     with pytest.raises(ValueError, match="line 2"):
         rd.read_metrics(tmp_path)
+
+
+def test_compile_timer_counts_compilation_and_not_cached_calls():
+    from offrl.training.timing import compile_timer
+
+    f = jax.jit(lambda x: jnp.sin(x) * 3.0 + jnp.cos(x))
+    x = jnp.ones(64)
+    with compile_timer() as first:
+        f(x).block_until_ready()
+    with compile_timer() as again:
+        f(x).block_until_ready()
+    assert first["compile_s"] > 0 and again["compile_s"] == 0
