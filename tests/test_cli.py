@@ -75,7 +75,7 @@ def test_workflow_end_to_end_in_the_simulator(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "verdict:" in out and "analysis-only success" in out and "report.html" in out
     timings = dict(t.split() for t in out.split("timings:")[1].strip().split(", "))
-    assert 0 < float(timings["compile_s"]) < float(timings["train_s"]) + float(timings["evaluate_s"])
+    assert 0 < float(timings["compile_s"]) <= float(timings["total_s"])  # a part of the run, reported apart
     ev = json.loads((tmp_path / "runs/e2e/evaluation.json").read_text())
     assert ev["used_for_selection"] is False and [r["step"] for r in ev["results"]] == [40, 80, 120, 160, 200]
     assert (tmp_path / "data/pick-place-v3_4ep_s0.h5").exists()

@@ -36,9 +36,9 @@ def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
 
     (B, H, W, C) float -> (B, H // 2, W // 2, C). The value and the gradient are exactly those of
     ``nn.max_pool``: the gradient goes to the first maximum of each window in row-major order. XLA's CPU backend
-    lowers max-pool's gradient to ``select_and_scatter``, which took about 100 ms of a 220 ms encoder backward
-    pass at batch 256, 48x48 on 2 cores; four elementwise masks do the same work in a few ms
-    (``benchmarks/image_speed.py``).
+    lowers max-pool's gradient to ``select_and_scatter``; four elementwise masks instead cut the CNN's
+    gradient from about 220 to 125 ms at batch 256, 48x48 on 2 cores (a CQL image step: 1.26 -> 2.30 steps/s,
+    docs/speed.md).
     """
     return nn.max_pool(x, (2, 2), strides=(2, 2))
 
