@@ -7,7 +7,7 @@ from pathlib import Path
 import offrl
 from offrl.data.dataset import Dataset, make_dataset
 from offrl.data.hdf5 import save_dataset
-from offrl.envs import DEFAULT_HORIZON, DEFAULT_NOISE_SIGMA, collect_episodes
+from offrl.envs import DEFAULT_HORIZON, collect_episodes
 from offrl.envs.render import RenderConfig
 
 
@@ -16,17 +16,22 @@ def collect(
     episodes: int,
     out: str | Path,
     horizon: int = DEFAULT_HORIZON,
-    noise_sigma: float = DEFAULT_NOISE_SIGMA,
+    noise_sigma: float | None = None,
     seed: int = 0,
     terminate_on_success: bool = True,
     overwrite: bool = False,
     progress: bool = True,
     render: RenderConfig | None = None,
+    regime: str = "white",
 ) -> Dataset:
     """Collect ``episodes`` episodes of a MetaWorld task and save them as an HDF5 dataset (atomically).
 
-    Behaviour: the task's scripted policy plus N(0, noise_sigma^2) noise, clipped to the action bounds; failed
-    episodes are kept. Reward 1 on a step where the task's success flag is set, else 0; with
+    Behaviour: the task's scripted policy perturbed by ``regime`` (``white``: N(0, noise_sigma^2) noise;
+    ``correlated``: slowly wandering deviations, like imperfect teleoperation; ``mixed``: expert, partial and
+    exploratory episodes; :mod:`offrl.envs.behaviour`), clipped to the action bounds; failed episodes are kept.
+    ``noise_sigma`` None takes the regime's default.
+
+    Reward 1 on a step where the task's success flag is set, else 0; with
     ``terminate_on_success`` the episode ends there (terminal), so Q-values lie in [0, 1].
 
     With ``render`` the dataset also holds a camera image of every state: ``images`` uint8 (M, size, size, 3),
@@ -46,7 +51,7 @@ def collect(
         raise FileExistsError(f"{out} already exists: choose another --out, or pass --overwrite to replace it")
     arrays, info = collect_episodes(
         task, episodes, horizon=horizon, noise_sigma=noise_sigma, seed=seed,
-        terminate_on_success=terminate_on_success, progress=progress, render=render,
+        terminate_on_success=terminate_on_success, progress=progress, render=render, regime=regime,
     )
     dataset = make_dataset(arrays, {**info, "source": "offrl collect", "offrl_version": offrl.__version__})
     save_dataset(out, dataset, overwrite=overwrite)

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from offrl.envs.behaviour import KIND_CODES, KINDS, WHITE_SIGMA, EpisodeBehaviour, Regime, make_regime
 from offrl.envs.render import RENDER_REQUIREMENTS, RenderConfig, Renderer, gl_backend
 
 DEFAULT_HORIZON = 150
@@ -46,7 +47,8 @@ DEFAULT_HORIZON = 150
 # rate of 35-40 %, like the scripted-plus-Gaussian-noise data of Kumar et al. (2021): 600 episodes
 # over seeds 0-2 gave 38 %, 43 %, 35 %. Not tuned per task: the same noise leaves easier tasks
 # far more successful (reach-v3 97 %, door-open-v3 77 %, drawer-open-v3 60 %).
-DEFAULT_NOISE_SIGMA = 0.8
+DEFAULT_NOISE_SIGMA = WHITE_SIGMA
+DEFAULT_REGIME = "white"
 
 _INSTALL_HINT = (
     "MetaWorld is not installed: pip install 'offrl[sim]' (metaworld==3.1.1, which brings MuJoCo). "
@@ -477,16 +479,18 @@ def collect_episodes(
     task: str,
     episodes: int,
     horizon: int = DEFAULT_HORIZON,
-    noise_sigma: float = DEFAULT_NOISE_SIGMA,
+    noise_sigma: float | None = None,
     seed: int = 0,
     terminate_on_success: bool = True,
     progress: bool = True,
     render: RenderConfig | None = None,
+    regime: str = DEFAULT_REGIME,
 ) -> tuple[dict[str, np.ndarray], dict]:
-    """Collects an offline dataset with the scripted expert plus Gaussian action noise.
+    """Collects an offline dataset with the scripted expert perturbed by a behaviour regime.
 
-    The executed action is ``clip(expert(obs) + N(0, noise_sigma^2 I), low, high)``; it is stored
-    exactly as executed. The reward is sparse: 1.0 on a step whose success flag is set, else 0.0.
+    The executed action is the regime's perturbation of the expert's, clipped to the bounds
+    (:mod:`offrl.envs.behaviour`; ``white``: ``clip(expert(obs) + N(0, noise_sigma^2 I), low, high)``);
+    it is stored exactly as executed. The reward is sparse: 1.0 on a step whose success flag is set, else 0.0.
     With ``terminate_on_success`` an episode ends at its first success (that transition has
     ``terminals=True``); otherwise it runs to the horizon, rewarded on every success step, and
     ``terminals`` is never set. The last transition of an episode that reaches the horizon without
@@ -501,8 +505,9 @@ def collect_episodes(
             e.g. ``"pick-place-v3+drawer-open-v3"``).
         episodes: Number of episodes (>= 1).
         horizon: Maximum steps per episode (>= 1).
-        noise_sigma: Standard deviation of the per-dimension action noise (>= 0), in action units
-            (the action range is [-1, 1]). The default is calibrated on pick-place-v3.
+        noise_sigma: The regime's main std in action units (the action range is [-1, 1]):
+            ``white``'s i.i.d. noise, ``correlated``'s OU deviation, ``mixed``'s expert attempts'
+            deviation. None: the regime's documented default (0.8, 0.4, 0.1).
         seed: Seeds both the noise generator and the start states; same seed, same data.
         terminate_on_success: End each episode at its first success.
         progress: Show a tqdm progress bar over episodes.
@@ -510,6 +515,7 @@ def collect_episodes(
             change the states: the state arrays are the same with or without it. Costs about 6 ms
             per frame at 48x48 with shadows off (software rendering, one CPU core): pick-place
             collection drops from about 1500 to 125 transitions/s. Single tasks only.
+        regime: ``white``, ``correlated`` or ``mixed`` (:mod:`offrl.envs.behaviour`).
 
     Returns:
         ``(data, info)``. ``obs_dim`` is 39, or 39 + T for a spec of T tasks (the last T entries
@@ -520,8 +526,11 @@ def collect_episodes(
         once (the T + 1 states s_0..s_T of an episode of T steps, so M = N + episodes), and
         ``image_index``/``next_image_index`` int64 ``(N,)``: the frame of ``s`` and of ``s'`` of
         each transition (inside an episode ``next_image_index[t] == image_index[t + 1]``).
-        ``info`` holds the arguments (``task``, ``episodes``, ``horizon``, ``noise_sigma``,
-        ``seed``, ``terminate_on_success``), ``tasks`` (`task_list` of ``task``: the task of each
+        ``info`` holds the arguments (``task``, ``episodes``, ``horizon``, ``regime``,
+        ``noise_sigma`` (the regime's main std), ``seed``, ``terminate_on_success``), ``behaviour`` (the
+        regime's parameters, `Regime.to_info`), for ``mixed`` also ``episode_kinds`` (one letter per
+        episode, in order: ``e`` expert, ``p`` partial, ``x`` exploratory), ``episode_kind_counts`` and
+        ``behaviour_success_by_kind``, ``tasks`` (`task_list` of ``task``: the task of each
         one-hot entry; one name for a single task), ``behaviour_success_rate`` (fraction of
         episodes with any success), ``mean_episode_length``, ``transitions``, ``obs_dim``, ``act_dim``,
         ``action_low``/``action_high`` (lists), ``proprio_dims`` (the observation entries that
@@ -530,7 +539,8 @@ def collect_episodes(
 
     Raises:
         ValueError: If ``task`` is unknown (or an invalid multi-task spec), ``episodes < 1``,
-            ``horizon < 1``, ``noise_sigma < 0``, ``seed < 0``, ``render.camera`` is not a camera
+            ``horizon < 1``, ``noise_sigma < 0``, ``seed < 0``, an unknown ``regime``,
+            ``render.camera`` is not a camera
             of the model, or ``render`` is given with a multi-task spec (state-only).
         TypeError: If ``render`` is not a `RenderConfig` or None.
         RuntimeError: If MetaWorld is not installed, or ``render`` is given and rendering is
@@ -540,9 +550,7 @@ def collect_episodes(
     _check_positive("episodes", episodes)
     _check_positive("horizon", horizon)
     _check_seed(seed)
-    noise_sigma = float(noise_sigma)
-    if not np.isfinite(noise_sigma) or noise_sigma < 0:
-        raise ValueError(f"noise_sigma must be a finite number >= 0, got {noise_sigma!r}.")
+    behaviour = make_regime(regime, noise_sigma)
     _check_state_only(task, render)
     _check_render(render)
 
@@ -553,7 +561,7 @@ def collect_episodes(
         env.close()
         raise
     try:
-        data, info = _collect(env, renderer, episodes, noise_sigma, seed, terminate_on_success, progress)
+        data, info = _collect(env, renderer, episodes, behaviour, seed, terminate_on_success, progress)
     finally:
         if renderer is not None:
             renderer.close()
@@ -565,7 +573,7 @@ def _collect(
     env: MetaWorldEnv | MultiTaskEnv,
     renderer: Renderer | None,
     episodes: int,
-    noise_sigma: float,
+    behaviour: Regime,
     seed: int,
     terminate_on_success: bool,
     progress: bool,
@@ -599,15 +607,19 @@ def _collect(
 
     n = 0
     successes = 0
+    kinds: list[str] = []
+    episode_success: list[int] = []
     bar = tqdm(range(episodes), desc=f"collect {task}", unit="ep", disable=not progress)
     for episode in bar:
         obs = env.reset()
         if renderer is not None:
             frame = record_frame()
         succeeded = False
+        episode_behaviour = EpisodeBehaviour(behaviour, env.act_dim, horizon, rng)
+        kinds.append(episode_behaviour.kind)
         for t in range(horizon):
-            noise = rng.normal(0.0, noise_sigma, env.act_dim) if noise_sigma > 0 else 0.0
-            action = np.clip(expert(obs) + noise, env.action_low, env.action_high).astype(np.float32)
+            executed = episode_behaviour.act(expert(obs), t)
+            action = np.clip(executed, env.action_low, env.action_high).astype(np.float32)
             next_obs, success = env.step(action)
             observations[n], actions[n], next_observations[n] = obs, action, next_obs
             if renderer is not None:
@@ -623,6 +635,7 @@ def _collect(
                 timeouts[n - 1] = True
             obs = next_obs
         successes += succeeded
+        episode_success.append(int(succeeded))
         bar.set_postfix(success=f"{successes / (episode + 1):.2f}", refresh=False)
     bar.close()
 
@@ -642,7 +655,9 @@ def _collect(
         "task": task,
         "episodes": int(episodes),
         "horizon": int(horizon),
-        "noise_sigma": noise_sigma,
+        "regime": behaviour.name,
+        "noise_sigma": behaviour.sigma,
+        "behaviour": behaviour.to_info(),
         "seed": int(seed),
         "terminate_on_success": bool(terminate_on_success),
         "tasks": task_list(task),
@@ -656,6 +671,14 @@ def _collect(
         "proprio_dims": list(PROPRIO_DIMS),
         "metaworld_version": _metaworld_version(),
     }
+    if behaviour.name == "mixed":
+        # One letter per episode: an HDF5 attribute holds at most 64 KiB, a JSON list of names would not fit.
+        info["episode_kinds"] = "".join(KIND_CODES[k] for k in kinds)
+        info["episode_kind_counts"] = {kind: kinds.count(kind) for kind in KINDS}
+        info["behaviour_success_by_kind"] = {
+            kind: float(np.mean([s for s, k in zip(episode_success, kinds, strict=True) if k == kind]))
+            for kind in KINDS if kind in kinds
+        }
     if renderer is not None:
         info["image"] = renderer.config.to_info()
     return data, info

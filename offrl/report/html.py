@@ -406,42 +406,43 @@ def _comparison_table(evaluation: dict, diagnosis: dict | None) -> str:
     results = [r for r in _eval_results(evaluation) if math.isfinite(r["success_rate"])]
     if not results:
         return "<p class='note'>evaluation.json has no usable results.</p>"
-    by_step = {r["step"]: r for r in results}
-
-    def cell(r: dict | None) -> str:
-        if r is None:
-            return "not evaluated"
-        extra = ""
-        if _step(r.get("successes")) is not None and _step(r.get("episodes")) is not None:
-            extra = f" ({_step(r['successes'])}/{_step(r['episodes'])})"
-        return f"{r['success_rate']:.0%}{extra}"
-
-    selected = _step((diagnosis or {}).get("selected_step"))
-    best = max(results, key=lambda r: (r["success_rate"], -r["step"]))
-    last = results[-1]
-    if diagnosis is None:
-        sel_row = ("selected (workflow)", "no diagnosis yet", "&ndash;")
-    elif selected is None:
-        sel_row = ("selected (workflow)", "none selected", "&ndash;")
-    else:
-        sel_row = ("selected (workflow)", str(selected), _e(cell(by_step.get(selected))))
     about = []
     if evaluation.get("task"):
         about.append(f"task {evaluation['task']}")
     if _step(evaluation.get("episodes")) is not None:
         about.append(f"{_step(evaluation['episodes'])} episodes per checkpoint")
     about.append(f"{len(results)} checkpoint(s) evaluated")
-    rows = [
-        sel_row,
-        ("best in hindsight", str(best["step"]), _e(cell(best))),
-        ("last checkpoint", str(last["step"]), _e(cell(last))),
-    ]
-    body = "".join(f"<tr><td class='k'>{_e(a)}</td><td>{_e(b)}</td><td>{c}</td></tr>" for a, b, c in rows)
+    comparison = (diagnosis or {}).get("analysis_only")
+    if not isinstance(comparison, dict):
+        from offrl.workflow.evaluate import analysis_only_comparison
+
+        comparison = analysis_only_comparison(
+            {"results": results}, _step((diagnosis or {}).get("selected_step")), 0, {}
+        )
+    names = [("behaviour", "data (behaviour policy)"), ("best_warm_start", "best warm-start (BC) checkpoint"),
+             ("bc_selected", "behaviour cloning, its offline pick"), ("bc_best", "behaviour cloning, best checkpoint"),
+             ("selected", "selected (workflow)"), ("best", "best checkpoint in hindsight"),
+             ("last", "last checkpoint")]
+    rows = []
+    for key, name in names:
+        r = comparison.get(key)
+        if key == "selected" and r is None:
+            rows.append((name, "&ndash;", "no diagnosis yet" if diagnosis is None else "none selected", ""))
+        if not isinstance(r, dict) or r.get("success_rate") is None:
+            continue
+        ci = r.get("ci95") or [float("nan"), float("nan")]
+        rows.append((name, "&ndash;" if r.get("step") is None else str(r["step"]),
+                     f"{r['success_rate']:.0%} ({r['successes']}/{r['episodes']})",
+                     f"[{_num(ci[0]):.0%}, {_num(ci[1]):.0%}]"))
+    body = "".join(f"<tr><td class='k'>{_e(a)}</td><td>{b}</td><td>{_e(c)}</td><td>{_e(d)}</td></tr>"
+                   for a, b, c, d in rows)
     return (
         f"<p class='caption'>Evaluation: {_e(', '.join(about))}.</p>"
-        "<table><tr><th>checkpoint</th><th>step</th><th>success rate</th></tr>" + body + "</table>"
-        "<p class='note'>Analysis only: evaluation results are not used for selection. "
-        "&ldquo;Best in hindsight&rdquo; needs online rollouts the workflow assumes you do not have.</p>"
+        "<table><tr><th>policy</th><th>step</th><th>success rate</th><th>95% interval</th></tr>" + body +
+        "</table><p class='note'>Analysis only: evaluation results are not used for selection. "
+        "&ldquo;Best in hindsight&rdquo; needs online rollouts the workflow assumes you do not have; it and the "
+        "best warm-start checkpoint are maxima of noisy estimates, biased upwards. The data's row counts the "
+        "dataset's own episodes.</p>"
     )
 
 

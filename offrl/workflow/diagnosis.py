@@ -485,5 +485,13 @@ def diagnose_run(
     )
     result["config"] = dataclasses.asdict(config)
     if write:
+        from offrl.workflow.evaluate import attach_comparison
+
+        previous = rd.read_json(run_dir / DIAGNOSIS_FILE) if (run_dir / DIAGNOSIS_FILE).is_file() else {}
         rd.write_json(run_dir / DIAGNOSIS_FILE, result)
+        # Analysis only, after the selection above: the evaluated success of the pick beside the alternatives,
+        # with the behaviour-cloning baseline an earlier workflow recorded.
+        comparison = attach_comparison(run_dir, bc_run=(previous.get("analysis_only") or {}).get("bc_run"))
+        if comparison is not None:
+            result["analysis_only"] = comparison
     return result

@@ -94,4 +94,121 @@ def evaluate_run(
         "results": results,
     }
     rd.write_json(run_dir / EVALUATION_FILE, out)
+    attach_comparison(run_dir)
     return out
+
+
+def _row(step: int | None, successes: int, episodes: int) -> dict[str, Any]:
+    from offrl.workflow.selection import wilson_interval
+
+    lo, hi = wilson_interval(successes, episodes)
+    return {"step": step, "success_rate": successes / episodes if episodes else None, "successes": int(successes),
+            "episodes": int(episodes), "ci95": [lo, hi]}
+
+
+def analysis_only_comparison(
+    evaluation: dict[str, Any], selected_step: int | None, warmup_steps: int, dataset_metadata: dict[str, Any],
+    bc_evaluation: dict[str, Any] | None = None, bc_selected_step: int | None = None,
+) -> dict[str, Any]:
+    """The selected checkpoint side by side with the data and the obvious alternatives, for analysis only.
+
+    Computed from evaluation.json after the selection was made; nothing that selects or diagnoses reads it.
+
+    Args:
+        evaluation: The content of evaluation.json (``results``: one ``{step, successes, episodes}`` per
+            checkpoint).
+        selected_step: The workflow's pick (diagnosis.json ``selected_step``); None if it picked nothing.
+        warmup_steps: The actor's behaviour-cloning warm start (``agent.bc_steps``): checkpoints at or before it
+            are behaviour-cloning policies.
+        dataset_metadata: The dataset's metadata (config.json ``dataset.metadata``); its
+            ``behaviour_success_rate`` and ``episodes`` give the data's own success.
+        bc_evaluation: evaluation.json of a behaviour-cloning run on the same data (the workflow's baseline when
+            CQL has no warm start), or None.
+        bc_selected_step: that run's offline pick (its held-out log-likelihood peak).
+
+    Returns:
+        ``{"behaviour", "best_warm_start", "bc_selected", "bc_best", "selected", "best", "last", "note"}``
+        (``bc_*`` only with ``bc_evaluation``); each entry is None when it
+        does not exist (no metadata, no warm-start checkpoint evaluated, nothing selected) or ``{"step",
+        "success_rate", "successes", "episodes", "ci95"}`` with a 95 % Wilson interval. ``behaviour`` has step
+        None and counts the dataset's episodes. ``best`` is the best of the checkpoints after the warm start
+        (the candidates of the selection), ``best_warm_start`` the best of those at or before it; both are
+        maxima of noisy estimates, biased upwards.
+    """
+    results = sorted(evaluation.get("results", []), key=lambda r: r["step"])
+    rows = {int(r["step"]): _row(int(r["step"]), int(r["successes"]), int(r["episodes"])) for r in results}
+
+    def best(steps: list[int]) -> dict[str, Any] | None:
+        return rows[max(steps, key=lambda s: (rows[s]["successes"] / rows[s]["episodes"], -s))] if steps else None
+
+    behaviour = None
+    rate, n = dataset_metadata.get("behaviour_success_rate"), dataset_metadata.get("episodes")
+    if rate is not None and n:
+        behaviour = _row(None, round(float(rate) * int(n)), int(n))
+    candidates = [s for s in rows if s > warmup_steps]
+    bc: dict[str, Any] = {}
+    if bc_evaluation is not None:
+        bc_rows = {int(r["step"]): _row(int(r["step"]), int(r["successes"]), int(r["episodes"]))
+                   for r in bc_evaluation.get("results", [])}
+        bc["bc_selected"] = bc_rows.get(bc_selected_step) if bc_selected_step is not None else None
+        bc["bc_best"] = (bc_rows[max(bc_rows, key=lambda s: (bc_rows[s]["successes"] / bc_rows[s]["episodes"], -s))]
+                         if bc_rows else None)
+    return {
+        "behaviour": behaviour,
+        "best_warm_start": best([s for s in rows if s <= warmup_steps]),
+        **bc,
+        "selected": rows.get(selected_step) if selected_step is not None else None,
+        "best": best(candidates),
+        "last": rows[max(rows)] if rows else None,
+        "note": "analysis only: computed from evaluation.json after selection; 95% Wilson intervals; 'best' and "
+        "'best_warm_start' are maxima of noisy estimates (biased upwards)",
+    }
+
+
+def attach_comparison(run_dir: str | Path, bc_run: str | Path | None = None) -> dict[str, Any] | None:
+    """Adds ``analysis_only`` (:func:`analysis_only_comparison`) to RUN_DIR/diagnosis.json when the run has both
+    a diagnosis and an evaluation; rewrites the file atomically. Returns the comparison, or None.
+
+    ``bc_run`` names a diagnosed and evaluated behaviour-cloning run on the same data; without it, the baseline
+    recorded by an earlier call (``analysis_only.bc_run``) is kept, so a later `offrl diagnose` drops nothing."""
+    from offrl.workflow.diagnosis import DIAGNOSIS_FILE
+
+    run_dir = Path(run_dir)
+    if not (run_dir / DIAGNOSIS_FILE).is_file() or not (run_dir / EVALUATION_FILE).is_file():
+        return None
+    diagnosis = rd.read_json(run_dir / DIAGNOSIS_FILE)
+    cfg = load_run_config(run_dir)
+    if bc_run is None:
+        bc_run = (diagnosis.get("analysis_only") or {}).get("bc_run")
+    bc_eval = bc_step = None
+    if bc_run is not None and (Path(bc_run) / EVALUATION_FILE).is_file():
+        bc_eval = rd.read_json(Path(bc_run) / EVALUATION_FILE)
+        if (Path(bc_run) / DIAGNOSIS_FILE).is_file():
+            bc_step = rd.read_json(Path(bc_run) / DIAGNOSIS_FILE).get("selected_step")
+    else:
+        bc_run = None
+    comparison = analysis_only_comparison(
+        rd.read_json(run_dir / EVALUATION_FILE), diagnosis.get("selected_step"),
+        int(cfg.get("agent", {}).get("bc_steps", 0)) if cfg.get("algo", "cql") == "cql" else 0,
+        cfg["dataset"].get("metadata", {}), bc_eval, bc_step,
+    )
+    if bc_run is not None:
+        comparison["bc_run"] = str(bc_run)
+    rd.write_json(run_dir / DIAGNOSIS_FILE, {**diagnosis, "analysis_only": comparison})
+    return comparison
+
+
+def format_comparison(comparison: dict[str, Any]) -> list[str]:
+    """One terminal line per row of :func:`analysis_only_comparison`: rate, interval, episodes and step."""
+    names = {"behaviour": "data (behaviour)", "best_warm_start": "best warm-start (BC)",
+             "bc_selected": "BC, offline pick", "bc_best": "BC, best checkpoint",
+             "selected": "selected", "best": "best checkpoint", "last": "last checkpoint"}
+    lines = []
+    for key, name in names.items():
+        r = comparison.get(key)
+        if r is None:
+            continue
+        where = "" if r["step"] is None else f"  step {r['step']}"
+        lines.append(f"  {name:22s} {r['success_rate']:4.0%}  [{r['ci95'][0]:.0%}, {r['ci95'][1]:.0%}]  "
+                     f"{r['successes']}/{r['episodes']} episodes{where}")
+    return lines

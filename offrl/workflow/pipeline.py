@@ -12,11 +12,12 @@ from offrl.agents.bc import BCConfig
 from offrl.agents.brac import BRACConfig
 from offrl.agents.cql import CQLConfig
 from offrl.data.collect import collect
-from offrl.envs import DEFAULT_HORIZON, DEFAULT_NOISE_SIGMA
+from offrl.envs import DEFAULT_HORIZON
 from offrl.report import write_report
+from offrl.training import run_dir as rd
 from offrl.training.timing import compile_timer
 from offrl.training.train import TrainConfig, train
-from offrl.workflow.diagnosis import DiagnosisConfig, diagnose_run
+from offrl.workflow.diagnosis import DIAGNOSIS_FILE, DiagnosisConfig, diagnose_run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,10 +30,13 @@ class WorkflowConfig:
     """Episodes to collect when the dataset does not exist yet."""
     horizon: int = DEFAULT_HORIZON
     """Steps per episode (time limit) for collection and evaluation."""
-    noise_sigma: float = DEFAULT_NOISE_SIGMA
-    """Std of the Gaussian noise on the scripted actions (0.8 gives ~40% success on pick-place-v3)."""
+    regime: Literal["white", "correlated", "mixed"] = "mixed"
+    """Behaviour regime of the collected data (docs/dataset-format.md): ``mixed`` expert, partial and exploratory
+    episodes; ``correlated`` imperfect-teleoperation deviations; ``white`` i.i.d. Gaussian noise."""
+    noise_sigma: float | None = None
+    """The regime's main std in action units; None: its default (white 0.8, correlated 0.4, mixed 0.1)."""
     dataset: Path | None = None
-    """Dataset file; collected if missing. Default: data/TASK_EPISODESep_sSEED.h5."""
+    """Dataset file; collected if missing. Default: data/TASK_REGIME_EPISODESep_sSEED.h5."""
     out: Path | None = None
     """Run directory to create. Default: runs/TASK_cql_sSEED_TIMESTAMP (a new one every time)."""
     steps: int = 40_000
@@ -58,6 +62,10 @@ class WorkflowConfig:
     """Image runs: frames stacked along the channel axis."""
     after_peak: bool = False
     """Select the checkpoint after the Q peak (Guideline 3.1's actor-critic variant)."""
+    bc_baseline_steps: int = 5_000
+    """CQL without a behaviour-cloning warm start (``--agent.bc-steps 0``, the default): also train behaviour
+    cloning for this many steps (run directory OUT_bc) and evaluate it, so that the summary shows what imitation
+    alone achieves beside the CQL pick (analysis only). 0 skips it."""
     progress: bool = True
     """Progress bars."""
     algo: Literal["cql", "brac", "bc"] = "cql"
@@ -96,7 +104,9 @@ def run_workflow(config: WorkflowConfig) -> dict[str, Any]:
 def _run_workflow(config: WorkflowConfig, timings: dict[str, float], t_start: float) -> dict[str, Any]:
     images = config.obs != "state"
     suffix = f"_img{config.image_size}_{config.camera}" if images else ""
-    dataset = config.dataset or Path("data") / f"{config.task}_{config.episodes}ep_s{config.seed}{suffix}.h5"
+    sigma = "" if config.noise_sigma is None else f"_sigma{config.noise_sigma:g}"
+    name = f"{config.task}_{config.regime}{sigma}_{config.episodes}ep_s{config.seed}{suffix}.h5"
+    dataset = config.dataset or Path("data") / name
     if not Path(dataset).exists():
         print(f"[1/5] collecting {config.episodes} episodes of {config.task} -> {dataset}", flush=True)
         t = time.perf_counter()
@@ -104,7 +114,7 @@ def _run_workflow(config: WorkflowConfig, timings: dict[str, float], t_start: fl
 
         collect(
             config.task, config.episodes, dataset, horizon=config.horizon, noise_sigma=config.noise_sigma,
-            seed=config.seed, progress=config.progress,
+            seed=config.seed, progress=config.progress, regime=config.regime,
             render=RenderConfig(size=config.image_size, camera=config.camera) if images else None,
         )
         timings["collect_s"] = time.perf_counter() - t
@@ -141,12 +151,34 @@ def _run_workflow(config: WorkflowConfig, timings: dict[str, float], t_start: fl
 
         evaluation = evaluate_run(out, episodes=config.eval_episodes, seed=config.seed, progress=config.progress)
         timings["evaluate_s"] = time.perf_counter() - t
+        diagnosis = rd.read_json(out / DIAGNOSIS_FILE)  # evaluate_run added the analysis-only comparison
+        if config.algo == "cql" and config.agent.bc_steps == 0 and config.bc_baseline_steps > 0:
+            t = time.perf_counter()
+            diagnosis = _bc_baseline(config, base, out)
+            timings["bc_baseline_s"] = time.perf_counter() - t
     else:
         print("[4/5] evaluation skipped (--eval-episodes 0)", flush=True)
     report = write_report(out)
     print(f"[5/5] report written: {report}", flush=True)
     timings["total_s"] = time.perf_counter() - t_start
     return summarize(out, diagnosis, evaluation, report, timings)
+
+
+def _bc_baseline(config: WorkflowConfig, base: TrainConfig, out: Path) -> dict[str, Any]:
+    """Behaviour cloning beside the CQL run, for the analysis-only comparison: trains OUT_bc, selects its
+    checkpoint by held-out log-likelihood (its own offline rule), evaluates it, and records both BC rows in the
+    CQL run's diagnosis.json. Returns the updated diagnosis."""
+    from offrl.workflow.evaluate import attach_comparison, evaluate_run
+
+    bc_out = out.with_name(out.name + "_bc")
+    steps = config.bc_baseline_steps
+    every = max(1, min(config.checkpoint_every, steps // 5))
+    print(f"[4/5] baseline: behaviour cloning for {steps} steps -> {bc_out} (analysis only)", flush=True)
+    train(dataclasses.replace(base, algo="bc", out=bc_out, steps=steps, checkpoint_every=every))
+    diagnose_run(bc_out)
+    evaluate_run(bc_out, episodes=config.eval_episodes, seed=config.seed, progress=config.progress)
+    attach_comparison(out, bc_run=bc_out)
+    return rd.read_json(out / DIAGNOSIS_FILE)
 
 
 # Image CQL gradient steps/s on a 2-core CPU at batch 256 (benchmarks/image_speed.py, paper CNN); per-step cost
@@ -205,7 +237,8 @@ def _run_auto(config: WorkflowConfig, timings: dict[str, float], t_start: float)
 def summarize(
     out: Path, diagnosis: dict[str, Any], evaluation: dict[str, Any] | None, report: Path, timings: dict[str, float]
 ) -> dict[str, Any]:
-    """Verdict, selected checkpoint, and its analysis-only success against the best and the last."""
+    """Verdict, selected checkpoint, and (analysis only) its success beside the data's, the best warm-start
+    checkpoint's, the best and the last (diagnosis.json ``analysis_only``)."""
     summary: dict[str, Any] = {
         "run_dir": str(out),
         "verdict": diagnosis["verdict"],
@@ -214,15 +247,8 @@ def summarize(
         "report": str(report),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
     }
-    if evaluation:
-        res = {r["step"]: r["success_rate"] for r in evaluation["results"]}
-        best = max(res, key=lambda s: (res[s], -s))
-        last = max(res)
-        summary["analysis_only_success"] = {
-            "selected": res.get(diagnosis["selected_step"]),
-            "best_in_hindsight": {"step": best, "success_rate": res[best]},
-            "last": {"step": last, "success_rate": res[last]},
-        }
+    if evaluation and diagnosis.get("analysis_only"):
+        summary["analysis_only_success"] = diagnosis["analysis_only"]
     return summary
 
 
@@ -246,11 +272,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     s = summary.get("analysis_only_success")
     if s:
-        lines.append(
-            f"analysis-only success (not used for selection): selected {s['selected']:.0%}, "
-            f"best {s['best_in_hindsight']['success_rate']:.0%} (step {s['best_in_hindsight']['step']}), "
-            f"last {s['last']['success_rate']:.0%} (step {s['last']['step']})"
-        )
+        from offrl.workflow.evaluate import format_comparison
+
+        lines.append("analysis-only success (not used for selection; 95% intervals):")
+        lines.extend(format_comparison(s))
     lines.append(f"run directory:      {summary['run_dir']}")
     lines.append(f"report:             {summary['report']}")
     lines.append("timings:            " + ", ".join(f"{k} {v}" for k, v in summary["timings_s"].items()))

@@ -1,0 +1,98 @@
+"""The analysis-only comparison (data, warm start / BC baseline, selected, best, last): values and isolation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from scipy.stats import binomtest
+
+from offrl.workflow.diagnosis import diagnose_run
+from offrl.workflow.evaluate import analysis_only_comparison, attach_comparison, format_comparison
+
+STEPS = [1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000]
+
+
+def _evaluation(successes: list[int], episodes: int = 20, steps: list[int] = STEPS) -> dict:
+    return {"used_for_selection": False, "episodes": episodes,
+            "results": [{"step": s, "successes": k, "episodes": episodes, "success_rate": k / episodes}
+                        for s, k in zip(steps, successes, strict=True)]}
+
+
+def _wilson(k: int, n: int) -> list[float]:
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return [ci.low, ci.high]
+
+
+def test_rows_by_hand():
+    ev = _evaluation([9, 2, 4, 12, 11, 14, 6, 5])
+    c = analysis_only_comparison(ev, selected_step=5000, warmup_steps=2000,
+                                 dataset_metadata={"behaviour_success_rate": 0.4, "episodes": 50})
+    assert c["behaviour"] == {"step": None, "success_rate": 0.4, "successes": 20, "episodes": 50,
+                              "ci95": pytest.approx(_wilson(20, 50))}
+    # Warm start: steps 1000 and 2000; the best of them is 1000 (9/20).
+    assert c["best_warm_start"]["step"] == 1000 and c["best_warm_start"]["successes"] == 9
+    assert c["selected"]["step"] == 5000 and c["selected"]["success_rate"] == pytest.approx(0.55)
+    assert c["selected"]["ci95"] == pytest.approx(_wilson(11, 20))
+    # Best among the candidates after the warm start: 6000 (14/20); the warm start's 9/20 is not a candidate.
+    assert c["best"]["step"] == 6000 and c["last"]["step"] == 8000 and c["last"]["successes"] == 5
+    assert "bc_best" not in c
+    lines = format_comparison(c)
+    assert any(line.strip().startswith("selected") and "55%" in line and "11/20" in line for line in lines)
+    assert any("data (behaviour)" in line and "20/50" in line for line in lines)
+
+
+def test_bc_baseline_rows_and_missing_entries():
+    ev = _evaluation([1, 2, 3, 4, 5, 6, 7, 8])
+    bc = _evaluation([3, 7, 5], steps=[1000, 2000, 3000])
+    c = analysis_only_comparison(ev, None, 0, {}, bc_evaluation=bc, bc_selected_step=3000)
+    assert c["behaviour"] is None and c["best_warm_start"] is None and c["selected"] is None
+    assert c["bc_selected"]["step"] == 3000 and c["bc_selected"]["successes"] == 5
+    assert c["bc_best"]["step"] == 2000 and c["bc_best"]["successes"] == 7
+    # Ties go to the earlier checkpoint.
+    tied = analysis_only_comparison(_evaluation([5, 5, 1, 1, 1, 1, 1, 1]), 1000, 0, {})
+    assert tied["best"]["step"] == 1000
+
+
+def _run(tmp_path: Path, successes: list[int]) -> Path:
+    run = tmp_path / "run"
+    run.mkdir(exist_ok=True)
+    config = {"algo": "cql", "agent": {"bc_steps": 0},
+              "dataset": {"q_range": [0.0, 1.0], "metadata": {"behaviour_success_rate": 0.3, "episodes": 10}}}
+    (run / "config.json").write_text(json.dumps(config))
+    q = [0.1, 0.3, 0.5, 0.7, 0.6, 0.4, 0.3, 0.2]  # rises to 4000, then falls
+    with open(run / "metrics.jsonl", "w") as f:
+        for s, v in zip(STEPS, q, strict=True):
+            f.write(json.dumps({"step": s, "q_data": v, "td_error": 0.001, "q_error_estimate": 0.1,
+                                "cql_regularizer": 0.5}) + "\n")
+    (run / "evaluation.json").write_text(json.dumps(_evaluation(successes)))
+    return run
+
+
+def test_selection_never_reads_the_evaluation(tmp_path):
+    run = _run(tmp_path, [0, 0, 0, 20, 0, 0, 0, 0])
+    first = diagnose_run(run)
+    run = _run(tmp_path, [20, 20, 20, 0, 20, 20, 20, 20])  # the opposite success curve
+    second = diagnose_run(run)
+    for key in ("verdict", "selected_step", "peak_step", "reasons", "evidence"):
+        assert first[key] == second[key], key
+    assert first["selected_step"] == 4000
+    assert first["analysis_only"]["selected"]["successes"] == 20
+    assert second["analysis_only"]["selected"]["successes"] == 0
+    on_disk = json.loads((run / "diagnosis.json").read_text())
+    assert on_disk["analysis_only"]["behaviour"]["successes"] == 3
+
+
+def test_a_recorded_bc_baseline_survives_a_later_diagnosis(tmp_path):
+    run = _run(tmp_path, [1, 2, 3, 4, 5, 6, 7, 8])
+    bc = tmp_path / "run_bc"
+    bc.mkdir()
+    (bc / "evaluation.json").write_text(json.dumps(_evaluation([4, 9], steps=[1000, 2000])))
+    (bc / "diagnosis.json").write_text(json.dumps({"selected_step": 1000}))
+    diagnose_run(run)
+    attach_comparison(run, bc_run=bc)
+    again = diagnose_run(run)  # `offrl diagnose` later: the baseline is kept, not dropped
+    assert again["analysis_only"]["bc_selected"]["successes"] == 4
+    assert again["analysis_only"]["bc_best"]["successes"] == 9
+    assert again["analysis_only"]["bc_run"] == str(bc)
