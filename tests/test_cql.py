@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -62,6 +63,7 @@ def test_critic_terms_td_error_is_squared_bellman_error():
         "rewards": jnp.array([0.0, 1.0, 0.5, 2.0]),
         "terminals": jnp.array([0.0, 1.0, 0.0, 1.0]),
         "next_observations": jnp.ones((4, 3)),
+        "mc_returns": jnp.zeros(4),  # Cal-QL's floor at 0 = Q: the plain CQL(H) regularizer
     }
     loss, parts = cql.critic_terms(zeros, zeros, state.actor_params, state.log_temperature, batch,
                                    jax.random.PRNGKey(1), config)
@@ -86,7 +88,40 @@ def _bandit_data(n: int = 512, seed: int = 0):
         "rewards": jnp.asarray(rew),
         "terminals": jnp.ones(n, jnp.float32),
         "next_observations": jnp.asarray(obs),
+        "mc_returns": jnp.asarray(rew),  # one-step episodes: the return is the reward
     }
+
+
+def test_calibrated_regularizer_by_hand():
+    # Zero critics (Q = 0 everywhere): Cal-QL raises the policy samples' Q to the Monte-Carlo return m of the
+    # state, the uniform samples stay at 0, so R = logsumexp([0 - log U] * n, [m - log pi] * n, [m - log pi'] * n).
+    from offrl.networks import TanhGaussianActor
+
+    n, act_dim = 2, 2
+    config = cql.CQLConfig(critic_hidden_dims=(4,), actor_hidden_dims=(4,), num_action_samples=n)
+    state = cql.init(config, 3, act_dim, jax.random.PRNGKey(0))
+    zeros = jax.tree.map(jnp.zeros_like, state.critic_params)
+    obs = jax.random.normal(jax.random.PRNGKey(2), (3, 3))
+    m = jnp.array([0.0, 0.7, -0.4])
+    batch = {"observations": obs, "actions": jnp.zeros((3, act_dim)), "rewards": jnp.zeros(3),
+             "terminals": jnp.zeros(3), "next_observations": obs[::-1], "mc_returns": m}
+    key = jax.random.PRNGKey(1)
+    _, parts = cql.critic_terms(zeros, zeros, state.actor_params, state.log_temperature, batch, key, config)
+    _, _, k_pi, k_pi_next = jax.random.split(key, 4)
+    actor = TanhGaussianActor(config.actor_hidden_dims, act_dim=act_dim)
+    _, log_pi = sample_tanh_gaussian(k_pi, *actor.apply(state.actor_params, obs), n)
+    _, log_pi_next = sample_tanh_gaussian(k_pi_next, *actor.apply(state.actor_params, obs[::-1]), n)
+    floor = np.maximum(0.0, np.asarray(m))  # max(Q = 0, m)
+    terms = np.concatenate([np.full((n, 3), -act_dim * np.log(0.5)), floor - np.asarray(log_pi),
+                            floor - np.asarray(log_pi_next)])
+    want = np.log(np.exp(terms).sum(axis=0))
+    np.testing.assert_allclose(parts["cql_regularizer"], want, rtol=1e-5)
+    plain = dataclasses.replace(config, calibrated=False)
+    _, parts0 = cql.critic_terms(zeros, zeros, state.actor_params, state.log_temperature,
+                                 {k: v for k, v in batch.items() if k != "mc_returns"}, key, plain)
+    # Where m <= 0 = Q the floor is inactive: both regularizers agree there, and differ where m > 0.
+    np.testing.assert_allclose(np.asarray(parts0["cql_regularizer"])[[0, 2]], want[[0, 2]], rtol=1e-5)
+    assert float(parts["cql_regularizer"][1]) > float(parts0["cql_regularizer"][1]) + 0.1
 
 
 def _train_bandit(alpha: float, steps: int = 600):

@@ -143,3 +143,35 @@ def test_load_rejects_missing_truncated_and_incomplete_files(tmp_path, chain_dat
         f["observations"] = np.zeros((3, 2))
     with pytest.raises(DatasetError, match=r"missing \['actions'"):
         load_dataset(tmp_path / "m.h5")
+
+
+def test_mc_returns_by_hand():
+    from offrl.data import mc_returns
+
+    # Episode 1: 3 steps ending terminal with reward 1; episode 2: 2 steps, reward 0.5 then 0, timeout.
+    arrays = {
+        "observations": np.zeros((5, 2), np.float32), "next_observations": np.zeros((5, 2), np.float32),
+        "actions": np.zeros((5, 1), np.float32),
+        "rewards": np.array([0.0, 0.0, 1.0, 0.5, 0.0], np.float32),
+        "terminals": np.array([0, 0, 1, 0, 0], bool), "timeouts": np.array([0, 0, 0, 0, 1], bool),
+    }
+    ds = make_dataset(arrays, {}, check_continuity=False)
+    g = 0.9
+    np.testing.assert_allclose(mc_returns(ds, g), [g**2, g, 1.0, 0.5, 0.0], rtol=1e-6)
+    assert mc_returns(ds, g).dtype == np.float32
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_follow_the_umask(tmp_path, chain_dataset, umask):
+    import os
+
+    from offrl.training.run_dir import write_json
+
+    old = os.umask(umask)
+    try:
+        save_dataset(tmp_path / "d.h5", chain_dataset)
+        write_json(tmp_path / "c.json", {"a": 1})
+    finally:
+        os.umask(old)
+    for name in ("d.h5", "c.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name

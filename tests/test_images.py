@@ -193,7 +193,7 @@ def _image_batch(b=8, size=48, seed=0):
         return {"image": jnp.asarray(rng.integers(0, 256, (b, size, size, 3)), jnp.uint8), "state": jnp.zeros((b, 0))}
 
     return {"observations": obs(), "next_observations": obs(), "actions": jnp.asarray(rng.uniform(-1, 1, (b, 4)),
-            jnp.float32), "rewards": jnp.zeros(b), "terminals": jnp.zeros(b)}
+            jnp.float32), "rewards": jnp.zeros(b), "terminals": jnp.zeros(b), "mc_returns": jnp.zeros(b)}
 
 
 def _conv_batch_sizes(config, batch):

@@ -23,7 +23,8 @@ def _batch(b=6, seed=0):
     return {"observations": jnp.asarray(r.normal(size=(b, 3)), jnp.float32),
             "actions": jnp.asarray(r.uniform(-1, 1, (b, 2)), jnp.float32),
             "rewards": jnp.asarray(r.integers(0, 2, b), jnp.float32), "terminals": jnp.zeros(b),
-            "next_observations": jnp.asarray(r.normal(size=(b, 3)), jnp.float32)}
+            "next_observations": jnp.asarray(r.normal(size=(b, 3)), jnp.float32),
+            "mc_returns": jnp.asarray(r.uniform(0, 1, b), jnp.float32)}
 
 
 def _loss(config, state=None, train=True):

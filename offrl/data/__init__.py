@@ -6,6 +6,7 @@ from offrl.data.dataset import (
     Normalizer,
     divergence_limit,
     make_dataset,
+    mc_returns,
     q_value_range,
     split_episodes,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "divergence_limit",
     "Normalizer",
     "make_dataset",
+    "mc_returns",
     "q_value_range",
     "split_episodes",
     "fingerprint",

@@ -413,6 +413,32 @@ def q_value_range(dataset: Dataset, gamma: float) -> dict[str, Any]:
     }
 
 
+def mc_returns(dataset: Dataset, gamma: float) -> np.ndarray:
+    """Discounted Monte-Carlo return-to-go of every transition, ``G_t = r_t + gamma * G_{t+1}`` inside its episode.
+
+    An episode that ends by ``terminals`` has ``G = r`` on its last transition; one that ends by ``timeouts`` is
+    truncated there (no bootstrap). ``G_t`` estimates the behaviour policy's ``Q^beta(s_t, a_t)``; with
+    non-negative rewards the truncation only lowers it, so it stays a lower bound of the behaviour's value in
+    expectation. Cal-QL (Nakamoto et al. 2023, Sec. 4) uses it as the reference value below which CQL stops
+    pushing Q down.
+
+    Args:
+        dataset: the transitions, episodes contiguous and in order.
+        gamma: discount factor in [0, 1).
+
+    Returns:
+        (N,) float32.
+    """
+    out = np.zeros(len(dataset), np.float64)
+    rewards = dataset.rewards.astype(np.float64)
+    for sl in dataset.episode_slices():
+        g = 0.0
+        for i in range(sl.stop - 1, sl.start - 1, -1):
+            g = rewards[i] + gamma * g
+            out[i] = g
+    return out.astype(np.float32)
+
+
 def divergence_limit(q_min: float, q_max: float, factor: float = 10.0) -> float:
     """Q-values above this have left the range the rewards allow by far: extrapolation error blowing up.
 

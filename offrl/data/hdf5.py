@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import h5py
 import numpy as np
 
 from offrl.data.dataset import IMAGE_KEYS, REQUIRED_KEYS, Dataset, DatasetError, make_dataset
+from offrl.fileio import temp_file_beside
 
 FORMAT_VERSION = 1
 _JSON_PREFIX = "json:"
@@ -56,7 +56,7 @@ def save_dataset(path: str | Path, dataset: Dataset, *, overwrite: bool = False)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists: choose another --out, or pass --overwrite to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path)  # the user's umask, not mkstemp's 0600
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as f:

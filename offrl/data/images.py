@@ -116,7 +116,7 @@ def stack_frames(images: Any, frames: Any) -> Any:
 def image_batch(data: dict[str, Any], idx: Any) -> dict[str, Any]:
     """A batch of transitions ``idx`` from device arrays of an image run (see :func:`image_arrays`):
     ``observations`` / ``next_observations`` as ``{"image": (B, H, W, k * C) uint8, "state": (B, d)}``."""
-    batch = {k: data[k][idx] for k in ("actions", "rewards", "terminals")}
+    batch = {k: data[k][idx] for k in ("actions", "rewards", "terminals", "mc_returns") if k in data}
     batch["observations"] = {
         "image": stack_frames(data["images"], data["obs_frames"][idx]),
         "state": data["observations"][idx],

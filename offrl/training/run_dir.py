@@ -14,7 +14,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -24,6 +23,7 @@ import jax
 import orbax.checkpoint as ocp
 
 import offrl
+from offrl.fileio import temp_file_beside
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -46,9 +46,10 @@ def package_versions() -> dict[str, str]:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a text file so that readers see the old content or the new, never a torn file."""
+    """Write a text file so that readers see the old content or the new, never a torn file. The file gets the
+    permissions of the user's umask."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)

@@ -37,6 +37,7 @@ from offrl.training.loggers import MetricsLogger
 from offrl.training.train import (
     Inputs,
     TrainConfig,
+    _calibration_gamma,
     _check_config,
     _chunk_size,
     _device_arrays,
@@ -141,7 +142,7 @@ def sweep(config: SweepConfig) -> list[Path]:
     columns = state_columns(mode, dataset)
     normalizer = (Normalizer.fit(train_ds.observations[:, columns]) if base.normalize_observations
                   else Normalizer.identity(len(columns)))
-    inputs = Inputs(mode, tuple(columns), normalizer, 1)
+    inputs = Inputs(mode, tuple(columns), normalizer, 1, _calibration_gamma(base))
     spec = obs_spec(mode, dataset, 1)
     module = get_agent("cql")
     agents = [_with_value(base.agent, config.param, v) for _, v in members]

@@ -32,6 +32,7 @@ from offrl.data import (
     divergence_limit,
     fingerprint,
     load_dataset,
+    mc_returns,
     q_value_range,
     split_episodes,
 )
@@ -119,6 +120,12 @@ class TrainingDiverged(RuntimeError):
     """Losses or Q-values became NaN/inf; the last good checkpoint is kept."""
 
 
+def _calibration_gamma(config: TrainConfig) -> float | None:
+    """The discount of the Monte-Carlo returns a calibrated CQL run needs in its batches; None otherwise."""
+    agent = active_agent_config(config)
+    return float(agent.gamma) if getattr(agent, "calibrated", False) else None
+
+
 def _chunk_size(config: TrainConfig) -> int:
     return math.gcd(config.log_every, config.checkpoint_every, config.steps)
 
@@ -132,6 +139,9 @@ class Inputs:
     columns: tuple[int, ...]
     normalizer: Normalizer
     frame_stack: int = 1
+    gamma: float | None = None
+    """Discount of the Monte-Carlo returns added to every batch as ``mc_returns`` (Cal-QL's reference values,
+    :func:`offrl.data.mc_returns`); None leaves them out."""
 
     @property
     def images(self) -> bool:
@@ -154,6 +164,8 @@ def _host_arrays(ds: Dataset, inputs: Inputs) -> dict[str, np.ndarray]:
         "terminals": ds.terminals.astype(np.float32),
         "next_observations": inputs.state(ds.next_observations),
     }
+    if inputs.gamma is not None:
+        arrays["mc_returns"] = mc_returns(ds, inputs.gamma)
     if inputs.images:
         arrays["obs_frames"], arrays["next_obs_frames"] = frame_stack_indices(ds, inputs.frame_stack)
         arrays["images"] = ds.images
@@ -453,7 +465,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
         if config.normalize_observations
         else Normalizer.identity(len(columns))
     )
-    inputs = Inputs(mode, tuple(columns), normalizer, config.frame_stack)
+    inputs = Inputs(mode, tuple(columns), normalizer, config.frame_stack, _calibration_gamma(config))
     spec = obs_spec(mode, dataset, config.frame_stack)
     agent = active_agent_config(config)
     module = get_agent(config.algo)
