@@ -146,3 +146,41 @@ def test_metric_3_2_is_not_fooled_by_a_lower_regularizer_with_a_worse_td_error()
     steady = {"run_dir": "big", "records": _records(q, td=1.5, reg=-2.59)}
     assert diagnose_metrics(base, (0.0, 1.0), compare=[steady])["evidence"]["metric_3_2"][0][
         "capacity_reduces_error"]
+
+
+def test_a_falling_q_is_overfitting_even_with_a_large_error():
+    # Paper Sec. 3: under underfitting Q should not fall with more training; a material fall wins.
+    x = np.arange(16)
+    q = np.where(x <= 6, 0.05 * x, 0.3 - 0.05 * (x - 6))
+    d = diagnose_metrics(_records(q, td=0.05), (0.0, 1.0))  # q error 5 x the range
+    assert d["verdict"] == "overfitting"
+    assert any("Q error" in r for r in d["reasons"])  # the large error is still reported
+
+
+def _with_unexplained(records, fraction):
+    return [{**r, "td_error_over_target_var": fraction} for r in records]
+
+
+def test_underfitting_is_judged_without_cqls_level_offset():
+    q = -40.0 + 0.03 * np.arange(10)  # CQL's level far below [0, 1], still rising
+    # td_error * H = 100 x the range, but the critic explains 90% of its targets' spread: not underfitting.
+    fits = diagnose_metrics(_with_unexplained(_records(q, td=1.0), 0.1), (0.0, 1.0))
+    assert fits["verdict"] == "healthy", fits["reasons"]
+    assert fits["evidence"]["td_error_over_target_var_end"] == pytest.approx(0.1)
+    # The same curves with 80% of the spread unexplained are underfitting.
+    poor = diagnose_metrics(_with_unexplained(_records(q, td=1.0), 0.8), (0.0, 1.0))
+    assert poor["verdict"] == "underfitting"
+    assert any("unexplained" in r for r in poor["reasons"])
+
+
+def test_q_above_the_largest_return_is_over_estimation():
+    # Success fell while q_data rose past the largest return (1.0) to 4: not divergence (limit 11), but flagged.
+    q = np.concatenate([np.linspace(0.1, 0.8, 6), np.linspace(1.2, 4.0, 6)])
+    d = diagnose_metrics(_records(q), (0.0, 1.0))
+    assert d["verdict"] == "over-estimation"
+    assert d["evidence"]["overestimation_steps"][0] >= 30000
+    assert d["evidence"]["in_range_peak_step"] in (25000, 30000)
+    assert "alpha" in d["recommendation"] and "offrl tune" in d["recommendation"]
+    # Within the tolerance (10% of the range above 1) nothing is flagged.
+    ok = diagnose_metrics(_records(np.linspace(0.1, 1.05, 12)), (0.0, 1.0))
+    assert ok["verdict"] == "healthy"

@@ -136,12 +136,15 @@ def test_collection_is_deterministic_per_seed(short):
 def test_evaluate_scripted_and_zero_policies():
     expert = scripted_policy(TASK)
     result = evaluate_policy(expert, TASK, episodes=6, seed=0, num_envs=3)
-    assert set(result) == {"success_rate", "successes", "episodes", "mean_episode_length", "seconds"}
+    assert set(result) == {"success_rate", "successes", "episodes", "mean_episode_length", "episode_successes",
+                           "seconds"}
     assert result["episodes"] == 6 and result["success_rate"] >= 0.8
     assert result["success_rate"] == pytest.approx(result["successes"] / 6)
-    # Per-episode seeds: the batch width changes the speed, never the answer.
+    assert len(result["episode_successes"]) == 6 and sum(result["episode_successes"]) == result["successes"]
+    # Per-episode seeds: the batch width changes the speed, never the answer, nor which episode succeeded.
     same = evaluate_policy(expert, TASK, episodes=6, seed=0, num_envs=2)
     assert same["successes"] == result["successes"]
+    assert same["episode_successes"] == result["episode_successes"]
     assert same["mean_episode_length"] == result["mean_episode_length"]
 
     calls = []
@@ -151,7 +154,7 @@ def test_evaluate_scripted_and_zero_policies():
         return np.zeros((obs.shape[0], 4), np.float32)
 
     idle = evaluate_policy(zero, TASK, episodes=3, horizon=40, seed=0, num_envs=2)
-    assert idle["success_rate"] == 0.0 and idle["successes"] == 0
+    assert idle["success_rate"] == 0.0 and idle["successes"] == 0 and idle["episode_successes"] == [0, 0, 0]
     assert idle["mean_episode_length"] == 40.0
     # One call per time step on a fixed-width batch (so a jitted policy compiles once).
     assert set(calls) == {(2, 39)} and len(calls) == 80

@@ -298,13 +298,14 @@ def critic_terms(
     sampled = jnp.concatenate([random_act, pi_act, pi_next_act], axis=0)  # (3n, B, A)
     q_sampled, _ = q_and_aux(phi[:, None], sampled, 1)  # (C, 3n, B)
     q_random, q_policy, q_next_policy = jnp.split(q_sampled, 3, axis=1)
+    pushed_policy, pushed_next = q_policy, q_next_policy
     if config.calibrated:
         # Cal-QL: the policy's actions are pushed down only to the behaviour's Monte-Carlo return of s (the
         # authors' code masks these two proposals, not the uniform one, before the log-sum-exp).
         floor = batch["mc_returns"][None, None, :]
-        q_policy, q_next_policy = jnp.maximum(q_policy, floor), jnp.maximum(q_next_policy, floor)
+        pushed_policy, pushed_next = jnp.maximum(q_policy, floor), jnp.maximum(q_next_policy, floor)
     log_pi, log_pi_next = jax.lax.stop_gradient(log_pi), jax.lax.stop_gradient(log_pi_next)
-    penalty = cql_penalty(q, q_random, q_policy, q_next_policy, log_pi, log_pi_next, act_dim)  # (C, B)
+    penalty = cql_penalty(q, q_random, pushed_policy, pushed_next, log_pi, log_pi_next, act_dim)  # (C, B)
 
     gap = config.target_action_gap if config.lagrange else 0.0
     loss = jnp.sum(sq_td.mean(axis=-1) + alpha_prime * (config.alpha * penalty.mean(axis=-1) - gap))
@@ -335,6 +336,7 @@ def critic_terms(
         "q_random": q_random.mean(axis=(0, 1)),
         "q_policy": q_policy.mean(axis=(0, 1)),
         "target_q": target,
+        "target_q_sq": target**2,  # with target_q, the targets' spread (offrl.training.train.checkpoint_record)
         **extra,
     }
     return loss, parts
@@ -438,7 +440,7 @@ def update(state: CQLState, batch: Batch, key: jax.Array, config: CQLConfig) -> 
         log_alpha_prime=log_alpha_prime,
         alpha_prime_opt_state=alpha_prime_opt_state,
     )
-    metrics = {k: v.mean() for k, v in parts.items()}
+    metrics = {k: v.mean() for k, v in parts.items() if k != "target_q_sq"}
     if config.lagrange:
         metrics["alpha_prime"] = alpha_prime
     metrics.update(

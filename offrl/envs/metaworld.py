@@ -752,7 +752,8 @@ def evaluate_policy(
 
     Returns:
         ``{"success_rate": float, "successes": int, "episodes": int,
-        "mean_episode_length": float, "seconds": float}`` where ``seconds`` is the wall time,
+        "mean_episode_length": float, "episode_successes": list of 0/1 per episode (in episode order,
+        the same for any ``num_envs``), "seconds": float}`` where ``seconds`` is the wall time,
         including building the simulators.
 
     Raises:
@@ -815,6 +816,7 @@ def _evaluate(
     next_episode = 0
     successes = 0
     total_steps = 0
+    outcome = np.zeros(episodes, bool)  # per episode, in seed order: independent of num_envs
 
     def start_episode(slot: int) -> None:
         nonlocal next_episode
@@ -848,6 +850,7 @@ def _evaluate(
             succeeded[slot] |= success
             if (success and terminate_on_success) or steps[slot] >= horizon:
                 successes += bool(succeeded[slot])
+                outcome[episode_of[slot]] = succeeded[slot]
                 total_steps += int(steps[slot])
                 start_episode(slot)
             elif renderers:
@@ -859,4 +862,5 @@ def _evaluate(
         "successes": int(successes),
         "episodes": int(episodes),
         "mean_episode_length": total_steps / episodes,
+        "episode_successes": outcome.astype(int).tolist(),
     }

@@ -44,6 +44,7 @@ from offrl.training.train import (
     _eval_arrays,
     _resolved_config,
     check_trainable,
+    checkpoint_record,
     evaluate_chunks,
     scan_steps,
 )
@@ -230,10 +231,7 @@ def sweep(config: SweepConfig) -> list[Path]:
             for i in np.flatnonzero(alive):
                 record: dict[str, Any] = {"step": step, "time_s": round(time.perf_counter() - t0, 3)}
                 for prefix, ev in evs.items():
-                    for k, v in ev.items():
-                        record[prefix + k] = float(v[i])
-                    if "td_error" in ev:
-                        record[prefix + "q_error_estimate"] = float(ev["td_error"][i]) * horizon
+                    record.update(checkpoint_record({k: float(v[i]) for k, v in ev.items()}, horizon, prefix))
                 record["srank"] = float(sr[i])
                 record.update({f"train/{k}": float(v[i]) / n_chunks for k, v in sums.items()})
                 record["steps_per_s"] = round(n_chunks * chunk_steps / (train_time + 1e-9), 2)

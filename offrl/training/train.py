@@ -120,6 +120,25 @@ class TrainingDiverged(RuntimeError):
     """Losses or Q-values became NaN/inf; the last good checkpoint is kept."""
 
 
+def checkpoint_record(ev: dict[str, float], horizon: float, prefix: str = "") -> dict[str, float]:
+    """The logged workflow metrics of one evaluation set from the agent's means ``ev`` (docs/metrics.md).
+
+    Adds ``q_error_estimate = td_error * horizon`` (paper Sec. 3) and, when the agent reports the mean squared
+    target ``target_q_sq``, ``target_q_var = E[y^2] - E[y]^2`` (the spread of the TD targets over the set) and
+    ``td_error_over_target_var``: the fraction of that spread the critic leaves unexplained (1 - R^2 of the
+    Bellman regression). Unlike ``q_error_estimate`` it does not carry CQL's level offset: shifting every Q-value
+    by a constant changes neither.
+    """
+    out = {prefix + k: v for k, v in ev.items() if k != "target_q_sq"}
+    if "td_error" in ev:
+        out[prefix + "q_error_estimate"] = ev["td_error"] * horizon
+    if "target_q_sq" in ev and "target_q" in ev:
+        var = max(ev["target_q_sq"] - ev["target_q"] ** 2, 0.0)
+        out[prefix + "target_q_var"] = var
+        out[prefix + "td_error_over_target_var"] = ev["td_error"] / var if var > 0 else float("inf")
+    return out
+
+
 def _calibration_gamma(config: TrainConfig) -> float | None:
     """The discount of the Monte-Carlo returns a calibrated CQL run needs in its batches; None otherwise."""
     agent = active_agent_config(config)
@@ -350,6 +369,17 @@ def _check_config(config: TrainConfig) -> None:
         problems.append(f"--steps must be >= 1 (got {config.steps})")
     if config.checkpoint_every < 1:
         problems.append(f"--checkpoint-every must be >= 1 (got {config.checkpoint_every})")
+    if config.checkpoint_every > config.steps >= 1:
+        problems.append(
+            f"--checkpoint-every {config.checkpoint_every} is larger than --steps {config.steps}: the run would "
+            f"save no checkpoint to diagnose; lower --checkpoint-every"
+        )
+    bc_steps = getattr(active_agent_config(config), "bc_steps", 0) if config.algo == "cql" else 0
+    if bc_steps and config.steps <= bc_steps:
+        problems.append(
+            f"--steps {config.steps} is not more than the behaviour-cloning warm start (--agent.bc-steps "
+            f"{bc_steps}): the run would train only behaviour cloning; raise --steps or lower --agent.bc-steps"
+        )
     if config.log_every < 1:
         problems.append(f"--log-every must be >= 1 (got {config.log_every})")
     if config.batch_size < 1:
@@ -588,10 +618,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
                 record: dict[str, Any] = {"step": step, "time_s": round(time.perf_counter() - t0, 3)}
                 for prefix, (chunks, mask) in eval_sets.items():
                     ev = jax.device_get(evaluate(state, chunks, mask, k_eval))
-                    for k, v in ev.items():
-                        record[prefix + k] = float(v)
-                    if "td_error" in ev:
-                        record[prefix + "q_error_estimate"] = float(ev["td_error"]) * horizon
+                    record.update(checkpoint_record({k: float(v) for k, v in ev.items()}, horizon, prefix))
                 if srank_fn is not None:
                     record["srank"] = float(srank_fn(state))
                 record.update({f"train/{k}": v / interval_chunks for k, v in interval_sums.items()})

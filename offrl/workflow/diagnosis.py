@@ -4,9 +4,11 @@ Rules (Kumar et al. 2021, "A Workflow for Offline Model-Free Robotic RL"):
 
 - **Overfitting, Metric 3.1**: the average dataset Q-value ``q_data`` rises, then falls with more gradient
   steps and stays down. Implemented on a smoothed curve with a noise-aware threshold (``detect_decline``).
-- **Underfitting**: the estimated Q error ``q_error_estimate = td_error * H`` (paper Sec. 3) is large against
-  the range of Q-values that the rewards allow; and, **Metric 3.2**, the training TD error and/or CQL
-  regularizer drop when an otherwise identical run with more capacity is compared (``--compare``).
+- **Underfitting**: the critic leaves much of its TD targets' variance unexplained (``td_error_over_target_var``,
+  blind to CQL's level offset; runs without it fall back to the paper's ``q_error_estimate = td_error * H``
+  against the Q range); and, **Metric 3.2**, the training TD error and/or CQL regularizer drop when an
+  otherwise identical run with more capacity is compared (``--compare``). A falling Q outranks it (paper Sec. 3).
+- **Over-estimation** (paper App. G): Q above the largest return the rewards allow, short of divergence.
 - **Selection, Guideline 3.1**: deploy the checkpoint at the peak of the smoothed ``q_data`` (optionally the
   one after, since the actor lags the critic); on a curve that still rises that is the last checkpoint.
 - **Recommendations**: Guideline 4.1 (capacity-decreasing regularization: VIB, dropout) for overfitting,
@@ -28,7 +30,7 @@ import numpy as np
 from offrl.data import divergence_limit
 from offrl.training import run_dir as rd
 
-VERDICTS = ("overfitting", "underfitting", "healthy", "inconclusive", "diverged")
+VERDICTS = ("overfitting", "underfitting", "over-estimation", "healthy", "inconclusive", "diverged")
 # Per algorithm: the curve of Metric 3.1 / Guideline 3.1, and the regularizer compared by Metric 3.2.
 DEFAULT_METRIC = {"cql": "q_data", "brac": "q_regularized", "bc": "heldout/log_likelihood"}
 REGULARIZER = {"cql": "cql_regularizer", "brac": "kl_estimate", "bc": None}
@@ -60,9 +62,18 @@ class DiagnosisConfig:
     of taking the maximum of a noisy curve."""
     min_drop_of_q_range: float = 0.01
     """... and at least this fraction of the width of the Q range the rewards allow."""
+    underfit_unexplained: float = 0.5
+    """Underfitting when ``td_error_over_target_var`` at the end (mean of the last ``tail`` checkpoints) exceeds
+    this: the critic leaves more than this fraction of its targets' spread unexplained. Scale-free and blind to
+    CQL's level offset (docs/metrics.md); candidates 0.25, 0.5 and 1.0 are compared in docs/selection.md."""
     underfit_q_error_ratio: float = 1.0
-    """Underfitting when ``q_error_estimate`` at the end exceeds this multiple of the Q range's width (the paper
-    calls an error as large as the range "large")."""
+    """Runs that do not log ``td_error_over_target_var`` (older runs, BRAC): underfitting when
+    ``q_error_estimate`` at the end exceeds this multiple of the Q range's width (the paper calls an error as
+    large as the range "large"; with CQL's level far below the range it fires on nearly every run)."""
+    overestimation_tolerance: float = 0.1
+    """Over-estimation when the smoothed ``q_data`` of a checkpoint after the warm start exceeds the largest
+    return the rewards allow by more than this fraction of the Q range's width (paper App. G: too little
+    conservatism)."""
     capacity_improvement: float = 0.1
     """Metric 3.2: the run with more capacity fits better when its TD error drops by this fraction (or its
     regularizer by this fraction of max(|R|, |R'|, 1)) and the other error does not rise by as much."""
@@ -183,6 +194,13 @@ def _recommendation(verdict: str, selected_step: int | None, algo: str = "cql") 
             "critics. Confirm with Metric 3.2: train the same setup with more capacity and run `offrl diagnose "
             "RUN_DIR --compare BIGGER_RUN_DIR`; lower TD error or regularizer there confirms underfitting."
             + (f" Meanwhile the best available checkpoint is step {selected_step}." if selected_step else "")
+        )
+    if verdict == "over-estimation":
+        return (
+            f"The dataset Q-value rose above the largest return the rewards allow: the critic over-estimates, the "
+            f"sign of too little conservatism (paper App. G). Make it more conservative: a larger CQL alpha (or "
+            f"BRAC beta), chosen with `offrl tune`. Until then, prefer a checkpoint whose Q stays within the range "
+            f"(evidence in_range_peak_step) over step {selected_step}."
         )
     if verdict == "healthy":
         return (
@@ -358,12 +376,24 @@ def diagnose_metrics(
     if num_params:
         evidence["num_params"] = num_params
 
-    large_error = q_error_ratio > config.underfit_q_error_ratio
-    if large_error:
-        reasons.append(
-            f"estimated Q error {q_err:.3g} (TD error {td:.3g} x effective horizon) is {q_error_ratio:.2g} x the "
-            f"Q range width {width:.3g} allowed by the rewards (threshold {config.underfit_q_error_ratio:g} x)"
-        )
+    unexplained = _tail_mean(series("td_error_over_target_var"), tail_n)
+    if np.isfinite(unexplained):
+        # The TD error against the spread of the targets: a constant offset of every Q-value (CQL's level far
+        # below the reward range) changes neither, unlike td_error * H against the range.
+        evidence["td_error_over_target_var_end"] = unexplained
+        large_error = unexplained > config.underfit_unexplained
+        if large_error:
+            reasons.append(
+                f"the TD error leaves {unexplained:.0%} of the TD targets' variance unexplained at the end "
+                f"(threshold {config.underfit_unexplained:.0%}): the critic does not fit its own targets"
+            )
+    else:
+        large_error = q_error_ratio > config.underfit_q_error_ratio
+        if large_error:
+            reasons.append(
+                f"estimated Q error {q_err:.3g} (TD error {td:.3g} x effective horizon) is {q_error_ratio:.2g} x "
+                f"the Q range width {width:.3g} allowed by the rewards (threshold {config.underfit_q_error_ratio:g} x)"
+            )
 
     # Metric 3.2: compare with runs of more capacity.
     capacity_helps: bool | None = None
@@ -423,14 +453,32 @@ def diagnose_metrics(
 
     if not has_q:
         underfitting = False
+    # Over-estimation (paper App. G): Q above the largest return the rewards allow, short of divergence.
+    over = False
+    if has_q and config.metric.removeprefix("heldout/") == "q_data" and width > 0:
+        ceiling = q_max + config.overestimation_tolerance * width
+        above = [steps[i] for i in range(len(steps)) if dec.smoothed[i] > ceiling]
+        if above:
+            over = True
+            in_range = [i for i in range(len(steps)) if dec.smoothed[i] <= ceiling]
+            evidence["overestimation_steps"] = above
+            evidence["in_range_peak_step"] = steps[max(in_range, key=lambda i: dec.smoothed[i])] if in_range else None
+            reasons.append(
+                f"{config.metric} (smoothed) exceeds the largest return the rewards allow ({q_max:.4g}) by more "
+                f"than {config.overestimation_tolerance:.0%} of the Q range at step(s) "
+                f"{', '.join(map(str, above[:5]))}{' ...' if len(above) > 5 else ''}: the critic over-estimates"
+            )
     if len(steps) < config.min_checkpoints:
         verdict = "inconclusive"
         reasons.append(f"only {len(steps)} checkpoint(s); at least {config.min_checkpoints} are needed")
-    elif underfitting:
-        # High training error means the model does not fit (paper Table 1), whatever Q does.
-        verdict = "underfitting"
+    elif over:
+        verdict = "over-estimation"
     elif dec.declining:
+        # Paper Sec. 3: under underfitting the dataset Q-value should not fall with more training, so a material
+        # fall is overfitting even when the training error is also large (reported among the reasons).
         verdict = "overfitting"
+    elif underfitting:
+        verdict = "underfitting"
     else:
         verdict = "healthy"
     out["verdict"] = verdict

@@ -76,6 +76,8 @@ def evaluate_run(
                 "successes": res["successes"],
                 "episodes": res["episodes"],
                 "mean_episode_length": res["mean_episode_length"],
+                # Per episode, so that analyses can split the episodes (the study's noise floor).
+                "episode_successes": res["episode_successes"],
             }
         )
         if progress:
