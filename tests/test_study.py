@@ -194,3 +194,50 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     capsys.readouterr()
     assert main(["study", str(path)]) == 1
     assert "different configuration" in capsys.readouterr().err
+
+
+def test_new_selectors_on_a_run_that_over_estimates():
+    # q_data passes the largest return (1.0 + 10%) from step 4000 on while success collapses.
+    q = [0.2, 0.5, 0.8, 1.5, 2.5, 3.0]
+    success = [0.3, 0.6, 0.8, 0.4, 0.1, 0.0]
+    cell = _cell(q, success, selected=6000)
+    for c, hq, hp, u in zip(cell["checkpoints"], [0.1, 0.4, 0.3, 0.2, 0.2, 0.1], [0.0, 0.2, 0.5, 0.9, 1.0, 1.2],
+                            [0.2, 0.3, 0.9, 0.2, 0.2, 0.2], strict=True):
+        c.update({"heldout/q_data": hq, "heldout/q_policy": hp, "td_error_over_target_var": u})
+    res = evaluate_selectors(cell)
+    assert res["workflow"]["step"] == 6000 and res["workflow"]["regret"] == pytest.approx(1.0)
+    # Smoothed q_data: [0.35, 0.5, 0.93, 1.6, 2.33, 2.75]: in range up to step 3000.
+    assert res["q_peak_in_range"]["step"] == 3000 and res["q_peak_in_range"]["regret"] == 0.0
+    assert res["heldout_q_peak"]["step"] == 3000  # smoothed [0.25, 0.27, 0.3, 0.23, 0.17, 0.15]
+    # heldout/q_policy rises throughout; only in-range checkpoints count: 3000.
+    assert res["heldout_q_policy_peak"]["step"] == 3000
+    # At 3000 the critic leaves 90% of its targets' spread unexplained: the fitted peak is 2000.
+    assert res["q_peak_fitted"]["step"] == 2000
+    assert "oracle" not in res  # no per-episode outcomes: no noise floor
+
+
+def test_oracle_on_held_apart_halves_is_the_noise_floor():
+    # Two checkpoints of equal true quality: the oracle's pick on half A is noise, judged on half B.
+    q = [0.1, 0.2, 0.3, 0.4]
+    cell = _cell(q, [0.5, 0.5, 0.5, 0.5], selected=4000)
+    outcomes = [[1, 0, 1, 0], [1, 1, 0, 0], [0, 1, 1, 0], [1, 1, 1, 1]]
+    for c, e in zip(cell["checkpoints"], outcomes, strict=True):
+        c["episode_successes"] = e
+    res = evaluate_selectors(cell)
+    # Half A (even episodes) success: [1, 0.5, 0.5, 1]; half B (odd): [0, 0.5, 0.5, 1].
+    # Round 1: oracle picks 1000 on A (first maximum), scored on B: 0 -> regret (1 - 0) / (1 - 0) = 1.
+    # Round 2: oracle picks 4000 on B, scored on A: 1 -> regret 0. Mean 0.5.
+    assert res["oracle"]["regret"] == pytest.approx(0.5)
+    # The workflow's pick (4000) is the best on both halves: regret 0, within 0.1 of the best both times.
+    assert res["workflow"]["regret"] == 0.0 and res["workflow"]["within_0.1"] == 1.0
+    assert res["last"]["success"] == pytest.approx(1.0)
+
+
+def test_paired_difference_to_the_workflow():
+    cells = [_cell([0.1, 0.5, 0.2, 0.1], [0.1, 0.9, 0.3, 0.1], selected=2000),
+             _cell([0.1, 0.5, 0.2, 0.1], [0.9, 0.1, 0.3, 0.1], selected=2000),
+             _cell([0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3, 0.9], selected=4000)]
+    a = analyse(cells, type("C", (), {"bootstrap_samples": 200})())
+    d = a["headline"]["last"]["regret_minus_workflow"]
+    # last vs workflow per run: (1 - 0) , (1 - 1), (0 - 0) -> mean 1/3
+    assert d["n"] == 3 and d["mean"] == pytest.approx(1 / 3)

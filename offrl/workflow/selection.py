@@ -10,11 +10,22 @@ Selectors (each reads only offline quantities, never the success rates):
 * ``heldout_td``: the lowest TD error on held-out episodes (the supervised-learning habit). Score: minus it.
 * ``fqe``: the highest fitted-Q-evaluation estimate of the return (:mod:`offrl.workflow.fqe`). Score: it.
 * ``random``: a uniformly random checkpoint, as a reference; its numbers are expectations.
+* ``q_peak_in_range``: the smoothed ``q_data`` peak among checkpoints whose smoothed ``q_data`` stays within the
+  largest return the rewards allow plus 10 % of the Q range (earliest candidate if none).
+* ``heldout_q_peak``: the peak of the smoothed ``heldout/q_data``.
+* ``heldout_q_policy_peak``: the peak of the smoothed ``heldout/q_policy`` among in-range checkpoints.
+* ``q_peak_fitted``: ``q_peak_in_range`` among checkpoints with ``td_error_over_target_var <= 0.5``.
+* ``oracle``: the best checkpoint on the other half of the evaluation episodes: the **noise floor**.
+
+The candidates and the rules were pre-registered in docs/selection.md before the dev grid ran.
 
 All selectors choose among the same candidates: the checkpoints after the actor's behaviour-cloning warm start
 (``agent.bc_steps``), the CQL policies; "best in hindsight" is the best of those candidates.
 
-Per run and selector: the success of the pick; the **normalised regret**
+When the evaluation recorded every episode (``episode_successes``), picks are scored on half B of the episodes
+(odd indices) and the oracle picks on half A (even), then the halves swap and the two results are averaged;
+otherwise on all episodes, without an oracle. Per run and selector: the success of the pick; the **normalised
+regret**
 ``(best - picked) / (best - worst)`` over the candidates (0: the best checkpoint, 1: the worst; undefined, and
 left out, when every candidate has the same success); and the **Spearman rank correlation** between the score
 and the success across candidates (undefined when either is constant). Aggregates over runs carry percentile
@@ -37,7 +48,11 @@ import numpy as np
 
 from offrl.workflow.diagnosis import DiagnosisConfig, smooth
 
-SELECTORS = ("workflow", "workflow_after_peak", "last", "heldout_td", "fqe", "random")
+SELECTORS = ("workflow", "workflow_after_peak", "q_peak_in_range", "heldout_q_peak", "fqe", "heldout_q_policy_peak",
+             "q_peak_fitted", "last", "heldout_td", "random", "oracle")
+# Pre-registered (docs/selection.md): tolerance above the largest return, and the fit threshold.
+IN_RANGE_TOLERANCE = 0.1
+FIT_THRESHOLD = 0.5
 OVERFIT_SUCCESS_DROP = 0.15
 TAIL = 3
 
@@ -91,6 +106,26 @@ def selector_scores(cell: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if not np.isfinite(td).any():
         td = np.array([_num(c.get("td_error")) for c in cps])
     fqe = np.array([_num(c.get("fqe_value")) for c in cps])
+
+    def smoothed(key: str) -> np.ndarray | None:
+        v = np.array([_num(c.get(key)) for c in cps])
+        if not np.isfinite(v).any():
+            return None
+        return smooth(np.where(np.isfinite(v), v, np.nanmean(v)), DiagnosisConfig().smoothing_window)
+
+    def peak(scores: np.ndarray | None, allowed: np.ndarray) -> int | None:
+        if scores is None:
+            return None
+        if not allowed.any():
+            return steps[0]
+        return steps[int(np.argmax(np.where(allowed, scores, -np.inf)))]
+
+    q_range = cell.get("q_range") or [0.0, 1.0]
+    ceiling = float(q_range[1]) + IN_RANGE_TOLERANCE * (float(q_range[1]) - float(q_range[0]))
+    in_range = qs <= ceiling
+    unexplained = np.array([_num(c.get("td_error_over_target_var")) for c in cps])
+    fitted = in_range & (unexplained <= FIT_THRESHOLD)
+    held_q, held_pol = smoothed("heldout/q_data"), smoothed("heldout/q_policy")
     out = {
         "workflow": {"step": wf, "scores": qs},
         "workflow_after_peak": {"step": steps[min(i + 1, len(steps) - 1)], "scores": shifted},
@@ -99,35 +134,80 @@ def selector_scores(cell: dict[str, Any]) -> dict[str, dict[str, Any]]:
                        "scores": -td},
         "fqe": {"step": steps[int(np.nanargmax(fqe))] if np.isfinite(fqe).any() else None, "scores": fqe},
         "random": {"step": None, "scores": None},
+        "q_peak_in_range": {"step": peak(qs, in_range), "scores": np.where(in_range, qs, -np.inf)},
+        "heldout_q_peak": {"step": peak(held_q, np.ones(len(steps), bool)), "scores": held_q},
+        "heldout_q_policy_peak": {"step": peak(held_pol, in_range),
+                                  "scores": None if held_pol is None else np.where(in_range, held_pol, -np.inf)},
+        "q_peak_fitted": {"step": peak(qs, fitted) if fitted.any() else peak(qs, in_range),
+                          "scores": np.where(fitted, qs, -np.inf) if fitted.any() else None},
     }
     return out
 
 
-def evaluate_selectors(cell: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per selector: picked step, its success, best/worst success, normalised regret, Spearman correlation."""
-    cps = candidates(cell)
-    succ = np.array([c["success_rate"] for c in cps], float)
+def _halves(cps: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Success of every candidate on the even (A) and odd (B) evaluation episodes; None if not recorded."""
+    eps = [c.get("episode_successes") for c in cps]
+    if any(not e or len(e) < 2 for e in eps):
+        return None
+    a = np.array([np.mean(e[0::2]) for e in eps], float)
+    b = np.array([np.mean(e[1::2]) for e in eps], float)
+    return a, b
+
+
+def _score(picks: dict[str, int | None], succ: np.ndarray, steps: list[int],
+           scores: dict[str, Any]) -> dict[str, dict[str, Any]]:
     best, worst = float(succ.max()), float(succ.min())
-    by_step = {c["step"]: c["success_rate"] for c in cps}
     res = {}
-    for name, sel in selector_scores(cell).items():
+    for name, step in picks.items():
         if name == "random":
             picked = float(succ.mean())
-            step = None
-        elif sel["step"] is None:
-            res[name] = {"step": None, "success": None, "regret": None, "abs_regret": None, "spearman": None}
+        elif step is None:
+            res[name] = {"step": None, "success": None, "regret": None, "abs_regret": None, "spearman": None,
+                         "within_0.1": None}
             continue
         else:
-            step, picked = sel["step"], float(by_step[sel["step"]])
+            picked = float(succ[steps.index(step)])
         regret = (best - picked) / (best - worst) if best > worst else None
         rho = None
-        if sel["scores"] is not None:
-            s = np.asarray(sel["scores"], float)
-            ok = np.isfinite(s)
-            rho = spearman(s[ok], succ[ok])
+        if scores.get(name) is not None:
+            sc = np.asarray(scores[name], float)
+            ok = np.isfinite(sc)
+            rho = spearman(sc[ok], succ[ok])
         res[name] = {"step": step, "success": picked, "best": best, "worst": worst, "regret": regret,
-                     "abs_regret": best - picked, "spearman": rho}
+                     "abs_regret": best - picked, "spearman": rho,
+                     "within_0.1": None if name == "random" else bool(best - picked <= 0.1 + 1e-12)}
     return res
+
+
+def evaluate_selectors(cell: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per selector: picked step, its success, best/worst success, normalised regret, Spearman correlation, and
+    whether the pick is within 0.1 of the best. With per-episode outcomes, scored on held-apart halves and
+    averaged over the two ways round, with the ``oracle`` (noise floor) among the selectors."""
+    cps = candidates(cell)
+    steps = [c["step"] for c in cps]
+    chosen = selector_scores(cell)
+    picks = {name: sel["step"] for name, sel in chosen.items()}
+    scores = {name: sel["scores"] for name, sel in chosen.items()}
+    halves = _halves(cps)
+    if halves is None:
+        succ = np.array([c["success_rate"] for c in cps], float)
+        return _score(picks, succ, steps, scores)
+    a, b = halves
+    rounds = []
+    for pick_on, score_on in ((a, b), (b, a)):
+        oracle = steps[int(np.argmax(pick_on))]  # ties: the earliest, as for "best in hindsight"
+        rounds.append(_score({**picks, "oracle": oracle}, score_on, steps, {**scores, "oracle": pick_on}))
+    out = {}
+    for name in rounds[0]:
+        r0, r1 = rounds[0][name], rounds[1][name]
+        merged = dict(r0)
+        for key in ("success", "best", "worst", "regret", "abs_regret", "spearman"):
+            vals = [r[key] for r in (r0, r1) if r.get(key) is not None]
+            merged[key] = float(np.mean(vals)) if vals else None
+        w = [r["within_0.1"] for r in (r0, r1) if r.get("within_0.1") is not None]
+        merged["within_0.1"] = float(np.mean(w)) if w else None
+        out[name] = merged
+    return out
 
 
 def success_label(cell: dict[str, Any]) -> str:
@@ -169,11 +249,20 @@ def analyse(cells: list[dict[str, Any]], config: Any) -> dict[str, Any]:
     headline = {}
     for name in SELECTORS:
         rows = [r["selectors"][name] for r in per_run if name in r["selectors"]]
+        if not rows:
+            continue
         headline[name] = {
             "success": bootstrap_mean([r["success"] for r in rows if r["success"] is not None], samples),
             "regret": bootstrap_mean([r["regret"] for r in rows if r["regret"] is not None], samples),
             "abs_regret": bootstrap_mean([r["abs_regret"] for r in rows if r["abs_regret"] is not None], samples),
             "spearman": bootstrap_mean([r["spearman"] for r in rows if r["spearman"] is not None], samples),
+            "within_0.1": bootstrap_mean([float(r["within_0.1"]) for r in rows if r.get("within_0.1") is not None],
+                                         samples),
+            # Paired with the paper's rule on the same runs: the interval of the per-run difference.
+            "regret_minus_workflow": bootstrap_mean(
+                [r["regret"] - w["regret"] for r, w in
+                 ((p["selectors"][name], p["selectors"]["workflow"]) for p in per_run if name in p["selectors"])
+                 if r["regret"] is not None and w["regret"] is not None], samples),
         }
     best = bootstrap_mean([float(r["selectors"]["last"]["best"]) for r in per_run], samples) if per_run else None
     confusion = Counter((r["verdict"], r["success_label"]) for r in per_run)

@@ -293,7 +293,8 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
     success = {r["step"]: r for r in evaluation["results"]}
     fqe_by = {r["step"]: r["value"] for r in fqe["results"]}
     keys = ("q_data", "td_error", "cql_regularizer", "q_error_estimate", "heldout/q_data", "heldout/td_error",
-            "heldout/q_error_estimate", "srank")
+            "heldout/q_error_estimate", "srank", "q_policy", "heldout/q_policy", "td_error_over_target_var",
+            "heldout/td_error_over_target_var")
     checkpoints = [
         {
             "step": s,
@@ -302,6 +303,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
             "successes": success[s]["successes"],
             "episodes": success[s]["episodes"],
             "success_rate": success[s]["success_rate"],
+            "episode_successes": success[s].get("episode_successes"),
         }
         for s in steps
     ]
