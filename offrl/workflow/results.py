@@ -190,6 +190,13 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
     L.append("|---|---|---|")
     for row in da["confusion"]:
         L.append(f"| {row['verdict']} | {row['success_label']} | {row['runs']} |")
+    if da.get("per_verdict"):
+        L.append("\nPer verdict (docs/selection.md): the label each verdict claims and how often the runs carry it.\n")
+        L.append("| verdict | runs | claims | agreement | labels |")
+        L.append("|---|---|---|---|---|")
+        for verdict, v in da["per_verdict"].items():
+            labels = ", ".join(f"{k}: {n}" for k, n in sorted(v["labels"].items()))
+            L.append(f"| {verdict} | {v['runs']} | {v['claims'] or '–'} | {_ci(v['agreement'])} | {labels} |")
 
     for sc in sorted(config.scenarios, key=lambda sc: sc.name):
         rows = _cells(config, sc.name)

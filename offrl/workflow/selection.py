@@ -54,6 +54,7 @@ SELECTORS = ("workflow", "workflow_after_peak", "q_peak_in_range", "heldout_q_pe
 IN_RANGE_TOLERANCE = 0.1
 FIT_THRESHOLD = 0.5
 OVERFIT_SUCCESS_DROP = 0.15
+NEVER_REACHES_MARGIN = 0.1
 TAIL = 3
 
 
@@ -211,8 +212,16 @@ def evaluate_selectors(cell: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def success_label(cell: dict[str, Any]) -> str:
-    """``overfitting`` or ``no overfitting`` from the analysis-only success curve (rule in the module doc)."""
-    succ = np.array([c["success_rate"] for c in candidates(cell)], float)
+    """The run's label from its analysis-only success curve (pre-registered in docs/selection.md).
+
+    On half B of the evaluation episodes when they were recorded (the half selectors are scored on), else on all:
+    ``overfitting`` when the smoothed (3) peak comes before the last 3 candidates and the mean of the last 3 is at
+    least 0.15 below it; else ``never reaches the data`` when the smoothed peak stays below the data's behaviour
+    success minus 0.1 (only when the cell records it); else ``no overfitting``; ``too short`` under 5 candidates.
+    """
+    cps = candidates(cell)
+    halves = _halves(cps)
+    succ = halves[1] if halves is not None else np.array([c["success_rate"] for c in cps], float)
     if len(succ) < TAIL + 2:
         return "too short"
     sm = smooth(succ, 3)
@@ -220,7 +229,14 @@ def success_label(cell: dict[str, Any]) -> str:
     tail = float(succ[-TAIL:].mean())
     if peak < len(succ) - TAIL and sm[peak] - tail >= OVERFIT_SUCCESS_DROP:
         return "overfitting"
+    behaviour = (cell.get("dataset") or {}).get("behaviour_success_rate")
+    if behaviour is not None and sm[peak] < float(behaviour) - NEVER_REACHES_MARGIN:
+        return "never reaches the data"
     return "no overfitting"
+
+
+# Which label each verdict claims (docs/selection.md); over-estimation has no label of its own.
+VERDICT_LABEL = {"overfitting": "overfitting", "underfitting": "never reaches the data", "healthy": "no overfitting"}
 
 
 def bootstrap_mean(values: list[float], samples: int = 10_000, seed: int = 0) -> dict[str, Any]:
@@ -271,6 +287,16 @@ def analyse(cells: list[dict[str, Any]], config: Any) -> dict[str, Any]:
     tp = sum(r["verdict"] == "overfitting" and r["success_label"] == "overfitting" for r in labelled)
     pred = sum(r["verdict"] == "overfitting" for r in labelled)
     actual = sum(r["success_label"] == "overfitting" for r in labelled)
+    per_verdict = {}
+    for verdict in sorted({r["verdict"] for r in labelled}):
+        rows = [r for r in labelled if r["verdict"] == verdict]
+        claim = VERDICT_LABEL.get(verdict)
+        per_verdict[verdict] = {
+            "runs": len(rows),
+            "labels": dict(Counter(r["success_label"] for r in rows)),
+            "claims": claim,
+            "agreement": bootstrap_mean([float(r["success_label"] == claim) for r in rows], samples) if claim else None,
+        }
     return {
         "runs": len(per_run),
         "per_run": per_run,
@@ -286,6 +312,7 @@ def analyse(cells: list[dict[str, Any]], config: Any) -> dict[str, Any]:
             "overfitting_by_success": actual,
             "overfitting_by_verdict": pred,
             "confusion": [{"verdict": v, "success_label": s, "runs": n} for (v, s), n in sorted(confusion.items())],
+            "per_verdict": per_verdict,
         },
         "remedies": _remedies_by_scenario(cells, config),
     }
@@ -304,7 +331,9 @@ def _remedies_by_scenario(cells: list[dict[str, Any]], config: Any) -> dict[str,
 
 def _cell_name(cell: dict[str, Any]) -> str:
     c = cell["cell"]
-    return f"{c['task']}__{c['episodes']}ep__s{c['seed']}__{c['setting']}"
+    regime = c.get("regime", "white")
+    tag = "" if regime == "white" else f"{regime}__"
+    return f"{c['task']}__{tag}{c['episodes']}ep__s{c['seed']}__{c['setting']}"
 
 
 def late_success(cell: dict[str, Any]) -> float:
@@ -323,9 +352,9 @@ def remedy_effects(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple, dict[str, dict[str, Any]]] = {}
     for cell in cells:
         c = cell["cell"]
-        groups.setdefault((c["task"], c["episodes"], c["seed"]), {})[c["setting"]] = cell
+        groups.setdefault((c["task"], c.get("regime", "white"), c["episodes"], c["seed"]), {})[c["setting"]] = cell
     out = []
-    for (task, episodes, seed), runs in sorted(groups.items()):
+    for (task, _regime, episodes, seed), runs in sorted(groups.items()):
         base = runs.get("base")
         if base is None:
             continue

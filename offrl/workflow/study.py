@@ -22,6 +22,7 @@ Layout of a study directory::
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import shutil
 import time
 import tomllib
@@ -30,6 +31,7 @@ from typing import Any
 
 from offrl.agents.cql import CQLConfig
 from offrl.envs import DEFAULT_HORIZON, DEFAULT_NOISE_SIGMA
+from offrl.envs.behaviour import REGIMES
 from offrl.training import run_dir as rd
 from offrl.workflow.auto import RemedyConfig, remedy_agent
 
@@ -47,6 +49,8 @@ class Scenario:
     seeds: tuple[int, ...] = (0,)
     settings: tuple[str, ...] = ("base",)
     description: str = ""
+    regimes: tuple[str, ...] = ("white",)
+    """Behaviour regimes of the collected data (docs/dataset-format.md); each is its own dataset and run."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,8 +129,13 @@ def study_config_from_dict(
         sc = Scenario(
             name=str(s["name"]), tasks=tuple(s["tasks"]), episodes=tuple(int(e) for e in s["episodes"]),
             seeds=tuple(int(x) for x in s.get("seeds", (0,))), settings=tuple(s.get("settings", ("base",))),
-            description=str(s.get("description", "")),
+            description=str(s.get("description", "")), regimes=tuple(s.get("regimes", ("white",))),
         )
+        unknown_regimes = [r for r in sc.regimes if r not in REGIMES]
+        if unknown_regimes:
+            raise StudyConfigError(
+                f"{source}: scenario '{sc.name}' has unknown regimes {unknown_regimes}; use {', '.join(REGIMES)}"
+            )
         for st in sc.settings:
             if st not in PRESETS and st not in settings:
                 raise StudyConfigError(
@@ -163,15 +172,21 @@ class Cell:
     episodes: int
     seed: int
     setting: str
+    regime: str = "white"
+
+    @property
+    def _data_tag(self) -> str:
+        # White-noise cells keep the names of studies made before regimes existed.
+        return "" if self.regime == "white" else f"{self.regime}_"
 
     @property
     def name(self) -> str:
         # The scenario is a view: two scenarios that need the same run share it.
-        return f"{self.task}__{self.episodes}ep__s{self.seed}__{self.setting}"
+        return f"{self.task}__{self._data_tag.replace('_', '__')}{self.episodes}ep__s{self.seed}__{self.setting}"
 
     @property
     def dataset_name(self) -> str:
-        return f"{self.task}_{self.episodes}ep_s{self.seed}.h5"
+        return f"{self.task}_{self._data_tag}{self.episodes}ep_s{self.seed}.h5"
 
 
 def cells_of(config: StudyConfig, scenario: str | None = None) -> list[Cell]:
@@ -179,17 +194,16 @@ def cells_of(config: StudyConfig, scenario: str | None = None) -> list[Cell]:
     once, under the first."""
     out, seen = [], set()
     for sc in config.scenarios:
-        for task in sc.tasks:
-            for episodes in sc.episodes:
-                for seed in sc.seeds:
-                    for setting in sc.settings:
-                        cell = Cell(sc.name, task, episodes, seed, setting)
-                        if scenario is not None:
-                            if sc.name == scenario:
-                                out.append(cell)
-                        elif cell.name not in seen:
-                            seen.add(cell.name)
-                            out.append(cell)
+        for task, regime, episodes, seed, setting in itertools.product(
+            sc.tasks, sc.regimes, sc.episodes, sc.seeds, sc.settings
+        ):
+            cell = Cell(sc.name, task, episodes, seed, setting, regime)
+            if scenario is not None:
+                if sc.name == scenario:
+                    out.append(cell)
+            elif cell.name not in seen:
+                seen.add(cell.name)
+                out.append(cell)
     return out
 
 
@@ -251,8 +265,8 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
     data = config.out / "data" / cell.dataset_name
     if not data.is_file():
         t = time.perf_counter()
-        collect(cell.task, cell.episodes, data, horizon=config.horizon, noise_sigma=config.noise_sigma,
-                seed=cell.seed, progress=progress)
+        collect(cell.task, cell.episodes, data, horizon=config.horizon, seed=cell.seed, progress=progress,
+                regime=cell.regime, noise_sigma=config.noise_sigma if cell.regime == "white" else None)
         timings["collect_s"] = time.perf_counter() - t
     dataset = load_dataset(data)
     resume = (run / rd.CONFIG_FILE).is_file()
