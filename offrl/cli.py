@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -211,6 +212,10 @@ Command = (
 )
 
 
+# Commands that train or roll out policies: restarted once with huge-page malloc (offrl.runtime).
+_HEAVY_COMMANDS = ("train", "workflow", "study", "sweep", "tune", "evaluate", "collect")
+
+
 def _print_diagnosis(d: dict) -> None:
     print(f"verdict:        {d['verdict']}")
     print(f"selected step:  {d['selected_step']}  ({d['selection_rule']})")
@@ -248,14 +253,19 @@ def run(cmd: object) -> int:
         compare = cmd.compare if isinstance(cmd, Diagnose) else ()
         d = diagnose_run(cmd.run_dir, compare, cmd.thresholds, after_peak=cmd.after_peak)
         if isinstance(cmd, Select):
+            if d["selected_step"] is None:
+                raise ValueError(
+                    f"no checkpoint of {cmd.run_dir} can be selected ({d['verdict']}: {'; '.join(d['reasons'])}); "
+                    f"{d['recommendation']}"
+                )
             print(d["selected_step"])
         else:
             _print_diagnosis(d)
     elif isinstance(cmd, Evaluate):
-        from offrl.workflow.evaluate import evaluate_run
+        from offrl.workflow.evaluate import EVALUATION_FILE, evaluate_run
 
-        ev = evaluate_run(cmd.run_dir, episodes=cmd.episodes, seed=cmd.seed, task=cmd.task)
-        print(json.dumps(ev["results"], indent=1))
+        evaluate_run(cmd.run_dir, episodes=cmd.episodes, seed=cmd.seed, task=cmd.task)
+        print(f"wrote {cmd.run_dir / EVALUATION_FILE} (analysis only: never read by diagnosis or selection)")
     elif isinstance(cmd, Report):
         from offrl.report import write_report
 
@@ -320,20 +330,35 @@ def run(cmd: object) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `offrl` command. Run from the shell (``argv`` None), it first restarts itself once with
     glibc's huge-page malloc when that helps (:mod:`offrl.runtime`; ``OFFRL_HUGEPAGES=0`` turns it off)."""
-    if argv is None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    if argv is None and args and args[0] in _HEAVY_COMMANDS:
+        # Only commands that train or roll out gain from huge pages; the restart costs the others a second.
         from offrl.runtime import reexec_with_hugepage_malloc
 
         reexec_with_hugepage_malloc(["-m", "offrl.cli"])
-    cmd = tyro.cli(Command, args=argv, prog="offrl")  # type: ignore[call-overload]
+    cmd = tyro.cli(Command, args=args, prog="offrl")  # type: ignore[call-overload]
     from offrl.data import DatasetError
     from offrl.training.train import TrainingDiverged
 
     try:
         return run(cmd)
+    except BrokenPipeError:
+        # `offrl inspect data.h5 | head`: the reader left; nothing went wrong. Silence the flush at exit too.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is no file (captured): nothing will be flushed to a pipe
+            pass
+        return 0
     except (DatasetError, FileNotFoundError, FileExistsError, ValueError, TrainingDiverged, RuntimeError) as e:
-        print(f"offrl: error: {e}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        print(f"offrl: error: {e}" + ("" if debug else " (--debug shows the traceback)"), file=sys.stderr)
         return 1
     except OSError as e:  # a full disk, a read-only or forbidden directory
+        if debug:
+            traceback.print_exc()
         hint = {
             errno.ENOSPC: "free some disk space",
             errno.EDQUOT: "free some disk space",

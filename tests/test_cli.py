@@ -140,3 +140,52 @@ def test_import_inspect_train_directly_and_export(tmp_path, capsys):
 
     obs = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
     np.testing.assert_array_equal(offrl.load_policy(tmp_path / "policy")(obs), checkpoint_policy(run, 80)(obs))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--steps", "100", "--checkpoint-every", "200"], "--checkpoint-every 200 is larger than --steps 100"),
+        (["--steps", "40", "--checkpoint-every", "20"], "not more than the behaviour-cloning warm start"),
+    ],
+)
+def test_settings_that_cannot_work_fail_before_training(tmp_path, capsys, extra, message):
+    data = save_dataset(tmp_path / "d.h5", make_dataset(chain_arrays(episodes=4), {"task": "toy"}))
+    assert main(["train", "--dataset", str(data), "--out", str(tmp_path / "run"), *TINY, *extra]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_select_without_a_selection_exits_non_zero(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"algo": "cql", "dataset": {"q_range": [0, 1]}}))
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 10, "q_data": 0.1}) + "\n")
+    assert main(["select", str(run)]) == 0  # one checkpoint: inconclusive, but the peak is a pick
+    capsys.readouterr()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 10, "q_data": None}) + "\n")
+    assert main(["select", str(run)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "no checkpoint" in captured.err
+
+
+def test_debug_shows_the_traceback(capsys):
+    assert main(["diagnose", "no-such-run"]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+    assert main(["diagnose", "no-such-run", "--debug"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.rstrip().endswith("not found: is no-such-run a run made by `offrl train`?")
+
+
+def test_a_closed_pipe_is_not_an_error(tmp_path, monkeypatch, capsys):
+    # `offrl inspect data.h5 | head`: the reader leaves early and the next write raises BrokenPipeError.
+    import offrl.cli as cli
+
+    def closed(*_args, **_kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "run", closed)
+    data = save_dataset(tmp_path / "d.h5", make_dataset(chain_arrays(episodes=4), {"task": "toy"}))
+    assert cli.main(["inspect", str(data)]) == 0
+    assert capsys.readouterr().err == ""
