@@ -76,8 +76,8 @@ def export_policy(
 
     Args:
         run_dir: run directory made by ``offrl train``.
-        step: checkpoint step; None for the ``selected_step`` of RUN_DIR/diagnosis.json when that file
-            exists, else the last complete checkpoint.
+        step: checkpoint step; None for the ``selected_step`` of RUN_DIR/diagnosis.json (an error when the
+            run has not been diagnosed).
         out: folder to create; None for RUN_DIR/policy.
         overwrite: replace an existing export at ``out``. A folder that is not an offrl policy export is
             never replaced.
@@ -89,7 +89,8 @@ def export_policy(
         The export folder ``out``.
 
     Raises:
-        FileNotFoundError: ``run_dir`` is not a run directory, it has no checkpoints, or none at ``step``.
+        FileNotFoundError: ``run_dir`` is not a run directory, it has no checkpoints, or none at ``step``, or
+            ``step`` is None and the run has no diagnosis.json.
         FileExistsError: ``out`` exists and ``overwrite`` is False, or it is not a policy export.
         ValueError: diagnosis.json selects no checkpoint (pass ``step``), or the checkpoint does not match.
         ImportError: ``compiled=True`` and ``flatbuffers`` is not installed.
@@ -418,14 +419,15 @@ def _resolve_step(run_dir: Path, step: int | None) -> tuple[int, str]:
         d = json.loads(diagnosis.read_text())
         if d.get("selected_step") is None:
             # Falling back to the last checkpoint here would deploy exactly what the diagnosis advised against.
-            raise ValueError(f"{diagnosis} selects no checkpoint (verdict {d.get('verdict')!r}): pass a step")
+            raise ValueError(f"{diagnosis} selects no checkpoint (verdict {d.get('verdict')!r}): choose one with "
+                             f"--step (step= in Python)")
         return int(d["selected_step"]), "diagnosis.json"
-    from offrl.training.run_dir import checkpoint_steps
-
-    steps = checkpoint_steps(run_dir)
-    if not steps:
-        raise FileNotFoundError(f"{run_dir} has no complete checkpoint to export")
-    return steps[-1], "last checkpoint"
+    # Exporting the last checkpoint of an undiagnosed run would deploy whatever training ended on (a behaviour-
+    # cloning warm-start checkpoint, or one after the Q-value fell): make the choice explicit.
+    raise FileNotFoundError(
+        f"{run_dir} has no diagnosis.json: run `offrl diagnose {run_dir}` first (it selects the checkpoint to "
+        f"deploy), or choose one with --step (step= in Python)"
+    )
 
 
 def _is_export(folder: Path) -> bool:
@@ -439,7 +441,8 @@ def _check_replaceable(out: Path, overwrite: bool) -> None:
     if not (out.exists() or out.is_symlink()):
         return
     if not overwrite:
-        raise FileExistsError(f"{out} already exists: pass overwrite=True to replace it")
+        raise FileExistsError(f"{out} already exists: pass --overwrite (overwrite=True in Python) to replace it, "
+                              f"or choose another --out")
     if not out.is_dir() or out.is_symlink() or (any(out.iterdir()) and not _is_export(out)):
         # overwrite deletes the old folder: never do that to something that is not an export (a run dir...).
         raise FileExistsError(f"{out} exists and is not an offrl policy export: refusing to replace it")

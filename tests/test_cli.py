@@ -132,6 +132,9 @@ def test_import_inspect_train_directly_and_export(tmp_path, capsys):
     # resuming reads the format from the run's config.json; the flag need not be repeated
     assert main(["train", "--dataset", str(tmp_path / "d4rl.hdf5"), "--out", str(run), "--steps", "80",
                  "--resume", "--no-progress"]) == 0
+    assert main(["export", str(run), "--out", str(tmp_path / "policy")]) == 1  # undiagnosed: say so
+    assert "offrl diagnose" in capsys.readouterr().err
+    assert main(["diagnose", str(run)]) == 0
     assert main(["export", str(run), "--out", str(tmp_path / "policy")]) == 0
     import numpy as np
 

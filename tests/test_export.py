@@ -44,8 +44,12 @@ def _observations(batch: int, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A copy of the fixture run, exported with the defaults (step: last checkpoint, out: RUN_DIR/policy)."""
+    """A copy of the fixture run, diagnosed to select its last checkpoint, exported with the defaults (out:
+    RUN_DIR/policy)."""
     run = _copy_run(tmp_path_factory.mktemp("export") / "run")
+    with pytest.raises(FileNotFoundError, match="offrl diagnose"):  # undiagnosed: no silent choice
+        ex.export_policy(run)
+    (run / "diagnosis.json").write_text(json.dumps({"verdict": "healthy", "selected_step": 80}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "no flatbuffers": tested on its own below
         out = ex.export_policy(run)
@@ -84,7 +88,7 @@ def test_export_folder_contents(exported):
     assert spec["observation"] == {"mode": "state"} and spec["actor_encoder"] == "cnn"
     assert (spec["obs_dim"], spec["act_dim"], spec["actor_hidden_dims"]) == (OBS_DIM, ACT_DIM, [8])
     assert spec["normalizer"] == config["normalizer"]
-    assert spec["source"]["step"] == 80 and spec["source"]["step_source"] == "last checkpoint"
+    assert spec["source"]["step"] == 80 and spec["source"]["step_source"] == "diagnosis.json"
     assert spec["source"]["run_dir"] == str(run.resolve())
     assert spec["source"]["dataset_fingerprint"] == config["dataset"]["fingerprint"]
     assert spec["action_low"] is None  # the fixture's dataset records no bounds
@@ -110,7 +114,7 @@ def test_step_follows_diagnosis_and_bounds_are_recorded(tmp_path):
         ex.load_policy(out, compiled=True)  # exported with compiled=False
 
     (run / "diagnosis.json").write_text(json.dumps({"verdict": "diverged", "selected_step": None}))
-    with pytest.raises(ValueError, match="selects no checkpoint"):
+    with pytest.raises(ValueError, match="selects no checkpoint.*--step"):
         ex.export_policy(run, out=tmp_path / "none")
     with pytest.raises(FileNotFoundError, match="step 120"):
         ex.export_policy(run, step=120, out=tmp_path / "none")

@@ -46,6 +46,7 @@ from offrl.training.train import (
     check_trainable,
     checkpoint_record,
     evaluate_chunks,
+    resolve_train_config,
     scan_steps,
 )
 
@@ -123,6 +124,7 @@ def sweep(config: SweepConfig) -> list[Path]:
         ValueError: a setting cannot be swept (see the module doc), or the dataset is image-only.
         DatasetError: the dataset is malformed or has no rewards.
     """
+    config = dataclasses.replace(config, train=resolve_train_config(config.train))
     members = check_sweep(config)
     base = config.train
     _check_config(base)

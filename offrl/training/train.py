@@ -56,10 +56,11 @@ _EVAL_CHUNK = 1024
 class TrainConfig:
     """What `offrl train` does. Units: steps are gradient steps."""
 
-    dataset: Path
-    """Dataset: an offrl HDF5 file (``offrl collect``, ``offrl import``), or a file of --dataset-format."""
     out: Path
-    """Run directory to create."""
+    """Run directory to create (or, with --resume, to continue)."""
+    dataset: Path | None = None
+    """Dataset: an offrl HDF5 file (``offrl collect``, ``offrl import``), or a file of --dataset-format. Required
+    for a new run; with --resume the run's own (config.json) when not given."""
     dataset_format: Literal["offrl", "robomimic", "d4rl", "minari", "npz"] = "offrl"
     """Read --dataset directly in another format (as `offrl import` would; see its --help)."""
     obs_keys: tuple[str, ...] | None = None
@@ -69,8 +70,9 @@ class TrainConfig:
     robot's own state, metadata proprio_dims), or auto (image for image datasets, else state)."""
     frame_stack: int = 1
     """Image runs: frames stacked along the channel axis (the newest last)."""
-    steps: int = 100_000
-    """Gradient steps in all."""
+    steps: int | None = None
+    """Gradient steps in all. Default: 100,000 for a new run; with --resume, the total the run was started with
+    (pass a larger number to extend it)."""
     checkpoint_every: int = 5_000
     """Gradient steps between checkpoints (the paper: 5 epochs of 1,000 steps); metrics are logged at each."""
     log_every: int = 500
@@ -143,6 +145,38 @@ def _calibration_gamma(config: TrainConfig) -> float | None:
     """The discount of the Monte-Carlo returns a calibrated CQL run needs in its batches; None otherwise."""
     agent = active_agent_config(config)
     return float(agent.gamma) if getattr(agent, "calibrated", False) else None
+
+
+DEFAULT_STEPS = 100_000
+"""Gradient steps of a new run when --steps is not given."""
+
+
+def resolve_train_config(config: TrainConfig) -> TrainConfig:
+    """Fill what the command line may leave out: ``steps`` (100,000 for a new run; with ``resume`` the recorded
+    total) and, with ``resume``, the recorded ``dataset``.
+
+    Raises:
+        ValueError: a new run without a dataset, or ``resume`` with fewer steps than the run already took.
+    """
+    saved = None
+    if config.resume and (Path(config.out) / rd.CONFIG_FILE).is_file():
+        saved = rd.read_json(Path(config.out) / rd.CONFIG_FILE)
+    if config.dataset is None:
+        if saved is None:
+            raise ValueError("--dataset is required for a new run (an offrl HDF5 file from `offrl collect` or "
+                             "`offrl import`)")
+        config = dataclasses.replace(config, dataset=Path(saved["dataset"]["path"]))
+    if config.steps is None:
+        steps = int(saved["training"]["steps"]) if saved is not None else DEFAULT_STEPS
+        config = dataclasses.replace(config, steps=steps)
+    elif saved is not None and config.steps < int(saved["training"]["steps"]):
+        done = rd.checkpoint_steps(Path(config.out))
+        if done and config.steps < done[-1]:
+            raise ValueError(
+                f"--steps {config.steps} is below the {done[-1]} steps {config.out} has already taken: pass a larger "
+                f"--steps, or leave it out to finish the recorded {saved['training']['steps']}"
+            )
+    return config
 
 
 def _chunk_size(config: TrainConfig) -> int:
@@ -447,6 +481,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
         DatasetError: the dataset is malformed.
         TrainingDiverged: a loss or metric became NaN/inf; checkpoints written before are kept.
     """
+    config = resolve_train_config(config)
     _check_config(config)
     out = Path(config.out)
     if config.resume:
@@ -551,7 +586,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
             legacy = legacy_states(config.algo, agent, spec, dataset.act_dim)
             state, _ = rd.restore_checkpoint(manager, start_step, state, legacy)
         rd.truncate_metrics(out, start_step)
-        saved["training"]["steps"] = max(config.steps, saved["training"]["steps"])
+        saved["training"]["steps"] = config.steps
         rd.write_json(out / rd.CONFIG_FILE, saved)
     else:
         extra = {
