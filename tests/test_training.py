@@ -114,3 +114,24 @@ def test_compile_timer_counts_compilation_and_not_cached_calls():
     with compile_timer() as again:
         f(x).block_until_ready()
     assert first["compile_s"] > 0 and again["compile_s"] == 0
+
+
+def test_resume_continues_the_recorded_run_without_repeating_its_settings(tmp_path, dataset_path):
+    from offrl.training.train import TrainConfig
+
+    out = tmp_path / "run"
+    full = train(_config(dataset_path, tmp_path / "full", steps=120))
+    # A run of 120 steps interrupted after 80: the recorded total is 120.
+    train(_config(dataset_path, out, steps=80))
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["training"]["steps"] = 120
+    (out / "config.json").write_text(json.dumps(cfg))
+    # Neither --dataset nor --steps: the run's own dataset and total (not 100,000).
+    train(TrainConfig(out=out, resume=True, progress=False))
+    assert [r["step"] for r in rd.read_metrics(out)] == [40, 80, 120]
+    assert json.loads((out / "config.json").read_text())["training"]["steps"] == cfg["training"]["steps"] == 120
+    assert rd.read_metrics(out)[-1]["q_data"] == rd.read_metrics(full)[-1]["q_data"]
+    with pytest.raises(ValueError, match="--dataset is required"):
+        train(TrainConfig(out=tmp_path / "new", progress=False))
+    with pytest.raises(ValueError, match="below the 120 steps"):
+        train(TrainConfig(out=out, resume=True, steps=80, progress=False))

@@ -482,7 +482,8 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
         TrainingDiverged: a loss or metric became NaN/inf; checkpoints written before are kept.
     """
     config = resolve_train_config(config)
-    _check_config(config)
+    if not config.resume:
+        _check_config(config)
     out = Path(config.out)
     if config.resume:
         if not (out / rd.CONFIG_FILE).is_file():
@@ -500,6 +501,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
             if k in saved["training"]:
                 v = saved["training"][k]
                 config = dataclasses.replace(config, **{k: tuple(v) if isinstance(v, list) else v})
+        _check_config(config)  # with the run's own settings restored
     elif out.exists() and any(out.iterdir()) and not config.overwrite:
         raise FileExistsError(
             f"run directory {out} already exists: choose another --out, pass --resume to continue it, "
