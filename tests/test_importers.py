@@ -499,3 +499,12 @@ def test_minari_dict_observations_concatenate_keys_and_use_info_success(tmp_path
         DatasetError, match=r"unknown observation key 'gripper'.*\['camera_rgb', 'cube', 'joint'\]"
     ):
         import_dataset("minari", "offrl/dict-v0", obs_keys=["gripper"])
+
+
+def test_loading_a_robomimic_file_as_an_offrl_dataset_points_at_offrl_import(tmp_path):
+    from offrl.data import DatasetError, load_dataset
+
+    path = tmp_path / "robo.hdf5"
+    write_robomimic(path)
+    with pytest.raises(DatasetError, match="offrl import .* --format robomimic"):
+        load_dataset(path)

@@ -96,9 +96,14 @@ def load_dataset(path: str | Path, *, check_continuity: bool = True) -> Dataset:
         with h5py.File(path, "r") as f:
             missing = [k for k in REQUIRED_KEYS if k not in f]
             if missing:
+                layout = _foreign_layout(f)
+                hint = (f"it looks like a {layout} file: convert it with `offrl import {path} --format {layout} "
+                        f"--out DATA.h5`, or train on it directly with --dataset-format {layout}"
+                        if layout else "see docs/dataset-format.md, or `offrl import` for robomimic, D4RL, "
+                        "Minari and NumPy files")
                 raise DatasetError(
                     f"{path} is missing {missing}; an offrl dataset needs {list(REQUIRED_KEYS)} at the file's "
-                    f"root (see docs/dataset-format.md)"
+                    f"root: {hint}"
                 )
             arrays = {k: f[k][()] for k in REQUIRED_KEYS + IMAGE_KEYS if k in f}
             metadata = {k: _decode_attr(v) for k, v in f.attrs.items()}
@@ -110,6 +115,15 @@ def load_dataset(path: str | Path, *, check_continuity: bool = True) -> Dataset:
         return make_dataset(arrays, metadata, check_continuity=check_continuity)
     except DatasetError as e:
         raise DatasetError(f"{path}: {e}") from e
+
+
+def _foreign_layout(f: h5py.File) -> str | None:
+    """The `offrl import` format an HDF5 file that is no offrl dataset looks like, or None."""
+    if "data" in f and isinstance(f["data"], h5py.Group) and any(k.startswith("demo") for k in f["data"]):
+        return "robomimic"
+    if "observations" in f and "actions" in f and ("terminals" in f or "timeouts" in f or "rewards" in f):
+        return "d4rl"
+    return None
 
 
 def fingerprint(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
