@@ -54,9 +54,12 @@ def test_inspection_flags_constant_features_saturated_actions_no_reward_no_termi
     assert report["metadata_keys"] == ["action_high", "action_low", "task"]
 
     problems = "\n".join(report["problems"])
-    assert len(report["problems"]) == 5
-    assert "observation features are constant" in problems and "indices [1]" in problems
-    assert "60.0% of steps have an action at its declared bound" in problems
+    assert len(report["problems"]) == 3
+    # Padding features and a saturating controller are facts to know, not problems to fix.
+    notes = "\n".join(report["notes"])
+    assert "observation features are constant" in notes and "indices [1]" in notes
+    assert "60.0% of steps have an action at its declared bound" in notes
+    assert "features are constant" not in problems and "at its declared bound" not in problems
     assert "all rewards are zero" in problems
     assert "terminals are never set" in problems
     assert "1 episode(s) have length 1 (episode indices [3])" in problems
@@ -71,7 +74,8 @@ def test_formatted_inspection_contains_the_numbers():
     assert "constant features: [1]" in text
     assert "50.0%" in text and "10.0%" in text  # per-dimension at-bound fractions
     assert "metadata keys: action_high, action_low, task" in text
-    assert "problems (5):" in text and "  - all rewards are zero" in text
+    assert "problems (3):" in text and "  - all rewards are zero" in text
+    assert "note: 2 of 3 observation features" not in text and "note: 1 of 3 observation features" in text
 
 
 def test_healthy_dataset_has_no_problems(chain_dataset):
@@ -94,3 +98,6 @@ def test_observed_bounds_report_constant_action_dims_not_saturation(chain_datase
     assert report["problems"] == [
         "action dimensions [1] never vary: the data says nothing about their effect"
     ]
+    # No declared bounds: saturation is not judged against the data's own min/max.
+    assert any("no action bounds are declared" in n for n in report["notes"])
+    assert not any("at its" in n for n in report["notes"] + report["problems"])

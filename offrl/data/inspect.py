@@ -79,7 +79,10 @@ def inspect_dataset(ds: Dataset) -> dict[str, Any]:
     o_std = obs.std(axis=0)
     constant = np.flatnonzero(o_std < CONSTANT_STD)
 
-    problems = []
+    problems: list[str] = []
+    # Facts worth knowing that need no fix: saturated controllers and padding features are normal in robot logs
+    # (MetaWorld pads its object slots with zeros; its scripted experts command full speed).
+    notes: list[str] = []
     if ds.has_images:
         sample = ds.images[:: max(1, ds.images.shape[0] // 1000)]
         if float(sample.std()) < 1.0:
@@ -88,18 +91,23 @@ def inspect_dataset(ds: Dataset) -> dict[str, Any]:
                 f"{len(sample)} sampled frames): rendering likely failed or the camera sees nothing; re-collect "
                 f"with another --camera, or check MUJOCO_GL"
             )
-    if constant.size:
-        problems.append(
+    if constant.size == ds.obs_dim:
+        problems.append("every observation feature is constant: the observations carry no information; check "
+                        "the logging")
+    elif constant.size:
+        notes.append(
             f"{constant.size} of {ds.obs_dim} observation features are constant (std < {CONSTANT_STD:g}): "
-            f"indices {_short_list(constant)}; they carry no information: check the logging or drop them"
+            f"indices {_short_list(constant)}; they carry no information (padding?) and do no harm"
         )
-    if steps_at_bound > BOUND_FRACTION_LIMIT:
+    if not declared:
+        notes.append("no action bounds are declared (metadata action_low/action_high): saturation is not "
+                     "checked; declare them when importing if the robot clips its commands")
+    elif steps_at_bound > BOUND_FRACTION_LIMIT:
         worst = np.argsort(-per_dim_at_bound)[: min(3, ds.act_dim)]
         worst_txt = ", ".join(f"dim {j}: {per_dim_at_bound[j]:.0%}" for j in worst)
-        problems.append(
-            f"{steps_at_bound:.1%} of steps have an action at its {'declared' if declared else 'observed'} "
-            f"bound (more than {BOUND_FRACTION_LIMIT:.0%}; {worst_txt}): the behaviour policy saturates or "
-            "actions were clipped, which biases a learned policy towards the bounds"
+        notes.append(
+            f"{steps_at_bound:.1%} of steps have an action at its declared bound ({worst_txt}): the behaviour "
+            "saturates (common for scripted or velocity-limited controllers); the tanh policy represents it"
         )
     if constant_dims.size:
         problems.append(
@@ -178,6 +186,7 @@ def inspect_dataset(ds: Dataset) -> dict[str, Any]:
         },
         "metadata_keys": sorted(ds.metadata),
         "problems": problems,
+        "notes": notes,
     }
 
 
@@ -208,7 +217,8 @@ def format_inspection(report: dict[str, Any]) -> str:
         f"successful episodes (a positive reward): {succ['episodes']} of {r['episodes']} (behaviour success "
         f"rate {succ['behaviour_success_rate']:.2f})",
         f"actions: {act['dim']} dims, {act['bounds']} bounds; {act['steps_at_bound_fraction']:.1%} of steps "
-        f"have a component within {BOUND_TOL:g} of a bound",
+        f"have a component within {BOUND_TOL:g} of a bound"
+        + ("" if act["bounds"] == "declared" else " (observed bounds: the data's own min/max)"),
         f"  {'dim':>7} {'min':>10} {'max':>10} {'low bound':>10} {'high bound':>10} {'at bound':>9}",
     ]
     for j in range(act["dim"]):
@@ -233,6 +243,8 @@ def format_inspection(report: dict[str, Any]) -> str:
             f"({im['bytes'] / 1e9:.2f} GB in memory); mean pixel {im['mean_pixel']:.1f}"
         )
     lines.append(f"metadata keys: {', '.join(r['metadata_keys']) if r['metadata_keys'] else '(none)'}")
+    for note in r.get("notes", []):
+        lines.append(f"note: {note}")
     if r["problems"]:
         lines.append(f"problems ({len(r['problems'])}):")
         lines.extend(f"  - {p}" for p in r["problems"])
