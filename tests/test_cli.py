@@ -67,18 +67,24 @@ def test_workflow_end_to_end_in_the_simulator(tmp_path, monkeypatch, capsys):
     pytest.importorskip("metaworld")
     monkeypatch.chdir(tmp_path)
     # Low noise so that the 4 episodes contain successes (an all-zero-reward dataset is refused).
-    argv = ["workflow", "--episodes", "4", "--horizon", "100", "--noise-sigma", "0.2", "--steps", "200",
-            "--checkpoint-every", "40",
+    argv = ["workflow", "--episodes", "4", "--horizon", "100", "--regime", "white", "--noise-sigma", "0.2",
+            "--steps", "200", "--checkpoint-every", "40",
             "--eval-episodes", "2", "--out", "runs/e2e", "--agent.critic-hidden-dims", "16", "16",
             "--agent.actor-hidden-dims", "16", "16", "--agent.bc-steps", "50", "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "verdict:" in out and "analysis-only success" in out and "report.html" in out
+    # Side by side, each with its interval and number of episodes (issue: Trust, part 1).
+    assert "data (behaviour)" in out and "best warm-start (BC)" in out and "selected" in out
+    assert "4 episodes" in out or "/4 episodes" in out
+    side = json.loads((tmp_path / "runs/e2e/diagnosis.json").read_text())["analysis_only"]
+    assert side["behaviour"]["episodes"] == 4 and side["best_warm_start"]["step"] == 40
+    assert side["selected"]["episodes"] == 2 and len(side["selected"]["ci95"]) == 2
     timings = dict(t.split() for t in out.split("timings:")[1].strip().split(", "))
     assert 0 < float(timings["compile_s"]) <= float(timings["total_s"])  # a part of the run, reported apart
     ev = json.loads((tmp_path / "runs/e2e/evaluation.json").read_text())
     assert ev["used_for_selection"] is False and [r["step"] for r in ev["results"]] == [40, 80, 120, 160, 200]
-    assert (tmp_path / "data/pick-place-v3_4ep_s0.h5").exists()
+    assert (tmp_path / "data/pick-place-v3_white_sigma0.2_4ep_s0.h5").exists()
     # a second workflow with the same --out refuses to overwrite the run
     assert main(argv) == 1
     assert "already exists" in capsys.readouterr().err
@@ -92,7 +98,7 @@ def test_image_workflow_end_to_end_in_the_simulator(tmp_path, monkeypatch, capsy
         monkeypatch.setenv("MUJOCO_GL", "egl")
     monkeypatch.chdir(tmp_path)
     argv = ["workflow", "--obs", "image+proprio", "--image-size", "16", "--frame-stack", "2", "--episodes", "4",
-            "--horizon", "60", "--noise-sigma", "0.2", "--steps", "40", "--checkpoint-every", "20",
+            "--horizon", "60", "--regime", "white", "--noise-sigma", "0.2", "--steps", "40", "--checkpoint-every", "20",
             "--batch-size", "16", "--eval-episodes", "2", "--out", "runs/img",
             "--agent.critic-hidden-dims", "16", "--agent.actor-hidden-dims", "16", "--agent.bc-steps", "10",
             "--no-progress"]

@@ -59,7 +59,7 @@ def test_tuning_refuses_bc(tmp_path):
 def test_brac_workflow_end_to_end_in_the_simulator(tmp_path, monkeypatch, capsys):
     pytest.importorskip("metaworld")
     monkeypatch.chdir(tmp_path)
-    argv = ["workflow", "--algo", "brac", "--episodes", "4", "--horizon", "100", "--noise-sigma", "0.2",
+    argv = ["workflow", "--algo", "brac", "--episodes", "4", "--horizon", "100", "--regime", "white", "--noise-sigma", "0.2",
             "--steps", "120", "--checkpoint-every", "40", "--eval-episodes", "1", "--out", "runs/b",
             "--brac.critic-hidden-dims", "16", "--brac.actor-hidden-dims", "16", "--bc.actor-hidden-dims", "16",
             "--no-progress"]
