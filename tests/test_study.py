@@ -241,3 +241,13 @@ def test_paired_difference_to_the_workflow():
     d = a["headline"]["last"]["regret_minus_workflow"]
     # last vs workflow per run: (1 - 0) , (1 - 1), (0 - 0) -> mean 1/3
     assert d["n"] == 3 and d["mean"] == pytest.approx(1 / 3)
+
+
+def test_regimes_are_a_grid_dimension_and_white_keeps_old_names():
+    raw = {"scenario": [{"name": "a", "tasks": ["reach-v3"], "episodes": [5], "regimes": ["white", "mixed"]}]}
+    cells = cells_of(study_config_from_dict(raw))
+    assert [c.name for c in cells] == ["reach-v3__5ep__s0__base", "reach-v3__mixed__5ep__s0__base"]
+    assert [c.dataset_name for c in cells] == ["reach-v3_5ep_s0.h5", "reach-v3_mixed_5ep_s0.h5"]
+    bad = {"scenario": [{"name": "a", "tasks": ["reach-v3"], "episodes": [5], "regimes": ["pink"]}]}
+    with pytest.raises(StudyConfigError, match="unknown regimes"):
+        study_config_from_dict(bad)
