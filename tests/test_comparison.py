@@ -96,3 +96,25 @@ def test_a_recorded_bc_baseline_survives_a_later_diagnosis(tmp_path):
     assert again["analysis_only"]["bc_selected"]["successes"] == 4
     assert again["analysis_only"]["bc_best"]["successes"] == 9
     assert again["analysis_only"]["bc_run"] == str(bc)
+
+
+def test_trust_statement_names_what_lies_outside_the_grid(tmp_path):
+    from offrl.workflow import trust
+
+    inside = {"algo": "cql", "dataset": {"obs_mode": "state", "num_episodes": 300,
+                                         "metadata": {"regime": "mixed", "task": "lever-pull-v3"}}}
+    t = trust.trust_statement("q_peak", inside)
+    assert t["outside_grid"] == [] and t["measured"] is None and "not yet been measured" in t["statement"]
+    outside = {"algo": "brac", "dataset": {"obs_mode": "state", "num_episodes": 1000,
+                                           "metadata": {"task": "door-open-v3"}}}
+    t = trust.trust_statement("q_peak", outside)
+    assert len(t["outside_grid"]) == 4 and "outside what was measured" in t["statement"]
+    trust.MEASURED["q_peak"] = {"regret": 0.31, "regret_ci": [0.2, 0.42], "within_0_1": 0.5, "n": 48}
+    try:
+        assert "0.31 [0.20, 0.42]" in trust.trust_statement("q_peak", inside)["statement"]
+        assert "50% of 48 runs" in trust.trust_statement("q_peak", inside)["statement"]
+    finally:
+        trust.MEASURED.clear()
+    # diagnose writes it beside the verdict
+    run = _run(tmp_path, [1, 2, 3, 4, 5, 6, 7, 8])
+    assert "statement" in diagnose_run(run)["trust"]

@@ -381,6 +381,9 @@ def _verdict_box(diagnosis: dict | None, diag_err: str | None, run_dir: Path) ->
         parts.append(f"<p class='rule'>Selection rule: {_e(diagnosis['selection_rule'])}</p>")
     if diagnosis.get("recommendation"):
         parts.append(f"<p class='rec'>{_e(diagnosis['recommendation'])}</p>")
+    trust = diagnosis.get("trust")
+    if isinstance(trust, dict) and trust.get("statement"):
+        parts.append(f"<p class='note'>How far to trust the pick: {_e(trust['statement'])}</p>")
     reasons = diagnosis.get("reasons")
     if isinstance(reasons, list) and reasons:
         parts.append("<ul>" + "".join(f"<li>{_e(r)}</li>" for r in reasons) + "</ul>")

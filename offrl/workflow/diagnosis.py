@@ -532,6 +532,9 @@ def diagnose_run(
         algo=main["config"].get("algo", "cql"),
     )
     result["config"] = dataclasses.asdict(config)
+    from offrl.workflow.trust import trust_statement
+
+    result["trust"] = trust_statement("after_peak" if after_peak else "q_peak", main["config"])
     if write:
         from offrl.workflow.evaluate import attach_comparison
 

@@ -245,6 +245,7 @@ def summarize(
         "verdict": diagnosis["verdict"],
         "selected_step": diagnosis["selected_step"],
         "peak_step": diagnosis["peak_step"],
+        "trust": (diagnosis.get("trust") or {}).get("statement"),
         "report": str(report),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
     }
@@ -271,6 +272,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"verdict:            {summary['verdict']}",
         f"selected checkpoint: step {summary['selected_step']} (Q peak at step {summary['peak_step']})",
     ]
+    if summary.get("trust"):
+        lines.append(f"trust:              {summary['trust']}")
     s = summary.get("analysis_only_success")
     if s:
         from offrl.workflow.evaluate import format_comparison
