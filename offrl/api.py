@@ -1,7 +1,7 @@
 """The Python API: the same steps as the `offrl` commands, as functions.
 
     import offrl
-    ds = offrl.collect("pick-place-v3", episodes=50, out="data/pp.h5")
+    ds = offrl.collect("pick-place-v3", episodes=300, out="data/pp.h5")
     run = offrl.train("data/pp.h5", "runs/pp", steps=40_000, checkpoint_every=2_000)
     diagnosis = offrl.diagnose(run)
     offrl.write_report(run)

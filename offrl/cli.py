@@ -30,16 +30,16 @@ class Collect:
 
     task: str = "pick-place-v3"
     """MetaWorld v3 task (any with a scripted policy)."""
-    episodes: int = 50
+    episodes: int = 300
     """Episodes to collect (failed ones are kept)."""
     out: Path = Path("data/pick-place.h5")
     """HDF5 file to write."""
     horizon: int = DEFAULT_HORIZON
     """Time limit in steps per episode."""
-    regime: Literal["white", "correlated", "mixed"] = "mixed"
-    """How the scripted actions are perturbed (docs/dataset-format.md): ``white`` i.i.d. Gaussian noise;
-    ``correlated`` slowly wandering deviations like imperfect teleoperation; ``mixed`` expert, partial and
-    exploratory episodes (30/35/35 %), like D4RL's medium-replay."""
+    regime: Literal["white", "correlated", "mixed"] = "correlated"
+    """How the scripted actions are perturbed (docs/dataset-format.md): ``correlated`` slowly wandering
+    deviations of varying size, like imperfect teleoperation; ``mixed`` expert, partial and exploratory episodes
+    (30/35/35 %), like D4RL's medium-replay; ``white`` i.i.d. Gaussian noise (offrl's first data)."""
     noise_sigma: float | None = None
     """The regime's main std in action units (white 0.8, correlated 0.4, mixed 0.1 when not given)."""
     seed: int = 0

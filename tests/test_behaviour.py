@@ -123,5 +123,7 @@ def test_collected_mixed_dataset_metadata_and_determinism(tmp_path):
     assert len(meta["episode_kinds"]) == 6 and set(meta["episode_kinds"]) <= set("epx")
     assert sum(meta["episode_kind_counts"].values()) == 6
     assert ds.actions.shape == (len(ds), 4) and np.all(np.abs(ds.actions) <= 1.0)
-    white = collect("reach-v3", 2, tmp_path / "w.h5", horizon=30, seed=4, progress=False)
+    white = collect("reach-v3", 2, tmp_path / "w.h5", horizon=30, seed=4, progress=False, regime="white")
     assert white.metadata["regime"] == "white" and "episode_kinds" not in white.metadata
+    default = collect("reach-v3", 2, tmp_path / "c.h5", horizon=30, seed=4, progress=False)
+    assert default.metadata["behaviour"] == {"regime": "correlated", "sigma": 0.4, "rho": 0.95, "jitter": 0.1}

@@ -22,7 +22,7 @@ def collect(
     overwrite: bool = False,
     progress: bool = True,
     render: RenderConfig | None = None,
-    regime: str = "white",
+    regime: str = "correlated",
 ) -> Dataset:
     """Collect ``episodes`` episodes of a MetaWorld task and save them as an HDF5 dataset (atomically).
 
