@@ -198,3 +198,30 @@ def test_a_closed_pipe_is_not_an_error(tmp_path, monkeypatch, capsys):
     data = save_dataset(tmp_path / "d.h5", make_dataset(chain_arrays(episodes=4), {"task": "toy"}))
     assert cli.main(["inspect", str(data)]) == 0
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.sim
+def test_newcomer_path_collect_train_diagnose_select_evaluate_report_export(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("metaworld")
+    monkeypatch.chdir(tmp_path)
+    assert main(["collect", "--episodes", "4", "--horizon", "100", "--regime", "white", "--noise-sigma", "0.2",
+                 "--out", "data/d.h5"]) == 0
+    assert "behaviour success rate" in capsys.readouterr().out
+    assert main(["train", "--dataset", "data/d.h5", "--out", "runs/r", "--steps", "120", "--checkpoint-every",
+                 "40", "--log-every", "20", *TINY]) == 0
+    assert main(["export", "runs/r"]) == 1  # not diagnosed yet: no silent choice of checkpoint
+    assert "offrl diagnose" in capsys.readouterr().err
+    assert main(["diagnose", "runs/r"]) == 0
+    assert "verdict:" in capsys.readouterr().out
+    assert main(["select", "runs/r"]) == 0
+    step = int(capsys.readouterr().out.strip())
+    assert step in (80, 120)  # the warm-start checkpoint (40 <= 50 BC steps) is never selected
+    assert main(["evaluate", "runs/r", "--episodes", "2"]) == 0
+    assert "wrote runs/r/evaluation.json" in capsys.readouterr().out
+    assert main(["report", "runs/r"]) == 0
+    assert main(["export", "runs/r"]) == 0
+    spec = json.loads((tmp_path / "runs/r/policy/policy.json").read_text())
+    assert spec["source"]["step"] == step
+    # After the evaluation, diagnosis.json sets the pick beside the data and the alternatives.
+    side = json.loads((tmp_path / "runs/r/diagnosis.json").read_text())["analysis_only"]
+    assert side["selected"]["step"] == step and side["behaviour"]["episodes"] == 4
