@@ -113,7 +113,7 @@ def test_image_workflow_end_to_end_in_the_simulator(tmp_path, monkeypatch, capsy
     assert cfg["dataset"]["obs_spec"] == {"image": [16, 16, 6], "state": 4}
     ev = json.loads((tmp_path / "runs/img/evaluation.json").read_text())
     assert [r["step"] for r in ev["results"]] == [20, 40]
-    assert (tmp_path / "data/pick-place-v3_4ep_s0_img16_corner4.h5").exists()
+    assert (tmp_path / "data/pick-place-v3_white_sigma0.2_4ep_s0_img16_corner4.h5").exists()
 
 
 def test_import_inspect_train_directly_and_export(tmp_path, capsys):

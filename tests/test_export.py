@@ -158,10 +158,10 @@ def test_without_flatbuffers_the_export_still_works(tmp_path, monkeypatch):
     monkeypatch.setattr(ex, "_export_compiled", no_flatbuffers)
     run = _copy_run(tmp_path / "run")
     with pytest.raises(ImportError, match="flatbuffers"):
-        ex.export_policy(run, out=tmp_path / "required", compiled=True)
+        ex.export_policy(run, step=80, out=tmp_path / "required", compiled=True)
     assert not (tmp_path / "required").exists()
     with pytest.warns(UserWarning, match="flatbuffers"):
-        out = ex.export_policy(run, out=tmp_path / "optional")
+        out = ex.export_policy(run, step=80, out=tmp_path / "optional")
     assert not (out / "policy.jax_export").exists()
     assert "flatbuffers" in (out / "README.txt").read_text()
     with pytest.raises(FileNotFoundError, match="flatbuffers"):
