@@ -118,3 +118,18 @@ def test_trust_statement_names_what_lies_outside_the_grid(tmp_path):
     # diagnose writes it beside the verdict
     run = _run(tmp_path, [1, 2, 3, 4, 5, 6, 7, 8])
     assert "statement" in diagnose_run(run)["trust"]
+
+
+def test_a_compare_result_is_not_dropped_by_a_later_select(tmp_path):
+    run = _run(tmp_path, [1, 2, 3, 4, 5, 6, 7, 8])
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "config.json").write_text((run / "config.json").read_text())
+    (big / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text().replace('"td_error": 0.001',
+                                                                                   '"td_error": 0.0001'))
+    first = diagnose_run(run, compare=[big])
+    assert first["compared_runs"] == [str(big)] and "metric_3_2" in first["evidence"]
+    again = diagnose_run(run)  # what `offrl select RUN` does later
+    assert again["compared_runs"] == [str(big)]
+    assert again["evidence"]["metric_3_2"] == first["evidence"]["metric_3_2"]
+    assert again["verdict"] == first["verdict"] and again["selected_step"] == first["selected_step"]

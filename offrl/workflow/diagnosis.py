@@ -514,11 +514,18 @@ def diagnose_run(
 ) -> dict[str, Any]:
     """Diagnose a run directory from its config.json and metrics.jsonl; write diagnosis.json (atomically).
 
+    `offrl diagnose` and `offrl select` are this one computation. Without ``compare``, the runs an earlier
+    diagnosis compared with (``compared_runs`` of diagnosis.json) are compared again, so a later command never
+    silently drops a Metric 3.2 result.
+
     Raises:
-        FileNotFoundError: a run directory lacks config.json or metrics.jsonl.
+        FileNotFoundError: a run directory lacks config.json or metrics.jsonl, or a compared run is gone.
     """
     run_dir = Path(run_dir)
     main = _run_inputs(run_dir)
+    previous = rd.read_json(run_dir / DIAGNOSIS_FILE) if (run_dir / DIAGNOSIS_FILE).is_file() else {}
+    if not compare and previous.get("compared_runs"):
+        compare = [Path(c) for c in previous["compared_runs"] if c]
     others = [_run_inputs(Path(c)) for c in compare]
     q_range = main["config"]["dataset"]["q_range"]
     result = diagnose_metrics(
@@ -538,7 +545,6 @@ def diagnose_run(
     if write:
         from offrl.workflow.evaluate import attach_comparison
 
-        previous = rd.read_json(run_dir / DIAGNOSIS_FILE) if (run_dir / DIAGNOSIS_FILE).is_file() else {}
         rd.write_json(run_dir / DIAGNOSIS_FILE, result)
         # Analysis only, after the selection above: the evaluated success of the pick beside the alternatives,
         # with the behaviour-cloning baseline an earlier workflow recorded.
