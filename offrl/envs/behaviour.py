@@ -14,9 +14,9 @@ Every regime draws all its randomness from the collection's ``numpy.random.Gener
     ``x_t`` a discretised Ornstein-Uhlenbeck process (Gaussian AR(1)) per action dimension,
     ``x_0 ~ N(0, s^2)``, ``x_t = rho x_{t-1} + sqrt(1 - rho^2) s z_t``, ``z_t ~ N(0, 1)``: stationary from the
     first step with standard deviation ``s`` and lag-k autocorrelation ``rho^k``. Each episode draws its own
-    ``s ~ U[0, 2 sigma]`` (operators, or days, of varying skill), so the data hold clean and sloppy attempts. Failures come from
-    deviations that persist for ``1 / (1 - rho)`` steps (a gripper that does not close, an arm that drifts past
-    the object), not from per-step jitter the controller averages out.
+    ``s ~ U[0, 2 sigma]`` (operators, or days, of varying skill), so the data hold clean and sloppy attempts.
+    Failures come from deviations that persist for ``1 / (1 - rho)`` steps (a gripper that does not close, an
+    arm that drifts past the object), not from per-step jitter the controller averages out.
 ``mixed``
     Mixed quality, in the manner of D4RL's medium-replay / mixed datasets: each episode is independently one of
     ``expert`` (probability ``p_expert``: the ``correlated`` process with a small sigma 0.1, plus the white
@@ -88,7 +88,8 @@ class Regime:
             return {"regime": "white", "sigma": self.sigma}
         info: dict[str, Any] = {"regime": self.name, "sigma": self.sigma, "rho": self.rho, "jitter": self.jitter}
         if self.name == "mixed":
-            info.update(explore_sigma=self.explore_sigma, proportions=dict(zip(KINDS, self.proportions, strict=True)))
+            proportions = dict(zip(KINDS, self.proportions, strict=True))
+            info.update(explore_sigma=self.explore_sigma, proportions=proportions)
         return info
 
 
@@ -97,8 +98,8 @@ def make_regime(name: str, sigma: float | None = None) -> Regime:
 
     Args:
         name: One of `REGIMES`.
-        sigma: ``white``: the noise std (default 0.8); ``correlated``: the mean OU std (default 0.4); ``mixed``: the
-            expert attempts' OU std (default 0.1). None keeps the default. Finite and >= 0.
+        sigma: ``white``: the noise std (default 0.8); ``correlated``: the mean OU std (default 0.4);
+            ``mixed``: the expert attempts' OU std (default 0.1). None keeps the default. Finite and >= 0.
 
     Returns:
         The `Regime`.
@@ -107,7 +108,9 @@ def make_regime(name: str, sigma: float | None = None) -> Regime:
         ValueError: Unknown name, or ``sigma`` negative or not finite.
     """
     if name not in REGIMES:
-        raise ValueError(f"Unknown behaviour regime {name!r}: use one of {', '.join(REGIMES)} (docs/dataset-format.md).")
+        raise ValueError(
+            f"Unknown behaviour regime {name!r}: use one of {', '.join(REGIMES)} (docs/dataset-format.md)."
+        )
     default = {"white": WHITE_SIGMA, "correlated": CORRELATED_SIGMA, "mixed": EXPERT_SIGMA}[name]
     sigma = default if sigma is None else float(sigma)
     if not np.isfinite(sigma) or sigma < 0:
