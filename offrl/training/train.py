@@ -156,10 +156,15 @@ def resolve_train_config(config: TrainConfig) -> TrainConfig:
     total) and, with ``resume``, the recorded ``dataset``.
 
     Raises:
+        FileNotFoundError: ``resume`` on a directory without config.json.
         ValueError: a new run without a dataset, or ``resume`` with fewer steps than the run already took.
     """
     saved = None
-    if config.resume and (Path(config.out) / rd.CONFIG_FILE).is_file():
+    if config.resume:
+        if not (Path(config.out) / rd.CONFIG_FILE).is_file():
+            raise FileNotFoundError(
+                f"cannot resume: {config.out} has no {rd.CONFIG_FILE}; start a new run without --resume"
+            )
         saved = rd.read_json(Path(config.out) / rd.CONFIG_FILE)
     if config.dataset is None:
         if saved is None:
