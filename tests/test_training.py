@@ -135,3 +135,11 @@ def test_resume_continues_the_recorded_run_without_repeating_its_settings(tmp_pa
         train(TrainConfig(out=tmp_path / "new", progress=False))
     with pytest.raises(ValueError, match="below the 120 steps"):
         train(TrainConfig(out=out, resume=True, steps=80, progress=False))
+
+
+def test_resume_of_a_folder_that_is_no_run_says_so(tmp_path):
+    from offrl.training.train import TrainConfig
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="cannot resume: .* has no config.json; start a new run"):
+        train(TrainConfig(out=tmp_path / "empty", resume=True, progress=False))
