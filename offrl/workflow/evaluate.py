@@ -137,11 +137,15 @@ def analysis_only_comparison(
         (the candidates of the selection), ``best_warm_start`` the best of those at or before it; both are
         maxima of noisy estimates, biased upwards.
     """
-    results = sorted(evaluation.get("results", []), key=lambda r: r["step"])
-    rows = {int(r["step"]): _row(int(r["step"]), int(r["successes"]), int(r["episodes"])) for r in results}
+    def table(ev: dict[str, Any]) -> dict[int, dict[str, Any]]:
+        return {int(r["step"]): _row(int(r["step"]), int(r["successes"]), int(r["episodes"]))
+                for r in sorted(ev.get("results", []), key=lambda r: r["step"])}
 
-    def best(steps: list[int]) -> dict[str, Any] | None:
+    def best(rows: dict[int, dict[str, Any]], steps: list[int]) -> dict[str, Any] | None:
+        # Ties go to the earlier checkpoint, as for "best in hindsight" everywhere in offrl.
         return rows[max(steps, key=lambda s: (rows[s]["successes"] / rows[s]["episodes"], -s))] if steps else None
+
+    rows = table(evaluation)
 
     behaviour = None
     rate, n = dataset_metadata.get("behaviour_success_rate"), dataset_metadata.get("episodes")
@@ -150,17 +154,15 @@ def analysis_only_comparison(
     candidates = [s for s in rows if s > warmup_steps]
     bc: dict[str, Any] = {}
     if bc_evaluation is not None:
-        bc_rows = {int(r["step"]): _row(int(r["step"]), int(r["successes"]), int(r["episodes"]))
-                   for r in bc_evaluation.get("results", [])}
+        bc_rows = table(bc_evaluation)
         bc["bc_selected"] = bc_rows.get(bc_selected_step) if bc_selected_step is not None else None
-        bc["bc_best"] = (bc_rows[max(bc_rows, key=lambda s: (bc_rows[s]["successes"] / bc_rows[s]["episodes"], -s))]
-                         if bc_rows else None)
+        bc["bc_best"] = best(bc_rows, list(bc_rows))
     return {
         "behaviour": behaviour,
-        "best_warm_start": best([s for s in rows if s <= warmup_steps]),
+        "best_warm_start": best(rows, [s for s in rows if s <= warmup_steps]),
         **bc,
         "selected": rows.get(selected_step) if selected_step is not None else None,
-        "best": best(candidates),
+        "best": best(rows, candidates),
         "last": rows[max(rows)] if rows else None,
         "note": "analysis only: computed from evaluation.json after selection; 95% Wilson intervals; 'best' and "
         "'best_warm_start' are maxima of noisy estimates (biased upwards)",
