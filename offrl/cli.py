@@ -18,6 +18,7 @@ from typing import Annotated, Literal
 import tyro
 
 from offrl.envs import DEFAULT_HORIZON
+from offrl.envs.behaviour import DEFAULT_REGIME
 from offrl.training.sweep import SweepConfig
 from offrl.training.train import TrainConfig
 from offrl.workflow.diagnosis import DiagnosisConfig
@@ -36,7 +37,7 @@ class Collect:
     """HDF5 file to write."""
     horizon: int = DEFAULT_HORIZON
     """Time limit in steps per episode."""
-    regime: Literal["white", "correlated", "mixed"] = "correlated"
+    regime: Literal["white", "correlated", "mixed"] = DEFAULT_REGIME
     """How the scripted actions are perturbed (docs/dataset-format.md): ``correlated`` slowly wandering
     deviations of varying size, like imperfect teleoperation; ``mixed`` expert, partial and exploratory episodes
     (30/35/35 %), like D4RL's medium-replay; ``white`` i.i.d. Gaussian noise (offrl's first data)."""

@@ -58,11 +58,12 @@ class CQLConfig(common.ActorCriticConfig):
     against -17 without the warm start. Dropping the entropy term from the warm-start loss did not change the
     slide (-81): the sampled actions, not the temperature, drive it (docs/metrics.md)."""
     calibrated: bool = True
-    """Cal-QL (Nakamoto et al. 2023, Sec. 4.1, the Cal-QL regularizer): CQL pushes Q down on the policy's actions only while it is above
-    the behaviour's Monte-Carlo return of the state (``max(Q(s, a), G(s))`` inside the log-sum-exp, as in the
-    authors' code), so Q cannot slide below what the data's own returns show. Deviation from the workflow
-    paper's plain CQL(H): without it q_data slid far below the range the rewards allow on every dev task tried,
-    which made the Q curve's peak (Guideline 3.1) the first checkpoint. False gives plain CQL(H)."""
+    """Cal-QL (Nakamoto et al. 2023, Sec. 4.1, the Cal-QL regularizer): CQL pushes Q down on the policy's
+    actions only while it is above the behaviour's Monte-Carlo return of the state (``max(Q(s, a), G(s))``
+    inside the log-sum-exp, as in the authors' code), so Q cannot slide below what the data's own returns show.
+    Deviation from the workflow paper's plain CQL(H): without it q_data slid far below the range the rewards
+    allow on every dev task tried, which made the Q curve's peak (Guideline 3.1) the first checkpoint. False
+    gives plain CQL(H)."""
     deterministic_backup: bool = True
     """Leave the entropy term out of the TD target (reference code)."""
     lagrange: bool = False
@@ -250,7 +251,8 @@ def critic_terms(
         batch: ``observations`` (B, obs_dim) or image observations (``{"image": (B, H, W, C) uint8, "state":
             (B, d)}``), ``actions`` (B, act_dim), ``rewards`` (B,), ``terminals`` (B,) float32 0/1,
             ``next_observations`` like ``observations``; with ``config.calibrated`` also ``mc_returns`` (B,)
-            float32, the Monte-Carlo return of each transition (:func:`offrl.data.mc_returns`). Each critic encodes a state once; the encoding is
+            float32, the Monte-Carlo return of each transition (:func:`offrl.data.mc_returns`). Each critic
+            encodes a state once; the encoding is
             reused for the dataset action and for all 3n sampled actions.
 
     Returns:

@@ -8,6 +8,7 @@ import offrl
 from offrl.data.dataset import Dataset, make_dataset
 from offrl.data.hdf5 import save_dataset
 from offrl.envs import DEFAULT_HORIZON, collect_episodes
+from offrl.envs.behaviour import DEFAULT_REGIME
 from offrl.envs.render import RenderConfig
 
 
@@ -22,7 +23,7 @@ def collect(
     overwrite: bool = False,
     progress: bool = True,
     render: RenderConfig | None = None,
-    regime: str = "correlated",
+    regime: str = DEFAULT_REGIME,
 ) -> Dataset:
     """Collect ``episodes`` episodes of a MetaWorld task and save them as an HDF5 dataset (atomically).
 

@@ -40,6 +40,8 @@ import numpy as np
 
 REGIMES = ("white", "correlated", "mixed")
 """The regime names `offrl collect --regime` accepts."""
+DEFAULT_REGIME = "correlated"
+"""The regime of `offrl collect`, `offrl workflow` and ``offrl.collect`` when none is named."""
 KINDS = ("expert", "partial", "exploratory")
 """The episode kinds of the ``mixed`` regime."""
 KIND_CODES = {"expert": "e", "partial": "p", "exploratory": "x"}

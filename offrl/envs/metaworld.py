@@ -48,7 +48,6 @@ DEFAULT_HORIZON = 150
 # over seeds 0-2 gave 38 %, 43 %, 35 %. Not tuned per task: the same noise leaves easier tasks
 # far more successful (reach-v3 97 %, door-open-v3 77 %, drawer-open-v3 60 %).
 DEFAULT_NOISE_SIGMA = WHITE_SIGMA
-DEFAULT_REGIME = "white"
 
 _INSTALL_HINT = (
     "MetaWorld is not installed: pip install 'offrl[sim]' (metaworld==3.1.1, which brings MuJoCo). "
@@ -484,7 +483,7 @@ def collect_episodes(
     terminate_on_success: bool = True,
     progress: bool = True,
     render: RenderConfig | None = None,
-    regime: str = DEFAULT_REGIME,
+    regime: str = "white",
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Collects an offline dataset with the scripted expert perturbed by a behaviour regime.
 
@@ -515,7 +514,9 @@ def collect_episodes(
             change the states: the state arrays are the same with or without it. Costs about 6 ms
             per frame at 48x48 with shadows off (software rendering, one CPU core): pick-place
             collection drops from about 1500 to 125 transitions/s. Single tasks only.
-        regime: ``white``, ``correlated`` or ``mixed`` (:mod:`offrl.envs.behaviour`).
+        regime: ``white``, ``correlated`` or ``mixed`` (:mod:`offrl.envs.behaviour`). This low-level
+            collector defaults to ``white`` (with ``noise_sigma=0`` exactly the expert); the user-facing
+            `offrl.data.collect` defaults to `offrl.envs.behaviour.DEFAULT_REGIME`.
 
     Returns:
         ``(data, info)``. ``obs_dim`` is 39, or 39 + T for a spec of T tasks (the last T entries

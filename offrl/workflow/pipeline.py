@@ -13,6 +13,7 @@ from offrl.agents.brac import BRACConfig
 from offrl.agents.cql import CQLConfig
 from offrl.data.collect import collect
 from offrl.envs import DEFAULT_HORIZON
+from offrl.envs.behaviour import DEFAULT_REGIME
 from offrl.report import write_report
 from offrl.training import run_dir as rd
 from offrl.training.timing import compile_timer
@@ -30,7 +31,7 @@ class WorkflowConfig:
     """Episodes to collect when the dataset does not exist yet (about 45 s on 2 cores)."""
     horizon: int = DEFAULT_HORIZON
     """Steps per episode (time limit) for collection and evaluation."""
-    regime: Literal["white", "correlated", "mixed"] = "correlated"
+    regime: Literal["white", "correlated", "mixed"] = DEFAULT_REGIME
     """Behaviour regime of the collected data (docs/dataset-format.md): ``correlated`` imperfect-teleoperation
     deviations of varying size; ``mixed`` expert, partial and exploratory episodes; ``white`` i.i.d. Gaussian
     noise (offrl's first data)."""
