@@ -19,6 +19,8 @@ def state_data(n: int = 7500, obs_dim: int = 39, act_dim: int = 4) -> dict[str, 
         "rewards": jnp.asarray(rng.integers(0, 2, n), jnp.float32),
         "terminals": jnp.zeros(n, jnp.float32),
         "next_observations": jnp.asarray(rng.normal(size=(n, obs_dim)), jnp.float32),
+        # Cal-QL's floor (the CQL default is calibrated=True) reads each transition's discounted return-to-go.
+        "mc_returns": jnp.asarray(rng.uniform(0, 1, n), jnp.float32),
     }
 
 

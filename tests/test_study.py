@@ -164,7 +164,8 @@ def test_tiny_study_end_to_end_and_resume(tmp_path, capsys):
     out = tmp_path / "study"
     path = tmp_path / "tiny.toml"
     path.write_text(TINY_STUDY.format(out=out))
-    assert main(["study", str(path)]) == 0
+    # Two worker processes share the two cells through the cell locks.
+    assert main(["study", str(path), "--workers", "2"]) == 0
     cells = sorted((out / "cells").glob("*/cell.json"))
     assert len(cells) == 2
     cell = json.loads(cells[0].read_text())
@@ -251,3 +252,42 @@ def test_regimes_are_a_grid_dimension_and_white_keeps_old_names():
     bad = {"scenario": [{"name": "a", "tasks": ["reach-v3"], "episodes": [5], "regimes": ["pink"]}]}
     with pytest.raises(StudyConfigError, match="unknown regimes"):
         study_config_from_dict(bad)
+
+
+def test_cells_run_seed_by_seed():
+    raw = {"scenario": [{"name": "a", "tasks": ["reach-v3", "push-v3"], "episodes": [5, 9], "seeds": [0, 1]}]}
+    names = [c.name for c in cells_of(study_config_from_dict(raw))]
+    # A study stopped part way has covered every task and size with seed 0 first.
+    assert names[:4] == ["reach-v3__5ep__s0__base", "push-v3__5ep__s0__base",
+                         "reach-v3__9ep__s0__base", "push-v3__9ep__s0__base"]
+    assert len(names) == 8 and all("__s1__" in n for n in names[4:])
+
+
+def test_a_cell_another_process_holds_is_skipped_and_a_failure_is_listed(tmp_path, monkeypatch):
+    import fcntl
+
+    from offrl.data import DatasetError
+    from offrl.workflow import study
+
+    raw = {"out": str(tmp_path / "s"), "bootstrap_samples": 50,
+           "scenario": [{"name": "a", "tasks": ["reach-v3", "push-v3"], "episodes": [5]}]}
+    config = study_config_from_dict(raw)
+    held, free = cells_of(config)
+    ran = []
+
+    def fake_run_cell(cell, config, progress=False):
+        ran.append(cell.name)
+        raise DatasetError(f"{cell.name}: no successful episode")
+
+    monkeypatch.setattr(study, "run_cell", fake_run_cell)
+    lock = tmp_path / "s" / "locks" / f"{held.name}.lock"
+    lock.parent.mkdir(parents=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)   # "another process" (flock locks belong to the open file)
+        study._run_cells(config, [held, free])
+    assert ran == [free.name]
+    # The failure is remembered for the results, and the cell is retried on the next call (the lock is free now).
+    analysis = study.run_study(config)
+    assert ran == [free.name, held.name, free.name]
+    assert {f["cell"] for f in analysis["failed"]} == {held.name, free.name}
+    assert "no successful episode" in analysis["failed"][0]["error"]

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from offrl.training import run_dir as rd
-from offrl.workflow.selection import SELECTORS, candidates, wilson_interval
+from offrl.workflow.selection import SELECTORS, candidates, cell_name, wilson_interval
 
 SELECTOR_TEXT = {
     "workflow": "workflow (Guideline 3.1: peak of q_data)",
@@ -206,9 +206,9 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
         if not rows:
             L.append("No finished runs yet.\n")
             continue
-        L.append("| task | episodes | seed | setting | behaviour success | verdict | q_data peak → last | td_error "
+        L.append("| task | regime | episodes | seed | setting | behaviour success | verdict | q_data peak → last | td_error "
                  "(last) | Q error / range width | workflow pick | success: pick [95% CI] / best / last / late |")
-        L.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         per_run = {r["name"]: r for r in analysis["per_run"]}
         for c in rows:
             cc = c["cell"]
@@ -216,14 +216,14 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
             q = [x.get("q_data") for x in cps if x.get("q_data") is not None]
             width = c["q_range"][1] - c["q_range"][0]
             last = cps[-1]
-            sel = per_run[f"{cc['task']}__{cc['episodes']}ep__s{cc['seed']}__{cc['setting']}"]
+            sel = per_run[cell_name(c)]
             wf = sel["selectors"]["workflow"]
             picked = next((x for x in cps if x["step"] == wf["step"]), None)
             ci = wilson_interval(picked["successes"], picked["episodes"]) if picked else None
             late = float(np.mean([x["success_rate"] for x in cps[-3:]]))
             qe = last.get("q_error_estimate")
             L.append(
-                f"| {cc['task']} | {cc['episodes']} | {cc['seed']} | {cc['setting']} | "
+                f"| {cc['task']} | {cc.get('regime', 'white')} | {cc['episodes']} | {cc['seed']} | {cc['setting']} | "
                 f"{_fmt(c['dataset'].get('behaviour_success_rate'))} | {c['verdict']} | "
                 f"{_fmt(max(q) if q else None)} → {_fmt(q[-1] if q else None)} | {_fmt(last.get('td_error'), 3)} | "
                 f"{_fmt(None if qe is None else qe / width, 1)} | {wf['step']} | "

@@ -260,7 +260,7 @@ def analyse(cells: list[dict[str, Any]], config: Any) -> dict[str, Any]:
     per_run = []
     for cell in cells:
         sel = evaluate_selectors(cell)
-        per_run.append({"name": _cell_name(cell), "cell": cell["cell"], "selectors": sel,
+        per_run.append({"name": cell_name(cell), "cell": cell["cell"], "selectors": sel,
                         "verdict": cell["verdict"], "success_label": success_label(cell)})
     headline = {}
     for name in SELECTORS:
@@ -324,12 +324,13 @@ def _remedies_by_scenario(cells: list[dict[str, Any]], config: Any) -> dict[str,
         return {"all": remedy_effects(cells)}
     from offrl.workflow.study import cells_of
 
-    by_name = {_cell_name(c): c for c in cells}
+    by_name = {cell_name(c): c for c in cells}
     return {sc.name: remedy_effects([by_name[c.name] for c in cells_of(config, sc.name) if c.name in by_name])
             for sc in scenarios}
 
 
-def _cell_name(cell: dict[str, Any]) -> str:
+def cell_name(cell: dict[str, Any]) -> str:
+    """The cell's directory name (``Cell.name``) from its cell.json."""
     c = cell["cell"]
     regime = c.get("regime", "white")
     tag = "" if regime == "white" else f"{regime}__"

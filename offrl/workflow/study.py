@@ -7,7 +7,13 @@ success of every checkpoint (:mod:`offrl.workflow.selection`).
 
 The grid is resumable: a cell that has its ``cell.json`` is done and skipped; a cell whose run stopped part way
 resumes its training (``--resume``), and reuses its evaluation.json / fqe.json when they cover the run's
-checkpoints. Datasets are shared between the cells that need the same (task, episodes, seed).
+checkpoints. Datasets are shared between the cells that need the same (task, regime, episodes, seed).
+
+Several processes may work on one study at once (``offrl study --workers N``): each cell and each dataset is
+taken under an exclusive ``fcntl`` lock (released by the kernel when a process dies, so a killed worker leaves
+no stale lock), and a process skips the cells another one holds. On 2 CPU cores two single-threaded workers make
+1.19x the gradient steps per second of one process on both cores (47.0 against 39.6, benchmarks/workers_speed.py
+on an idle machine), and no core idles while the other steps the simulator.
 
 Layout of a study directory::
 
@@ -15,14 +21,19 @@ Layout of a study directory::
     STUDY/data/*.h5          datasets
     STUDY/cells/<cell>/      one run directory per cell (config.json, metrics.jsonl, checkpoints/, ...)
                              plus evaluation.json, fqe.json, cell.json
+    STUDY/locks/             one lock file per cell and dataset (empty; held only while a process works on it)
+    STUDY/failed/<cell>.txt  why a cell could not run (listed in the results; retried on the next call)
     STUDY/analysis.json      every number in the results
     RESULTS (default STUDY/results.md) and STUDY/figures/*.png
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import itertools
+import os
 import shutil
 import time
 import tomllib
@@ -191,11 +202,14 @@ class Cell:
 
 def cells_of(config: StudyConfig, scenario: str | None = None) -> list[Cell]:
     """Every cell of the grid (or of one scenario), in the order they run; a run two scenarios share is listed
-    once, under the first."""
+    once, under the first.
+
+    Seeds vary slowest, then dataset sizes: a study stopped part way has covered every task, regime and size
+    with its first seeds, so its partial results already span the grid."""
     out, seen = [], set()
     for sc in config.scenarios:
-        for task, regime, episodes, seed, setting in itertools.product(
-            sc.tasks, sc.regimes, sc.episodes, sc.seeds, sc.settings
+        for seed, episodes, regime, task, setting in itertools.product(
+            sc.seeds, sc.episodes, sc.regimes, sc.tasks, sc.settings
         ):
             cell = Cell(sc.name, task, episodes, seed, setting, regime)
             if scenario is not None:
@@ -251,8 +265,28 @@ def _check_study_dir(config: StudyConfig, source_text: str | None = None) -> Non
         rd.atomic_write_text(out / "study.toml", source_text)
 
 
+@contextlib.contextmanager
+def _lock(config: StudyConfig, name: str, wait: bool):
+    """Hold STUDY/locks/NAME.lock exclusively; yields False (holding nothing) when another process has it and
+    ``wait`` is False. The kernel drops the lock when the holder exits, however it exits."""
+    path = config.out / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[str, Any]:
-    """Collect (if needed), train (resuming), diagnose, evaluate every checkpoint, FQE; write cell.json."""
+    """Collect (if needed), train (resuming), diagnose, evaluate every checkpoint, FQE; write cell.json.
+
+    The caller holds the cell's lock; the dataset is collected under its own lock (two cells may share it)."""
     from offrl.data import load_dataset
     from offrl.data.collect import collect
     from offrl.training.train import TrainConfig, TrainingDiverged, train
@@ -263,11 +297,12 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
     run = config.out / "cells" / cell.name
     timings: dict[str, float] = {}
     data = config.out / "data" / cell.dataset_name
-    if not data.is_file():
-        t = time.perf_counter()
-        collect(cell.task, cell.episodes, data, horizon=config.horizon, seed=cell.seed, progress=progress,
-                regime=cell.regime, noise_sigma=config.noise_sigma if cell.regime == "white" else None)
-        timings["collect_s"] = time.perf_counter() - t
+    with _lock(config, data.stem, wait=True):
+        if not data.is_file():
+            t = time.perf_counter()
+            collect(cell.task, cell.episodes, data, horizon=config.horizon, seed=cell.seed, progress=progress,
+                    regime=cell.regime, noise_sigma=config.noise_sigma if cell.regime == "white" else None)
+            timings["collect_s"] = time.perf_counter() - t
     dataset = load_dataset(data)
     resume = (run / rd.CONFIG_FILE).is_file()
     if run.exists() and not resume:
@@ -344,52 +379,120 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
 
 
 def run_study(
-    config: StudyConfig, analyse_only: bool = False, source: str | Path | None = None
+    config: StudyConfig, analyse_only: bool = False, source: str | Path | None = None, workers: int = 1
 ) -> dict[str, Any]:
     """Run every cell not done yet, then analyse and write the results (analysis.json, results, figures).
 
     ``source``: the study file, copied into the study directory and named in the results' reproduce command.
+    ``workers``: processes working on the cells at once (each takes the next cell no one holds). When the
+    machine has no more cores than workers, each worker's XLA runs single-threaded, which on 2 cores trains
+    faster in total than one process on both (see the module docstring).
 
     Returns:
         The analysis (see :func:`offrl.workflow.selection.analyse`).
 
     Raises:
         FileExistsError: the study directory holds a study with another configuration.
+        ValueError: ``workers`` < 1.
+        RuntimeError: a worker process failed (its traceback is in the output above).
     """
-    from offrl.data import DatasetError
-    from offrl.training.train import TrainingDiverged
     from offrl.workflow.results import write_results
     from offrl.workflow.selection import analyse
 
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     _check_study_dir(config, Path(source).read_text() if source else None)
     cells = cells_of(config)
-    t0 = time.perf_counter()
-    done: list[dict[str, Any]] = []
-    failed: list[dict[str, str]] = []
-    for i, cell in enumerate(cells):
-        path = config.out / "cells" / cell.name / CELL_FILE
+    if not analyse_only:
+        if workers == 1:
+            _run_cells(config, cells)
+        else:
+            _run_workers(config, cells, workers)
+    done, failed = [], []
+    for c in cells:
+        path, failure = config.out / "cells" / c.name / CELL_FILE, _failure_file(config, c)
         if path.is_file():
             done.append(rd.read_json(path))
-            continue
-        if analyse_only:
-            continue
-        print(f"[study {i + 1}/{len(cells)}] {cell.name}", flush=True)
-        t = time.perf_counter()
-        try:
-            res = run_cell(cell, config, progress=False)
-        except (DatasetError, TrainingDiverged) as e:
-            # One unusable cell (a dataset with no success at all, a run that diverged before its first
-            # checkpoint) must not stop the grid: it is listed in the results, and retried on the next call.
-            print(f"  failed: {e}", flush=True)
-            failed.append({"cell": cell.name, "error": str(e)})
-            continue
-        done.append(res)
-        succ = [c["success_rate"] for c in res["checkpoints"]]
-        print(f"  verdict {res['verdict']}, success by checkpoint {[round(s, 2) for s in succ]} "
-              f"({time.perf_counter() - t:.0f} s; study {time.perf_counter() - t0:.0f} s)", flush=True)
+        elif failure.is_file():
+            failed.append({"cell": c.name, "error": failure.read_text().strip()})
     analysis = analyse(done, config)
     analysis["cells_total"] = len(cells)
     analysis["failed"] = failed
     rd.write_json(config.out / "analysis.json", analysis)
     write_results(analysis, config, command=f"offrl study {source}" if source else None)
     return analysis
+
+
+def _failure_file(config: StudyConfig, cell: Cell) -> Path:
+    return config.out / "failed" / f"{cell.name}.txt"
+
+
+def _run_cells(config: StudyConfig, cells: list[Cell], prefix: str = "") -> None:
+    """Run the cells that are neither done nor held by another process, in order."""
+    from offrl.data import DatasetError
+    from offrl.training.train import TrainingDiverged
+
+    t0 = time.perf_counter()
+    for i, cell in enumerate(cells):
+        path = config.out / "cells" / cell.name / CELL_FILE
+        if path.is_file():
+            continue
+        with _lock(config, cell.name, wait=False) as held:
+            if not held or path.is_file():  # another process has it, or finished it meanwhile
+                continue
+            print(f"{prefix}[study {i + 1}/{len(cells)}] {cell.name}", flush=True)
+            t = time.perf_counter()
+            failure = _failure_file(config, cell)
+            try:
+                res = run_cell(cell, config, progress=False)
+            except (DatasetError, TrainingDiverged) as e:
+                # One unusable cell (a dataset with no success at all, a run that diverged before its first
+                # checkpoint) must not stop the grid: it is listed in the results, and retried on the next call.
+                print(f"{prefix}  failed: {e}", flush=True)
+                failure.parent.mkdir(parents=True, exist_ok=True)
+                rd.atomic_write_text(failure, f"{e}\n")
+                continue
+            failure.unlink(missing_ok=True)
+            succ = [c["success_rate"] for c in res["checkpoints"]]
+            print(f"{prefix}  verdict {res['verdict']}, success by checkpoint {[round(s, 2) for s in succ]} "
+                  f"({time.perf_counter() - t:.0f} s; this process {time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def _worker(config: StudyConfig, cells: list[Cell], prefix: str) -> None:
+    _run_cells(config, cells, prefix)
+
+
+_SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def _run_workers(config: StudyConfig, cells: list[Cell], workers: int) -> None:
+    """``workers`` fresh processes (multiprocessing "spawn": JAX must start after its flags are set) share the
+    cells through the cell locks."""
+    import multiprocessing as mp
+
+    env_before = os.environ.get("XLA_FLAGS")
+    if (os.cpu_count() or 1) <= workers:
+        os.environ["XLA_FLAGS"] = f"{env_before or ''} {_SINGLE_THREAD_XLA}".strip()
+    try:
+        ctx = mp.get_context("spawn")
+        procs = [ctx.Process(target=_worker, args=(config, cells, f"[w{k}] "), name=f"offrl-study-w{k}")
+                 for k in range(workers)]
+        for p in procs:
+            p.start()
+            time.sleep(1.0)  # start in order, so that worker k takes the k-th free cell
+    finally:
+        if env_before is None:
+            os.environ.pop("XLA_FLAGS", None)
+        else:
+            os.environ["XLA_FLAGS"] = env_before
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        raise
+    bad = [(p.name, p.exitcode) for p in procs if p.exitcode != 0]
+    if bad:
+        raise RuntimeError(f"study worker(s) failed: {bad} (see the traceback above); run the same command again "
+                           f"to resume: finished cells are kept")
