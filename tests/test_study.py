@@ -291,3 +291,32 @@ def test_a_cell_another_process_holds_is_skipped_and_a_failure_is_listed(tmp_pat
     assert ran == [free.name, held.name, free.name]
     assert {f["cell"] for f in analysis["failed"]} == {held.name, free.name}
     assert "no successful episode" in analysis["failed"][0]["error"]
+
+
+def test_underfitting_threshold_variants_and_the_over_estimation_drop():
+    from offrl.workflow.diagnosis import DiagnosisConfig
+    from offrl.workflow.selection import overestimation_drop, verdict_with
+
+    # A flat, in-range q_data whose critic leaves 60% of its targets' variance unexplained throughout.
+    q = [0.3, 0.31, 0.3, 0.31, 0.3, 0.31]
+    cell = _cell(q, [0.1] * 6, verdict="underfitting")
+    for c in cell["checkpoints"]:
+        c["td_error_over_target_var"] = 0.6
+    assert verdict_with(cell, DiagnosisConfig(underfit_unexplained=0.5)) == "underfitting"
+    assert verdict_with(cell, DiagnosisConfig(underfit_unexplained=1.0)) == "healthy"
+    cell["dataset"] = {"behaviour_success_rate": 0.5}   # the policy stays far below the data
+    a = analyse([cell], type("C", (), {"bootstrap_samples": 200})())
+    variants = a["diagnosis_accuracy"]["underfit_threshold_variants"]
+    assert variants["0.25"]["underfitting"]["agreement"]["mean"] == 1.0
+    assert variants["1"]["healthy"] == {"runs": 1, "labels": {"never reaches the data": 1},
+                                        "claims": "no overfitting", "agreement": variants["1"]["healthy"]["agreement"]}
+    assert variants["1"]["healthy"]["agreement"]["mean"] == 0.0
+
+    # Over-estimation flagged from step 4000: best smoothed success up to it, mean success after it.
+    over = _cell([0.2, 0.5, 0.8, 1.5, 2.5, 3.0], [0.3, 0.6, 0.8, 0.4, 0.1, 0.0], verdict="over-estimation")
+    over["diagnosis"]["evidence"] = {"overestimation_steps": [4000, 5000, 6000]}
+    d = overestimation_drop(over)
+    # smoothed success [0.45, 0.567, 0.6, 0.433, 0.167, 0.05]: best up to 4000 is 0.6; after: mean(0.1, 0) = 0.05.
+    assert d["first_flagged_step"] == 4000
+    assert d["success_before"] == pytest.approx(0.6) and d["success_after"] == pytest.approx(0.05)
+    assert overestimation_drop(cell) is None

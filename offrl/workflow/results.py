@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from offrl.training import run_dir as rd
+from offrl.workflow.diagnosis import DiagnosisConfig
 from offrl.workflow.selection import SELECTORS, candidates, cell_name, wilson_interval
 
 SELECTOR_TEXT = {
@@ -131,6 +132,13 @@ def _figure_selectors(analysis: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _data_text(config: Any) -> str:
+    regimes = sorted({r for sc in config.scenarios for r in getattr(sc, "regimes", ("white",))})
+    parts = [f"white (Gaussian action noise sigma {config.noise_sigma})" if r == "white" else r for r in regimes]
+    return (f"the task's scripted policy under the behaviour regime(s) {', '.join(parts)} "
+            f"(docs/dataset-format.md)")
+
+
 def write_results(analysis: dict[str, Any], config: Any, command: str | None = None) -> Path:
     """Write the results page (markdown, atomically) and its figures; return its path."""
     out = Path(config.results_path)
@@ -147,8 +155,8 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
         f"Runs finished: **{analysis['runs']}** of {analysis.get('cells_total', analysis['runs'])}. "
         f"Budget per run: {config.steps} gradient steps (the first {cells[0]['warmup_steps'] if cells else '?'} "
         f"are the actor's behaviour-cloning warm start), a checkpoint every {config.checkpoint_every} steps, "
-        f"{config.eval_episodes} analysis-only episodes per checkpoint, FQE {config.fqe_steps} steps. Data: the "
-        f"task's scripted policy with Gaussian action noise sigma {config.noise_sigma}, horizon {config.horizon}. "
+        f"{config.eval_episodes} analysis-only episodes per checkpoint, FQE {config.fqe_steps} steps. Data: "
+        f"{_data_text(config)}, horizon {config.horizon}. "
         f"Every hyperparameter is the package default; settings change only what their name says.\n"
     )
     for f in analysis.get("failed", []):
@@ -197,6 +205,24 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
         for verdict, v in da["per_verdict"].items():
             labels = ", ".join(f"{k}: {n}" for k, n in sorted(v["labels"].items()))
             L.append(f"| {verdict} | {v['runs']} | {v['claims'] or '–'} | {_ci(v['agreement'])} | {labels} |")
+    if da.get("underfit_threshold_variants"):
+        L.append("\nThe pre-registered candidate thresholds of the underfitting rule (share of the TD targets' "
+                 "variance the critic leaves unexplained; the package default is "
+                 f"{DiagnosisConfig().underfit_unexplained:g}), each verdict's runs and agreement:\n")
+        L.append("| threshold | verdict | runs | agreement | labels |")
+        L.append("|---|---|---|---|---|")
+        for x, table in da["underfit_threshold_variants"].items():
+            for verdict, v in table.items():
+                labels = ", ".join(f"{k}: {n}" for k, n in sorted(v["labels"].items()))
+                L.append(f"| {x} | {verdict} | {v['runs']} | {_ci(v['agreement'])} | {labels} |")
+    if da.get("overestimation"):
+        L.append("\nRuns called over-estimation: the success (half B) before the first flagged checkpoint (best "
+                 "smoothed) and after it (mean).\n")
+        L.append("| run | first flagged step | success before | after | drop |")
+        L.append("|---|---|---|---|---|")
+        for o in da["overestimation"]:
+            L.append(f"| {o['name']} | {o['first_flagged_step']} | {_fmt(o['success_before'])} | "
+                     f"{_fmt(o['success_after'])} | {_fmt(o['drop'])} |")
 
     for sc in sorted(config.scenarios, key=lambda sc: sc.name):
         rows = _cells(config, sc.name)
@@ -207,26 +233,25 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
             L.append("No finished runs yet.\n")
             continue
         L.append("| task | regime | episodes | seed | setting | behaviour success | verdict | q_data peak → last | td_error "
-                 "(last) | Q error / range width | workflow pick | success: pick [95% CI] / best / last / late |")
+                 "(last) | unexplained TD (last) | workflow pick | success: pick [95% CI] / best / last / late |")
         L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         per_run = {r["name"]: r for r in analysis["per_run"]}
         for c in rows:
             cc = c["cell"]
             cps = candidates(c)
             q = [x.get("q_data") for x in cps if x.get("q_data") is not None]
-            width = c["q_range"][1] - c["q_range"][0]
             last = cps[-1]
             sel = per_run[cell_name(c)]
             wf = sel["selectors"]["workflow"]
             picked = next((x for x in cps if x["step"] == wf["step"]), None)
             ci = wilson_interval(picked["successes"], picked["episodes"]) if picked else None
             late = float(np.mean([x["success_rate"] for x in cps[-3:]]))
-            qe = last.get("q_error_estimate")
+            ux = last.get("td_error_over_target_var")
             L.append(
                 f"| {cc['task']} | {cc.get('regime', 'white')} | {cc['episodes']} | {cc['seed']} | {cc['setting']} | "
                 f"{_fmt(c['dataset'].get('behaviour_success_rate'))} | {c['verdict']} | "
                 f"{_fmt(max(q) if q else None)} → {_fmt(q[-1] if q else None)} | {_fmt(last.get('td_error'), 3)} | "
-                f"{_fmt(None if qe is None else qe / width, 1)} | {wf['step']} | "
+                f"{_fmt(ux)} | {wf['step']} | "
                 f"{_fmt(wf['success'])} [{_fmt(ci[0]) if ci else '–'}, {_fmt(ci[1]) if ci else '–'}] / "
                 f"{_fmt(wf['best'])} / {_fmt(last['success_rate'])} / {_fmt(late)} |"
             )
@@ -251,9 +276,9 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
                          f"{pair('final_q_data')} |")
     L.append("\n## Definitions\n")
     L.append("- *late*: mean success of the last 3 checkpoints (does a run keep its later checkpoints good?).")
-    L.append("- *Q error / range width*: the estimated Q error TD/(1−γ) (docs/metrics.md) at the last checkpoint, "
-             "divided by the width of the Q range the rewards allow; above 1 the workflow calls the run "
-             "underfitting (Metric 3.2).")
+    L.append("- *unexplained TD*: `td_error_over_target_var` at the last checkpoint, the TD error over the variance "
+             "of the TD targets (docs/metrics.md); above `underfit_unexplained` (at the end of the run) the "
+             "diagnosis calls the run underfitting.")
     L.append("- The per-checkpoint success intervals are Wilson 95% intervals over the evaluation episodes.")
     L.append("- All numbers: `analysis.json` in the study directory; per run: `cells/<run>/cell.json`.")
     rd.atomic_write_text(out, "\n".join(L) + "\n")

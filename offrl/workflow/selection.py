@@ -237,6 +237,56 @@ def success_label(cell: dict[str, Any]) -> str:
 
 # Which label each verdict claims (docs/selection.md); over-estimation has no label of its own.
 VERDICT_LABEL = {"overfitting": "overfitting", "underfitting": "never reaches the data", "healthy": "no overfitting"}
+# Pre-registered candidate thresholds of the underfitting rule (DiagnosisConfig.underfit_unexplained).
+UNDERFIT_THRESHOLDS = (0.25, 0.5, 1.0)
+
+
+def verdict_with(cell: dict[str, Any], config: DiagnosisConfig) -> str:
+    """The offline verdict of a finished cell under other diagnosis thresholds, from its checkpoint records.
+
+    Reads only offline metrics (the cell's checkpoints hold every key the diagnosis reads) and no success."""
+    from offrl.workflow.diagnosis import diagnose_metrics
+
+    offline = [{k: v for k, v in c.items() if k not in ("successes", "episodes", "success_rate",
+                                                          "episode_successes", "fqe_value") and v is not None}
+               for c in cell["checkpoints"]]
+    return diagnose_metrics(offline, tuple(cell["q_range"]), config,
+                            warmup_steps=int(cell.get("warmup_steps", 0)))["verdict"]
+
+
+def per_verdict_agreement(rows: list[dict[str, Any]], samples: int) -> dict[str, Any]:
+    """Per verdict: runs, the labels they carry, the label the verdict claims, and the share that carry it.
+
+    ``rows``: ``{"verdict", "success_label"}`` per labelled run."""
+    out = {}
+    for verdict in sorted({r["verdict"] for r in rows}):
+        mine = [r for r in rows if r["verdict"] == verdict]
+        claim = VERDICT_LABEL.get(verdict)
+        out[verdict] = {
+            "runs": len(mine),
+            "labels": dict(Counter(r["success_label"] for r in mine)),
+            "claims": claim,
+            "agreement": bootstrap_mean([float(r["success_label"] == claim) for r in mine], samples) if claim else None,
+        }
+    return out
+
+
+def overestimation_drop(cell: dict[str, Any]) -> dict[str, Any] | None:
+    """For a run the diagnosis calls over-estimation: its first flagged checkpoint, and the half-B success before
+    (best smoothed, up to and including it) and after it (mean), as pre-registered in docs/selection.md."""
+    steps_over = (cell.get("diagnosis", {}).get("evidence") or {}).get("overestimation_steps")
+    if cell.get("verdict") != "over-estimation" or not steps_over:
+        return None
+    cps = candidates(cell)
+    halves = _halves(cps)
+    succ = halves[1] if halves is not None else np.array([c["success_rate"] for c in cps], float)
+    steps = [c["step"] for c in cps]
+    first = min(steps_over)
+    i = next((k for k, s in enumerate(steps) if s >= first), len(steps) - 1)
+    before = float(smooth(succ, 3)[: i + 1].max())
+    after = float(succ[i + 1:].mean()) if i + 1 < len(succ) else None
+    return {"name": cell_name(cell), "first_flagged_step": first, "success_before": before, "success_after": after,
+            "drop": None if after is None else before - after}
 
 
 def bootstrap_mean(values: list[float], samples: int = 10_000, seed: int = 0) -> dict[str, Any]:
@@ -287,16 +337,14 @@ def analyse(cells: list[dict[str, Any]], config: Any) -> dict[str, Any]:
     tp = sum(r["verdict"] == "overfitting" and r["success_label"] == "overfitting" for r in labelled)
     pred = sum(r["verdict"] == "overfitting" for r in labelled)
     actual = sum(r["success_label"] == "overfitting" for r in labelled)
-    per_verdict = {}
-    for verdict in sorted({r["verdict"] for r in labelled}):
-        rows = [r for r in labelled if r["verdict"] == verdict]
-        claim = VERDICT_LABEL.get(verdict)
-        per_verdict[verdict] = {
-            "runs": len(rows),
-            "labels": dict(Counter(r["success_label"] for r in rows)),
-            "claims": claim,
-            "agreement": bootstrap_mean([float(r["success_label"] == claim) for r in rows], samples) if claim else None,
-        }
+    per_verdict = per_verdict_agreement(labelled, samples)
+    by_name = {cell_name(c): c for c in cells}
+    threshold_variants = {
+        f"{x:g}": per_verdict_agreement(
+            [{"verdict": verdict_with(by_name[r["name"]], DiagnosisConfig(underfit_unexplained=x)),
+              "success_label": r["success_label"]} for r in labelled], samples)
+        for x in UNDERFIT_THRESHOLDS
+    }
     return {
         "runs": len(per_run),
         "per_run": per_run,
@@ -313,6 +361,8 @@ def analyse(cells: list[dict[str, Any]], config: Any) -> dict[str, Any]:
             "overfitting_by_verdict": pred,
             "confusion": [{"verdict": v, "success_label": s, "runs": n} for (v, s), n in sorted(confusion.items())],
             "per_verdict": per_verdict,
+            "underfit_threshold_variants": threshold_variants,
+            "overestimation": [d for c in cells if (d := overestimation_drop(c)) is not None],
         },
         "remedies": _remedies_by_scenario(cells, config),
     }
