@@ -11,14 +11,16 @@ import dataclasses
 from types import ModuleType
 from typing import Any
 
-from offrl.agents import bc, brac, cql
+from offrl.agents import bc, brac, cql, iql
 
-AGENTS: dict[str, ModuleType] = {"cql": cql, "brac": brac, "bc": bc}
-CONFIGS: dict[str, type] = {"cql": cql.CQLConfig, "brac": brac.BRACConfig, "bc": bc.BCConfig}
+AGENTS: dict[str, ModuleType] = {"cql": cql, "brac": brac, "bc": bc, "iql": iql}
+CONFIGS: dict[str, type] = {
+    "cql": cql.CQLConfig, "brac": brac.BRACConfig, "bc": bc.BCConfig, "iql": iql.IQLConfig,
+}
 
 
 def get_agent(algo: str) -> ModuleType:
-    """The module of an algorithm by name ('cql', 'brac', 'bc')."""
+    """The module of an algorithm by name ('cql', 'brac', 'bc', 'iql')."""
     if algo not in AGENTS:
         raise ValueError(f"unknown algorithm {algo!r}: choose one of {sorted(AGENTS)}")
     return AGENTS[algo]

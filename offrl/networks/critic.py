@@ -141,3 +141,20 @@ class CriticEnsemble(nn.Module):
         return ensemble(self.hidden_dims, self.dropout_rate, self.layer_norm, self.vib_dim, self.encoder)(
             None, actions, encoded, deterministic, return_aux, False
         )
+
+
+class ValueNetwork(nn.Module):
+    """State value ``V(s)``: an MLP on ``phi(s)`` (the state itself, or an image encoder's flat features).
+
+    Input observations (B, obs_dim) or image observations (see
+    :class:`~offrl.networks.encoders.ObservationEncoder`) -> V (B,) float32. IQL's value function (Kostrikov et
+    al. 2022, Eq. 5).
+    """
+
+    hidden_dims: Sequence[int]
+    encoder: EncoderKind = "cnn"
+
+    @nn.compact
+    def __call__(self, observations) -> jnp.ndarray:
+        h = ObservationEncoder(self.encoder, name="encoder")(observations)
+        return MLP(self.hidden_dims, output_dim=1)(h)[..., 0]

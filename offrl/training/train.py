@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from offrl.agents import config_from_dict, cql, get_agent, legacy_states
 from offrl.agents.bc import BCConfig
 from offrl.agents.brac import BRACConfig
+from offrl.agents.iql import IQLConfig
 from offrl.data import (
     Dataset,
     DatasetError,
@@ -104,14 +105,17 @@ class TrainConfig:
     flag the record (``"diverged": true``) and go on. NaN/inf always stops."""
     divergence_factor: float = 10.0
     """Divergence limit: q_max + divergence_factor * max(Q range width, |q_max|, 1)."""
-    algo: Literal["cql", "brac", "bc"] = "cql"
-    """Algorithm: CQL (paper Eq. 1), BRAC (Appendix F; needs --behavior-run) or behaviour cloning."""
+    algo: Literal["cql", "brac", "bc", "iql"] = "cql"
+    """Algorithm: CQL (paper Eq. 1), BRAC (Appendix F; needs --behavior-run), behaviour cloning, or IQL
+    (Kostrikov et al. 2022)."""
     agent: cql.CQLConfig = dataclasses.field(default_factory=cql.CQLConfig)
     """CQL hyperparameters (used with --algo cql)."""
     brac: BRACConfig = dataclasses.field(default_factory=BRACConfig)
     """BRAC hyperparameters (used with --algo brac)."""
     bc: BCConfig = dataclasses.field(default_factory=BCConfig)
     """Behaviour-cloning hyperparameters (used with --algo bc)."""
+    iql: IQLConfig = dataclasses.field(default_factory=IQLConfig)
+    """IQL hyperparameters (used with --algo iql)."""
     behavior_run: Path | None = None
     """BRAC: a run of `offrl train --algo bc` on the same dataset, whose policy becomes pi_beta."""
     behavior_step: int | None = None
@@ -265,14 +269,17 @@ def _eval_arrays(
     return out, mask
 
 
+# The TrainConfig field that holds each algorithm's hyperparameters (CQL's is `agent`, the paper's algorithm).
+ALGO_FIELD = {"cql": "agent", "brac": "brac", "bc": "bc", "iql": "iql"}
+
+
 def active_agent_config(config: TrainConfig) -> Any:
     """The hyperparameters of the algorithm that ``config.algo`` names."""
-    return {"cql": config.agent, "brac": config.brac, "bc": config.bc}[config.algo]
+    return getattr(config, ALGO_FIELD[config.algo])
 
 
 def _with_agent_config(config: TrainConfig, agent_config: Any) -> TrainConfig:
-    field = {"cql": "agent", "brac": "brac", "bc": "bc"}[config.algo]
-    return dataclasses.replace(config, **{field: agent_config})
+    return dataclasses.replace(config, **{ALGO_FIELD[config.algo]: agent_config})
 
 
 def sample_and_update(module: Any, agent: Any, batch_size: int, state: Any, data: dict[str, Any], k: jax.Array):
@@ -380,7 +387,7 @@ def make_evaluator(algo: str, agent: Any):
 
 
 def _resolved_config(config: TrainConfig, extra: dict[str, Any]) -> dict[str, Any]:
-    skip = ("agent", "brac", "bc", "dataset", "out", "behavior_run", "behavior_step", "algo")
+    skip = (*ALGO_FIELD.values(), "dataset", "out", "behavior_run", "behavior_step", "algo")
     training = {k: v for k, v in dataclasses.asdict(config).items() if k not in skip}
     training.pop("overwrite")
     training.pop("resume")
@@ -435,6 +442,9 @@ def _check_config(config: TrainConfig) -> None:
                 f"shared_encoder needs one encoder kind, but critic_encoder={agent.critic_encoder} and "
                 f"actor_encoder={agent.actor_encoder}: set both to the same"
             )
+    module = get_agent(config.algo)
+    if hasattr(module, "config_problems"):
+        problems.extend(module.config_problems(agent))
     if config.frame_stack < 1:
         problems.append(f"--frame-stack must be >= 1 (got {config.frame_stack})")
     if config.wandb_project and importlib.util.find_spec("wandb") is None:
@@ -652,10 +662,13 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
             for k, v in metrics.items():
                 interval_sums[k] = interval_sums.get(k, 0.0) + float(v)
             interval_chunks += 1
+            # The last chunk's minibatch averages (train/*), not metrics.jsonl's fixed evaluation set: say so.
             if "q_data" in metrics:
-                bar.set_postfix(q_data=f"{metrics['q_data']:.3g}", td=f"{metrics['td_error']:.2g}")
+                bar.set_postfix(
+                    {"q_data(batch)": f"{metrics['q_data']:.3g}", "td(batch)": f"{metrics['td_error']:.2g}"}
+                )
             else:
-                bar.set_postfix(log_likelihood=f"{metrics['log_likelihood']:.3g}")
+                bar.set_postfix({"log_likelihood(batch)": f"{metrics['log_likelihood']:.3g}"})
             if step % config.checkpoint_every == 0 or step == config.steps:
                 record: dict[str, Any] = {"step": step, "time_s": round(time.perf_counter() - t0, 3)}
                 for prefix, (chunks, mask) in eval_sets.items():

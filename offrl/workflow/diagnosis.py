@@ -32,8 +32,8 @@ from offrl.training import run_dir as rd
 
 VERDICTS = ("overfitting", "underfitting", "over-estimation", "healthy", "inconclusive", "diverged")
 # Per algorithm: the curve of Metric 3.1 / Guideline 3.1, and the regularizer compared by Metric 3.2.
-DEFAULT_METRIC = {"cql": "q_data", "brac": "q_regularized", "bc": "heldout/log_likelihood"}
-REGULARIZER = {"cql": "cql_regularizer", "brac": "kl_estimate", "bc": None}
+DEFAULT_METRIC = {"cql": "q_data", "brac": "q_regularized", "bc": "heldout/log_likelihood", "iql": "q_data"}
+REGULARIZER = {"cql": "cql_regularizer", "brac": "kl_estimate", "bc": None, "iql": "value_loss"}
 DIAGNOSIS_FILE = "diagnosis.json"
 
 
@@ -180,6 +180,20 @@ def _recommendation(verdict: str, selected_step: int | None, algo: str = "cql") 
             )
         if verdict in ("healthy", "underfitting"):
             return f"The held-out log-likelihood does not fall: use step {selected_step}."
+    if algo == "iql" and verdict in ("overfitting", "over-estimation", "diverged"):
+        # IQL's critic only sees dataset actions; its optimism comes from the expectile (docs/metrics.md, IQL).
+        what = {
+            "overfitting": "the dataset Q-value peaks, then falls: the critic and V memorise their training "
+                           "transitions",
+            "over-estimation": "the dataset Q-value rose above the largest return the rewards allow: the upper "
+                               "expectile is too optimistic for this data",
+            "diverged": "the Q-values left the range the rewards allow, or became NaN/inf",
+        }[verdict]
+        return (
+            f"IQL: {what}. Deploy step {selected_step}, the peak before it (Guideline 3.1). A lower "
+            f"--iql.expectile (0.5 fits the data's average action, 0.7 is the default) makes the values more "
+            f"conservative; more data or fewer gradient steps reduce memorisation."
+        )
     if verdict == "overfitting":
         return (
             f"Deploy the checkpoint at step {selected_step}, at the peak of the dataset Q-value before it falls "

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from offrl.agents.bc import BCConfig
 from offrl.agents.brac import BRACConfig
+from offrl.agents.iql import IQLConfig
 from offrl.agents.cql import CQLConfig
 from offrl.data.collect import collect
 from offrl.envs import DEFAULT_HORIZON
@@ -70,7 +71,7 @@ class WorkflowConfig:
     alone achieves beside the CQL pick (analysis only). 0 skips it."""
     progress: bool = True
     """Progress bars."""
-    algo: Literal["cql", "brac", "bc"] = "cql"
+    algo: Literal["cql", "brac", "bc", "iql"] = "cql"
     """Algorithm. ``brac`` first trains behaviour cloning (its own run directory, suffix ``_bc``) and uses the
     checkpoint with the highest held-out log-likelihood as pi_beta."""
     auto: bool = False
@@ -83,6 +84,8 @@ class WorkflowConfig:
     """BRAC hyperparameters."""
     bc: BCConfig = dataclasses.field(default_factory=BCConfig)
     """Behaviour-cloning hyperparameters (also for BRAC's pi_beta)."""
+    iql: IQLConfig = dataclasses.field(default_factory=IQLConfig)
+    """IQL hyperparameters."""
 
 
 def run_workflow(config: WorkflowConfig) -> dict[str, Any]:
@@ -132,7 +135,7 @@ def _run_workflow(config: WorkflowConfig, timings: dict[str, float], t_start: fl
     base = TrainConfig(
         dataset=Path(dataset), out=out, steps=config.steps, checkpoint_every=config.checkpoint_every,
         seed=config.seed, progress=config.progress, algo=config.algo, agent=config.agent, brac=config.brac,
-        bc=config.bc, obs=config.obs, frame_stack=config.frame_stack, batch_size=config.batch_size,
+        bc=config.bc, iql=config.iql, obs=config.obs, frame_stack=config.frame_stack, batch_size=config.batch_size,
     )
     t = time.perf_counter()
     if config.algo == "brac":
