@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 from offrl.agents.bc import BCConfig
 from offrl.agents.brac import BRACConfig
-from offrl.agents.iql import IQLConfig
 from offrl.agents.cql import CQLConfig
+from offrl.agents.iql import IQLConfig
 from offrl.data.collect import collect
 from offrl.envs import DEFAULT_HORIZON
 from offrl.envs.behaviour import DEFAULT_REGIME
