@@ -232,3 +232,76 @@ def test_diverged_run_with_non_finite_values(tmp_path: Path) -> None:
     assert "diverged" in text and "Selected checkpoint: <b>none</b>" in text
     assert "td_error is in metrics.jsonl but has no finite value" in text
     assert text.count(IMG_TAG) == 1  # only q_data has a finite value
+
+
+def test_first_screen_has_the_verdict_the_pick_and_the_comparison(tmp_path: Path) -> None:
+    run = _make_run(tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    config["versions"]["offrl"] = "0.1.0"  # config.json records offrl's version twice
+    (run / "config.json").write_text(json.dumps(config))
+    text = write_report(run).read_text(encoding="utf-8")
+    order = ["overfitting</div>", f"step {SELECTED}", "add regularization", "q_data falls by 63%",
+             "Selected vs best vs last", "Figure 1:", "<h2>Evidence", "<h2>Configuration", "<details>",
+             "jax</td>"]
+    positions = [text.index(s) for s in order]
+    assert positions == sorted(positions)
+    assert text.index("data/pick.hdf5") > text.index("<details>")
+    assert text.count("<td class='k'>offrl</td>") == 1 and "offrl version" not in text
+    # 95% Wilson intervals of 12/20, 14/20 and 5/20, from offrl.workflow.selection.
+    from offrl.workflow.selection import wilson_interval
+
+    assert "95% Wilson interval" in text
+    for k in (12, 14, 5):
+        lo, hi = wilson_interval(k, 20)
+        assert f"[{lo:.0%}, {hi:.0%}]" in text
+
+
+@pytest.mark.parametrize(
+    ("rates", "expected"),
+    [([0.0] * 10, "none: no checkpoint succeeded (10 evaluated, all at 0%)"),
+     ([0.5] * 10, "none: all 10 checkpoints tied at 50%")],
+)
+def test_no_best_checkpoint_named_when_all_are_tied(tmp_path: Path, rates: list[float], expected: str) -> None:
+    run = _make_run(tmp_path)
+    # Rows without "successes": the counts come from the success rate and the file's episodes.
+    results = [{"step": s, "success_rate": r} for s, r in zip(STEPS, rates, strict=True)]
+    (run / "evaluation.json").write_text(json.dumps({"episodes": 20, "results": results}))
+    text = write_report(run).read_text(encoding="utf-8")
+    table = text[text.index("Selected vs best vs last") : text.index("Figure 1:")]
+    assert f"best checkpoint in hindsight</td><td>&ndash;</td><td>{expected}</td>" in table
+    assert "No checkpoint is named best in hindsight" in table and "Best in hindsight&rdquo;" not in table
+    assert re.search(rf"selected \(workflow\)</td><td>{SELECTED}</td><td>{rates[0]:.0%} \(\d+/20\)", table)
+
+
+def test_figure_1_draws_the_q_range(tmp_path: Path) -> None:
+    from offrl.report.html import _q_data_axes
+
+    run = _make_run(tmp_path)
+    records, diagnosis = load_metrics(run), json.loads((run / "diagnosis.json").read_text())
+    ax = _q_data_axes(records, diagnosis, None).axes[0]
+    lines = [ln for ln in ax.get_lines() if ln.get_color() == "#2e86c1"]
+    assert sorted(ln.get_ydata()[0] for ln in lines) == [0.0, 12.0]
+    assert "Q range the rewards allow [0, 12]" in ax.get_legend_handles_labels()[1]
+    # A range far from the curve (CQL's Q often sits far below it) is named at the edge, not drawn to scale.
+    diagnosis["q_range"] = [100.0, 101.0]
+    ax = _q_data_axes(records, diagnosis, None).axes[0]
+    assert not [ln for ln in ax.get_lines() if ln.get_color() == "#2e86c1"]
+    notes = [t.get_text() for t in ax.texts]
+    assert any(n.startswith("↑ Q range the rewards allow [100, 101]: above the curve by") for n in notes)
+    assert ax.get_ylim()[1] < 100
+    # BC has no Q-function: no range.
+    ax = _q_data_axes([{"step": s, "log_likelihood": -1.0 / s} for s in STEPS], diagnosis, None, "bc").axes[0]
+    assert not ax.texts and "Q range" not in " ".join(ax.get_legend_handles_labels()[1])
+
+
+def test_evidence_has_readable_names(tmp_path: Path) -> None:
+    run = _make_run(tmp_path)
+    diag = json.loads((run / "diagnosis.json").read_text())
+    diag["evidence"].update(q_error_over_q_range=3.2, td_error_over_target_var_end=0.7, overestimation_steps=[2000])
+    (run / "diagnosis.json").write_text(json.dumps(diag))
+    text = write_report(run).read_text(encoding="utf-8")
+    evidence = text[text.index("<h2>Evidence") : text.index("<h2>Configuration")]
+    assert "title='q_error_over_q_range'>estimated Q error / Q range width <code class='raw'>" in evidence
+    assert "unexplained share of TD-target variance (end)" in evidence
+    assert "steps where Q exceeds the largest return the rewards allow" in evidence
+    assert "title='q_drop_after_peak'>q_drop_after_peak</td>" in evidence  # unknown keys as they are

@@ -143,3 +143,10 @@ def test_resume_of_a_folder_that_is_no_run_says_so(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="cannot resume: .* has no config.json; start a new run"):
         train(TrainConfig(out=tmp_path / "empty", resume=True, progress=False))
+
+
+def test_progress_bar_says_its_values_are_minibatch_averages(tmp_path, dataset_path, capsys):
+    # metrics.jsonl holds q_data on the fixed evaluation set; the bar's differs, so its name says minibatch.
+    train(_config(dataset_path, tmp_path / "run", steps=40, progress=True))
+    err = capsys.readouterr().err
+    assert "q_data(batch)=" in err and "td(batch)=" in err

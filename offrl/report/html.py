@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogFormatter
 
 from offrl.training.run_dir import atomic_write_text, read_metrics
+from offrl.workflow.selection import wilson_interval
 
 __all__ = ["load_metrics", "write_report"]
 
@@ -41,6 +42,7 @@ VERDICT_COLOURS = {
     "healthy": "#1e8449",
     "overfitting": "#c0392b",
     "underfitting": "#d68910",
+    "over-estimation": "#a04000",
     "diverged": "#7b241c",
     "inconclusive": "#566573",
 }
@@ -49,6 +51,10 @@ HELDOUT_COLOUR = "#ff7f0e"
 PEAK_COLOUR = "#8e44ad"
 SELECTED_COLOUR = "#1e8449"
 SUCCESS_COLOUR = "#555555"
+Q_RANGE_COLOUR = "#2e86c1"
+# Figure 1 draws the Q range inside the axes only while the curve keeps at least this share of the height;
+# CQL's q_data often sits far below the range, and a range drawn to scale would flatten the curve to a line.
+Q_RANGE_MIN_SHARE = 0.25
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,31 +247,79 @@ REGULARIZER_CURVE = {
 }
 
 
-def _q_data_figure(
+def _q_range(diagnosis: dict | None) -> tuple[float, float] | None:
+    """diagnosis.json's ``q_range``: (q_min, q_max), the returns the rewards allow; None if unusable."""
+    q_range = (diagnosis or {}).get("q_range")
+    if isinstance(q_range, list | tuple) and len(q_range) == 2:
+        lo, hi = _num(q_range[0]), _num(q_range[1])
+        if math.isfinite(lo) and math.isfinite(hi) and lo <= hi:
+            return lo, hi
+    return None
+
+
+def _draw_q_range(ax: Any, q_range: tuple[float, float], data: list[float]) -> None:
+    """The Q range as a labelled band between two lines when it fits beside the curve (``data``: its values),
+    else a note at the top or bottom edge of the axes saying where it lies and how far (the reasons cite it)."""
+    lo, hi = q_range
+    label = f"Q range the rewards allow [{lo:.3g}, {hi:.3g}]"
+    d_lo, d_hi = min(data), max(data)
+    span = max(hi, d_hi) - min(lo, d_lo)
+    if span <= 0 or (d_hi - d_lo) / span >= Q_RANGE_MIN_SHARE:
+        ax.axhspan(lo, hi, color=Q_RANGE_COLOUR, alpha=0.08, linewidth=0)
+        ax.axhline(hi, color=Q_RANGE_COLOUR, linestyle="-.", linewidth=1.3, label=label)
+        ax.axhline(lo, color=Q_RANGE_COLOUR, linestyle="-.", linewidth=1.3)
+        return
+    above = lo > d_hi
+    gap = lo - d_hi if above else d_lo - hi
+    ax.annotate(
+        f"{'↑' if above else '↓'} {label}: {'above' if above else 'below'} the curve by {gap:.3g}",
+        xy=(0.01, 0.97 if above else 0.03),
+        xycoords="axes fraction",
+        va="top" if above else "bottom",
+        color=Q_RANGE_COLOUR,
+        fontsize=9,
+        bbox={"boxstyle": "round,pad=0.25", "facecolor": "white", "edgecolor": Q_RANGE_COLOUR, "alpha": 0.9},
+    )
+
+
+def _q_data_axes(
     records: list[dict], diagnosis: dict | None, evaluation: dict | None, algo: str = "cql"
-) -> str | None:
+) -> Figure | None:
+    """Figure 1: the curve the diagnosis reads, the selected and peak steps, the Q range the rewards allow
+    (Q-value curves only) and the analysis-only success rate with 95% Wilson intervals; None without data."""
     key, ylabel, title = MAIN_CURVE.get(algo, MAIN_CURVE["cql"])
     fig, axes = _new_figure(4.2)
     ax = axes[0][0]
     if not _plot_pair(ax, records, key):
         fig.clear()
         return None
+    q_range = _q_range(diagnosis)
+    if key == "q_data" and q_range is not None:  # only a Q-value has the rewards' returns as its scale
+        _draw_q_range(ax, q_range, _series(records, key)[1] + _series(records, HELDOUT + key)[1])
     _mark_steps(ax, diagnosis)
     _style_axes(ax, ylabel)
     ax.set_title(title, loc="left", fontsize=11)
     handles, labels = ax.get_legend_handles_labels()
-    xs, ys = _success_series(evaluation)
-    if xs:
+    counts = _eval_counts(evaluation)
+    if counts:
         ax2 = ax.twinx()
-        ax2.plot(
+        xs = [r["step"] for r in counts]
+        ys = [r["successes"] / r["episodes"] for r in counts]
+        cis = [wilson_interval(r["successes"], r["episodes"]) for r in counts]
+        below = [y - lo for y, (lo, _) in zip(ys, cis, strict=True)]
+        above = [hi - y for y, (_, hi) in zip(ys, cis, strict=True)]
+        ax2.errorbar(
             xs,
             ys,
+            yerr=[below, above],
             marker="s",
             markersize=4,
             linestyle=":",
             linewidth=1.4,
+            elinewidth=0.9,
+            capsize=2.5,
             color=SUCCESS_COLOUR,
-            label="success rate (analysis only: not used for selection)",
+            label="success rate, 95% Wilson interval (analysis only: not used for selection)",
         )
         ax2.set_ylim(-0.03, 1.03)
         ax2.set_ylabel("success rate\n(analysis only)", color=SUCCESS_COLOUR)
@@ -274,7 +328,14 @@ def _q_data_figure(
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
     _legend_below(fig, handles, labels)
-    return _to_png_b64(fig)
+    return fig
+
+
+def _q_data_figure(
+    records: list[dict], diagnosis: dict | None, evaluation: dict | None, algo: str = "cql"
+) -> str | None:
+    fig = _q_data_axes(records, diagnosis, evaluation, algo)
+    return None if fig is None else _to_png_b64(fig)
 
 
 def _loss_figure(records: list[dict], diagnosis: dict | None) -> str | None:
@@ -301,12 +362,20 @@ def _loss_figure(records: list[dict], diagnosis: dict | None) -> str | None:
     return _to_png_b64(fig)
 
 
-def _success_series(evaluation: dict | None) -> tuple[list[int], list[float]]:
-    pts: dict[int, float] = {}
+def _eval_counts(evaluation: dict | None) -> list[dict]:
+    """Evaluated checkpoints as ``{"step", "successes", "episodes"}``, by step. Successes come from the row,
+    or from its success rate and episode count (the file's ``episodes`` when the row has none); rows whose
+    counts cannot be read are left out."""
+    default_n = _step((evaluation or {}).get("episodes"))
+    out = []
     for r in _eval_results(evaluation):
-        pts[r["step"]] = r["success_rate"]
-    xs = sorted(s for s in pts if math.isfinite(pts[s]))
-    return xs, [pts[s] for s in xs]
+        n = _step(r.get("episodes")) or default_n
+        k = _step(r.get("successes"))
+        if k is None and n and math.isfinite(r["success_rate"]):
+            k = round(r["success_rate"] * n)
+        if n and n > 0 and k is not None and 0 <= k <= n:
+            out.append({"step": r["step"], "successes": k, "episodes": n})
+    return out
 
 
 def _eval_results(evaluation: dict | None) -> list[dict]:
@@ -397,56 +466,155 @@ def _verdict_box(diagnosis: dict | None, diag_err: str | None, run_dir: Path) ->
 
 
 def _q_range_width(diagnosis: dict | None) -> float | None:
-    q_range = (diagnosis or {}).get("q_range")
-    if isinstance(q_range, list | tuple) and len(q_range) == 2:
-        lo, hi = _num(q_range[0]), _num(q_range[1])
-        if math.isfinite(lo) and math.isfinite(hi):
-            return hi - lo
-    return None
+    q_range = _q_range(diagnosis)
+    return None if q_range is None else q_range[1] - q_range[0]
 
 
-def _comparison_table(evaluation: dict, diagnosis: dict | None) -> str:
-    results = [r for r in _eval_results(evaluation) if math.isfinite(r["success_rate"])]
-    if not results:
+def _warmup_steps(config: dict) -> int:
+    """The actor's behaviour-cloning warm start (CQL ``agent.bc_steps``; 0 for other algorithms), read as
+    :func:`offrl.workflow.evaluate.attach_comparison` reads it."""
+    agent = config.get("agent")
+    if config.get("algo", "cql") != "cql" or not isinstance(agent, dict):
+        return 0
+    return max(_step(agent.get("bc_steps")) or 0, 0)
+
+
+def _all_tied(counts: list[dict]) -> str | None:
+    """Why no checkpoint of ``counts`` can be called the best: none succeeded, or all share one success rate;
+    None when the rates differ (or one checkpoint that did succeed is trivially the best)."""
+    rates = {r["successes"] / r["episodes"] for r in counts}
+    if len(rates) != 1:
+        return None
+    rate = rates.pop()
+    if rate == 0:
+        return f"none: no checkpoint succeeded ({len(counts)} evaluated, all at 0%)"
+    return f"none: all {len(counts)} checkpoints tied at {rate:.0%}" if len(counts) > 1 else None
+
+
+def _rate_text(r: dict) -> tuple[str, str]:
+    """("60% (12/20)", "[39%, 78%]") for a row of the analysis-only comparison."""
+    ci = r.get("ci95")
+    ci = ci if isinstance(ci, list | tuple) and len(ci) == 2 else [math.nan, math.nan]
+    return (
+        f"{_num(r.get('success_rate')):.0%} ({r.get('successes')}/{r.get('episodes')})",
+        f"[{_num(ci[0]):.0%}, {_num(ci[1]):.0%}]",
+    )
+
+
+COMPARISON_ROWS = (
+    ("behaviour", "data (behaviour policy)"),
+    ("best_warm_start", "best warm-start (BC) checkpoint"),
+    ("bc_selected", "behaviour cloning, its offline pick"),
+    ("bc_best", "behaviour cloning, best checkpoint"),
+    ("selected", "selected (workflow)"),
+    ("best", "best checkpoint in hindsight"),
+    ("last", "last checkpoint"),
+)
+
+
+def _comparison_table(evaluation: dict, diagnosis: dict | None, config: dict) -> str:
+    """The analysis-only comparison: diagnosis.json's ``analysis_only`` (written by `offrl evaluate` and
+    `offrl diagnose`), or the same computation on evaluation.json when the diagnosis has none. A "best"
+    checkpoint is not named when every candidate has the same success rate (typically all 0%)."""
+    counts = _eval_counts(evaluation)
+    if not counts:
         return "<p class='note'>evaluation.json has no usable results.</p>"
     about = []
     if evaluation.get("task"):
         about.append(f"task {evaluation['task']}")
     if _step(evaluation.get("episodes")) is not None:
         about.append(f"{_step(evaluation['episodes'])} episodes per checkpoint")
-    about.append(f"{len(results)} checkpoint(s) evaluated")
+    about.append(f"{len(counts)} checkpoint(s) evaluated")
+    warmup = _warmup_steps(config)
     comparison = (diagnosis or {}).get("analysis_only")
     if not isinstance(comparison, dict):
         from offrl.workflow.evaluate import analysis_only_comparison
 
+        dataset = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
+        metadata = dataset.get("metadata") if isinstance(dataset.get("metadata"), dict) else {}
         comparison = analysis_only_comparison(
-            {"results": results}, _step((diagnosis or {}).get("selected_step")), 0, {}
+            {"results": counts}, _step((diagnosis or {}).get("selected_step")), warmup, metadata
         )
-    names = [("behaviour", "data (behaviour policy)"), ("best_warm_start", "best warm-start (BC) checkpoint"),
-             ("bc_selected", "behaviour cloning, its offline pick"), ("bc_best", "behaviour cloning, best checkpoint"),
-             ("selected", "selected (workflow)"), ("best", "best checkpoint in hindsight"),
-             ("last", "last checkpoint")]
-    rows = []
-    for key, name in names:
+    groups = {"best": [r for r in counts if r["step"] > warmup],
+              "best_warm_start": [r for r in counts if r["step"] <= warmup]}
+    rows, tied_best = [], False
+    for key, name in COMPARISON_ROWS:
         r = comparison.get(key)
         if key == "selected" and r is None:
             rows.append((name, "&ndash;", "no diagnosis yet" if diagnosis is None else "none selected", ""))
         if not isinstance(r, dict) or r.get("success_rate") is None:
             continue
-        ci = r.get("ci95") or [float("nan"), float("nan")]
-        rows.append((name, "&ndash;" if r.get("step") is None else str(r["step"]),
-                     f"{r['success_rate']:.0%} ({r['successes']}/{r['episodes']})",
-                     f"[{_num(ci[0]):.0%}, {_num(ci[1]):.0%}]"))
+        tie = _all_tied(groups[key]) if key in groups else None
+        if tie is not None:
+            tied_best = tied_best or key == "best"
+            same = {(g["successes"], g["episodes"]) for g in groups[key]}
+            ci = wilson_interval(*same.pop()) if len(same) == 1 else None
+            rows.append((name, "&ndash;", tie, "" if ci is None else f"[{ci[0]:.0%}, {ci[1]:.0%}] each"))
+            continue
+        rows.append((name, "&ndash;" if r.get("step") is None else _e(r["step"]), *_rate_text(r)))
     body = "".join(f"<tr><td class='k'>{_e(a)}</td><td>{b}</td><td>{_e(c)}</td><td>{_e(d)}</td></tr>"
                    for a, b, c, d in rows)
+    hindsight = (
+        "No checkpoint is named best in hindsight: every evaluated checkpoint after the warm start has the "
+        "same success rate."
+        if tied_best
+        else "&ldquo;Best in hindsight&rdquo; needs online rollouts the workflow assumes you do not have; it "
+        "and the best warm-start checkpoint are maxima of noisy estimates, biased upwards."
+    )
     return (
         f"<p class='caption'>Evaluation: {_e(', '.join(about))}.</p>"
-        "<table><tr><th>policy</th><th>step</th><th>success rate</th><th>95% interval</th></tr>" + body +
-        "</table><p class='note'>Analysis only: evaluation results are not used for selection. "
-        "&ldquo;Best in hindsight&rdquo; needs online rollouts the workflow assumes you do not have; it and the "
-        "best warm-start checkpoint are maxima of noisy estimates, biased upwards. The data's row counts the "
-        "dataset's own episodes.</p>"
+        "<table><tr><th>policy</th><th>step</th><th>success rate</th><th>95% Wilson interval</th></tr>"
+        + body +
+        "</table><p class='note'>Analysis only: evaluation results are not used for selection. " + hindsight +
+        " The data's row counts the dataset's own episodes.</p>"
     )
+
+
+# Readable names of the evidence keys offrl.workflow.diagnosis writes; other keys are shown as they are.
+# "The curve" is the one Metric 3.1 reads (evidence "metric": q_data for CQL).
+EVIDENCE_LABELS = {
+    "metric": "curve diagnosed (Metric 3.1)",
+    "algo": "algorithm",
+    "first_unsound_step": "first checkpoint that diverged (step)",
+    "divergence_limit": "divergence limit on the curve",
+    "checkpoints": "checkpoints diagnosed (after the warm start)",
+    "warmup_checkpoints_ignored": "warm-start (BC) checkpoints left out (steps)",
+    "q_data_below_q_range_by": "curve's end below the lowest return the rewards allow, by",
+    "peak_step": "peak of the curve (step)",
+    "peak_q_data_smoothed": "curve at its peak (smoothed)",
+    "end_q_data": "curve at the end (mean of the last checkpoints)",
+    "q_data_drop": "drop from the peak to the end",
+    "drop_threshold": "drop needed to call it a decline",
+    "q_data_noise_std": "curve's noise (std between checkpoints)",
+    "checkpoints_after_peak": "checkpoints after the peak",
+    "heldout_q_data_declining": "held-out curve declines too",
+    "heldout_peak_step": "peak of the held-out curve (step)",
+    "td_error_end": "TD error (end)",
+    "cql_regularizer_end": "CQL regularizer (end)",
+    "kl_estimate_end": "KL estimate (end)",
+    "regularizer_end": "regularizer (end)",
+    "q_error_estimate_end": "estimated Q error (end)",
+    "heldout_td_error_end": "held-out TD error (end)",
+    "heldout_over_train_td_error": "held-out TD error / training TD error",
+    "q_range_width": "Q range width allowed by the rewards",
+    "q_error_over_q_range": "estimated Q error / Q range width",
+    "num_params": "parameter counts",
+    "td_error_over_target_var_end": "unexplained share of TD-target variance (end)",
+    "metric_3_2": "Metric 3.2: runs with more capacity",
+    "overestimation_steps": "steps where Q exceeds the largest return the rewards allow",
+    "in_range_peak_step": "peak of the curve within the Q range (step)",
+}
+
+
+def _evidence_table(evidence: dict) -> str:
+    """Evidence with readable names; the raw key of diagnosis.json stays visible, small, and in the title."""
+    body = "".join(
+        f"<tr><td class='k' title='{_e(k)}'>{_e(EVIDENCE_LABELS.get(str(k), k))}"
+        + (f" <code class='raw'>{_e(k)}</code>" if str(k) in EVIDENCE_LABELS else "")
+        + f"</td><td>{_fmt(v)}</td></tr>"
+        for k, v in evidence.items()
+    )
+    return f"<table class='ev'><tr><th>evidence</th><th>value</th></tr>{body}</table>"
 
 
 def _config_rows(config: dict) -> list[tuple[str, Any]]:
@@ -455,9 +623,8 @@ def _config_rows(config: dict) -> list[tuple[str, Any]]:
         return v if isinstance(v, dict) else {}
 
     dataset, agent, training = sub("dataset"), sub("agent"), sub("training")
-    versions = sub("versions")
     fingerprint = dataset.get("fingerprint")
-    rows: list[tuple[str, Any]] = [
+    return [
         ("algorithm", config.get("algo")),
         ("dataset path", dataset.get("path")),
         ("dataset task", dataset.get("task")),
@@ -468,10 +635,15 @@ def _config_rows(config: dict) -> list[tuple[str, Any]]:
         ("CQL alpha", agent.get("alpha")),
         ("discount gamma", agent.get("gamma")),
         ("target update tau", agent.get("tau")),
-        ("offrl version", config.get("offrl_version")),
     ]
-    rows += [(f"{k} version", v) for k, v in sorted(versions.items())]
-    return rows
+
+
+def _version_rows(config: dict) -> list[tuple[str, Any]]:
+    """offrl's version once (config.json records it twice: ``offrl_version`` and ``versions.offrl``), then the
+    other packages."""
+    versions = config.get("versions") if isinstance(config.get("versions"), dict) else {}
+    offrl = config.get("offrl_version") or versions.get("offrl")
+    return [("offrl", offrl)] + [(str(k), v) for k, v in sorted(versions.items()) if k != "offrl"]
 
 
 CSS = """
@@ -489,6 +661,8 @@ img{width:100%;height:auto;display:block;margin:6px 0}
 .note{color:#555;font-size:.92em;background:#f3f4f6;border-radius:4px;padding:6px 10px}
 .caption{color:#555;font-size:.92em;margin:2px 0 0}
 .warn{color:#8a5a00;font-weight:600}
+code.raw{font-size:.75em;font-weight:400;color:#777}
+details{margin:8px 0}summary{cursor:pointer;color:#444}table.ev td.k{white-space:normal}
 table{border-collapse:collapse;margin:8px 0;font-size:.93em;min-width:50%}
 th,td{border:1px solid #ddd;padding:4px 10px;text-align:left;vertical-align:top;word-break:break-word}
 th{background:#f0f2f5}td.k{font-weight:600;white-space:nowrap}
@@ -537,7 +711,13 @@ def _build_html(
             _q_data_figure(records, diagnosis, evaluation, algo),
             _missing(records, main_key),
             "With overfitting, the average Q-value on dataset actions rises and then falls as training continues; "
-            "the workflow selects a checkpoint near the peak. Held-out data makes the drop easier to see.",
+            "the workflow selects a checkpoint near the peak. Held-out data makes the drop easier to see."
+            + (
+                " Blue dash-dotted lines: the range of returns the rewards allow (diagnosis.json q_range), "
+                "which the reasons cite; when the curve lies far outside it, a note at the edge says where."
+                if main_key == "q_data" and _q_range(diagnosis) is not None
+                else ""
+            ),
         ),
         (
             "TD error",
@@ -582,8 +762,13 @@ def _build_html(
         f"<title>offrl report: {_e(name)}</title><style>{CSS}</style></head><body><main>",
         f"<h1>offrl report: {_e(name)}</h1>",
         f"<p class='sub'>{_e(summary)}</p>",
+        # First screen: the verdict, the pick, why, and how the pick fared; details follow.
         "<h2>Diagnosis</h2>",
         _verdict_box(diagnosis, diag_err, run_dir),
+        "<h2>Selected vs best vs last (analysis only: not used for selection)</h2>",
+        _comparison_table(evaluation, diagnosis, config)
+        if evaluation is not None
+        else _not_run("Evaluation (optional, analysis only)", EVALUATE_COMMAND, run_dir, eval_err),
     ]
     for i, (title, b64, missing, caption) in enumerate(figs, start=1):
         out.append(f"<h2>Figure {i}: {_e(title)}</h2>")
@@ -593,8 +778,8 @@ def _build_html(
         if i == 1:
             if evaluation is not None:
                 out.append(
-                    "<p class='caption warn'>Grey dotted line: success rate from evaluation.json, "
-                    "analysis only: not used for selection.</p>"
+                    "<p class='caption warn'>Grey dotted line: success rate from evaluation.json with 95% "
+                    "Wilson intervals, analysis only: not used for selection.</p>"
                 )
             else:
                 out.append(
@@ -604,20 +789,17 @@ def _build_html(
     out.append("<h2>Evidence</h2>")
     evidence = (diagnosis or {}).get("evidence")
     if isinstance(evidence, dict) and evidence:
-        out.append(_table([(str(k), v) for k, v in evidence.items()], ("name", "value")))
+        out.append(_evidence_table(evidence))
     elif diagnosis is None:
         out.append(_not_run("Diagnosis", DIAGNOSE_COMMAND, run_dir, diag_err))
     else:
         out.append("<p class='note'>diagnosis.json lists no evidence.</p>")
 
     out.append("<h2>Configuration</h2>")
+    out.append("<details><summary>Run settings and package versions (config.json)</summary>")
     out.append(_table(_config_rows(config), ("setting", "value")))
-
-    out.append("<h2>Selected vs best vs last (analysis only: not used for selection)</h2>")
-    if evaluation is not None:
-        out.append(_comparison_table(evaluation, diagnosis))
-    else:
-        out.append(_not_run("Evaluation (optional, analysis only)", EVALUATE_COMMAND, run_dir, eval_err))
+    out.append(_table(_version_rows(config), ("package", "version")))
+    out.append("</details>")
     out.append("</main></body></html>\n")
     return "\n".join(out)
 
