@@ -161,7 +161,8 @@ class Report:
 
 @dataclasses.dataclass(frozen=True)
 class Evaluate:
-    """Analysis only: roll out every checkpoint in the simulator and store its success rate."""
+    """Analysis only: roll out every checkpoint in the simulator (MetaWorld, or your own gymnasium environment
+    with --env) and store its success rate."""
 
     run_dir: tyro.conf.Positional[Path]
     """Run directory made by `offrl train`."""
@@ -171,6 +172,13 @@ class Evaluate:
     """Seeds the evaluation episodes (the same for every checkpoint)."""
     task: str | None = None
     """MetaWorld task; default: the dataset's."""
+    env: str | None = None
+    """Evaluate on your own simulator instead of MetaWorld: a gymnasium id ('Pendulum-v1', 'pkg:Env-v0') or
+    'module:factory', a function returning a gymnasium.Env (docs/evaluate-your-simulator.md). State runs only."""
+    success_key: str = "success"
+    """With --env: the info key whose truthy value after any step makes the episode a success."""
+    horizon: int | None = None
+    """Maximum steps per episode; default: the dataset's (with --env: else the environment's own limit)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,7 +275,8 @@ def run(cmd: object) -> int:
     elif isinstance(cmd, Evaluate):
         from offrl.workflow.evaluate import EVALUATION_FILE, evaluate_run
 
-        evaluate_run(cmd.run_dir, episodes=cmd.episodes, seed=cmd.seed, task=cmd.task)
+        evaluate_run(cmd.run_dir, episodes=cmd.episodes, seed=cmd.seed, task=cmd.task, horizon=cmd.horizon,
+                     env=cmd.env, success_key=cmd.success_key)
         print(f"wrote {cmd.run_dir / EVALUATION_FILE} (analysis only: never read by diagnosis or selection)")
     elif isinstance(cmd, Report):
         from offrl.report import write_report

@@ -1,5 +1,10 @@
-"""Simulated environments; MetaWorld is optional and imported only when a function needs it."""
+"""Simulated environments; MetaWorld and gymnasium are optional and imported only when a function needs them.
 
+`evaluate_policy` evaluates in MetaWorld; `evaluate_gym` in any gymnasium environment
+(docs/evaluate-your-simulator.md).
+"""
+
+from offrl.envs.gym import evaluate_gym, metaworld_env
 from offrl.envs.metaworld import (
     DEFAULT_HORIZON,
     DEFAULT_NOISE_SIGMA,
@@ -23,8 +28,10 @@ __all__ = [
     "Renderer",
     "available_tasks",
     "collect_episodes",
+    "evaluate_gym",
     "evaluate_policy",
     "make_env",
+    "metaworld_env",
     "scripted_policy",
     "task_list",
 ]

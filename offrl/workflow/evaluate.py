@@ -7,10 +7,12 @@ offline choices were good. evaluation.json says so in ``used_for_selection: fals
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from offrl.envs import DEFAULT_HORIZON, evaluate_policy
+from offrl.envs.gym import DEFAULT_SUCCESS_KEY, EnvSpec
 from offrl.training import run_dir as rd
 from offrl.training.policy import load_policy
 from offrl.training.train import load_run_config
@@ -26,21 +28,36 @@ def evaluate_run(
     horizon: int | None = None,
     steps: list[int] | None = None,
     progress: bool = True,
+    env: EnvSpec | None = None,
+    success_key: str = DEFAULT_SUCCESS_KEY,
 ) -> dict[str, Any]:
     """Roll out every checkpoint (or ``steps``) for ``episodes`` episodes and write evaluation.json.
 
-    The task, horizon and success-ends-episode convention default to the dataset's metadata.
-    Episode seeds do not overlap the collection's, and are the same for every checkpoint. Image runs render the
-    dataset's camera at its size (metadata ``image``) and stack the run's number of frames.
+    By default in MetaWorld: the task, horizon and success-ends-episode convention default to the dataset's
+    metadata. Episode seeds do not overlap the collection's, and are the same for every checkpoint. Image runs
+    render the dataset's camera at its size (metadata ``image``) and stack the run's number of frames.
+
+    With ``env``, in any gymnasium environment instead (:func:`offrl.envs.gym.evaluate_gym`; state runs only):
+    ``env`` is a gymnasium id, ``"module:factory"`` or a callable returning a ``gymnasium.Env``; an episode
+    succeeds when a step's ``info[success_key]`` is truthy. The horizon defaults to the dataset's metadata, else
+    the environment's own limit; the episode seeds are derived from ``seed`` as for MetaWorld.
+    evaluation.json records the environment under ``env``.
 
     Raises:
         FileNotFoundError: not a run directory or no checkpoint.
-        ValueError: the task is unknown (the dataset has no ``task`` metadata and none was given).
-        RuntimeError: MetaWorld is not installed.
+        ValueError: the task is unknown (the dataset has no ``task`` metadata and none was given); both ``task``
+            and ``env`` given; ``env`` given for an image run, or it does not fit the run (see
+            :func:`offrl.envs.gym.evaluate_gym`).
+        RuntimeError: MetaWorld (or, with ``env``, gymnasium) is not installed.
     """
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     meta = cfg["dataset"].get("metadata", {})
+    if env is not None:
+        return _evaluate_run_gym(run_dir, cfg, env, success_key, episodes, seed, task, horizon, steps, progress)
+    if success_key != DEFAULT_SUCCESS_KEY:
+        raise ValueError(f"success_key {success_key!r} (--success-key) only applies with env (--env): MetaWorld "
+                         f"reports its own success flag")
     task = task or meta.get("task")
     if not task:
         raise ValueError(
@@ -62,13 +79,34 @@ def evaluate_run(
                              f"(metadata 'image'): it cannot be evaluated in the simulator")
         render = RenderConfig(**{k: v for k, v in image.items() if k in RenderConfig.__dataclass_fields__})
         frame_stack = int(cfg["training"].get("frame_stack", 1))
+    results = _evaluate_steps(
+        run_dir, steps, progress,
+        lambda policy: evaluate_policy(policy, task, episodes, horizon=horizon, seed=seed,
+                                       terminate_on_success=terminate, render=render, frame_stack=frame_stack),
+    )
+    out = {
+        "used_for_selection": False,
+        "note": "analysis only: real success in the simulator, never read by diagnosis or selection",
+        "task": task,
+        "horizon": horizon,
+        "episodes": episodes,
+        "seed": seed,
+        "env": {"kind": "metaworld", "task": task},
+        "results": results,
+    }
+    rd.write_json(run_dir / EVALUATION_FILE, out)
+    attach_comparison(run_dir)
+    return out
+
+
+def _evaluate_steps(
+    run_dir: Path, steps: list[int], progress: bool, evaluate: Callable[[Callable[[Any], Any]], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    # One evaluation.json row per checkpoint; evaluate(policy) is evaluate_policy or evaluate_gym.
     results = []
     for i, step in enumerate(steps):
         t = time.perf_counter()
-        res = evaluate_policy(
-            load_policy(run_dir, step), task, episodes, horizon=horizon, seed=seed,
-            terminate_on_success=terminate, render=render, frame_stack=frame_stack,
-        )
+        res = evaluate(load_policy(run_dir, step))
         results.append(
             {
                 "step": step,
@@ -86,13 +124,46 @@ def evaluate_run(
                 f"({time.perf_counter() - t:.1f} s)",
                 flush=True,
             )
+    return results
+
+
+def _evaluate_run_gym(
+    run_dir: Path, cfg: dict[str, Any], env: EnvSpec, success_key: str, episodes: int, seed: int,
+    task: str | None, horizon: int | None, steps: list[int] | None, progress: bool,
+) -> dict[str, Any]:
+    # evaluate_run on a gymnasium environment (env given).
+    from offrl.envs.gym import evaluate_gym, resolve_env
+
+    if task is not None:
+        raise ValueError(f"pass either a MetaWorld task ({task!r}) or an environment ({env!r}), not both")
+    if cfg["dataset"].get("obs_mode", "state") != "state":
+        raise ValueError(f"{run_dir} is an image run: only state runs can be evaluated on a gymnasium environment "
+                         f"(image runs are evaluated in MetaWorld, without --env)")
+    meta = cfg["dataset"].get("metadata", {})
+    horizon = horizon or meta.get("horizon")
+    horizon = int(horizon) if horizon else None
+    terminate = bool(meta.get("terminate_on_success", True))
+    all_steps = rd.checkpoint_steps(run_dir)
+    if not all_steps:
+        raise FileNotFoundError(f"{run_dir} has no checkpoints to evaluate: train it first")
+    steps = all_steps if steps is None else steps
+    _, name = resolve_env(env)  # fails early on a spec that names nothing
+    obs_dim, act_dim = int(cfg["dataset"]["obs_dim"]), int(cfg["dataset"]["act_dim"])
+    results = _evaluate_steps(
+        run_dir, steps, progress,
+        lambda policy: evaluate_gym(policy, env, episodes, seed=seed, success_key=success_key,
+                                    horizon=horizon, terminate_on_success=terminate, obs_dim=obs_dim,
+                                    act_dim=act_dim),
+    )
     out = {
         "used_for_selection": False,
         "note": "analysis only: real success in the simulator, never read by diagnosis or selection",
-        "task": task,
+        "task": None,
         "horizon": horizon,
         "episodes": episodes,
         "seed": seed,
+        "env": {"kind": "gymnasium", "env": name, "success_key": success_key,
+                "terminate_on_success": terminate},
         "results": results,
     }
     rd.write_json(run_dir / EVALUATION_FILE, out)
