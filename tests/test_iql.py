@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import chain_arrays
 
-from offrl.agents import iql
+from offrl.agents import common, iql
 from offrl.cli import main
 from offrl.data import make_dataset, save_dataset
 from offrl.training import run_dir as rd
@@ -28,10 +28,10 @@ def test_expectile_loss_by_hand():
 
 
 def test_advantage_weights_by_hand_with_the_clip():
-    w = iql.advantage_weights(jnp.array([-1.0, 0.0, 1.0, 10.0]), 3.0, 100.0)
+    w = common.advantage_weights(jnp.array([-1.0, 0.0, 1.0, 10.0]), 3.0, 100.0)
     np.testing.assert_allclose(w, [np.exp(-3.0), 1.0, np.exp(3.0), 100.0], rtol=1e-6)
     # no gradient reaches the critic or V through the weights
-    g = jax.grad(lambda a: iql.advantage_weights(a, 3.0, 100.0).sum())(jnp.array([0.5]))
+    g = jax.grad(lambda a: common.advantage_weights(a, 3.0, 100.0).sum())(jnp.array([0.5]))
     assert float(g[0]) == 0.0
 
 

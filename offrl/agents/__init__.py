@@ -11,16 +11,16 @@ import dataclasses
 from types import ModuleType
 from typing import Any
 
-from offrl.agents import bc, brac, cql, iql
+from offrl.agents import awac, bc, brac, cql, iql
 
-AGENTS: dict[str, ModuleType] = {"cql": cql, "brac": brac, "bc": bc, "iql": iql}
+AGENTS: dict[str, ModuleType] = {"cql": cql, "brac": brac, "bc": bc, "iql": iql, "awac": awac}
 CONFIGS: dict[str, type] = {
-    "cql": cql.CQLConfig, "brac": brac.BRACConfig, "bc": bc.BCConfig, "iql": iql.IQLConfig,
+    "cql": cql.CQLConfig, "brac": brac.BRACConfig, "bc": bc.BCConfig, "iql": iql.IQLConfig, "awac": awac.AWACConfig,
 }
 
 
 def get_agent(algo: str) -> ModuleType:
-    """The module of an algorithm by name ('cql', 'brac', 'bc', 'iql')."""
+    """The module of an algorithm by name ('cql', 'brac', 'bc', 'iql', 'awac')."""
     if algo not in AGENTS:
         raise ValueError(f"unknown algorithm {algo!r}: choose one of {sorted(AGENTS)}")
     return AGENTS[algo]

@@ -143,3 +143,11 @@ def share_encoder(actor_params: Any, critic_params: Any, grads: Any | None = Non
     else:
         new = jax.tree.map(jnp.zeros_like, grads["params"]["encoder"])
     return {**tree, "params": {**tree["params"], "encoder": new}}
+
+
+def advantage_weights(advantage: jnp.ndarray, inverse_temperature: Any, max_weight: float) -> jnp.ndarray:
+    """``min(exp(inverse_temperature * A), max_weight)`` elementwise, without gradient: the weights of
+    advantage-weighted regression (Peng et al. 2019), IQL's policy extraction (Kostrikov et al. 2022, Eq. 7,
+    ``beta``) and AWAC's actor (Nair et al. 2020, Eq. 13, ``1 / lambda``). The clip (100 in both authors' code)
+    keeps one large advantage from dominating a batch. Same shape as ``advantage``."""
+    return jax.lax.stop_gradient(jnp.minimum(jnp.exp(inverse_temperature * advantage), max_weight))

@@ -154,11 +154,6 @@ def expectile_loss(diff: jnp.ndarray, expectile: float) -> jnp.ndarray:
     return weight * diff**2
 
 
-def advantage_weights(advantage: jnp.ndarray, beta: float, max_weight: float) -> jnp.ndarray:
-    """``min(exp(beta * A), max_weight)`` elementwise (IQL Eq. 7 and the authors' clip); no gradient flows."""
-    return jax.lax.stop_gradient(jnp.minimum(jnp.exp(beta * advantage), max_weight))
-
-
 def _target_q(state: IQLState, batch: Batch, config: IQLConfig) -> jnp.ndarray:
     critic, _, _ = _nets(config, batch["actions"].shape[-1])
     return critic.apply(state.target_critic_params, batch["observations"], batch["actions"]).min(axis=0)
@@ -179,7 +174,7 @@ def actor_terms(actor_params: Any, state: IQLState, batch: Batch, config: IQLCon
     target critics; aux: per-transition ``adv_weight`` and ``log_likelihood`` (B,)."""
     _, value, actor = _nets(config, batch["actions"].shape[-1])
     adv = _target_q(state, batch, config) - value.apply(state.value_params, batch["observations"])
-    w = advantage_weights(adv, config.beta, config.max_weight)
+    w = common.advantage_weights(adv, config.beta, config.max_weight)
     mean, log_std = actor.apply(actor_params, batch["observations"])
     log_pi = tanh_gaussian_log_prob(batch["actions"], mean, log_std)
     return -(w * log_pi).mean(), {"adv_weight": w, "log_likelihood": log_pi}

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from offrl.agents import config_from_dict, cql, get_agent, legacy_states
+from offrl.agents.awac import AWACConfig
 from offrl.agents.bc import BCConfig
 from offrl.agents.brac import BRACConfig
 from offrl.agents.iql import IQLConfig
@@ -105,9 +106,9 @@ class TrainConfig:
     flag the record (``"diverged": true``) and go on. NaN/inf always stops."""
     divergence_factor: float = 10.0
     """Divergence limit: q_max + divergence_factor * max(Q range width, |q_max|, 1)."""
-    algo: Literal["cql", "brac", "bc", "iql"] = "cql"
-    """Algorithm: CQL (paper Eq. 1), BRAC (Appendix F; needs --behavior-run), behaviour cloning, or IQL
-    (Kostrikov et al. 2022)."""
+    algo: Literal["cql", "brac", "bc", "iql", "awac"] = "cql"
+    """Algorithm: CQL (paper Eq. 1), BRAC (Appendix F; needs --behavior-run), behaviour cloning, IQL
+    (Kostrikov et al. 2022) or AWAC (Nair et al. 2020)."""
     agent: cql.CQLConfig = dataclasses.field(default_factory=cql.CQLConfig)
     """CQL hyperparameters (used with --algo cql)."""
     brac: BRACConfig = dataclasses.field(default_factory=BRACConfig)
@@ -116,6 +117,8 @@ class TrainConfig:
     """Behaviour-cloning hyperparameters (used with --algo bc)."""
     iql: IQLConfig = dataclasses.field(default_factory=IQLConfig)
     """IQL hyperparameters (used with --algo iql)."""
+    awac: AWACConfig = dataclasses.field(default_factory=AWACConfig)
+    """AWAC hyperparameters (used with --algo awac)."""
     behavior_run: Path | None = None
     """BRAC: a run of `offrl train --algo bc` on the same dataset, whose policy becomes pi_beta."""
     behavior_step: int | None = None
@@ -270,7 +273,7 @@ def _eval_arrays(
 
 
 # The TrainConfig field that holds each algorithm's hyperparameters (CQL's is `agent`, the paper's algorithm).
-ALGO_FIELD = {"cql": "agent", "brac": "brac", "bc": "bc", "iql": "iql"}
+ALGO_FIELD = {"cql": "agent", "brac": "brac", "bc": "bc", "iql": "iql", "awac": "awac"}
 
 
 def active_agent_config(config: TrainConfig) -> Any:

@@ -32,8 +32,9 @@ from offrl.training import run_dir as rd
 
 VERDICTS = ("overfitting", "underfitting", "over-estimation", "healthy", "inconclusive", "diverged")
 # Per algorithm: the curve of Metric 3.1 / Guideline 3.1, and the regularizer compared by Metric 3.2.
-DEFAULT_METRIC = {"cql": "q_data", "brac": "q_regularized", "bc": "heldout/log_likelihood", "iql": "q_data"}
-REGULARIZER = {"cql": "cql_regularizer", "brac": "kl_estimate", "bc": None, "iql": "value_loss"}
+DEFAULT_METRIC = {"cql": "q_data", "brac": "q_regularized", "bc": "heldout/log_likelihood", "iql": "q_data",
+                  "awac": "q_data"}
+REGULARIZER = {"cql": "cql_regularizer", "brac": "kl_estimate", "bc": None, "iql": "value_loss", "awac": "weighted_nll"}
 DIAGNOSIS_FILE = "diagnosis.json"
 
 
@@ -193,6 +194,14 @@ def _recommendation(verdict: str, selected_step: int | None, algo: str = "cql") 
             f"IQL: {what}. Deploy step {selected_step}, the peak before it (Guideline 3.1). A lower "
             f"--iql.expectile (0.5 fits the data's average action, 0.7 is the default) makes the values more "
             f"conservative; more data or fewer gradient steps reduce memorisation."
+        )
+    if algo == "awac" and verdict in ("over-estimation", "diverged"):
+        # AWAC constrains only its actor: its critic's target queries the policy's own actions unpenalised.
+        return (
+            f"AWAC: the dataset Q-value left the range the rewards allow. AWAC has no conservative term in its "
+            f"critic (only the actor is constrained), so a run of CQL or IQL on the same data is the remedy; a "
+            f"smaller --awac.awac-lambda keeps the actor closer to the best dataset actions. Deploy step "
+            f"{selected_step} meanwhile."
         )
     if verdict == "overfitting":
         return (

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+from offrl.agents.awac import AWACConfig
 from offrl.agents.bc import BCConfig
 from offrl.agents.brac import BRACConfig
 from offrl.agents.cql import CQLConfig
@@ -71,7 +72,7 @@ class WorkflowConfig:
     alone achieves beside the CQL pick (analysis only). 0 skips it."""
     progress: bool = True
     """Progress bars."""
-    algo: Literal["cql", "brac", "bc", "iql"] = "cql"
+    algo: Literal["cql", "brac", "bc", "iql", "awac"] = "cql"
     """Algorithm. ``brac`` first trains behaviour cloning (its own run directory, suffix ``_bc``) and uses the
     checkpoint with the highest held-out log-likelihood as pi_beta."""
     auto: bool = False
@@ -86,6 +87,8 @@ class WorkflowConfig:
     """Behaviour-cloning hyperparameters (also for BRAC's pi_beta)."""
     iql: IQLConfig = dataclasses.field(default_factory=IQLConfig)
     """IQL hyperparameters."""
+    awac: AWACConfig = dataclasses.field(default_factory=AWACConfig)
+    """AWAC hyperparameters."""
 
 
 def run_workflow(config: WorkflowConfig) -> dict[str, Any]:
@@ -135,7 +138,7 @@ def _run_workflow(config: WorkflowConfig, timings: dict[str, float], t_start: fl
     base = TrainConfig(
         dataset=Path(dataset), out=out, steps=config.steps, checkpoint_every=config.checkpoint_every,
         seed=config.seed, progress=config.progress, algo=config.algo, agent=config.agent, brac=config.brac,
-        bc=config.bc, iql=config.iql, obs=config.obs, frame_stack=config.frame_stack, batch_size=config.batch_size,
+        bc=config.bc, iql=config.iql, awac=config.awac, obs=config.obs, frame_stack=config.frame_stack, batch_size=config.batch_size,
     )
     t = time.perf_counter()
     if config.algo == "brac":
