@@ -240,10 +240,14 @@ MAIN_CURVE = {
     "cql": ("q_data", "average Q on dataset actions", "q_data: average Q-value of dataset actions"),
     "brac": ("q_regularized", "Q + beta log pi_beta", "q_regularized: BRAC's objective on dataset states"),
     "bc": ("log_likelihood", "log pi(a|s) of dataset actions", "log_likelihood of dataset actions (nats)"),
+    "iql": ("q_data", "average Q on dataset actions", "q_data: average Q-value of dataset actions (IQL)"),
+    "awac": ("q_data", "average Q on dataset actions", "q_data: average Q-value of dataset actions (AWAC)"),
 }
 REGULARIZER_CURVE = {
     "cql": ("cql_regularizer", "cql_regularizer: Q on sampled actions minus Q on dataset actions"),
     "brac": ("kl_estimate", "kl_estimate: log pi - log pi_beta on the policy's actions"),
+    "iql": ("value_loss", "value_loss: IQL's expectile loss of V against Q on dataset actions"),
+    "awac": ("weighted_nll", "weighted_nll: AWAC's advantage-weighted negative log-likelihood of dataset actions"),
 }
 
 
