@@ -133,3 +133,52 @@ def test_a_compare_result_is_not_dropped_by_a_later_select(tmp_path):
     assert again["compared_runs"] == [str(big)]
     assert again["evidence"]["metric_3_2"] == first["evidence"]["metric_3_2"]
     assert again["verdict"] == first["verdict"] and again["selected_step"] == first["selected_step"]
+
+
+@pytest.mark.parametrize(
+    ("successes", "reason"),
+    [([0] * 8, "none: no checkpoint succeeded (6 evaluated, all at 0%)"),
+     ([7] * 8, "none: all 6 checkpoints tied at 35%")],
+)
+def test_no_best_checkpoint_is_named_when_all_are_tied(successes, reason):
+    from offrl.workflow.evaluate import tie_reason
+
+    c = analysis_only_comparison(_evaluation(successes), 5000, warmup_steps=2000, dataset_metadata={},
+                                 bc_evaluation=_evaluation(successes[:3], steps=STEPS[:3]))
+    # The 6 candidates after the warm start are tied: the row says so and counts them.
+    assert c["best"]["tied"] is True and c["best"]["tied_checkpoints"] == 6 and tie_reason(c["best"]) == reason
+    assert c["best"]["successes"] == successes[0] and c["best"]["ci95"] == pytest.approx(_wilson(successes[0], 20))
+    # The 2 warm-start checkpoints and the 3 BC ones are tied among themselves too.
+    assert c["best_warm_start"]["tied"] and c["best_warm_start"]["tied_checkpoints"] == 2
+    assert c["bc_best"]["tied"] and c["bc_best"]["tied_checkpoints"] == 3
+    # Rows that are not maxima carry no flag.
+    assert "tied" not in c["selected"] and "tied" not in c["last"]
+    lo, hi = _wilson(successes[0], 20)
+    lines = format_comparison(c)
+    best = [line for line in lines if line.strip().startswith("best checkpoint")]
+    assert best == [f"  {'best checkpoint':22s} {reason}  [{lo:.0%}, {hi:.0%}] each, {successes[0]}/20 episodes each"]
+    assert not any("step" in line for line in lines if line.strip().startswith(("best", "BC, best")))
+    assert any(line.strip().startswith("selected") and "step 5000" in line for line in lines)
+    # A single warm-start checkpoint at 0% names no best either; one that succeeded is the best.
+    one = analysis_only_comparison(_evaluation([0, 3, 5], steps=STEPS[:3]), None, 1000, {})
+    assert tie_reason(one["best_warm_start"]) == "none: no checkpoint succeeded (1 evaluated, all at 0%)"
+    one = analysis_only_comparison(_evaluation([2, 3, 5], steps=STEPS[:3]), None, 1000, {})
+    assert one["best_warm_start"]["tied"] is False and tie_reason(one["best_warm_start"]) is None
+
+
+def test_a_real_best_is_named_and_written_to_the_diagnosis(tmp_path):
+    from offrl.workflow.evaluate import tie_reason
+
+    # One checkpoint better than the others (the rest tied at 0%): it is the best, not a tie.
+    c = analysis_only_comparison(_evaluation([0, 0, 0, 0, 3, 0, 0, 0]), 4000, 0, {})
+    assert c["best"]["step"] == 5000 and c["best"]["tied"] is False and "tied_checkpoints" not in c["best"]
+    assert tie_reason(c["best"]) is None
+    lines = format_comparison(c)
+    assert any(line.strip().startswith("best checkpoint") and "15%" in line and "3/20" in line
+               and line.endswith("step 5000") for line in lines)
+    assert not any("none:" in line for line in lines)
+    # attach_comparison records the flag in diagnosis.json, where the report reads it.
+    run = _run(tmp_path, [0] * 8)
+    diagnose_run(run)
+    on_disk = json.loads((run / "diagnosis.json").read_text())["analysis_only"]
+    assert on_disk["best"]["tied"] is True and on_disk["best"]["tied_checkpoints"] == 8

@@ -63,7 +63,8 @@ def test_success_rates_and_lengths_are_the_hand_computed_ones():
     for horizon in (1, 2, 3, 5):
         result = evaluate_gym(right, Line, episodes=12, seed=0, horizon=horizon, num_envs=4)
         assert set(result) == {"success_rate", "successes", "episodes", "mean_episode_length",
-                               "episode_successes", "seconds"}
+                               "episode_successes", "horizon", "seconds"}
+        assert result["horizon"] == horizon
         # Moving right from x0 reaches 3 after 3 - x0 steps; the episode ends there (terminate_on_success).
         expected = (x0 + horizon >= GOAL).astype(int)
         assert result["episode_successes"] == expected.tolist()
@@ -124,6 +125,7 @@ def test_environment_specs_limits_and_errors(tmp_path, monkeypatch):
     try:
         by_id = evaluate_gym(right, "offrl-test/Line-v0", episodes=6, seed=0)
         assert by_id["episode_successes"] == (starts(6) + 2 >= GOAL).astype(int).tolist()
+        assert by_id["horizon"] == 2  # the limit used is returned
     finally:
         gym.registry.pop("offrl-test/Line-v0")
     # "module:factory" with the module in the current directory, as `offrl evaluate --env` gets it.
@@ -197,6 +199,18 @@ def test_offrl_evaluate_env_on_a_tiny_run(tmp_path, monkeypatch, capsys):
         direct = evaluate_gym(load_policy(run, row["step"]), Line, episodes=5, seed=3, horizon=4)
         assert row["episode_successes"] == direct["episode_successes"]
         assert row["mean_episode_length"] == direct["mean_episode_length"]
+
+    # Without --horizon (and none in the dataset's metadata) the environment's registered limit is used, and
+    # evaluation.json records that number, not null.
+    assert "horizon" not in json.loads((run / "config.json").read_text())["dataset"]["metadata"]
+    gym.register("offrl-test/LineLimit-v0", entry_point=Line, max_episode_steps=3)
+    try:
+        out = evaluate_run(run, env="offrl-test/LineLimit-v0", episodes=4, steps=[20], progress=False)
+    finally:
+        gym.registry.pop("offrl-test/LineLimit-v0")
+    ev = json.loads((run / "evaluation.json").read_text())
+    assert out["horizon"] == ev["horizon"] == 3 and ev["env"]["env"] == "offrl-test/LineLimit-v0"
+    assert 1 <= ev["results"][0]["mean_episode_length"] <= 3
 
     with pytest.raises(ValueError, match="not both"):
         evaluate_run(run, env=Line, task="reach-v3", horizon=4, progress=False)

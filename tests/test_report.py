@@ -305,3 +305,59 @@ def test_evidence_has_readable_names(tmp_path: Path) -> None:
     assert "unexplained share of TD-target variance (end)" in evidence
     assert "steps where Q exceeds the largest return the rewards allow" in evidence
     assert "title='q_drop_after_peak'>q_drop_after_peak</td>" in evidence  # unknown keys as they are
+
+
+def _comparison_section(run: Path) -> str:
+    text = write_report(run).read_text(encoding="utf-8")
+    return text[text.index("Selected vs best vs last") : text.index("Figure 1:")]
+
+
+def test_the_report_names_no_best_checkpoint_where_the_comparison_says_all_are_tied(tmp_path: Path) -> None:
+    from offrl.workflow.evaluate import analysis_only_comparison
+    from offrl.workflow.selection import wilson_interval
+
+    run = _make_run(tmp_path)
+    results = [{"step": s, "success_rate": 0.0, "successes": 0, "episodes": 20} for s in STEPS]
+    evaluation = {"used_for_selection": False, "task": "pick-place-v3", "episodes": 20, "results": results}
+    (run / "evaluation.json").write_text(json.dumps(evaluation))
+    diag = json.loads((run / "diagnosis.json").read_text())
+    comparison = analysis_only_comparison(evaluation, SELECTED, 0, {})
+    assert comparison["best"]["tied"]
+    lo, hi = wilson_interval(0, 20)
+    expected = (f"best checkpoint in hindsight</td><td>&ndash;</td><td>none: no checkpoint succeeded "
+                f"(10 evaluated, all at 0%)</td><td>[{lo:.0%}, {hi:.0%}] each</td>")
+    # diagnosis.json's analysis_only, as `offrl evaluate` writes it: the report shows its flag.
+    (run / "diagnosis.json").write_text(json.dumps({**diag, "analysis_only": comparison}))
+    table = _comparison_section(run)
+    assert expected in table and "No checkpoint is named best in hindsight" in table
+    # One written before offrl recorded ties (no "tied"): its best rows are recomputed, with the same result.
+    old = {**comparison, "best": {k: v for k, v in comparison["best"].items() if not k.startswith("tied")}}
+    (run / "diagnosis.json").write_text(json.dumps({**diag, "analysis_only": old}))
+    assert expected in _comparison_section(run)
+    # A real best is named, with its step.
+    results[6].update(success_rate=0.15, successes=3)
+    evaluation["results"] = results
+    (run / "evaluation.json").write_text(json.dumps(evaluation))
+    comparison = analysis_only_comparison(evaluation, SELECTED, 0, {})
+    (run / "diagnosis.json").write_text(json.dumps({**diag, "analysis_only": comparison}))
+    table = _comparison_section(run)
+    assert "best checkpoint in hindsight</td><td>7000</td><td>15% (3/20)</td>" in table
+    assert "none:" not in table and "No checkpoint is named best" not in table
+
+
+@pytest.mark.parametrize(
+    ("env", "horizon", "shown"),
+    [({"kind": "gymnasium", "env": "my_sim:make_env", "success_key": "is_success", "terminate_on_success": True},
+      200, "Evaluation: gymnasium environment my_sim:make_env (success: info[&#x27;is_success&#x27;]), "
+      "20 episodes per checkpoint, horizon 200 steps, 10 checkpoint(s) evaluated."),
+     ({"kind": "metaworld", "task": "reach-v3"}, 150,
+      "Evaluation: MetaWorld task reach-v3, 20 episodes per checkpoint, horizon 150 steps"),
+     (None, None, "Evaluation: MetaWorld task pick-place-v3, 20 episodes per checkpoint, 10 checkpoint(s)")],
+)
+def test_the_report_names_the_environment_evaluated_on(tmp_path: Path, env: dict | None, horizon: int | None,
+                                                       shown: str) -> None:
+    run = _make_run(tmp_path)
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    evaluation.update(horizon=horizon, **({"env": env, "task": env.get("task")} if env else {}))
+    (run / "evaluation.json").write_text(json.dumps(evaluation))
+    assert shown in _comparison_section(run)

@@ -21,7 +21,8 @@ How the vector environment is driven (gymnasium >= 1.1):
   the last real episode ends; their steps are neither counted nor shown to the success test, and the
   policy's actions for those rows are ignored.
 
-Importing this module imports neither gymnasium nor MetaWorld; gymnasium comes with ``offrl[sim]``.
+Importing this module imports neither gymnasium nor MetaWorld; gymnasium comes with ``offrl[gym]`` (alone) or
+``offrl[sim]`` (with MetaWorld).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from offrl.envs.metaworld import DEFAULT_HORIZON, _check_positive, _check_seed, 
 
 DEFAULT_SUCCESS_KEY = "success"
 _GYMNASIUM_HINT = (
-    "gymnasium is not installed: pip install 'gymnasium>=1.1' (or pip install 'offrl[sim]', which brings it); "
+    "gymnasium is not installed: pip install 'offrl[gym]' (gymnasium>=1.1; 'offrl[sim]' brings it too); "
     "evaluating on your own simulator needs it"
 )
 
@@ -189,7 +190,8 @@ def evaluate_gym(
     Returns:
         ``{"success_rate": float, "successes": int, "episodes": int, "mean_episode_length": float,
         "episode_successes": list of 0/1 per episode (in episode order, the same for any ``num_envs``),
-        "seconds": float}`` where ``seconds`` is the wall time, including building the environments.
+        "horizon": int, "seconds": float}`` where ``horizon`` is the step limit used (``horizon``, else the
+        environment's own) and ``seconds`` the wall time, including building the environments.
 
     Raises:
         ValueError: If an argument is out of range; the environment cannot be built, its spaces are not flat
@@ -238,7 +240,7 @@ def evaluate_gym(
                            terminate_on_success)
     finally:
         vec.close()
-    return {**result, "seconds": time.perf_counter() - start}
+    return {**result, "horizon": int(limit), "seconds": time.perf_counter() - start}
 
 
 def _evaluate(

@@ -483,18 +483,6 @@ def _warmup_steps(config: dict) -> int:
     return max(_step(agent.get("bc_steps")) or 0, 0)
 
 
-def _all_tied(counts: list[dict]) -> str | None:
-    """Why no checkpoint of ``counts`` can be called the best: none succeeded, or all share one success rate;
-    None when the rates differ (or one checkpoint that did succeed is trivially the best)."""
-    rates = {r["successes"] / r["episodes"] for r in counts}
-    if len(rates) != 1:
-        return None
-    rate = rates.pop()
-    if rate == 0:
-        return f"none: no checkpoint succeeded ({len(counts)} evaluated, all at 0%)"
-    return f"none: all {len(counts)} checkpoints tied at {rate:.0%}" if len(counts) > 1 else None
-
-
 def _rate_text(r: dict) -> tuple[str, str]:
     """("60% (12/20)", "[39%, 78%]") for a row of the analysis-only comparison."""
     ci = r.get("ci95")
@@ -516,31 +504,50 @@ COMPARISON_ROWS = (
 )
 
 
+def _env_text(evaluation: dict) -> str | None:
+    """Where the checkpoints were rolled out, from evaluation.json's ``env`` (``offrl evaluate`` records it;
+    ``--env`` runs name a gymnasium environment and its success key), else its MetaWorld ``task``."""
+    env = evaluation.get("env")
+    env = env if isinstance(env, dict) else {}
+    kind, task = env.get("kind"), env.get("task") or evaluation.get("task")
+    if kind == "gymnasium":
+        key = env.get("success_key")
+        return f"gymnasium environment {env.get('env')}" + (f" (success: info[{key!r}])" if key else "")
+    if kind in (None, "metaworld"):
+        return f"MetaWorld task {task}" if task else None
+    return f"{kind} environment {env.get('env') or task}"
+
+
 def _comparison_table(evaluation: dict, diagnosis: dict | None, config: dict) -> str:
     """The analysis-only comparison: diagnosis.json's ``analysis_only`` (written by `offrl evaluate` and
     `offrl diagnose`), or the same computation on evaluation.json when the diagnosis has none. A "best"
-    checkpoint is not named when every candidate has the same success rate (typically all 0%)."""
+    checkpoint is not named when the comparison says all candidates are tied (``"tied"``, typically all 0%);
+    a diagnosis.json written before offrl recorded ties gets its best rows recomputed from evaluation.json."""
+    from offrl.workflow.evaluate import analysis_only_comparison, tie_reason
+
     counts = _eval_counts(evaluation)
     if not counts:
         return "<p class='note'>evaluation.json has no usable results.</p>"
-    about = []
-    if evaluation.get("task"):
-        about.append(f"task {evaluation['task']}")
+    about = [env] if (env := _env_text(evaluation)) else []
     if _step(evaluation.get("episodes")) is not None:
         about.append(f"{_step(evaluation['episodes'])} episodes per checkpoint")
+    if _step(evaluation.get("horizon")) is not None:
+        about.append(f"horizon {_step(evaluation['horizon'])} steps")
     about.append(f"{len(counts)} checkpoint(s) evaluated")
     warmup = _warmup_steps(config)
     comparison = (diagnosis or {}).get("analysis_only")
-    if not isinstance(comparison, dict):
-        from offrl.workflow.evaluate import analysis_only_comparison
-
+    best_keys = ("best", "best_warm_start")
+    if not isinstance(comparison, dict) or any(
+        isinstance(comparison.get(k), dict) and "tied" not in comparison[k] for k in best_keys
+    ):
         dataset = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
         metadata = dataset.get("metadata") if isinstance(dataset.get("metadata"), dict) else {}
-        comparison = analysis_only_comparison(
+        fresh = analysis_only_comparison(
             {"results": counts}, _step((diagnosis or {}).get("selected_step")), warmup, metadata
         )
-    groups = {"best": [r for r in counts if r["step"] > warmup],
-              "best_warm_start": [r for r in counts if r["step"] <= warmup]}
+        comparison = fresh if not isinstance(comparison, dict) else {
+            **comparison, **{k: fresh[k] for k in best_keys}
+        }
     rows, tied_best = [], False
     for key, name in COMPARISON_ROWS:
         r = comparison.get(key)
@@ -548,12 +555,10 @@ def _comparison_table(evaluation: dict, diagnosis: dict | None, config: dict) ->
             rows.append((name, "&ndash;", "no diagnosis yet" if diagnosis is None else "none selected", ""))
         if not isinstance(r, dict) or r.get("success_rate") is None:
             continue
-        tie = _all_tied(groups[key]) if key in groups else None
+        tie = tie_reason(r)
         if tie is not None:
             tied_best = tied_best or key == "best"
-            same = {(g["successes"], g["episodes"]) for g in groups[key]}
-            ci = wilson_interval(*same.pop()) if len(same) == 1 else None
-            rows.append((name, "&ndash;", tie, "" if ci is None else f"[{ci[0]:.0%}, {ci[1]:.0%}] each"))
+            rows.append((name, "&ndash;", tie, _rate_text(r)[1] + " each"))
             continue
         rows.append((name, "&ndash;" if r.get("step") is None else _e(r["step"]), *_rate_text(r)))
     body = "".join(f"<tr><td class='k'>{_e(a)}</td><td>{b}</td><td>{_e(c)}</td><td>{_e(d)}</td></tr>"

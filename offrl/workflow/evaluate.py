@@ -41,7 +41,7 @@ def evaluate_run(
     ``env`` is a gymnasium id, ``"module:factory"`` or a callable returning a ``gymnasium.Env``; an episode
     succeeds when a step's ``info[success_key]`` is truthy. The horizon defaults to the dataset's metadata, else
     the environment's own limit; the episode seeds are derived from ``seed`` as for MetaWorld.
-    evaluation.json records the environment under ``env``.
+    evaluation.json records the environment under ``env``, and the step limit used under ``horizon``.
 
     Raises:
         FileNotFoundError: not a run directory or no checkpoint.
@@ -149,17 +149,21 @@ def _evaluate_run_gym(
     steps = all_steps if steps is None else steps
     _, name = resolve_env(env)  # fails early on a spec that names nothing
     obs_dim, act_dim = int(cfg["dataset"]["obs_dim"]), int(cfg["dataset"]["act_dim"])
-    results = _evaluate_steps(
-        run_dir, steps, progress,
-        lambda policy: evaluate_gym(policy, env, episodes, seed=seed, success_key=success_key,
-                                    horizon=horizon, terminate_on_success=terminate, obs_dim=obs_dim,
-                                    act_dim=act_dim),
-    )
+    used: list[int] = []  # the step limit evaluate_gym applied: horizon, else the environment's own
+
+    def evaluate(policy: Callable[[Any], Any]) -> dict[str, Any]:
+        res = evaluate_gym(policy, env, episodes, seed=seed, success_key=success_key, horizon=horizon,
+                           terminate_on_success=terminate, obs_dim=obs_dim, act_dim=act_dim)
+        used.append(int(res["horizon"]))
+        return res
+
+    results = _evaluate_steps(run_dir, steps, progress, evaluate)
     out = {
         "used_for_selection": False,
         "note": "analysis only: real success in the simulator, never read by diagnosis or selection",
         "task": None,
-        "horizon": horizon,
+        # The limit used: evaluate_gym resolves the environment's own when no horizon is given.
+        "horizon": used[0] if used else horizon,
         "episodes": episodes,
         "seed": seed,
         "env": {"kind": "gymnasium", "env": name, "success_key": success_key,
@@ -206,15 +210,25 @@ def analysis_only_comparison(
         "success_rate", "successes", "episodes", "ci95"}`` with a 95 % Wilson interval. ``behaviour`` has step
         None and counts the dataset's episodes. ``best`` is the best of the checkpoints after the warm start
         (the candidates of the selection), ``best_warm_start`` the best of those at or before it; both are
-        maxima of noisy estimates, biased upwards.
+        maxima of noisy estimates, biased upwards. These two and ``bc_best`` also carry ``"tied"``: True when
+        no checkpoint is better than another (all have the same successes out of the same episodes, i.e. the
+        same success rate as `offrl evaluate` writes them, e.g. all 0%; also a single checkpoint at 0%), and
+        then ``"tied_checkpoints"``, their number: the row (the earliest of them) names no best checkpoint,
+        see :func:`tie_reason`.
     """
     def table(ev: dict[str, Any]) -> dict[int, dict[str, Any]]:
         return {int(r["step"]): _row(int(r["step"]), int(r["successes"]), int(r["episodes"]))
                 for r in sorted(ev.get("results", []), key=lambda r: r["step"])}
 
     def best(rows: dict[int, dict[str, Any]], steps: list[int]) -> dict[str, Any] | None:
-        # Ties go to the earlier checkpoint, as for "best in hindsight" everywhere in offrl.
-        return rows[max(steps, key=lambda s: (rows[s]["successes"] / rows[s]["episodes"], -s))] if steps else None
+        # Ties go to the earlier checkpoint, as for "best in hindsight" everywhere in offrl; when all are tied
+        # the row says so (no checkpoint is better than another).
+        if not steps:
+            return None
+        row = rows[max(steps, key=lambda s: (rows[s]["successes"] / rows[s]["episodes"], -s))]
+        same = len({(rows[s]["successes"], rows[s]["episodes"]) for s in steps}) == 1
+        tied = same and (len(steps) > 1 or row["successes"] == 0)
+        return {**row, "tied": tied, **({"tied_checkpoints": len(steps)} if tied else {})}
 
     rows = table(evaluation)
 
@@ -273,8 +287,21 @@ def attach_comparison(run_dir: str | Path, bc_run: str | Path | None = None) -> 
     return comparison
 
 
+def tie_reason(row: dict[str, Any] | None) -> str | None:
+    """Why a best row of :func:`analysis_only_comparison` names no checkpoint, or None when it names one:
+    "none: no checkpoint succeeded (8 evaluated, all at 0%)" or "none: all 8 checkpoints tied at 50%"."""
+    if not isinstance(row, dict) or not row.get("tied"):
+        return None
+    n, rate = row.get("tied_checkpoints"), row.get("success_rate")
+    if not row.get("successes"):
+        return f"none: no checkpoint succeeded ({n} evaluated, all at 0%)"
+    # The report calls this on diagnosis.json as read: a rate that is not a number is not formatted.
+    return f"none: all {n} checkpoints tied" + (f" at {rate:.0%}" if isinstance(rate, int | float) else "")
+
+
 def format_comparison(comparison: dict[str, Any]) -> list[str]:
-    """One terminal line per row of :func:`analysis_only_comparison`: rate, interval, episodes and step."""
+    """One terminal line per row of :func:`analysis_only_comparison`: rate, interval, episodes and step; a best
+    row whose checkpoints are all tied says so (:func:`tie_reason`) instead of naming one."""
     names = {"behaviour": "data (behaviour)", "best_warm_start": "best warm-start (BC)",
              "bc_selected": "BC, offline pick", "bc_best": "BC, best checkpoint",
              "selected": "selected", "best": "best checkpoint", "last": "last checkpoint"}
@@ -282,6 +309,11 @@ def format_comparison(comparison: dict[str, Any]) -> list[str]:
     for key, name in names.items():
         r = comparison.get(key)
         if r is None:
+            continue
+        tie = tie_reason(r)
+        if tie is not None:
+            lines.append(f"  {name:22s} {tie}  [{r['ci95'][0]:.0%}, {r['ci95'][1]:.0%}] each, "
+                         f"{r['successes']}/{r['episodes']} episodes each")
             continue
         where = "" if r["step"] is None else f"  step {r['step']}"
         lines.append(f"  {name:22s} {r['success_rate']:4.0%}  [{r['ci95'][0]:.0%}, {r['ci95'][1]:.0%}]  "
