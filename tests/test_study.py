@@ -320,3 +320,33 @@ def test_underfitting_threshold_variants_and_the_over_estimation_drop():
     assert d["first_flagged_step"] == 4000
     assert d["success_before"] == pytest.approx(0.6) and d["success_after"] == pytest.approx(0.05)
     assert overestimation_drop(cell) is None
+
+
+def test_a_study_setting_may_run_another_algorithm():
+    from offrl.agents.awac import AWACConfig
+    from offrl.agents.iql import IQLConfig
+    from offrl.workflow.study import algo_for
+
+    raw = {"settings": {"iql_sarsa": {"algo": "iql", "expectile": 0.5}},
+           "scenario": [{"name": "a", "tasks": ["reach-v3"], "episodes": [5],
+                         "settings": ["base", "iql", "awac", "iql_sarsa"]}]}
+    config = study_config_from_dict(raw)
+    assert [algo_for(s, config) for s in ("base", "iql", "awac", "iql_sarsa")] == ["cql", "iql", "awac", "iql"]
+    assert agent_for("iql", config) == IQLConfig() and agent_for("awac", config) == AWACConfig()
+    assert agent_for("iql_sarsa", config) == IQLConfig(expectile=0.5)
+    bad = {"settings": {"x": {"algo": "iql", "alpha": 5.0}}, "scenario": raw["scenario"]}
+    with pytest.raises(StudyConfigError, match="unknown IQL fields"):
+        study_config_from_dict(bad)
+    with pytest.raises(StudyConfigError, match="a study runs"):
+        study_config_from_dict({"settings": {"x": {"algo": "brac"}}, "scenario": raw["scenario"]})
+
+    # Per-algorithm results, and another algorithm is not counted as a remedy of the base run.
+    q = [0.1, 0.3, 0.5, 0.45, 0.3, 0.2]
+    cql_cell = _cell(q, [0.1, 0.3, 0.5, 0.4, 0.3, 0.2], selected=3000)
+    iql_cell = _cell(q, [0.2, 0.4, 0.6, 0.6, 0.6, 0.6], selected=3000, setting="iql")
+    iql_cell["algo"] = "iql"
+    a = analyse([cql_cell, iql_cell], type("C", (), {"bootstrap_samples": 200})())
+    assert set(a["per_algorithm"]) == {"cql", "iql"}
+    assert a["per_algorithm"]["iql"]["pick_success"]["mean"] == pytest.approx(0.6)
+    assert a["per_algorithm"]["cql"]["best_success"]["mean"] == pytest.approx(0.5)
+    assert a["remedies"]["all"] == []

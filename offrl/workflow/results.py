@@ -187,6 +187,17 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
     if (fig_dir / "selectors_regret.png").is_file():
         L.append(f"\n![normalised regret per selector]({rel(fig_dir / 'selectors_regret.png')})\n")
 
+    algos = analysis.get("per_algorithm") or {}
+    if len(algos) > 1:
+        L.append("\n## Per algorithm\n")
+        L.append("The workflow's pick (each algorithm's Guideline 3.1 curve, docs/metrics.md), the best checkpoint in "
+                 "hindsight and the last, as success rates (analysis only), with 95% bootstrap intervals over runs.\n")
+        L.append("| algorithm | runs | pick | best | last | normalised regret of the pick |")
+        L.append("|---|---|---|---|---|---|")
+        for algo, a in algos.items():
+            L.append(f"| {algo} | {a['runs']} | {_ci(a['pick_success'])} | {_ci(a['best_success'])} | "
+                     f"{_ci(a['last_success'])} | {_ci(a['pick_regret'])} |")
+
     da = analysis["diagnosis_accuracy"]
     L.append("\n## Diagnosis accuracy\n")
     L.append(f"Label from the analysis-only success curve: {da['rule']}. The offline verdict agrees when it says "

@@ -310,7 +310,7 @@ def analyse(cells: list[dict[str, Any]], config: Any) -> dict[str, Any]:
     per_run = []
     for cell in cells:
         sel = evaluate_selectors(cell)
-        per_run.append({"name": cell_name(cell), "cell": cell["cell"], "selectors": sel,
+        per_run.append({"name": cell_name(cell), "cell": cell["cell"], "selectors": sel, "algo": cell.get("algo", "cql"),
                         "verdict": cell["verdict"], "success_label": success_label(cell)})
     headline = {}
     for name in SELECTORS:
@@ -365,6 +365,7 @@ def analyse(cells: list[dict[str, Any]], config: Any) -> dict[str, Any]:
             "overestimation": [d for c in cells if (d := overestimation_drop(c)) is not None],
         },
         "remedies": _remedies_by_scenario(cells, config),
+        "per_algorithm": per_algorithm(per_run, samples),
     }
 
 
@@ -398,6 +399,22 @@ def _last(cell: dict[str, Any], key: str) -> float | None:
     return None if v is None else float(v)
 
 
+def per_algorithm(per_run: list[dict[str, Any]], samples: int) -> dict[str, dict[str, Any]]:
+    """Per algorithm (cell.json ``algo``): the success of the workflow's pick, of the best checkpoint in hindsight
+    and of the last, and the pick's normalised regret, each a bootstrap mean over that algorithm's runs."""
+    out = {}
+    for algo in sorted({r.get("algo", "cql") for r in per_run}):
+        rows = [r["selectors"] for r in per_run if r.get("algo", "cql") == algo]
+        out[algo] = {
+            "runs": len(rows),
+            "pick_success": bootstrap_mean([r["workflow"]["success"] for r in rows], samples),
+            "best_success": bootstrap_mean([r["workflow"]["best"] for r in rows], samples),
+            "last_success": bootstrap_mean([r["last"]["success"] for r in rows], samples),
+            "pick_regret": bootstrap_mean([r["workflow"]["regret"] for r in rows], samples),
+        }
+    return out
+
+
 def remedy_effects(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """For each (task, episodes, seed) run with ``base`` and a remedy setting: what the remedy changed."""
     groups: dict[tuple, dict[str, dict[str, Any]]] = {}
@@ -410,8 +427,8 @@ def remedy_effects(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if base is None:
             continue
         for setting, other in sorted(runs.items()):
-            if setting == "base":
-                continue
+            if setting == "base" or other.get("algo", "cql") != base.get("algo", "cql"):
+                continue  # another algorithm is not a remedy of the base run (see per_algorithm)
             sb, so = evaluate_selectors(base)["workflow"], evaluate_selectors(other)["workflow"]
             out.append({
                 "task": task, "episodes": episodes, "seed": seed, "remedy": setting,

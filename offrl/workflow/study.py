@@ -40,7 +40,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from offrl.agents.cql import CQLConfig
+from offrl.agents import CONFIGS
 from offrl.envs import DEFAULT_HORIZON, DEFAULT_NOISE_SIGMA
 from offrl.envs.behaviour import REGIMES
 from offrl.training import run_dir as rd
@@ -48,6 +48,9 @@ from offrl.workflow.auto import RemedyConfig, remedy_agent
 
 CELL_FILE = "cell.json"
 PRESETS = ("base", "vib", "dropout", "capacity")
+# Settings that run another algorithm with its paper's defaults; a named setting may set ``algo`` too.
+ALGORITHM_PRESETS = ("iql", "awac")
+STUDY_ALGOS = ("cql", "iql", "awac")  # BRAC needs a behaviour run per cell, BC has no Q-value to select with
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +82,9 @@ class StudyConfig:
     fqe_steps: int = 10_000
     bootstrap_samples: int = 10_000
     settings: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    """Named agent settings beyond the presets: ``{"name": {CQLConfig field: value}}``."""
+    """Named agent settings beyond the presets: ``{"name": {field: value}}``, fields of CQLConfig, or with
+    ``algo = "iql"`` / ``"awac"`` of that algorithm's config (so that selection can be compared across
+    algorithms on one grid)."""
 
     @property
     def results_path(self) -> Path:
@@ -118,13 +123,17 @@ def study_config_from_dict(
     settings = raw.pop("settings", {}) or {}
     if not isinstance(settings, dict):
         raise StudyConfigError(f"{source}: [settings] must be a table of tables of CQL hyperparameters")
-    agent_fields = {f.name for f in dataclasses.fields(CQLConfig)}
     for name, overrides in settings.items():
-        if name in PRESETS:
-            raise StudyConfigError(f"{source}: setting '{name}' is a preset ({', '.join(PRESETS)}); rename it")
-        bad = set(overrides) - agent_fields
+        if name in PRESETS + ALGORITHM_PRESETS:
+            raise StudyConfigError(f"{source}: setting '{name}' is a preset "
+                                   f"({', '.join(PRESETS + ALGORITHM_PRESETS)}); rename it")
+        algo = overrides.get("algo", "cql")
+        if algo not in STUDY_ALGOS:
+            raise StudyConfigError(f"{source}: setting '{name}' has algo '{algo}'; a study runs "
+                                   f"{', '.join(STUDY_ALGOS)}")
+        bad = set(overrides) - {"algo"} - {f.name for f in dataclasses.fields(CONFIGS[algo])}
         if bad:
-            raise StudyConfigError(f"{source}: setting '{name}' has unknown CQL fields {sorted(bad)}")
+            raise StudyConfigError(f"{source}: setting '{name}' has unknown {algo.upper()} fields {sorted(bad)}")
     top = {f.name for f in dataclasses.fields(StudyConfig)} - {"scenarios", "settings"}
     unknown = set(raw) - top
     if unknown:
@@ -148,10 +157,10 @@ def study_config_from_dict(
                 f"{source}: scenario '{sc.name}' has unknown regimes {unknown_regimes}; use {', '.join(REGIMES)}"
             )
         for st in sc.settings:
-            if st not in PRESETS and st not in settings:
+            if st not in PRESETS + ALGORITHM_PRESETS and st not in settings:
                 raise StudyConfigError(
                     f"{source}: scenario '{sc.name}' uses setting '{st}', which is neither a preset "
-                    f"({', '.join(PRESETS)}) nor defined under [settings.{st}]"
+                    f"({', '.join(PRESETS + ALGORITHM_PRESETS)}) nor defined under [settings.{st}]"
                 )
         if not sc.tasks or not sc.episodes or not sc.seeds or not sc.settings:
             raise StudyConfigError(f"{source}: scenario '{sc.name}' has an empty list")
@@ -221,14 +230,24 @@ def cells_of(config: StudyConfig, scenario: str | None = None) -> list[Cell]:
     return out
 
 
-def agent_for(setting: str, config: StudyConfig) -> CQLConfig:
-    """The CQL config of a setting: the package defaults, a remedy of the automated loop, or a named override."""
-    base = CQLConfig()
-    if setting == "base":
+def algo_for(setting: str, config: StudyConfig) -> str:
+    """The algorithm a setting runs: ``cql`` unless it is an algorithm preset or names ``algo``."""
+    if setting in ALGORITHM_PRESETS:
+        return setting
+    return "cql" if setting in PRESETS else config.settings[setting].get("algo", "cql")
+
+
+def agent_for(setting: str, config: StudyConfig) -> Any:
+    """The agent config of a setting: the package's CQL defaults, a remedy of the automated loop, another
+    algorithm's defaults (``iql``, ``awac``), or a named override of the config of :func:`algo_for`'s algorithm."""
+    algo = algo_for(setting, config)
+    base = CONFIGS[algo]()
+    if setting in ("base", *ALGORITHM_PRESETS):
         return base
     if setting in PRESETS:
         return remedy_agent(base, setting, RemedyConfig())
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in config.settings[setting].items()}
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in config.settings[setting].items()
+                 if k != "algo"}
     return dataclasses.replace(base, **overrides)
 
 
@@ -289,7 +308,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
     The caller holds the cell's lock; the dataset is collected under its own lock (two cells may share it)."""
     from offrl.data import load_dataset
     from offrl.data.collect import collect
-    from offrl.training.train import TrainConfig, TrainingDiverged, train
+    from offrl.training.train import ALGO_FIELD, TrainConfig, TrainingDiverged, train
     from offrl.workflow.diagnosis import diagnose_run
     from offrl.workflow.evaluate import EVALUATION_FILE, evaluate_run
     from offrl.workflow.fqe import FQE_FILE, FQEConfig, fqe_run
@@ -313,7 +332,8 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
     try:
         train(TrainConfig(
             dataset=data, out=run, steps=config.steps, checkpoint_every=config.checkpoint_every, seed=cell.seed,
-            progress=progress, agent=agent_for(cell.setting, config), resume=resume,
+            progress=progress, resume=resume, algo=algo_for(cell.setting, config),
+            **{ALGO_FIELD[algo_for(cell.setting, config)]: agent_for(cell.setting, config)},
         ), dataset)
     except TrainingDiverged as e:
         # A diverged run is a result too: its checkpoints before the divergence are diagnosed and evaluated.
@@ -365,6 +385,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
             "episodes": dataset.num_episodes,
             "behaviour_success_rate": dataset.metadata.get("behaviour_success_rate"),
         },
+        "algo": cfg.get("algo", "cql"),
         "agent": cfg["agent"],
         "num_params": cfg.get("num_params"),
         "q_range": cfg["dataset"]["q_range"],
