@@ -11,16 +11,17 @@ import dataclasses
 from types import ModuleType
 from typing import Any
 
-from offrl.agents import awac, bc, brac, cql, iql
+from offrl.agents import awac, bc, bear, brac, cql, iql
 
-AGENTS: dict[str, ModuleType] = {"cql": cql, "brac": brac, "bc": bc, "iql": iql, "awac": awac}
+AGENTS: dict[str, ModuleType] = {"cql": cql, "brac": brac, "bc": bc, "iql": iql, "awac": awac, "bear": bear}
 CONFIGS: dict[str, type] = {
     "cql": cql.CQLConfig, "brac": brac.BRACConfig, "bc": bc.BCConfig, "iql": iql.IQLConfig, "awac": awac.AWACConfig,
+    "bear": bear.BEARConfig,
 }
 
 
 def get_agent(algo: str) -> ModuleType:
-    """The module of an algorithm by name ('cql', 'brac', 'bc', 'iql', 'awac')."""
+    """The module of an algorithm by name ('cql', 'brac', 'bc', 'iql', 'awac', 'bear')."""
     if algo not in AGENTS:
         raise ValueError(f"unknown algorithm {algo!r}: choose one of {sorted(AGENTS)}")
     return AGENTS[algo]
@@ -37,3 +38,21 @@ def legacy_states(algo: str, config: Any, obs_dim: Any, act_dim: int) -> list[tu
     """Older checkpoint layouts of an agent as ``(like_state, upgrade)`` pairs (empty when it has none)."""
     module = get_agent(algo)
     return module.legacy_states(config, obs_dim, act_dim) if hasattr(module, "legacy_states") else []
+
+
+# The field of each algorithm's config that holds its actor warm start, in gradient steps: CQL's optional
+# behaviour-cloning warm start, BEAR's MMD-only start. Checkpoints within it are not the algorithm's policies.
+WARMUP_FIELD = {"cql": "bc_steps", "bear": "warmstart_steps"}
+
+
+def warmup_steps(algo: str, agent: Any) -> int:
+    """The actor warm start of a run, in gradient steps, from its agent config (a dataclass, or its dict in
+    config.json); 0 for algorithms without one or a config that does not say."""
+    field = WARMUP_FIELD.get(algo)
+    if field is None:
+        return 0
+    value = agent.get(field, 0) if isinstance(agent, dict) else getattr(agent, field, 0)
+    try:
+        return max(int(value or 0), 0)
+    except (TypeError, ValueError):
+        return 0

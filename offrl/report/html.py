@@ -242,12 +242,14 @@ MAIN_CURVE = {
     "bc": ("log_likelihood", "log pi(a|s) of dataset actions", "log_likelihood of dataset actions (nats)"),
     "iql": ("q_data", "average Q on dataset actions", "q_data: average Q-value of dataset actions (IQL)"),
     "awac": ("q_data", "average Q on dataset actions", "q_data: average Q-value of dataset actions (AWAC)"),
+    "bear": ("q_data", "average Q on dataset actions", "q_data: average Q-value of dataset actions (BEAR)"),
 }
 REGULARIZER_CURVE = {
     "cql": ("cql_regularizer", "cql_regularizer: Q on sampled actions minus Q on dataset actions"),
     "brac": ("kl_estimate", "kl_estimate: log pi - log pi_beta on the policy's actions"),
     "iql": ("value_loss", "value_loss: IQL's expectile loss of V against Q on dataset actions"),
     "awac": ("weighted_nll", "weighted_nll: AWAC's advantage-weighted negative log-likelihood of dataset actions"),
+    "bear": ("mmd", "mmd: BEAR's MMD between the policy's and the behaviour model's actions"),
 }
 
 
@@ -475,12 +477,12 @@ def _q_range_width(diagnosis: dict | None) -> float | None:
 
 
 def _warmup_steps(config: dict) -> int:
-    """The actor's behaviour-cloning warm start (CQL ``agent.bc_steps``; 0 for other algorithms), read as
+    """The actor's warm start (CQL ``agent.bc_steps``, BEAR ``agent.warmstart_steps``; else 0), read as
     :func:`offrl.workflow.evaluate.attach_comparison` reads it."""
+    from offrl.agents import warmup_steps
+
     agent = config.get("agent")
-    if config.get("algo", "cql") != "cql" or not isinstance(agent, dict):
-        return 0
-    return max(_step(agent.get("bc_steps")) or 0, 0)
+    return warmup_steps(config.get("algo", "cql"), agent) if isinstance(agent, dict) else 0
 
 
 def _rate_text(r: dict) -> tuple[str, str]:

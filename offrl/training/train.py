@@ -22,9 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from offrl.agents import config_from_dict, cql, get_agent, legacy_states
+from offrl.agents import WARMUP_FIELD, config_from_dict, cql, get_agent, legacy_states, warmup_steps
 from offrl.agents.awac import AWACConfig
 from offrl.agents.bc import BCConfig
+from offrl.agents.bear import BEARConfig
 from offrl.agents.brac import BRACConfig
 from offrl.agents.iql import IQLConfig
 from offrl.data import (
@@ -106,9 +107,9 @@ class TrainConfig:
     flag the record (``"diverged": true``) and go on. NaN/inf always stops."""
     divergence_factor: float = 10.0
     """Divergence limit: q_max + divergence_factor * max(Q range width, |q_max|, 1)."""
-    algo: Literal["cql", "brac", "bc", "iql", "awac"] = "cql"
+    algo: Literal["cql", "brac", "bc", "iql", "awac", "bear"] = "cql"
     """Algorithm: CQL (paper Eq. 1), BRAC (Appendix F; needs --behavior-run), behaviour cloning, IQL
-    (Kostrikov et al. 2022) or AWAC (Nair et al. 2020)."""
+    (Kostrikov et al. 2022), AWAC (Nair et al. 2020) or BEAR (Kumar et al. 2019)."""
     agent: cql.CQLConfig = dataclasses.field(default_factory=cql.CQLConfig)
     """CQL hyperparameters (used with --algo cql)."""
     brac: BRACConfig = dataclasses.field(default_factory=BRACConfig)
@@ -119,6 +120,8 @@ class TrainConfig:
     """IQL hyperparameters (used with --algo iql)."""
     awac: AWACConfig = dataclasses.field(default_factory=AWACConfig)
     """AWAC hyperparameters (used with --algo awac)."""
+    bear: BEARConfig = dataclasses.field(default_factory=BEARConfig)
+    """BEAR hyperparameters (used with --algo bear)."""
     behavior_run: Path | None = None
     """BRAC: a run of `offrl train --algo bc` on the same dataset, whose policy becomes pi_beta."""
     behavior_step: int | None = None
@@ -273,7 +276,7 @@ def _eval_arrays(
 
 
 # The TrainConfig field that holds each algorithm's hyperparameters (CQL's is `agent`, the paper's algorithm).
-ALGO_FIELD = {"cql": "agent", "brac": "brac", "bc": "bc", "iql": "iql", "awac": "awac"}
+ALGO_FIELD = {"cql": "agent", "brac": "brac", "bc": "bc", "iql": "iql", "awac": "awac", "bear": "bear"}
 
 
 def active_agent_config(config: TrainConfig) -> Any:
@@ -423,11 +426,12 @@ def _check_config(config: TrainConfig) -> None:
             f"--checkpoint-every {config.checkpoint_every} is larger than --steps {config.steps}: the run would "
             f"save no checkpoint to diagnose; lower --checkpoint-every"
         )
-    bc_steps = getattr(active_agent_config(config), "bc_steps", 0) if config.algo == "cql" else 0
-    if bc_steps and config.steps <= bc_steps:
+    warm = warmup_steps(config.algo, active_agent_config(config))
+    if warm and config.steps <= warm:
+        flag = f"--{ALGO_FIELD[config.algo]}.{WARMUP_FIELD[config.algo].replace('_', '-')}"
         problems.append(
-            f"--steps {config.steps} is not more than the behaviour-cloning warm start (--agent.bc-steps "
-            f"{bc_steps}): the run would train only behaviour cloning; raise --steps or lower --agent.bc-steps"
+            f"--steps {config.steps} is not more than the actor's warm start ({flag} {warm}): the run would "
+            f"train only the warm start; raise --steps or lower {flag}"
         )
     if config.log_every < 1:
         problems.append(f"--log-every must be >= 1 (got {config.log_every})")

@@ -33,8 +33,9 @@ from offrl.training import run_dir as rd
 VERDICTS = ("overfitting", "underfitting", "over-estimation", "healthy", "inconclusive", "diverged")
 # Per algorithm: the curve of Metric 3.1 / Guideline 3.1, and the regularizer compared by Metric 3.2.
 DEFAULT_METRIC = {"cql": "q_data", "brac": "q_regularized", "bc": "heldout/log_likelihood", "iql": "q_data",
-                  "awac": "q_data"}
-REGULARIZER = {"cql": "cql_regularizer", "brac": "kl_estimate", "bc": None, "iql": "value_loss", "awac": "weighted_nll"}
+                  "awac": "q_data", "bear": "q_data"}
+REGULARIZER = {"cql": "cql_regularizer", "brac": "kl_estimate", "bc": None, "iql": "value_loss", "awac": "weighted_nll",
+               "bear": "mmd"}
 DIAGNOSIS_FILE = "diagnosis.json"
 
 
@@ -527,6 +528,12 @@ def _run_inputs(run_dir: Path) -> dict[str, Any]:
             "num_params": cfg.get("num_params")}
 
 
+def _warmup(config: dict[str, Any]) -> int:
+    from offrl.agents import warmup_steps  # the agents pull in flax and optax; diagnosis alone needs neither
+
+    return warmup_steps(config.get("algo", "cql"), config.get("agent", {}))
+
+
 def diagnose_run(
     run_dir: str | Path,
     compare: Sequence[str | Path] = (),
@@ -558,7 +565,7 @@ def diagnose_run(
         after_peak=after_peak,
         compare=others,
         num_params=main["num_params"],
-        warmup_steps=int(main["config"].get("agent", {}).get("bc_steps", 0)),
+        warmup_steps=_warmup(main["config"]),
         algo=main["config"].get("algo", "cql"),
     )
     result["config"] = dataclasses.asdict(config)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from offrl.agents import warmup_steps
 from offrl.envs import DEFAULT_HORIZON, evaluate_policy
 from offrl.envs.gym import DEFAULT_SUCCESS_KEY, EnvSpec
 from offrl.training import run_dir as rd
@@ -278,7 +279,7 @@ def attach_comparison(run_dir: str | Path, bc_run: str | Path | None = None) -> 
         bc_run = None
     comparison = analysis_only_comparison(
         rd.read_json(run_dir / EVALUATION_FILE), diagnosis.get("selected_step"),
-        int(cfg.get("agent", {}).get("bc_steps", 0)) if cfg.get("algo", "cql") == "cql" else 0,
+        warmup_steps(cfg.get("algo", "cql"), cfg.get("agent", {})),
         cfg["dataset"].get("metadata", {}), bc_eval, bc_step,
     )
     if bc_run is not None:

@@ -10,13 +10,13 @@ from typing import Any, Literal
 
 from offrl.agents.awac import AWACConfig
 from offrl.agents.bc import BCConfig
+from offrl.agents.bear import BEARConfig
 from offrl.agents.brac import BRACConfig
 from offrl.agents.cql import CQLConfig
 from offrl.agents.iql import IQLConfig
 from offrl.data.collect import collect
 from offrl.envs import DEFAULT_HORIZON
 from offrl.envs.behaviour import DEFAULT_REGIME
-from offrl.report import write_report
 from offrl.training import run_dir as rd
 from offrl.training.timing import compile_timer
 from offrl.training.train import TrainConfig, train
@@ -72,7 +72,7 @@ class WorkflowConfig:
     alone achieves beside the CQL pick (analysis only). 0 skips it."""
     progress: bool = True
     """Progress bars."""
-    algo: Literal["cql", "brac", "bc", "iql", "awac"] = "cql"
+    algo: Literal["cql", "brac", "bc", "iql", "awac", "bear"] = "cql"
     """Algorithm. ``brac`` first trains behaviour cloning (its own run directory, suffix ``_bc``) and uses the
     checkpoint with the highest held-out log-likelihood as pi_beta."""
     auto: bool = False
@@ -89,6 +89,8 @@ class WorkflowConfig:
     """IQL hyperparameters."""
     awac: AWACConfig = dataclasses.field(default_factory=AWACConfig)
     """AWAC hyperparameters."""
+    bear: BEARConfig = dataclasses.field(default_factory=BEARConfig)
+    """BEAR hyperparameters."""
 
 
 def run_workflow(config: WorkflowConfig) -> dict[str, Any]:
@@ -138,7 +140,8 @@ def _run_workflow(config: WorkflowConfig, timings: dict[str, float], t_start: fl
     base = TrainConfig(
         dataset=Path(dataset), out=out, steps=config.steps, checkpoint_every=config.checkpoint_every,
         seed=config.seed, progress=config.progress, algo=config.algo, agent=config.agent, brac=config.brac,
-        bc=config.bc, iql=config.iql, awac=config.awac, obs=config.obs, frame_stack=config.frame_stack, batch_size=config.batch_size,
+        bc=config.bc, iql=config.iql, awac=config.awac, bear=config.bear,
+        obs=config.obs, frame_stack=config.frame_stack, batch_size=config.batch_size,
     )
     t = time.perf_counter()
     if config.algo == "brac":
@@ -166,6 +169,8 @@ def _run_workflow(config: WorkflowConfig, timings: dict[str, float], t_start: fl
             timings["bc_baseline_s"] = time.perf_counter() - t
     else:
         print("[4/5] evaluation skipped (--eval-episodes 0)", flush=True)
+    from offrl.report import write_report  # matplotlib: ~0.8 s to import, not needed before this point
+
     report = write_report(out)
     print(f"[5/5] report written: {report}", flush=True)
     timings["total_s"] = time.perf_counter() - t_start
@@ -222,6 +227,8 @@ def _run_auto(config: WorkflowConfig, timings: dict[str, float], t_start: float)
     result = run_auto(config)
     timings["train_s"] = time.perf_counter() - t
     summary: dict[str, Any] = {"decision": result["decision"], "runs": result["runs"]}
+    from offrl.report import write_report
+
     for run in result["runs"].values():
         if config.eval_episodes > 0:
             from offrl.workflow.evaluate import evaluate_run

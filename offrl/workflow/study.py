@@ -40,7 +40,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from offrl.agents import CONFIGS
+from offrl.agents import CONFIGS, warmup_steps
 from offrl.envs import DEFAULT_HORIZON, DEFAULT_NOISE_SIGMA
 from offrl.envs.behaviour import REGIMES
 from offrl.training import run_dir as rd
@@ -49,8 +49,8 @@ from offrl.workflow.auto import RemedyConfig, remedy_agent
 CELL_FILE = "cell.json"
 PRESETS = ("base", "vib", "dropout", "capacity")
 # Settings that run another algorithm with its paper's defaults; a named setting may set ``algo`` too.
-ALGORITHM_PRESETS = ("iql", "awac")
-STUDY_ALGOS = ("cql", "iql", "awac")  # BRAC needs a behaviour run per cell, BC has no Q-value to select with
+ALGORITHM_PRESETS = ("iql", "awac", "bear")
+STUDY_ALGOS = ("cql", "iql", "awac", "bear")  # BRAC needs a behaviour run per cell, BC has no Q-value to select with
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +83,7 @@ class StudyConfig:
     bootstrap_samples: int = 10_000
     settings: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     """Named agent settings beyond the presets: ``{"name": {field: value}}``, fields of CQLConfig, or with
-    ``algo = "iql"`` / ``"awac"`` of that algorithm's config (so that selection can be compared across
+    ``algo = "iql"`` / ``"awac"`` / ``"bear"`` of that algorithm's config (so that selection can be compared across
     algorithms on one grid)."""
 
     @property
@@ -239,7 +239,7 @@ def algo_for(setting: str, config: StudyConfig) -> str:
 
 def agent_for(setting: str, config: StudyConfig) -> Any:
     """The agent config of a setting: the package's CQL defaults, a remedy of the automated loop, another
-    algorithm's defaults (``iql``, ``awac``), or a named override of the config of :func:`algo_for`'s algorithm."""
+    algorithm's defaults (``iql``, ``awac``, ``bear``), or a named override of the config of :func:`algo_for`'s algorithm."""
     algo = algo_for(setting, config)
     base = CONFIGS[algo]()
     if setting in ("base", *ALGORITHM_PRESETS):
@@ -351,7 +351,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
         timings["evaluate_s"] = time.perf_counter() - t
     cfg = rd.read_json(run / rd.CONFIG_FILE)
     # FQE only scores the checkpoints selectors choose among (after the BC warm start): a third less work.
-    warmup = int(cfg["agent"].get("bc_steps", 0))
+    warmup = warmup_steps(cfg.get("algo", "cql"), cfg["agent"])
     fqe_steps = [s for s in steps if s > warmup] or steps
     fqe = rd.read_json(run / FQE_FILE) if (run / FQE_FILE).is_file() else None
     if fqe is None or [r["step"] for r in fqe["results"]] != fqe_steps or fqe["config"]["steps"] != config.fqe_steps:
