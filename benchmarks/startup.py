@@ -10,9 +10,13 @@ typical one. Measured:
 - ``help``: ``offrl --help``;
 - ``select``: ``offrl select RUN`` on a tiny CQL run (20 gradient steps, 16x16 networks, a checkpoint every 5
   steps) that the script trains in a temporary folder first; it diagnoses the run and writes diagnosis.json;
-- ``train_help`` and ``train_help_no_reexec``: ``offrl train --help`` with and without
-  (``OFFRL_HUGEPAGES=0``) the restart with huge-page malloc that training commands make (:mod:`offrl.runtime`).
-  ``--help`` and ``select`` are not restarted; the pair shows what the restart costs.
+- ``import_train``: ``python -c "import offrl.training.train"``, what train, tune, sweep and workflow import
+  before they parse their flags (jax, flax, optax, orbax: the agents' config classes live beside their code);
+- ``train_help``: ``offrl train --help`` (help is never restarted);
+- ``train_error`` and ``train_error_no_reexec``: ``offrl train --out DIR`` without a dataset (it stops with
+  "--dataset is required", status 1, after the imports), with and without (``OFFRL_HUGEPAGES=0``) the restart
+  with huge-page malloc that training commands make (:mod:`offrl.runtime`); the pair shows what the restart
+  costs.
 
 The console script next to this interpreter (``.venv/bin/offrl``) is timed when it exists, else
 ``python -m offrl.cli``. The load average before and after is recorded: on a busy machine the times are upper
@@ -64,13 +68,18 @@ def tiny_run(folder: Path) -> Path:
     return train(config)
 
 
-def time_command(argv: list[str], repeats: int, env: dict[str, str] | None = None) -> dict[str, float]:
-    """Best and median wall-clock seconds of ``repeats`` runs of ``argv``; raises if one fails."""
+def time_command(
+    argv: list[str], repeats: int, env: dict[str, str] | None = None, status: int = 0
+) -> dict[str, float]:
+    """Best and median wall-clock seconds of ``repeats`` runs of ``argv``; raises if one exits with another status
+    than ``status``."""
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         times.append(time.perf_counter() - t)
+        if proc.returncode != status:
+            raise RuntimeError(f"{' '.join(argv)} exited with {proc.returncode}: {proc.stderr.decode()[-500:]}")
     return {"best_s": round(min(times), 3), "median_s": round(statistics.median(times), 3)}
 
 
@@ -87,13 +96,16 @@ def main() -> None:
         run = tiny_run(Path(tmp))
         make_run_s = time.perf_counter() - t
         no_reexec = {**os.environ, "OFFRL_HUGEPAGES": "0"}
+        no_data = str(Path(tmp) / "no-dataset")  # refused before anything is written
         out: dict = {
             "python": time_command([sys.executable, "-c", "pass"], args.repeats),
             "import_cli": time_command([sys.executable, "-c", "import offrl.cli"], args.repeats),
             "help": time_command([*offrl, "--help"], args.repeats),
             "select": time_command([*offrl, "select", str(run)], args.repeats),
+            "import_train": time_command([sys.executable, "-c", "import offrl.training.train"], args.repeats),
             "train_help": time_command([*offrl, "train", "--help"], args.repeats),
-            "train_help_no_reexec": time_command([*offrl, "train", "--help"], args.repeats, no_reexec),
+            "train_error": time_command([*offrl, "train", "--out", no_data], args.repeats, status=1),
+            "train_error_no_reexec": time_command([*offrl, "train", "--out", no_data], args.repeats, no_reexec, 1),
         }
     load_end = os.getloadavg()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 import pytest
 from conftest import chain_arrays
@@ -155,7 +156,7 @@ def test_import_inspect_train_directly_and_export(tmp_path, capsys):
     "extra, message",
     [
         (["--steps", "100", "--checkpoint-every", "200"], "--checkpoint-every 200 is larger than --steps 100"),
-        (["--steps", "40", "--checkpoint-every", "20"], "not more than the behaviour-cloning warm start"),
+        (["--steps", "40", "--checkpoint-every", "20"], "warm start (--agent.bc-steps 50)"),
     ],
 )
 def test_settings_that_cannot_work_fail_before_training(tmp_path, capsys, extra, message):
@@ -225,3 +226,123 @@ def test_newcomer_path_collect_train_diagnose_select_evaluate_report_export(tmp_
     # After the evaluation, diagnosis.json sets the pick beside the data and the alternatives.
     side = json.loads((tmp_path / "runs/r/diagnosis.json").read_text())["analysis_only"]
     assert side["selected"]["step"] == step and side["behaviour"]["episodes"] == 4
+
+
+def _help(argv, monkeypatch, capsys) -> str:
+    """`offrl ARGV --help` as an 80-column terminal shows it."""
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--help"])
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, shown, hint",
+    [
+        (["train"], ["--agent.alpha", "--agent.bc-steps"], "offrl train --algo {brac,bc,iql,awac"),
+        (["workflow"], ["--agent.alpha", "--bc.actor-lr"], "offrl workflow --algo {brac,bc,iql,awac"),
+        (["tune"], ["--train.agent.alpha"], "offrl tune --train.algo brac --help"),
+        (["sweep"], ["--train.agent.alpha"], None),
+    ],
+)
+def test_help_shows_the_hyperparameters_of_the_chosen_algorithm_only(monkeypatch, capsys, argv, shown, hint):
+    # Issue "A newcomer's first hour": `offrl train --help` was 261 lines, CQL's, BRAC's and BC's groups each
+    # repeating the same 13 fields; with IQL and AWAC 373 lines. The other algorithms' groups are hidden now.
+    text = _help(argv, monkeypatch, capsys)
+    assert len(text.splitlines()) < 230
+    for flag in shown:
+        assert flag in text
+    for group in ("brac", "iql", "awac"):
+        assert f"{group}." not in text.replace("train.", "")  # no --brac.*, --train.iql.*, ...
+    assert "behavior-run {None}|PATH" not in text  # BRAC's only
+    if hint:
+        assert hint in text and "--help" in text
+
+
+def test_help_of_another_algorithm(monkeypatch, capsys):
+    text = _help(["train", "--algo", "iql"], monkeypatch, capsys)
+    assert "--iql.expectile" in text and "--agent." not in text and "--brac." not in text
+    assert "offrl train --algo {cql,brac,bc,awac" in text
+    text = _help(["tune", "--train.algo", "brac"], monkeypatch, capsys)
+    assert "--train.brac.beta" in text and "--train.behavior-run {None}|PATH" in text and "--train.agent." not in text
+    text = _help(["workflow", "--algo", "brac"], monkeypatch, capsys)
+    assert "--brac.beta" in text and "--bc.actor-lr" in text and "--agent.alpha" not in text  # pi_beta: BC
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--out", "r", "--brac.beta", "2"],
+         "--brac.beta belongs to --algo brac, but this command uses --algo cql (the default), which ignores it: "
+         "add --algo brac, or drop --brac.beta"),
+        (["train", "--algo=iql", "--out", "r", "--agent.alpha=5"], "--agent.alpha belongs to --algo cql, but this "
+         "command uses --algo iql"),
+        (["train", "--algo", "iql", "--out", "r", "--behavior-run", "bc"], "--behavior-run belongs to --algo brac"),
+        (["tune", "--out", "t", "--train.iql.expectile", "0.8"], "--train.iql.expectile belongs to --train.algo iql"),
+        (["workflow", "--algo", "awac", "--bc.actor-lr", "1e-3"], "--bc.actor-lr belongs to --algo bc, cql or brac"),
+    ],
+)
+def test_a_flag_of_another_algorithm_is_an_error(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("offrl: error: ") and message in err and err.count("\n") == 1
+    assert not any(tmp_path.iterdir())
+
+
+def test_flags_parse_as_before(monkeypatch):
+    """Hiding the other algorithms' groups changes the help only: values, defaults and classes are the same."""
+    from pathlib import Path
+
+    import offrl.cli as cli
+    from offrl.agents.brac import BRACConfig
+    from offrl.agents.cql import CQLConfig
+    from offrl.training.sweep import SweepConfig
+    from offrl.training.train import TrainConfig
+    from offrl.workflow.pipeline import WorkflowConfig
+
+    parsed = []
+    monkeypatch.setattr(cli, "run", lambda cmd: parsed.append(cmd) or 0)
+
+    def parse(*argv):
+        assert main(list(argv)) == 0
+        return parsed.pop()
+
+    base = TrainConfig(out=Path("r"), dataset=Path("d.h5"))
+    assert parse("train", "--out", "r", "--dataset", "d.h5") == base  # every default as TrainConfig's
+    cmd = parse("train", "--out", "r", "--dataset", "d.h5", "--agent.alpha", "5", "--agent.critic-hidden-dims", "8")
+    assert type(cmd) is TrainConfig and cmd == replace(base, agent=CQLConfig(alpha=5.0, critic_hidden_dims=(8,)))
+    cmd = parse("train", "--algo", "brac", "--out", "r", "--dataset", "d.h5", "--brac.beta", "2", "--behavior-run",
+                "bc", "--brac.penalty", "policy")
+    assert cmd == replace(base, algo="brac", brac=BRACConfig(beta=2.0, penalty="policy"), behavior_run=Path("bc"))
+    assert parse("train", "--algo", "iql", "--out", "r", "--iql.expectile", "0.9").iql.expectile == 0.9
+    tune = parse("tune", "--out", "t", "--train.algo", "brac", "--train.brac.beta", "3", "--train.behavior-run", "b")
+    assert type(tune) is cli.Tune and type(tune.train) is TrainConfig
+    assert (tune.train.steps, tune.train.dataset, tune.train.brac.beta) == (20_000, Path("data/pick-place.h5"), 3.0)
+    sweep = parse("sweep", "--train.out", "s", "--train.agent.alpha", "2", "--param", "dr3_coef", "--values", "1")
+    assert type(sweep) is SweepConfig and sweep.train.agent.alpha == 2.0 and sweep.values == (1.0,)
+    flow = parse("workflow", "--algo", "brac", "--brac.beta", "0.5", "--bc.actor-lr", "0.001")
+    assert type(flow) is WorkflowConfig and flow == WorkflowConfig(
+        algo="brac", brac=BRACConfig(beta=0.5), bc=replace(WorkflowConfig().bc, actor_lr=0.001))
+    assert parse("workflow") == WorkflowConfig()
+
+
+def test_the_command_starts_without_jax_and_the_plots():
+    """`import offrl.cli` (every command pays it) loads neither jax, flax, orbax nor matplotlib: train, tune,
+    sweep and workflow load them when they run, `offrl report` its plots (benchmarks/startup.py, docs/speed.md)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, offrl.cli; "
+            "print(sorted(m for m in ('jax', 'flax', 'optax', 'orbax', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_top_level_help_lists_every_command(monkeypatch, capsys):
+    text = _help([], monkeypatch, capsys)
+    for name in ("collect", "train", "diagnose", "select", "evaluate", "report", "tune", "import", "inspect",
+                 "export", "study", "sweep", "workflow"):
+        assert f"• {name} " in text
+    assert "Train an agent on a dataset" in text and "Choose CQL's alpha (or BRAC's beta) offline" in text

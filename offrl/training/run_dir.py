@@ -17,13 +17,13 @@ import platform
 import time
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
-
-import jax
-import orbax.checkpoint as ocp
+from typing import TYPE_CHECKING, Any
 
 import offrl
 from offrl.fileio import temp_file_beside
+
+if TYPE_CHECKING:  # jax and orbax take ~1.5 s to import: only the checkpoint functions load them
+    import orbax.checkpoint as ocp
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -133,6 +133,8 @@ def truncate_metrics(run_dir: str | Path, max_step: int) -> None:
 
 def checkpoint_manager(run_dir: str | Path) -> ocp.CheckpointManager:
     """Orbax manager over RUN_DIR/checkpoints, synchronous so a checkpoint is complete when save returns."""
+    import orbax.checkpoint as ocp
+
     return ocp.CheckpointManager(
         Path(run_dir).absolute() / CHECKPOINT_DIR,
         options=ocp.CheckpointManagerOptions(max_to_keep=None, enable_async_checkpointing=False, create=True),
@@ -141,6 +143,8 @@ def checkpoint_manager(run_dir: str | Path) -> ocp.CheckpointManager:
 
 def save_checkpoint(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any]) -> None:
     """Save the agent state and its JSON description at a step (atomic; an existing step is never replaced)."""
+    import orbax.checkpoint as ocp
+
     if step in manager.all_steps():
         raise FileExistsError(f"checkpoint {step} already exists in {manager.directory}: refusing to replace it")
     manager.save(
@@ -168,6 +172,9 @@ def restore_checkpoint(
         FileNotFoundError: no checkpoint at that step.
         ValueError: the checkpoint fits neither the current nor any legacy layout.
     """
+    import jax
+    import orbax.checkpoint as ocp
+
     if step not in manager.all_steps():
         raise FileNotFoundError(
             f"no checkpoint at step {step} in {manager.directory}; available: {list(manager.all_steps())}"
