@@ -340,3 +340,22 @@ def test_inspect_reports_the_frames_and_flags_blank_cameras(image_chain_dataset)
     assert not any("camera" in p for p in report["problems"])
     blank = dataclasses.replace(image_chain_dataset, images=np.zeros_like(image_chain_dataset.images))
     assert any("images are (nearly) constant" in p for p in inspect_dataset(blank)["problems"])
+
+
+@pytest.mark.parametrize("algo", ["iql", "awac", "bear"])
+def test_iql_awac_bear_updates_on_images_train_their_encoders(algo):
+    from offrl.agents import CONFIGS, get_agent
+
+    small = {"critic_hidden_dims": (32,), "actor_hidden_dims": (32,)}
+    small.update({"iql": {"value_hidden_dims": (32,)}, "awac": {}, "bear": {"vae_hidden_dims": (32,)}}[algo])
+    config = CONFIGS[algo](**small)
+    module = get_agent(algo)
+    state = module.init(config, {"image": [48, 48, 3], "state": 0}, 4, jax.random.PRNGKey(0))
+    new, metrics = jax.jit(lambda s, b, k: module.update(s, b, k, config))(state, _image_batch(), jax.random.PRNGKey(2))
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    kernel = lambda p: p["params"]["encoder_0"]["ConvEncoder_0"]["Conv_0"]["kernel"]  # noqa: E731
+    assert not np.allclose(kernel(state.critic_params), kernel(new.critic_params))
+    actor = lambda p: p["params"]["encoder"]["ConvEncoder_0"]["Conv_0"]["kernel"]  # noqa: E731
+    assert not np.allclose(actor(state.actor_params), actor(new.actor_params))
+    ev = module.evaluate(new, _image_batch(seed=1), jax.random.PRNGKey(3), config)
+    assert all(v.shape == (8,) and np.all(np.isfinite(v)) for v in ev.values())
