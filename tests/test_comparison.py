@@ -98,9 +98,11 @@ def test_a_recorded_bc_baseline_survives_a_later_diagnosis(tmp_path):
     assert again["analysis_only"]["bc_run"] == str(bc)
 
 
-def test_trust_statement_names_what_lies_outside_the_grid(tmp_path):
+def test_trust_statement_names_what_lies_outside_the_grid(tmp_path, monkeypatch):
     from offrl.workflow import trust
 
+    monkeypatch.setattr(trust, "MEASURED", {})
+    monkeypatch.setattr(trust, "SOURCE", {})
     inside = {"algo": "cql", "dataset": {"obs_mode": "state", "num_episodes": 300,
                                          "metadata": {"regime": "mixed", "task": "lever-pull-v3"}}}
     t = trust.trust_statement("q_peak", inside)
@@ -110,11 +112,25 @@ def test_trust_statement_names_what_lies_outside_the_grid(tmp_path):
     t = trust.trust_statement("q_peak", outside)
     assert len(t["outside_grid"]) == 4 and "outside what was measured" in t["statement"]
     trust.MEASURED["q_peak"] = {"regret": 0.31, "regret_ci": [0.2, 0.42], "within_0_1": 0.5, "n": 48}
-    try:
-        assert "0.31 [0.20, 0.42]" in trust.trust_statement("q_peak", inside)["statement"]
-        assert "50% of 48 runs" in trust.trust_statement("q_peak", inside)["statement"]
-    finally:
-        trust.MEASURED.clear()
+    assert "0.31 [0.20, 0.42]" in trust.trust_statement("q_peak", inside)["statement"]
+    assert "50% of 48 runs" in trust.trust_statement("q_peak", inside)["statement"]
+    assert "provisional" not in trust.trust_statement("q_peak", inside)["statement"]
+    # measured.json from a study's analysis: the study's selector names become the diagnosis's; a grid not
+    # finished is said to be provisional.
+    analysis = {"runs": 12, "cells_total": 48, "headline": {
+        "workflow": {"regret": {"mean": 0.5, "ci": [0.3, 0.7], "n": 11}, "within_0.1": {"mean": 0.25}},
+        "fqe": {"regret": {"mean": 0.4, "ci": None, "n": 1}, "within_0.1": {"mean": 1.0}},
+        "random": {"regret": {"mean": None, "ci": None, "n": 0}}}}
+    (tmp_path / "analysis.json").write_text(json.dumps(analysis))
+    assert trust.main([str(tmp_path / "analysis.json"), str(tmp_path / "measured.json")]) == 0
+    measured, source = trust.load_measured(tmp_path / "measured.json")
+    assert set(measured) == {"q_peak", "fqe"} and measured["fqe"]["regret_ci"] == [0.4, 0.4]
+    assert source["runs"] == 12 and source["cells_total"] == 48
+    monkeypatch.setattr(trust, "MEASURED", measured)
+    monkeypatch.setattr(trust, "SOURCE", source)
+    t = trust.trust_statement("q_peak", inside)["statement"]
+    assert "0.50 [0.30, 0.70]" in t and "25% of 11 runs" in t and "not finished (12 of 48 runs)" in t and "provisional" in t
+    assert trust.main([str(tmp_path / "missing.json")]) == 2
     # diagnose writes it beside the verdict
     run = _run(tmp_path, [1, 2, 3, 4, 5, 6, 7, 8])
     assert "statement" in diagnose_run(run)["trust"]
