@@ -122,7 +122,7 @@ def test_study_config_is_checked(tmp_path):
 
 
 def test_shipped_study_files_parse():
-    for name in ("cpu", "gpu"):
+    for name in ("cpu", "gpu", "dev", "algorithms"):
         config = load_study_config(f"studies/{name}.toml")
         assert cells_of(config)
 
