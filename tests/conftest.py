@@ -40,6 +40,20 @@ def chain_arrays(
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
+
+def two_action_bandit(n: int = 512) -> dict:
+    """One state, one step (every transition terminal): half the data takes a = -0.5 (reward 0), half a = +0.5
+    (reward 1), each with noise 0.02; as device arrays of a training batch's keys (observations 2-d ones)."""
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    act = np.where(np.arange(n) % 2 == 0, -0.5, 0.5).astype(np.float32)[:, None]
+    act = act + rng.normal(0, 0.02, act.shape).astype(np.float32)
+    obs = np.ones((n, 2), np.float32)
+    return {"observations": jnp.asarray(obs), "actions": jnp.asarray(act),
+            "rewards": jnp.asarray((act[:, 0] > 0).astype(np.float32)), "terminals": jnp.ones(n),
+            "next_observations": jnp.asarray(obs)}
+
 @pytest.fixture
 def chain_dataset() -> Dataset:
     return make_dataset(chain_arrays(), {"task": "toy", "action_low": [-1, -1], "action_high": [1, 1]})

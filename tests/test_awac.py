@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import chain_arrays
+from conftest import chain_arrays, two_action_bandit
 
 from offrl.agents import awac, common
 from offrl.cli import main
@@ -57,14 +57,7 @@ def test_settings_that_cannot_work_are_refused(bad):
 
 
 def test_bandit_policy_keeps_to_the_data_and_prefers_its_better_action():
-    n = 512
-    rng = np.random.default_rng(0)
-    act = np.where(np.arange(n) % 2 == 0, -0.5, 0.5).astype(np.float32)[:, None]
-    act = act + rng.normal(0, 0.02, act.shape).astype(np.float32)
-    obs = np.ones((n, 2), np.float32)
-    data = {"observations": jnp.asarray(obs), "actions": jnp.asarray(act),
-            "rewards": jnp.asarray((act[:, 0] > 0).astype(np.float32)), "terminals": jnp.ones(n),
-            "next_observations": jnp.asarray(obs)}
+    data = two_action_bandit()  # one state: a = -0.5 pays 0, a = +0.5 pays 1, half the data each
     # lambda 0.1: weights about exp(+-5) apart. (With the default lambda 1 and this reward gap of 1 they are only
     # about e:1 apart, and a unimodal policy's weighted fit lands between the two modes, nearer the better one.)
     config = awac.AWACConfig(critic_hidden_dims=(32, 32), actor_hidden_dims=(32, 32), critic_lr=1e-3,

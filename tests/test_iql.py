@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import chain_arrays
+from conftest import chain_arrays, two_action_bandit
 
 from offrl.agents import common, iql
 from offrl.cli import main
@@ -48,15 +48,7 @@ def test_settings_that_cannot_work_are_refused(bad, match):
 
 
 def test_bandit_policy_keeps_to_the_data_and_prefers_its_better_action():
-    # One state, one step: half the data takes a = -0.5 (reward 0), half a = +0.5 (reward 1).
-    n = 512
-    rng = np.random.default_rng(0)
-    act = np.where(np.arange(n) % 2 == 0, -0.5, 0.5).astype(np.float32)[:, None]
-    act = act + rng.normal(0, 0.02, act.shape).astype(np.float32)
-    obs = np.ones((n, 2), np.float32)
-    data = {"observations": jnp.asarray(obs), "actions": jnp.asarray(act),
-            "rewards": jnp.asarray((act[:, 0] > 0).astype(np.float32)), "terminals": jnp.ones(n),
-            "next_observations": jnp.asarray(obs)}
+    data = two_action_bandit()  # one state: a = -0.5 pays 0, a = +0.5 pays 1, half the data each
     config = iql.IQLConfig(critic_hidden_dims=(32, 32), value_hidden_dims=(32, 32), actor_hidden_dims=(32, 32),
                            critic_lr=1e-3, value_lr=1e-3, actor_lr=1e-3)
     state = iql.init(config, 2, 1, jax.random.PRNGKey(0))

@@ -79,13 +79,7 @@ def config_problems(config: AWACConfig) -> list[str]:
     if not config.awac_lambda > 0:
         problems.append(f"--awac.awac-lambda (the temperature of the advantage weights) must be > 0, got "
                         f"{config.awac_lambda} (1.0 is the default; smaller trusts the critic more)")
-    if not config.max_weight > 0:
-        problems.append(f"--awac.max-weight must be > 0, got {config.max_weight}")
-    if not 0.0 < config.tau <= 1.0:
-        problems.append(f"--awac.tau must be in (0, 1], got {config.tau}")
-    if config.num_critics < 1:
-        problems.append(f"--awac.num-critics must be >= 1, got {config.num_critics}")
-    return problems
+    return problems + common.shared_problems("awac", config)
 
 
 @flax.struct.dataclass

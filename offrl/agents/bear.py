@@ -123,13 +123,9 @@ def config_problems(config: BEARConfig) -> list[str]:
         problems.append(f"--bear.soft-clip-lambda must be in [0, 1], got {config.soft_clip_lambda}")
     if not 0.0 < config.delta_conf < 1.0:
         problems.append(f"--bear.delta-conf must be in (0, 1), got {config.delta_conf}")
-    if config.num_critics < 1:
-        problems.append(f"--bear.num-critics must be >= 1, got {config.num_critics}")
     if config.warmstart_steps < 0:
         problems.append(f"--bear.warmstart-steps must be >= 0, got {config.warmstart_steps}")
-    if not 0.0 < config.tau <= 1.0:
-        problems.append(f"--bear.tau must be in (0, 1], got {config.tau}")
-    return problems
+    return problems + common.shared_problems("bear", config)
 
 
 @flax.struct.dataclass

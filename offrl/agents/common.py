@@ -151,3 +151,19 @@ def advantage_weights(advantage: jnp.ndarray, inverse_temperature: Any, max_weig
     ``beta``) and AWAC's actor (Nair et al. 2020, Eq. 13, ``1 / lambda``). The clip (100 in both authors' code)
     keeps one large advantage from dominating a batch. Same shape as ``advantage``."""
     return jax.lax.stop_gradient(jnp.minimum(jnp.exp(inverse_temperature * advantage), max_weight))
+
+
+def shared_problems(flag_group: str, config: Any) -> list[str]:
+    """Checks of the fields most agents share, as one-line problems naming the flag (``--GROUP.FIELD``): ``tau``
+    in (0, 1], ``gamma`` in [0, 1), ``num_critics`` >= 1 and ``max_weight`` > 0, for those of them the config has."""
+    problems = []
+    tau, gamma = getattr(config, "tau", None), getattr(config, "gamma", None)
+    if tau is not None and not 0.0 < tau <= 1.0:
+        problems.append(f"--{flag_group}.tau must be in (0, 1], got {tau}")
+    if gamma is not None and not 0.0 <= gamma < 1.0:
+        problems.append(f"--{flag_group}.gamma must be in [0, 1), got {gamma}")
+    if getattr(config, "num_critics", 1) < 1:
+        problems.append(f"--{flag_group}.num-critics must be >= 1, got {config.num_critics}")
+    if getattr(config, "max_weight", 1.0) <= 0:
+        problems.append(f"--{flag_group}.max-weight must be > 0, got {config.max_weight}")
+    return problems

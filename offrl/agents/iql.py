@@ -96,13 +96,7 @@ def config_problems(config: IQLConfig) -> list[str]:
     if not config.beta > 0:
         problems.append(f"--iql.beta (the inverse temperature) must be > 0, got {config.beta} (0 would be behaviour "
                         f"cloning: use --algo bc)")
-    if not config.max_weight > 0:
-        problems.append(f"--iql.max-weight must be > 0, got {config.max_weight}")
-    if not 0.0 < config.tau <= 1.0:
-        problems.append(f"--iql.tau must be in (0, 1], got {config.tau}")
-    if config.num_critics < 1:
-        problems.append(f"--iql.num-critics must be >= 1, got {config.num_critics}")
-    return problems
+    return problems + common.shared_problems("iql", config)
 
 
 @flax.struct.dataclass
