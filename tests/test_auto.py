@@ -73,7 +73,7 @@ def test_healthy_runs_need_no_remedy():
 
 def test_remedy_configs():
     base = CQLConfig()
-    assert remedy_agent(base, "vib").vib_dim == 16 and remedy_agent(base, "vib").beta == 1e-3
+    assert remedy_agent(base, "vib").vib_dim == 16 and remedy_agent(base, "vib").vib_beta == 1e-3
     assert remedy_agent(base, "dropout", RemedyConfig(dropout=0.2)).critic_dropout == 0.2
     cap = remedy_agent(base, "capacity")
     assert cap.critic_hidden_dims == (512, 512, 512) and cap.dr3_coef == 1e-3

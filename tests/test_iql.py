@@ -37,7 +37,7 @@ def test_advantage_weights_by_hand_with_the_clip():
 
 @pytest.mark.parametrize("bad, match", [
     ({"expectile": 0.0}, "expectile"), ({"expectile": 1.0}, "expectile"), ({"expectile": 1.5}, "expectile"),
-    ({"beta": 0.0}, "beta"), ({"beta": -1.0}, "beta"), ({"max_weight": 0.0}, "max_weight"),
+    ({"inverse_temperature": 0.0}, "inverse_temperature"), ({"inverse_temperature": -1.0}, "inverse_temperature"), ({"max_weight": 0.0}, "max_weight"),
 ])
 def test_settings_that_cannot_work_are_refused(bad, match):
     config = iql.IQLConfig(**bad)

@@ -69,10 +69,10 @@ def test_dr3_adds_the_feature_dot_product_of_consecutive_states():
 
 
 def test_vib_adds_beta_times_kl_and_with_beta_zero_deterministic_is_a_plain_critic():
-    vib = dataclasses.replace(BASE, vib_dim=4, beta=0.0)
+    vib = dataclasses.replace(BASE, vib_dim=4, vib_beta=0.0)
     state = cql.init(vib, 3, 2, jax.random.PRNGKey(0))
     loss0, parts0 = _loss(vib, state)
-    loss1, parts1 = _loss(dataclasses.replace(vib, beta=0.2), state)
+    loss1, parts1 = _loss(dataclasses.replace(vib, vib_beta=0.2), state)
     assert float(loss1 - loss0) == pytest.approx(0.2 * 2 * float(parts0["vib_kl"].mean()), rel=1e-5)
     assert np.all(np.asarray(parts0["vib_kl"]) >= 0)
     # beta = 0 and a deterministic bottleneck (z = mu): nothing but the TD and CQL terms remain
@@ -108,3 +108,11 @@ def test_training_with_every_regularizer_logs_their_metrics(tmp_path):
     for k in ("vib_kl", "dr3_dot", "l2_weights", "srank", "heldout/vib_kl", "train/dr3_dot"):
         assert np.isfinite(rec[k]), k
     assert 1 <= rec["srank"] <= 16
+
+
+def test_runs_written_before_the_vib_weight_was_renamed_still_load():
+    from offrl.agents import config_from_dict
+
+    # config.json of older runs called CQL's VIB weight "beta"; it is "vib_beta" now (BRAC keeps its beta).
+    assert config_from_dict("cql", {"beta": 0.5, "vib_dim": 16}).vib_beta == 0.5
+    assert config_from_dict("brac", {"beta": 2.0}).beta == 2.0

@@ -12,23 +12,32 @@ from types import ModuleType
 from typing import Any
 
 from offrl.agents import awac, bc, bear, brac, cql, iql
+from offrl.agents import trajectory_transformer as tt
 
-AGENTS: dict[str, ModuleType] = {"cql": cql, "brac": brac, "bc": bc, "iql": iql, "awac": awac, "bear": bear}
+AGENTS: dict[str, ModuleType] = {
+    "cql": cql, "brac": brac, "bc": bc, "iql": iql, "awac": awac, "bear": bear, "tt": tt,
+}
 CONFIGS: dict[str, type] = {
     "cql": cql.CQLConfig, "brac": brac.BRACConfig, "bc": bc.BCConfig, "iql": iql.IQLConfig, "awac": awac.AWACConfig,
-    "bear": bear.BEARConfig,
+    "bear": bear.BEARConfig, "tt": tt.TTConfig,
 }
 
 
 def get_agent(algo: str) -> ModuleType:
-    """The module of an algorithm by name ('cql', 'brac', 'bc', 'iql', 'awac', 'bear')."""
+    """The module of an algorithm by name ('cql', 'brac', 'bc', 'iql', 'awac', 'bear', 'tt')."""
     if algo not in AGENTS:
         raise ValueError(f"unknown algorithm {algo!r}: choose one of {sorted(AGENTS)}")
     return AGENTS[algo]
 
 
+# Fields renamed since runs were first written: (algo, old name) -> new name (config.json of older runs).
+RENAMED = {("cql", "beta"): "vib_beta"}
+
+
 def config_from_dict(algo: str, d: dict[str, Any]) -> Any:
-    """Rebuild an agent config from its JSON form (lists back to tuples); unknown keys are ignored."""
+    """Rebuild an agent config from its JSON form (lists back to tuples); renamed fields are read under their
+    new names (:data:`RENAMED`); unknown keys are ignored."""
+    d = {RENAMED.get((algo, k), k): v for k, v in d.items()}
     cls = CONFIGS[algo]
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names})

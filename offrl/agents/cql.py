@@ -80,8 +80,8 @@ class CQLConfig(common.ActorCriticConfig):
     """LayerNorm before each hidden activation of the critics."""
     vib_dim: int = 0
     """Size of the critics' variational information bottleneck (paper Eq. 3; the release uses 16); 0 = off."""
-    beta: float = 1e-3
-    """VIB weight on KL(N(mu, sigma^2) || N(0, I)) (paper Eq. 3); the release's README value for the
+    vib_beta: float = 1e-3
+    """VIB weight beta on KL(N(mu, sigma^2) || N(0, I)) (paper Eq. 3); the release's README value for the
     overfitting regime (its default is 0.5). Used only with vib_dim > 0."""
     dr3_coef: float = 0.0
     """DR3 weight (paper Eq. 4): c * mean phi(s, a) . stop_grad(phi(s', a')) on the critics' penultimate
@@ -260,7 +260,7 @@ def critic_terms(
         ``q_data``, ``td_error`` (squared Bellman error, no CQL term), ``cql_regularizer`` (before alpha),
         ``q_random``, ``q_policy``, ``target_q``. With the Lagrange variant the CQL term of the loss is
         ``alpha' * alpha * (R - target_action_gap)``, alpha' given (a constant for the critic). The critic
-        regularizers add ``beta * KL`` (VIB, Eq. 3; part ``vib_kl``), ``dr3_coef * phi(s,a).phi(s',a')`` (DR3,
+        regularizers add ``vib_beta * KL`` (VIB, Eq. 3; part ``vib_kl``), ``dr3_coef * phi(s,a).phi(s',a')`` (DR3,
         Eq. 4; part ``dr3_dot``) and L2/L1 weight penalties (parts ``l2_weights``, ``l1_weights``), each
         summed over critics. ``train=False`` (evaluation) turns dropout and VIB sampling off.
     """
@@ -319,7 +319,7 @@ def critic_terms(
     loss = jnp.sum(sq_td.mean(axis=-1) + alpha_prime * (config.alpha * penalty.mean(axis=-1) - gap))
     extra: dict[str, jnp.ndarray] = {}
     if config.vib_dim > 0:
-        loss = loss + config.beta * jnp.sum(aux["kl"].mean(axis=-1))
+        loss = loss + config.vib_beta * jnp.sum(aux["kl"].mean(axis=-1))
         extra["vib_kl"] = aux["kl"].mean(axis=0)
     if common.term_on(config.dr3_coef):
         # DR3 (Eq. 4): the implicit regularizer's co-adaptation of consecutive features, with the gradient

@@ -13,7 +13,8 @@ policy by advantage-weighted regression:
 One gradient step updates V, then the actor (with the new V), then the critics (with the new V), then the
 target critics (Polyak, ``tau``), the order of the authors' code.
 
-Defaults: the paper's Appendix B for its MuJoCo tasks and the authors' default config: expectile 0.7, beta 3.0,
+Defaults: the paper's Appendix B for its MuJoCo tasks and the authors' default config: expectile 0.7, beta
+(``inverse_temperature``) 3.0,
 weights clipped at 100, two critics, 2 x 256 hidden units, Adam 3e-4 for every network, gamma 0.99, tau 0.005.
 (Its Franka Kitchen and Adroit manipulation settings use beta 0.5 and actor dropout 0.1; AntMaze expectile 0.9,
 beta 10.)
@@ -54,8 +55,9 @@ class IQLConfig:
     expectile: float = 0.7
     """tau of the expectile loss (Eq. 5), in (0, 1): 0.5 fits the mean of Q over the data's actions (SARSA);
     towards 1, their maximum."""
-    beta: float = 3.0
-    """Inverse temperature of the advantage weights exp(beta * A) (Eq. 7); > 0. 0 would be behaviour cloning."""
+    inverse_temperature: float = 3.0
+    """beta of the paper, the inverse temperature of the advantage weights exp(beta * A) (Eq. 7); > 0. 0 would be
+    behaviour cloning. (Named apart from BRAC's behaviour weight ``beta``: one name, one meaning.)"""
     max_weight: float = 100.0
     """Clip of the advantage weights (the authors' code), > 0."""
     gamma: float = 0.99
@@ -93,9 +95,9 @@ def config_problems(config: IQLConfig) -> list[str]:
     if not 0.0 < config.expectile < 1.0:
         problems.append(f"--iql.expectile must be in (0, 1), got {config.expectile} (0.7 is the paper's default; "
                         f"0.5 fits the data's average action)")
-    if not config.beta > 0:
-        problems.append(f"--iql.beta (the inverse temperature) must be > 0, got {config.beta} (0 would be behaviour "
-                        f"cloning: use --algo bc)")
+    if not config.inverse_temperature > 0:
+        problems.append(f"--iql.inverse-temperature (the paper's beta) must be > 0, got {config.inverse_temperature} "
+                        f"(0 would be behaviour cloning: use --algo bc)")
     return problems + common.shared_problems("iql", config)
 
 
@@ -168,7 +170,7 @@ def actor_terms(actor_params: Any, state: IQLState, batch: Batch, config: IQLCon
     target critics; aux: per-transition ``adv_weight`` and ``log_likelihood`` (B,)."""
     _, value, actor = _nets(config, batch["actions"].shape[-1])
     adv = _target_q(state, batch, config) - value.apply(state.value_params, batch["observations"])
-    w = common.advantage_weights(adv, config.beta, config.max_weight)
+    w = common.advantage_weights(adv, config.inverse_temperature, config.max_weight)
     mean, log_std = actor.apply(actor_params, batch["observations"])
     log_pi = tanh_gaussian_log_prob(batch["actions"], mean, log_std)
     return -(w * log_pi).mean(), {"adv_weight": w, "log_likelihood": log_pi}

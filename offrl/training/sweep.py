@@ -11,7 +11,7 @@ match a separate run's to float tolerance (tests/test_sweep.py). All members sha
 the split of ``train.seed`` (``TrainConfig.split_seed`` gives a separate run the same split).
 
 What can be swept: any float field of :class:`offrl.agents.cql.CQLConfig` that enters the update only
-arithmetically (alpha, beta, dr3_coef, l2_coef, l1_coef, gamma, tau, learning rates, ...). Fields that change
+arithmetically (alpha, vib_beta, dr3_coef, l2_coef, l1_coef, gamma, tau, learning rates, ...). Fields that change
 the networks' shapes or the program (hidden sizes, vib_dim, num_action_samples, lagrange) cannot share one
 compiled program: run them separately (:func:`sweep` says so). State observations only.
 """
@@ -65,7 +65,7 @@ class SweepConfig:
     seeds: tuple[int, ...] = (0,)
     """Seeds of the runs."""
     param: str | None = None
-    """A float CQL hyperparameter to vary (e.g. alpha, dr3_coef, beta); None: seeds only."""
+    """A float CQL hyperparameter to vary (e.g. alpha, dr3_coef, vib_beta); None: seeds only."""
     values: tuple[float, ...] = ()
     """Values of ``param``."""
 
@@ -95,7 +95,7 @@ def check_sweep(config: SweepConfig) -> list[tuple[int, float | None]]:
         return [(s, None) for s in config.seeds]
     fields = {f.name: f for f in dataclasses.fields(cql.CQLConfig)}
     if config.param not in fields:
-        raise ValueError(f"--param {config.param!r} is not a CQL hyperparameter; floats such as alpha, beta, "
+        raise ValueError(f"--param {config.param!r} is not a CQL hyperparameter; floats such as alpha, vib_beta, "
                          f"dr3_coef, l2_coef can be swept")
     if config.param in _STRUCTURAL or not isinstance(getattr(config.train.agent, config.param), float):
         raise ValueError(

@@ -33,7 +33,7 @@ class RemedyConfig:
     """Capacity-decreasing regularization for overfitting (Guideline 4.1)."""
     vib_dim: int = 16
     """VIB bottleneck size (the release's 16)."""
-    beta: float = 1e-3
+    vib_beta: float = 1e-3
     """VIB weight (the release README's value for the overfitting regime)."""
     dropout: float = 0.1
     """Dropout rate when the remedy is dropout."""
@@ -52,7 +52,7 @@ def remedy_agent(
     """The agent config of a remedy run: ``kind`` in {"vib", "dropout", "capacity"}; ``images``: the run
     learns from pixels, so capacity also means residual encoders (``remedies.residual``)."""
     if kind == "vib":
-        return dataclasses.replace(base, vib_dim=remedies.vib_dim, beta=remedies.beta)
+        return dataclasses.replace(base, vib_dim=remedies.vib_dim, vib_beta=remedies.vib_beta)
     if kind == "dropout":
         return dataclasses.replace(base, critic_dropout=remedies.dropout)
     if kind == "capacity":
