@@ -173,7 +173,7 @@ def export_policy(
     files[POLICY_FILE] = (json.dumps(spec, indent=2) + "\n").encode()
     files[README_FILE] = _readme(spec).encode()
 
-    # Reference actions straight from the checkpoint, as offrl.training.policy.load_policy computes them.
+    # Reference actions straight from the checkpoint, as offrl.training.policy.checkpoint_policy computes them.
     rng = np.random.default_rng(0)
     if observation["mode"] == "state":
         probe = mean + std * rng.normal(size=(4, obs_dim)).astype(np.float32)

@@ -146,7 +146,7 @@ def test_import_inspect_train_directly_and_export(tmp_path, capsys):
     import numpy as np
 
     import offrl
-    from offrl.training.policy import load_policy as checkpoint_policy
+    from offrl.training.policy import checkpoint_policy
 
     obs = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
     np.testing.assert_array_equal(offrl.load_policy(tmp_path / "policy")(obs), checkpoint_policy(run, 80)(obs))

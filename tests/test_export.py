@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from offrl import export as ex
-from offrl.training.policy import load_policy as load_training_policy
+from offrl.training.policy import checkpoint_policy as load_training_policy
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_format_v1"  # cql, steps 40 and 80, obs_dim 3, act_dim 2
 OBS_DIM, ACT_DIM = 3, 2

@@ -24,7 +24,7 @@ from offrl.agents.cql import CQLConfig
 from offrl.cli import main
 from offrl.data import DatasetError, make_dataset, save_dataset
 from offrl.training import run_dir as rd
-from offrl.training.policy import load_policy
+from offrl.training.policy import checkpoint_policy
 from offrl.training.train import TrainingDiverged, train
 from offrl.workflow.diagnosis import diagnose_run
 
@@ -250,7 +250,7 @@ def test_nan_losses_stop_training_keep_the_last_checkpoint_and_diagnose_as_diver
     assert all(s < records[-1]["step"] for s in kept)
     if kept:
         assert f"step {kept[-1]}, is kept" in str(e.value)
-        load_policy(tmp_path / "run", kept[-1])  # the last good checkpoint still loads
+        checkpoint_policy(tmp_path / "run", kept[-1])  # the last good checkpoint still loads
     assert diagnose_run(tmp_path / "run")["verdict"] == "diverged"
 
 
@@ -281,7 +281,7 @@ def test_committed_run_of_format_v1_still_loads(tmp_path):
     run = shutil.copytree(FIXTURE, tmp_path / "old_run")
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["offrl_version"] == "0.1.0"
-    policy = load_policy(run, 80)
+    policy = checkpoint_policy(run, 80)
     a = policy(np.zeros((2, 3), np.float32))
     assert a.shape == (2, 2) and np.all(np.isfinite(a))
     assert diagnose_run(run)["verdict"] in ("inconclusive", "healthy", "overfitting", "underfitting")

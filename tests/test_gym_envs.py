@@ -180,7 +180,7 @@ def _tiny_run(tmp_path):
 
 def test_offrl_evaluate_env_on_a_tiny_run(tmp_path, monkeypatch, capsys):
     from offrl.cli import main
-    from offrl.training.policy import load_policy
+    from offrl.training.policy import checkpoint_policy
     from offrl.workflow.evaluate import evaluate_run
 
     run = _tiny_run(tmp_path)
@@ -196,7 +196,7 @@ def test_offrl_evaluate_env_on_a_tiny_run(tmp_path, monkeypatch, capsys):
     assert ev["task"] is None and ev["horizon"] == 4 and ev["episodes"] == 5 and ev["used_for_selection"] is False
     assert [r["step"] for r in ev["results"]] == [10, 20]
     for row in ev["results"]:  # the same numbers as evaluate_gym on the checkpoint's policy
-        direct = evaluate_gym(load_policy(run, row["step"]), Line, episodes=5, seed=3, horizon=4)
+        direct = evaluate_gym(checkpoint_policy(run, row["step"]), Line, episodes=5, seed=3, horizon=4)
         assert row["episode_successes"] == direct["episode_successes"]
         assert row["mean_episode_length"] == direct["mean_episode_length"]
 

@@ -239,7 +239,7 @@ def test_cql_update_on_images_trains_the_encoder():
 
 
 def test_image_training_run_end_to_end(tmp_path, image_chain_dataset):
-    from offrl.training.policy import load_policy
+    from offrl.training.policy import checkpoint_policy
     from offrl.training.run_dir import read_json, read_metrics
     from offrl.training.train import train
     from offrl.workflow.diagnosis import diagnose_run
@@ -256,7 +256,7 @@ def test_image_training_run_end_to_end(tmp_path, image_chain_dataset):
     for key in ("q_data", "td_error", "cql_regularizer", "heldout/q_data", "srank"):
         assert np.isfinite(records[-1][key]), key
     assert diagnose_run(run)["verdict"] in ("healthy", "overfitting", "underfitting", "inconclusive")
-    policy = load_policy(run, 60)
+    policy = checkpoint_policy(run, 60)
     obs = {"image": np.zeros((3, 16, 16, 6), np.uint8), "state": np.zeros((3, 3), np.float32)}
     actions = policy(obs)
     assert actions.shape == (3, 2) and np.all(np.abs(actions) <= 1)

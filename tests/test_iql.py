@@ -97,7 +97,7 @@ def test_iql_end_to_end_train_resume_diagnose_select_report_export(tmp_path, cap
     assert "value_loss" in (run / "report.html").read_text()
     assert main(["export", str(run), "--out", str(tmp_path / "policy")]) == 0
 
-    from offrl.training.policy import load_policy
+    from offrl.training.policy import checkpoint_policy
 
-    act = load_policy(run, d["selected_step"])(np.zeros((4, 3), np.float32))
+    act = checkpoint_policy(run, d["selected_step"])(np.zeros((4, 3), np.float32))
     assert np.asarray(act).shape == (4, 2) and np.all(np.abs(np.asarray(act)) < 1)

@@ -14,7 +14,7 @@ from conftest import tiny_train_config as _config
 from offrl.agents.cql import CQLConfig
 from offrl.data import make_dataset, save_dataset
 from offrl.training import run_dir as rd
-from offrl.training.policy import load_policy, load_state
+from offrl.training.policy import checkpoint_policy, load_state
 from offrl.training.train import train
 
 TINY = CQLConfig(critic_hidden_dims=(16, 16), actor_hidden_dims=(16, 16), num_action_samples=2, bc_steps=20)
@@ -53,7 +53,7 @@ def test_checkpoint_round_trip_and_policy(tmp_path, dataset_path):
     state80, _ = load_state(out, 80)
     assert int(state80.step) == 80
     assert not np.array_equal(jax.tree.leaves(state.actor_params)[0], jax.tree.leaves(state80.actor_params)[0])
-    policy = load_policy(out, 120)
+    policy = checkpoint_policy(out, 120)
     a = policy(np.zeros((5, 3), np.float32))
     assert a.shape == (5, 2) and np.all(np.abs(a) <= 1)
     with pytest.raises(FileNotFoundError, match="no checkpoint at step 7"):

@@ -38,7 +38,7 @@ def run_obs_spec(cfg: dict[str, Any]) -> Any:
     return cfg["dataset"].get("obs_spec", cfg["dataset"]["obs_dim"])
 
 
-def load_policy(run_dir: str | Path, step: int) -> Callable[[Any], np.ndarray]:
+def checkpoint_policy(run_dir: str | Path, step: int) -> Callable[[Any], np.ndarray]:
     """The deterministic policy ``tanh(mu(s))`` of a checkpoint (the reference code's evaluation action).
 
     The returned function maps raw observations (B, obs_dim) float to actions (B, act_dim) float32 in [-1, 1];

@@ -15,7 +15,7 @@ from offrl.agents import warmup_steps
 from offrl.envs import DEFAULT_HORIZON, evaluate_policy
 from offrl.envs.gym import DEFAULT_SUCCESS_KEY, EnvSpec
 from offrl.training import run_dir as rd
-from offrl.training.policy import load_policy
+from offrl.training.policy import checkpoint_policy
 from offrl.training.train import load_run_config
 
 EVALUATION_FILE = "evaluation.json"
@@ -107,7 +107,7 @@ def _evaluate_steps(
     results = []
     for i, step in enumerate(steps):
         t = time.perf_counter()
-        res = evaluate(load_policy(run_dir, step))
+        res = evaluate(checkpoint_policy(run_dir, step))
         results.append(
             {
                 "step": step,
