@@ -213,6 +213,15 @@ class Study:
     """Do not run missing cells: analyse the finished ones and rewrite the results."""
     workers: int = 1
     """Processes running cells at once; 2 on a 2-core machine trains about 1.2x faster than 1."""
+    ray: str | None = None
+    """Run every cell as a Ray task (docs/cluster.md): on the cluster at this address (``auto``: the cluster this
+    machine joined with `ray start`; ``HOST:PORT``; ``ray://HOST:10001``) or ``local`` (a Ray instance on this
+    machine only). ``--ray`` alone means local. The study directory must be on storage every node sees at the
+    same path. Needs `pip install 'offrl[ray]'`."""
+    ray_cpus_per_cell: float = 1.0
+    """With --ray: CPUs each cell reserves (below 2, its XLA runs single-threaded)."""
+    ray_gpus_per_cell: float = 0.0
+    """With --ray: GPUs each cell reserves; a fraction shares a GPU (0.25: four cells per GPU); 0: CPU only."""
 
 
 # The subcommands, in the order of `offrl --help`. The config classes of train, sweep and workflow (and Tune's
@@ -506,9 +515,17 @@ def run(cmd: object) -> int:
     elif isinstance(cmd, Study):
         from offrl.workflow.study import load_study_config, run_study
 
+        ray = None
+        if cmd.ray is not None:
+            from offrl.cluster import RayOptions
+
+            ray = RayOptions(cmd.ray, cmd.ray_cpus_per_cell, cmd.ray_gpus_per_cell)
         config = load_study_config(cmd.config, out=cmd.out, results=cmd.results)
-        analysis = run_study(config, analyse_only=cmd.analyse_only, source=cmd.config, workers=cmd.workers)
+        analysis = run_study(config, analyse_only=cmd.analyse_only, source=cmd.config, workers=cmd.workers,
+                             ray=ray)
         print(f"{analysis['runs']} of {analysis['cells_total']} runs finished; results: {config.results_path}")
+        for f in analysis["failed"]:
+            print(f"  failed: {f['cell']}: {f['error']}")
         for name, h in analysis["headline"].items():
             r, rho = h["regret"], h["spearman"]
             print(f"  {name:20s} normalised regret {r['mean'] if r['mean'] is not None else float('nan'):.2f} "
@@ -527,6 +544,20 @@ def run(cmd: object) -> int:
     return 0
 
 
+def _bare_ray(args: list[str]) -> list[str]:
+    """``--ray`` without an address (last, before another flag, or before the study's .toml file) means a Ray
+    instance on this machine: ``--ray local``."""
+    out = []
+    for i, a in enumerate(args):
+        out.append(a)
+        if a == "--":
+            return out + args[i + 1:]
+        nxt = args[i + 1] if i + 1 < len(args) else None
+        if a == "--ray" and (nxt is None or nxt.startswith("-") or nxt.endswith(".toml")):
+            out.append("local")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `offrl` command. Run from the shell (``argv`` None), it first restarts itself once with
     glibc's huge-page malloc when that helps (:mod:`offrl.runtime`; ``OFFRL_HUGEPAGES=0`` turns it off)."""
@@ -534,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     name = args[0] if args and args[0] in _SUBCOMMANDS else None
+    if name in ("study", "sweep"):
+        args = _bare_ray(args)
     if argv is None and name in _HEAVY_COMMANDS and not {"-h", "--help"} & set(args):
         # Only commands that train or roll out gain from huge pages; the restart costs the others a second.
         from offrl.runtime import reexec_with_hugepage_malloc

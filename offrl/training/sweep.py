@@ -14,6 +14,10 @@ What can be swept: any float field of :class:`offrl.agents.cql.CQLConfig` that e
 arithmetically (alpha, vib_beta, dr3_coef, l2_coef, l1_coef, gamma, tau, learning rates, ...). Fields that change
 the networks' shapes or the program (hidden sizes, vib_dim, num_action_samples, lagrange) cannot share one
 compiled program: run them separately (:func:`sweep` says so). State observations only.
+
+On a Ray cluster (``--ray ADDRESS``, :mod:`offrl.cluster`) every run is a task of its own, trained as the separate
+`offrl train` run above (seed, value, and the split of ``train.seed``): the same run directories, with metrics
+equal to the vectorised sweep's to float tolerance, and a run whose worker dies resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -68,6 +72,15 @@ class SweepConfig:
     """A float CQL hyperparameter to vary (e.g. alpha, dr3_coef, vib_beta); None: seeds only."""
     values: tuple[float, ...] = ()
     """Values of ``param``."""
+    ray: str | None = None
+    """Train the runs as Ray tasks, one run each, instead of vectorised in this process (docs/cluster.md): on the
+    cluster at this address (``auto``: the cluster this machine joined with `ray start`; ``HOST:PORT``;
+    ``ray://HOST:10001``) or ``local`` (a Ray instance on this machine only). ``--ray`` alone means local. Needs
+    `pip install 'offrl[ray]'`."""
+    ray_cpus_per_cell: float = 1.0
+    """With --ray: CPUs each run reserves (below 2, its XLA runs single-threaded)."""
+    ray_gpus_per_cell: float = 0.0
+    """With --ray: GPUs each run reserves; a fraction shares a GPU (0.25: four runs per GPU); 0: CPU only."""
 
 
 def member_name(seed: int, param: str | None, value: float | None) -> str:
@@ -116,18 +129,25 @@ def _member(tree: Any, k: int) -> Any:
     return jax.tree.map(lambda x: x[k], tree)
 
 
-def sweep(config: SweepConfig) -> list[Path]:
-    """Train every member of the sweep together; returns the run directories (``train.out/<member>``).
+def member_train_config(config: SweepConfig, seed: int, value: float | None) -> TrainConfig:
+    """The `offrl train` run a member matches: its seed and value, the held-out split of ``train.seed``."""
+    base = config.train
+    return dataclasses.replace(base, out=Path(base.out) / member_name(seed, config.param, value), seed=seed,
+                               agent=_with_value(base.agent, config.param, value), split_seed=base.seed)
 
-    Raises:
-        FileExistsError: the sweep directory has runs already (a sweep never overwrites; pass another --out).
-        ValueError: a setting cannot be swept (see the module doc), or the dataset is image-only.
-        DatasetError: the dataset is malformed or has no rewards.
+
+def prepare_sweep(config: SweepConfig) -> tuple[SweepConfig, list[tuple[int, float | None]], Any]:
+    """Every check of :func:`sweep` before anything is written: the config with ``train`` resolved, the members,
+    and the dataset.
+
+    Raises: as :func:`sweep`.
     """
     config = dataclasses.replace(config, train=resolve_train_config(config.train))
     members = check_sweep(config)
     base = config.train
     _check_config(base)
+    if config.param == "gamma":
+        raise ValueError("--param gamma changes the Q range each run is diagnosed against: run it separately")
     out = Path(base.out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"sweep directory {out} already exists: choose another --train.out")
@@ -141,6 +161,32 @@ def sweep(config: SweepConfig) -> list[Path]:
     mode = resolve_obs_mode(base.obs, dataset)
     if mode != "state":
         raise ValueError("offrl sweep trains on state observations; image runs: use `offrl train` per run")
+    return config, members, dataset
+
+
+def sweep(config: SweepConfig) -> list[Path]:
+    """Train every member of the sweep together (with ``config.ray``: one Ray task per member, see
+    :mod:`offrl.cluster`); returns the run directories (``train.out/<member>``).
+
+    Raises:
+        FileExistsError: the sweep directory has runs already (a sweep never overwrites; pass another --out).
+        ValueError: a setting cannot be swept (see the module doc), or the dataset is image-only.
+        DatasetError: the dataset is malformed or has no rewards.
+        RuntimeError: with ``ray``: Ray is missing, no cluster answers, a node does not see the files, or runs
+            failed.
+    """
+    if config.ray is not None:
+        from offrl.cluster import RayOptions, import_ray, sweep_on_ray
+
+        options = RayOptions(config.ray, config.ray_cpus_per_cell, config.ray_gpus_per_cell)
+        import_ray()
+    config, members, dataset = prepare_sweep(config)
+    if config.ray is not None:
+        del dataset
+        return sweep_on_ray(config, members, options)
+    base = config.train
+    out = Path(base.out)
+    mode = resolve_obs_mode(base.obs, dataset)
     train_ds, heldout_ds = split_episodes(dataset, base.heldout_fraction, base.seed)
     columns = state_columns(mode, dataset)
     normalizer = (Normalizer.fit(train_ds.observations[:, columns]) if base.normalize_observations
@@ -150,8 +196,6 @@ def sweep(config: SweepConfig) -> list[Path]:
     module = get_agent("cql")
     agents = [_with_value(base.agent, config.param, v) for _, v in members]
     q_range = q_value_range(train_ds, base.agent.gamma)
-    if config.param == "gamma":
-        raise ValueError("--param gamma changes the Q range each run is diagnosed against: run it separately")
     dataset_fp = fingerprint(base.dataset)
     keys = [jax.random.split(jax.random.PRNGKey(s), 3) for s, _ in members]
     states = _stack([module.init(a, spec, dataset.act_dim, k[0]) for a, k in zip(agents, keys, strict=True)])

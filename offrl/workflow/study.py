@@ -15,6 +15,9 @@ no stale lock), and a process skips the cells another one holds. On 2 CPU cores 
 1.19x the gradient steps per second of one process on both cores (47.0 against 39.6, benchmarks/workers_speed.py
 on an idle machine), and no core idles while the other steps the simulator.
 
+On a Ray cluster (``offrl study CONFIG --ray ADDRESS``, :mod:`offrl.cluster`, docs/cluster.md) every cell is a
+Ray task that runs :func:`run_cell` under the same lock; the head analyses as here.
+
 Layout of a study directory::
 
     STUDY/study.toml         the configuration (copied; a different one is refused)
@@ -23,6 +26,7 @@ Layout of a study directory::
                              plus evaluation.json, fqe.json, cell.json
     STUDY/locks/             one lock file per cell and dataset (empty; held only while a process works on it)
     STUDY/failed/<cell>.txt  why a cell could not run (listed in the results; retried on the next call)
+    STUDY/ray/<cell>.json    with --ray: the cell's last attempt (node, pid, step it resumed from); .log: its output
     STUDY/analysis.json      every number in the results
     RESULTS (default STUDY/results.md) and STUDY/figures/*.png
 """
@@ -38,13 +42,16 @@ import shutil
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from offrl.agents import CONFIGS, warmup_steps
 from offrl.envs import DEFAULT_HORIZON, DEFAULT_NOISE_SIGMA
 from offrl.envs.behaviour import REGIMES
 from offrl.training import run_dir as rd
 from offrl.workflow.auto import RemedyConfig, remedy_agent
+
+if TYPE_CHECKING:
+    from offrl.cluster import RayOptions
 
 CELL_FILE = "cell.json"
 PRESETS = ("base", "vib", "dropout", "capacity")
@@ -400,7 +407,8 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
 
 
 def run_study(
-    config: StudyConfig, analyse_only: bool = False, source: str | Path | None = None, workers: int = 1
+    config: StudyConfig, analyse_only: bool = False, source: str | Path | None = None, workers: int = 1,
+    ray: RayOptions | None = None,
 ) -> dict[str, Any]:
     """Run every cell not done yet, then analyse and write the results (analysis.json, results, figures).
 
@@ -408,24 +416,36 @@ def run_study(
     ``workers``: processes working on the cells at once (each takes the next cell no one holds). When the
     machine has no more cores than workers, each worker's XLA runs single-threaded, which on 2 cores trains
     faster in total than one process on both (see the module docstring).
+    ``ray``: run the cells as tasks on a Ray cluster instead (:mod:`offrl.cluster`); ``workers`` must be 1.
 
     Returns:
         The analysis (see :func:`offrl.workflow.selection.analyse`).
 
     Raises:
         FileExistsError: the study directory holds a study with another configuration.
-        ValueError: ``workers`` < 1.
-        RuntimeError: a worker process failed (its traceback is in the output above).
+        ValueError: ``workers`` < 1, or ``workers`` > 1 with ``ray``.
+        RuntimeError: a worker process failed (its traceback is in the output above); with ``ray``: Ray is not
+            installed or no cluster answers.
+        SharedStorageError: with ``ray``: a node of the cluster does not see the study directory (a RuntimeError).
     """
     from offrl.workflow.results import write_results
     from offrl.workflow.selection import analyse
 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if ray is not None and not analyse_only:
+        from offrl.cluster import import_ray, run_cells_on_ray
+
+        if workers != 1:
+            raise ValueError("--workers runs local processes; on Ray, set the cells' resources with "
+                             "--ray-cpus-per-cell / --ray-gpus-per-cell instead")
+        import_ray()  # says how to install it before anything is written
     _check_study_dir(config, Path(source).read_text() if source else None)
     cells = cells_of(config)
     if not analyse_only:
-        if workers == 1:
+        if ray is not None:
+            run_cells_on_ray(config, cells, ray)
+        elif workers == 1:
             _run_cells(config, cells)
         else:
             _run_workers(config, cells, workers)
