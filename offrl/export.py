@@ -30,10 +30,11 @@ import jax
 import numpy as np
 
 FORMAT = "offrl.policy"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Version of the export layout; :func:`load_policy` refuses newer ones. State policies are written as version 1
-(unchanged), image policies as version 2 (policy.json's ``observation`` section), so an offrl that cannot run
-an image policy refuses it instead of misreading it."""
+(unchanged), image policies as version 2 (policy.json's ``observation`` section), Trajectory Transformer
+planners as version 3 (policy.json's ``planner`` section), so an offrl that cannot run a policy refuses it
+instead of misreading it."""
 POLICY_FILE = "policy.json"
 PARAMS_FILE = "actor.msgpack"
 COMPILED_FILE = "policy.jax_export"
@@ -58,6 +59,15 @@ IMAGE_CONTRACT = {
     "normalize": "(state[:, state_columns] - normalizer.mean) / normalizer.std, in float32; pixels / 255 in "
                  "the network",
 }
+PLANNER_CONTRACT = {
+    **CONTRACT,
+    "action": "the first action of the best beam-search plan of the Trajectory Transformer from the normalised "
+              "observation alone (offrl.networks.trajectory_transformer.plan; settings in policy.json planner), "
+              "reconstructed from its bins; deterministic (fixed sampling key)",
+}
+PLANNER_NOTE = ("the Trajectory Transformer's beam search is exported as its parameters and settings (actor.msgpack, "
+                "policy.json planner), run by offrl.networks.trajectory_transformer: its discrete choices are not "
+                "reproducible to rounding by a separately compiled program")
 
 
 def export_policy(
@@ -82,8 +92,9 @@ def export_policy(
         overwrite: replace an existing export at ``out``. A folder that is not an offrl policy export is
             never replaced.
         compiled: write policy.jax_export. None: when possible (``jax.export`` serialisation needs the
-            ``flatbuffers`` package; without it the export is written without the file, with a warning);
-            True: required (an error without ``flatbuffers``); False: never.
+            ``flatbuffers`` package; without it the export is written without the file, with a warning; never
+            for a Trajectory Transformer, see :data:`PLANNER_NOTE`); True: required (an error without
+            ``flatbuffers``); False: never.
 
     Returns:
         The export folder ``out``.
@@ -92,7 +103,8 @@ def export_policy(
         FileNotFoundError: ``run_dir`` is not a run directory, it has no checkpoints, or none at ``step``, or
             ``step`` is None and the run has no diagnosis.json.
         FileExistsError: ``out`` exists and ``overwrite`` is False, or it is not a policy export.
-        ValueError: diagnosis.json selects no checkpoint (pass ``step``), or the checkpoint does not match.
+        ValueError: diagnosis.json selects no checkpoint (pass ``step``), or the checkpoint does not match; or
+            ``compiled=True`` for a Trajectory Transformer (its planner is exported as parameters and settings).
         ImportError: ``compiled=True`` and ``flatbuffers`` is not installed.
         RuntimeError: the exported files do not reproduce the checkpoint's actions (nothing is written).
     """
@@ -111,6 +123,7 @@ def export_policy(
     ds = cfg["dataset"]
     obs_dim, act_dim = int(ds["obs_dim"]), int(ds["act_dim"])
     encoder = cfg["agent"].get("actor_encoder", "cnn")
+    planner = cfg.get("algo") == "tt"  # a sequence model planning by beam search, not a tanh-Gaussian actor
     observation: dict[str, Any] = {"mode": ds.get("obs_mode", "state")}
     if observation["mode"] != "state":
         observation.update(
@@ -119,7 +132,7 @@ def export_policy(
             state_columns=[int(c) for c in ds["state_columns"]],
             camera=(ds.get("metadata") or {}).get("image"),
         )
-    hidden = tuple(int(h) for h in cfg["agent"]["actor_hidden_dims"])
+    hidden = tuple(int(h) for h in cfg["agent"].get("actor_hidden_dims", ()))
     mean = np.asarray(cfg["normalizer"]["mean"], np.float32)
     std = np.asarray(cfg["normalizer"]["std"], np.float32)
     actor_params = jax.device_get(state.actor_params)
@@ -129,7 +142,11 @@ def export_policy(
 
     files = {PARAMS_FILE: flax.serialization.to_bytes(actor_params)}
     compiled_note = None
-    if compiled is not False:
+    if planner:
+        if compiled:
+            raise ValueError(f"{COMPILED_FILE} cannot be written for a Trajectory Transformer: {PLANNER_NOTE}")
+        compiled_note = PLANNER_NOTE
+    elif compiled is not False:
         try:
             files[COMPILED_FILE] = _export_compiled(actor_params, mean, std, hidden, obs_dim, act_dim, encoder,
                                                     observation)
@@ -144,13 +161,14 @@ def export_policy(
 
     spec = {
         "format": FORMAT,
-        "format_version": 1 if observation["mode"] == "state" else 2,
+        "format_version": 3 if planner else 1 if observation["mode"] == "state" else 2,
         "algo": cfg.get("algo", "cql"),
         "obs_dim": obs_dim,
         "act_dim": act_dim,
         "actor_hidden_dims": list(hidden),
         "actor_encoder": encoder,
         "observation": observation,
+        **({"planner": cfg["agent"]} if planner else {}),
         "normalizer": {"mean": mean.tolist(), "std": std.tolist()},
         "action_low": meta.get("action_low"),
         "action_high": meta.get("action_high"),
@@ -162,7 +180,7 @@ def export_policy(
             "task": ds.get("task"),
             "offrl_version": cfg.get("offrl_version"),
         },
-        "contract": CONTRACT if observation["mode"] == "state" else IMAGE_CONTRACT,
+        "contract": PLANNER_CONTRACT if planner else CONTRACT if observation["mode"] == "state" else IMAGE_CONTRACT,
         "compiled": (
             {"file": COMPILED_FILE, "platforms": list(COMPILED_PLATFORMS), "jax_version": jax.__version__}
             if COMPILED_FILE in files else {"file": None, "note": compiled_note}
@@ -184,7 +202,12 @@ def export_policy(
         raw[:, cols] = mean + std * raw[:, cols]
         probe = {"image": rng.integers(0, 256, (4, *observation["image_shape"])).astype(np.uint8), "state": raw}
         net_in = {"image": probe["image"], "state": ((raw[:, cols] - mean) / std).astype(np.float32)}
-    expected = np.asarray(common.deterministic_action(state.actor_params, net_in, act_dim, hidden, encoder))
+    if planner:
+        from offrl.networks.trajectory_transformer import PlannerSettings, plan
+
+        expected = np.asarray(plan(state.actor_params, net_in, act_dim, PlannerSettings.of(cfg["agent"]))[0])
+    else:
+        expected = np.asarray(common.deterministic_action(state.actor_params, net_in, act_dim, hidden, encoder))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     # A sibling, so that the final rename stays on one file system; hidden, so that it is not taken for an
@@ -240,6 +263,8 @@ def load_policy(path: str | Path, compiled: bool = False) -> Callable[[np.ndarra
     It raises ValueError for observations of another shape. Image policies (policy.json ``observation.mode``
     ``image`` or ``image+proprio``) take ``{"image": uint8 (B, H, W, C) or (H, W, C), "state": (B, obs_dim) or
     (obs_dim,)}``: the stacked camera frames and the raw state, of which the policy uses its state columns.
+    Trajectory Transformer exports (policy.json ``planner``) return the first action of the best beam-search plan
+    instead (:data:`PLANNER_CONTRACT`).
 
     Args:
         path: folder written by :func:`export_policy`.
@@ -321,6 +346,8 @@ def _network_fn(blob: bytes, spec: dict[str, Any], folder: Path) -> Callable[...
 
     from offrl.networks.actor import TanhGaussianActor
 
+    if spec.get("planner") is not None:
+        return _planner_fn(blob, spec, folder)
     obs_dim, act_dim = int(spec["obs_dim"]), int(spec["act_dim"])
     hidden = tuple(int(h) for h in spec["actor_hidden_dims"])
     observation = spec.get("observation") or {"mode": "state"}
@@ -357,6 +384,34 @@ def _network_fn(blob: bytes, spec: dict[str, Any], folder: Path) -> Callable[...
     if image:
         return lambda images, states: action(params, {"image": images, "state": normalize(states[:, cols])})
     return lambda batch: action(params, normalize(batch))
+
+
+def _planner_fn(blob: bytes, spec: dict[str, Any], folder: Path) -> Callable[..., Any]:
+    """A Trajectory Transformer planner from policy.json's ``planner`` settings and the msgpack parameters:
+    (B, obs_dim) raw -> (B, act_dim), as offrl.agents.trajectory_transformer.deterministic_action."""
+    import flax.serialization
+    import jax.numpy as jnp
+
+    from offrl.networks.trajectory_transformer import PlannerSettings, model_of, plan
+
+    obs_dim, act_dim = int(spec["obs_dim"]), int(spec["act_dim"])
+    settings = PlannerSettings.of(spec["planner"])
+    t_dim = obs_dim + act_dim + 2
+    mean = np.asarray(spec["normalizer"]["mean"], np.float32)
+    std = np.asarray(spec["normalizer"]["std"], np.float32)
+    params = flax.serialization.msgpack_restore(blob)
+    model = model_of(settings, t_dim)
+    bins = jax.ShapeDtypeStruct((settings.num_bins + 1, t_dim), jnp.float32)
+    like = {
+        "model": jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                                jax.ShapeDtypeStruct((1, settings.context_transitions * t_dim), jnp.int32)),
+        "discretizer": {"edges": bins, "centres": jax.ShapeDtypeStruct((settings.num_bins, t_dim), jnp.float32)},
+    }
+    if _shapes(params) != _shapes(like):
+        raise ValueError(f"{folder / PARAMS_FILE} does not hold the parameters of the Trajectory Transformer that "
+                         f"{folder / POLICY_FILE} describes")
+    params = jax.device_put(params)
+    return lambda batch: plan(params, ((batch - mean) / std).astype(np.float32), act_dim, settings)[0]
 
 
 def _compiled_fn(blob: bytes, spec: dict[str, Any], folder: Path) -> Callable[..., Any]:

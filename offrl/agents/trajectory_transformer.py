@@ -55,6 +55,7 @@ the data's. The model has no Q-function, so the Q-range rules of the diagnosis d
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Literal
 
 import flax
@@ -190,28 +191,32 @@ def init(config: TTConfig, obs_spec: Any, act_dim: int, key: jax.Array) -> TTSta
     problems = config_problems(config)
     if problems:
         raise ValueError("; ".join(problems))
-    t_dim = int(obs_spec) + act_dim + 2
-    model = model_of(_settings(config), t_dim)
-    params = model.init(key, jnp.zeros((1, config.context_transitions * t_dim), jnp.int32))
+    return _init(config, int(obs_spec) + act_dim + 2, key)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init(config: TTConfig, t_dim: int, key: jax.Array) -> TTState:
+    # One compiled program: initialising op by op compiles every operation on its own (seconds on a CPU).
+    params = model_of(_settings(config), t_dim).init(key, jnp.zeros((1, config.context_transitions * t_dim), jnp.int32))
     edges = jnp.tile(jnp.linspace(-1.0, 1.0, config.num_bins + 1)[:, None], (1, t_dim))
     actor = {"model": params, "discretizer": {"edges": edges, "centres": (edges[:-1] + edges[1:]) / 2}}
     return TTState(jnp.zeros((), jnp.int32), actor, _optimizer(config).init(params))
 
 
-def transition_values(arrays: dict[str, Any], config: TTConfig) -> Any:
+def transition_values(arrays: dict[str, Any]) -> Any:
     """The columns the tokens discretise, (..., T) = [observations, actions, reward, value], from arrays with
-    ``observations``, ``actions``, ``rewards`` and ``mc_returns`` (G_t = r_t + gamma G_(t+1) within the episode,
-    so the value after the reward is V_t = (G_t - r_t) / gamma)."""
+    ``observations``, ``actions``, ``rewards`` and ``next_mc_returns`` (the value V_t = G_(t+1), computed once on
+    the host by `offrl train`: recomputing it in a compiled program can round it across a bin edge, and quantile
+    edges are data values)."""
     xp = jnp if isinstance(arrays["rewards"], jax.Array) else np
-    r = arrays["rewards"]
-    v = (arrays["mc_returns"] - r) / config.gamma
+    r, v = arrays["rewards"], arrays["next_mc_returns"]
     return xp.concatenate([arrays["observations"], arrays["actions"], r[..., None], v[..., None]], axis=-1)
 
 
 def fit_data(state: TTState, data: dict[str, Any], config: TTConfig) -> TTState:
     """The state with its discretisation fitted to the training transitions ``data`` (host arrays of `offrl
-    train`: normalised ``observations``, ``actions``, ``rewards``, ``mc_returns``)."""
-    edges, centres = fit_discretizer(np.asarray(transition_values(data, config)), config.num_bins,
+    train`: normalised ``observations``, ``actions``, ``rewards``, ``next_mc_returns``)."""
+    edges, centres = fit_discretizer(np.asarray(transition_values(data)), config.num_bins,
                                      config.discretizer)
     return state.replace(actor_params={**state.actor_params,
                                        "discretizer": {"edges": jnp.asarray(edges), "centres": jnp.asarray(centres)}})
@@ -220,8 +225,8 @@ def fit_data(state: TTState, data: dict[str, Any], config: TTConfig) -> TTState:
 def sequence_tokens(discretizer: dict[str, Any], batch: Batch, config: TTConfig):
     """Tokens (B, W*T) int32 of a batch's windows, their mask (B, W*T) (1 inside the episode) and the values
     they discretise (B, W*T)."""
-    seq = {k: batch[f"seq_{k}"] for k in ("observations", "actions", "rewards", "mc_returns")}
-    x = transition_values(seq, config)  # (B, W, T)
+    seq = {k: batch[f"seq_{k}"] for k in ("observations", "actions", "rewards", "next_mc_returns")}
+    x = transition_values(seq)  # (B, W, T)
     tokens = discretize(x, discretizer["edges"])
     b, w, t = tokens.shape
     mask = jnp.broadcast_to(batch["seq_mask"][..., None], (b, w, t))

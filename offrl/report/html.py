@@ -243,6 +243,8 @@ MAIN_CURVE = {
     "iql": ("q_data", "average Q on dataset actions", "q_data: average Q-value of dataset actions (IQL)"),
     "awac": ("q_data", "average Q on dataset actions", "q_data: average Q-value of dataset actions (AWAC)"),
     "bear": ("q_data", "average Q on dataset actions", "q_data: average Q-value of dataset actions (BEAR)"),
+    "tt": ("token_log_likelihood", "log p(next token), nats per token",
+           "token_log_likelihood: minus the next-token loss of dataset sequences (Trajectory Transformer)"),
 }
 REGULARIZER_CURVE = {
     "cql": ("cql_regularizer", "cql_regularizer: Q on sampled actions minus Q on dataset actions"),

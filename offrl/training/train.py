@@ -28,6 +28,7 @@ from offrl.agents.bc import BCConfig
 from offrl.agents.bear import BEARConfig
 from offrl.agents.brac import BRACConfig
 from offrl.agents.iql import IQLConfig
+from offrl.agents.trajectory_transformer import TTConfig
 from offrl.data import (
     Dataset,
     DatasetError,
@@ -107,9 +108,10 @@ class TrainConfig:
     flag the record (``"diverged": true``) and go on. NaN/inf always stops."""
     divergence_factor: float = 10.0
     """Divergence limit: q_max + divergence_factor * max(Q range width, |q_max|, 1)."""
-    algo: Literal["cql", "brac", "bc", "iql", "awac", "bear"] = "cql"
+    algo: Literal["cql", "brac", "bc", "iql", "awac", "bear", "tt"] = "cql"
     """Algorithm: CQL (paper Eq. 1), BRAC (Appendix F; needs --behavior-run), behaviour cloning, IQL
-    (Kostrikov et al. 2022), AWAC (Nair et al. 2020) or BEAR (Kumar et al. 2019)."""
+    (Kostrikov et al. 2022), AWAC (Nair et al. 2020), BEAR (Kumar et al. 2019) or the Trajectory Transformer
+    (Janner et al. 2021)."""
     agent: cql.CQLConfig = dataclasses.field(default_factory=cql.CQLConfig)
     """CQL hyperparameters (used with --algo cql)."""
     brac: BRACConfig = dataclasses.field(default_factory=BRACConfig)
@@ -122,6 +124,8 @@ class TrainConfig:
     """AWAC hyperparameters (used with --algo awac)."""
     bear: BEARConfig = dataclasses.field(default_factory=BEARConfig)
     """BEAR hyperparameters (used with --algo bear)."""
+    tt: TTConfig = dataclasses.field(default_factory=TTConfig)
+    """Trajectory Transformer hyperparameters (used with --algo tt)."""
     behavior_run: Path | None = None
     """BRAC: a run of `offrl train --algo bc` on the same dataset, whose policy becomes pi_beta."""
     behavior_step: int | None = None
@@ -152,9 +156,16 @@ def checkpoint_record(ev: dict[str, float], horizon: float, prefix: str = "") ->
 
 
 def _calibration_gamma(config: TrainConfig) -> float | None:
-    """The discount of the Monte-Carlo returns a calibrated CQL run needs in its batches; None otherwise."""
+    """The discount of the Monte-Carlo returns a calibrated CQL run (or a sequence model's returns-to-go) needs in
+    its batches; None otherwise."""
     agent = active_agent_config(config)
-    return float(agent.gamma) if getattr(agent, "calibrated", False) else None
+    return float(agent.gamma) if getattr(agent, "calibrated", False) or _sequence_window(config) else None
+
+
+def _sequence_window(config: TrainConfig) -> int:
+    """Transitions per training window of a sequence model (an agent module with ``sequence_window``); 0 else."""
+    module = get_agent(config.algo)
+    return int(module.sequence_window(active_agent_config(config))) if hasattr(module, "sequence_window") else 0
 
 
 DEFAULT_STEPS = 100_000
@@ -210,6 +221,10 @@ class Inputs:
     gamma: float | None = None
     """Discount of the Monte-Carlo returns added to every batch as ``mc_returns`` (Cal-QL's reference values,
     :func:`offrl.data.mc_returns`); None leaves them out."""
+    window: int = 0
+    """Sequence models (with ``gamma``): every batch also holds the windows of this many transitions starting at
+    its transitions (``seq_*`` keys, :func:`make_batch`) and ``next_mc_returns`` = G_(t+1) (0 at an episode's
+    end); 0 for none."""
 
     @property
     def images(self) -> bool:
@@ -234,6 +249,12 @@ def _host_arrays(ds: Dataset, inputs: Inputs) -> dict[str, np.ndarray]:
     }
     if inputs.gamma is not None:
         arrays["mc_returns"] = mc_returns(ds, inputs.gamma)
+    if inputs.window:
+        arrays["window"] = sequence_windows(ds, inputs.window)
+        # G_(t+1), the return after the reward (0 after an episode's last transition): a sequence model's value.
+        after = np.concatenate([arrays["mc_returns"][1:], [0.0]]).astype(np.float32)
+        after[ds.episode_ends] = 0.0
+        arrays["next_mc_returns"] = after
     if inputs.images:
         arrays["obs_frames"], arrays["next_obs_frames"] = frame_stack_indices(ds, inputs.frame_stack)
         arrays["images"] = ds.images
@@ -246,12 +267,33 @@ def _device_arrays(ds: Dataset, inputs: Inputs) -> dict[str, jnp.ndarray]:
     return {k: jax.device_put(v) for k, v in _host_arrays(ds, inputs).items()}
 
 
+SEQUENCE_KEYS = ("observations", "actions", "rewards", "next_mc_returns")
+"""The arrays a sequence model's batches also hold per window (``seq_`` + key, (B, W, ...))."""
+
+
+def sequence_windows(ds: Dataset, window: int) -> np.ndarray:
+    """(N, window) int32: the indices of the ``window`` transitions starting at each transition, -1 past the end
+    of its episode."""
+    ends = np.repeat(ds.episode_ends, [s.stop - s.start for s in ds.episode_slices()])
+    idx = np.arange(len(ds))[:, None] + np.arange(window)[None, :]
+    return np.where(idx <= ends[:, None], idx, -1).astype(np.int32)
+
+
 def make_batch(data: dict[str, Any], idx: Any) -> dict[str, Any]:
     """Transitions ``idx`` of device (or host) arrays as an agent batch; image runs assemble the frame stacks
-    from indices (:func:`offrl.data.images.image_batch`)."""
+    from indices (:func:`offrl.data.images.image_batch`). Sequence models' data (a ``window`` array) adds the
+    windows starting at those transitions: ``seq_`` + each of :data:`SEQUENCE_KEYS` present, (B, W, ...), and
+    ``seq_mask`` (B, W), 1 inside the episode (rows past its end repeat its first transition, masked)."""
     if "images" in data:
         return image_batch(data, idx)
-    return {k: v[idx] for k, v in data.items()}
+    batch = {k: v[idx] for k, v in data.items() if k != "window"}
+    if "window" in data:
+        w = data["window"][idx]
+        inside = w >= 0
+        rows = w * inside + (w[:, :1] * ~inside)
+        batch.update({f"seq_{k}": data[k][rows] for k in SEQUENCE_KEYS if k in data})
+        batch["seq_mask"] = inside.astype(np.float32)
+    return batch
 
 
 def _eval_arrays(
@@ -276,7 +318,7 @@ def _eval_arrays(
 
 
 # The TrainConfig field that holds each algorithm's hyperparameters (CQL's is `agent`, the paper's algorithm).
-ALGO_FIELD = {"cql": "agent", "brac": "brac", "bc": "bc", "iql": "iql", "awac": "awac", "bear": "bear"}
+ALGO_FIELD = {"cql": "agent", "brac": "brac", "bc": "bc", "iql": "iql", "awac": "awac", "bear": "bear", "tt": "tt"}
 
 
 def active_agent_config(config: TrainConfig) -> Any:
@@ -468,14 +510,17 @@ def check_trainable(dataset: Dataset, config: TrainConfig) -> None:
     """Refuse datasets that pass format validation but cannot be trained on as asked.
 
     Raises:
-        DatasetError: every reward is 0 (there is nothing for Q to learn), or the dataset has a single episode
-            while held-out metrics are requested.
+        DatasetError: every reward is 0 (there is nothing for Q to learn), the dataset has a single episode
+            while held-out metrics are requested, or an agent of state observations only is asked for images.
     """
     if not np.any(dataset.rewards):
         raise DatasetError(
             f"'rewards' are all 0 in {config.dataset}: Q-learning has nothing to learn; check which key holds "
             f"the reward, or relabel successes as reward 1"
         )
+    if getattr(get_agent(config.algo), "STATE_OBSERVATIONS_ONLY", False) and \
+            resolve_obs_mode(config.obs, dataset) != "state":
+        raise DatasetError(f"--algo {config.algo} models state observations only: pass --obs state")
     if dataset.num_episodes < 2 and config.heldout_fraction > 0:
         raise DatasetError(
             f"{config.dataset} has a single episode, so no episode can be held out for the held-out metrics: "
@@ -554,7 +599,8 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
         if config.normalize_observations
         else Normalizer.identity(len(columns))
     )
-    inputs = Inputs(mode, tuple(columns), normalizer, config.frame_stack, _calibration_gamma(config))
+    inputs = Inputs(mode, tuple(columns), normalizer, config.frame_stack, _calibration_gamma(config),
+                    _sequence_window(config))
     spec = obs_spec(mode, dataset, config.frame_stack)
     agent = active_agent_config(config)
     module = get_agent(config.algo)
@@ -571,6 +617,8 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
         )
         config = _with_agent_config(config, agent)
     state = module.init(agent, spec, dataset.act_dim, k_init)
+    if hasattr(module, "fit_data"):  # the Trajectory Transformer's bins come from the training data
+        state = module.fit_data(state, _host_arrays(train_ds, inputs), agent)
     if behavior_info is not None:
         state = module.with_behavior(state, behavior_params)
 
@@ -675,7 +723,8 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
                     {"q_data(batch)": f"{metrics['q_data']:.3g}", "td(batch)": f"{metrics['td_error']:.2g}"}
                 )
             else:
-                bar.set_postfix({"log_likelihood(batch)": f"{metrics['log_likelihood']:.3g}"})
+                name = "log_likelihood" if "log_likelihood" in metrics else "token_log_likelihood"
+                bar.set_postfix({f"{name}(batch)": f"{metrics[name]:.3g}"})
             if step % config.checkpoint_every == 0 or step == config.steps:
                 record: dict[str, Any] = {"step": step, "time_s": round(time.perf_counter() - t0, 3)}
                 for prefix, (chunks, mask) in eval_sets.items():

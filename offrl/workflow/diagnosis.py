@@ -33,9 +33,12 @@ from offrl.training import run_dir as rd
 VERDICTS = ("overfitting", "underfitting", "over-estimation", "healthy", "inconclusive", "diverged")
 # Per algorithm: the curve of Metric 3.1 / Guideline 3.1, and the regularizer compared by Metric 3.2.
 DEFAULT_METRIC = {"cql": "q_data", "brac": "q_regularized", "bc": "heldout/log_likelihood", "iql": "q_data",
-                  "awac": "q_data", "bear": "q_data"}
+                  "awac": "q_data", "bear": "q_data", "tt": "heldout/token_log_likelihood"}
 REGULARIZER = {"cql": "cql_regularizer", "brac": "kl_estimate", "bc": None, "iql": "value_loss", "awac": "weighted_nll",
-               "bear": "mmd"}
+               "bear": "mmd", "tt": None}
+# Algorithms without a Q-function: their curve is a held-out likelihood (a validation loss, negated), and the
+# Q-range rules (divergence, over-estimation, underfitting from the TD error) do not apply.
+NO_Q = ("bc", "tt")
 DIAGNOSIS_FILE = "diagnosis.json"
 
 
@@ -45,8 +48,9 @@ class DiagnosisConfig:
 
     metric: str = "auto"
     """Curve read by Metric 3.1 and Guideline 3.1. ``auto``: ``q_data`` for CQL (training transitions, as in
-    the paper), ``q_regularized`` for BRAC (Appendix F), ``heldout/log_likelihood`` for BC; or any logged key
-    such as ``heldout/q_data``."""
+    the paper), ``q_regularized`` for BRAC (Appendix F), ``heldout/log_likelihood`` for BC,
+    ``heldout/token_log_likelihood`` for the Trajectory Transformer; or any logged key such as
+    ``heldout/q_data``."""
     smoothing_window: int = 3
     """Width of the centred moving average applied to the curve before finding the peak, in checkpoints."""
     min_checkpoints: int = 4
@@ -182,6 +186,15 @@ def _recommendation(verdict: str, selected_step: int | None, algo: str = "cql") 
             )
         if verdict in ("healthy", "underfitting"):
             return f"The held-out log-likelihood does not fall: use step {selected_step}."
+    if algo == "tt":
+        if verdict == "overfitting":
+            return (
+                f"The held-out next-token log-likelihood peaks, then falls: the Trajectory Transformer memorises its "
+                f"training sequences. Use step {selected_step}; more data, a smaller model (--tt.embed-dim, "
+                f"--tt.num-layers), more --tt.dropout or fewer steps help."
+            )
+        if verdict in ("healthy", "underfitting"):
+            return f"The held-out next-token log-likelihood does not fall: use step {selected_step}."
     if algo == "iql" and verdict in ("overfitting", "over-estimation", "diverged"):
         # IQL's critic only sees dataset actions; its optimism comes from the expectile (docs/metrics.md, IQL).
         what = {
@@ -268,8 +281,9 @@ def diagnose_metrics(
         warmup_steps: the actor's behaviour-cloning warm start (``agent.bc_steps``). Checkpoints at or before
             it hold behaviour-cloned policies, not CQL policies, and the Q curve restarts when the actor starts
             maximising Q, so they are left out of Metric 3.1, the error estimates and the selection.
-        algo: ``cql``, ``brac`` or ``bc``: decides the default curve, the regularizer compared by Metric 3.2, and
-            (for ``bc``, which has no Q-function) that the Q-range rules do not apply.
+        algo: ``cql``, ``brac``, ``bc``, ... (:data:`DEFAULT_METRIC`): decides the default curve, the regularizer
+            compared by Metric 3.2, and (for ``bc`` and ``tt``, which have no Q-function) that the Q-range rules do
+            not apply.
 
     Returns:
         ``{"verdict", "selected_step", "peak_step", "selection_rule", "q_range", "evidence", "reasons",
@@ -277,10 +291,10 @@ def diagnose_metrics(
     """
     by_step = {int(r["step"]): r for r in records if "step" in r}
     metric = DEFAULT_METRIC[algo] if config.metric == "auto" else config.metric
-    if algo == "bc" and metric not in next(iter(by_step.values()), {}):
-        metric = "log_likelihood"  # no held-out episodes
+    has_q = algo not in NO_Q
+    if not has_q and metric not in next(iter(by_step.values()), {}):
+        metric = metric.removeprefix("heldout/")  # no held-out episodes
     config = dataclasses.replace(config, metric=metric)
-    has_q = algo != "bc"
     q_min, q_max = float(q_range[0]), float(q_range[1])
     width = q_max - q_min if has_q else 0.0
     reasons: list[str] = []

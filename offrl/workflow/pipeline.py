@@ -14,6 +14,7 @@ from offrl.agents.bear import BEARConfig
 from offrl.agents.brac import BRACConfig
 from offrl.agents.cql import CQLConfig
 from offrl.agents.iql import IQLConfig
+from offrl.agents.trajectory_transformer import TTConfig
 from offrl.data.collect import collect
 from offrl.envs import DEFAULT_HORIZON
 from offrl.envs.behaviour import DEFAULT_REGIME
@@ -72,7 +73,7 @@ class WorkflowConfig:
     alone achieves beside the CQL pick (analysis only). 0 skips it."""
     progress: bool = True
     """Progress bars."""
-    algo: Literal["cql", "brac", "bc", "iql", "awac", "bear"] = "cql"
+    algo: Literal["cql", "brac", "bc", "iql", "awac", "bear", "tt"] = "cql"
     """Algorithm. ``brac`` first trains behaviour cloning (its own run directory, suffix ``_bc``) and uses the
     checkpoint with the highest held-out log-likelihood as pi_beta."""
     auto: bool = False
@@ -91,6 +92,8 @@ class WorkflowConfig:
     """AWAC hyperparameters."""
     bear: BEARConfig = dataclasses.field(default_factory=BEARConfig)
     """BEAR hyperparameters."""
+    tt: TTConfig = dataclasses.field(default_factory=TTConfig)
+    """Trajectory Transformer hyperparameters (its checkpoint is selected by the held-out next-token loss)."""
 
 
 def run_workflow(config: WorkflowConfig) -> dict[str, Any]:
@@ -140,7 +143,7 @@ def _run_workflow(config: WorkflowConfig, timings: dict[str, float], t_start: fl
     base = TrainConfig(
         dataset=Path(dataset), out=out, steps=config.steps, checkpoint_every=config.checkpoint_every,
         seed=config.seed, progress=config.progress, algo=config.algo, agent=config.agent, brac=config.brac,
-        bc=config.bc, iql=config.iql, awac=config.awac, bear=config.bear,
+        bc=config.bc, iql=config.iql, awac=config.awac, bear=config.bear, tt=config.tt,
         obs=config.obs, frame_stack=config.frame_stack, batch_size=config.batch_size,
     )
     t = time.perf_counter()
