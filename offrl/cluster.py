@@ -313,12 +313,11 @@ def _cell_attempt(config: StudyConfig, cell: Cell, attempt: int) -> dict[str, An
     from offrl.training import run_dir as rd
     from offrl.workflow import study
 
-    run = config.out / "cells" / cell.name
     with _lock_within(config, cell.name, LOCK_WAIT_S if attempt > 1 else 0.0) as held:
         if not held:
             return {"status": "held"}
-        if (run / study.CELL_FILE).is_file():  # finished by another process meanwhile
-            return {"status": "done", "cell": rd.read_json(run / study.CELL_FILE)}
+        if (res := study.finished_cell(config, cell)) is not None:  # finished by another process meanwhile
+            return {"status": "done", "cell": res}
         failure = study._failure_file(config, cell)
         t = time.perf_counter()
         try:
@@ -372,9 +371,9 @@ def run_cells_on_ray(config: StudyConfig, cells: list[Cell], options: RayOptions
         SharedStorageError: a node does not see the study directory.
     """
     from offrl.training import run_dir as rd
-    from offrl.workflow.study import CELL_FILE, _failure_file
+    from offrl.workflow.study import _failure_file, finished_cell
 
-    todo = [c for c in cells if not (config.out / "cells" / c.name / CELL_FILE).is_file()]
+    todo = [c for c in cells if finished_cell(config, c) is None]
     if not todo:
         return {}
     with connected(options.address) as ray:

@@ -350,3 +350,49 @@ def test_a_study_setting_may_run_another_algorithm():
     assert a["per_algorithm"]["iql"]["pick_success"]["mean"] == pytest.approx(0.6)
     assert a["per_algorithm"]["cql"]["best_success"]["mean"] == pytest.approx(0.5)
     assert a["remedies"]["all"] == []
+
+
+def test_the_archive_carries_finished_cells_to_a_new_study_directory_and_refuses_other_settings(
+        tmp_path, monkeypatch):
+    from offrl.training import run_dir as rd
+    from offrl.workflow import study
+
+    def raw(out, **kw):
+        return {"out": str(tmp_path / out), "archive": str(tmp_path / "archive"), "bootstrap_samples": 50,
+                "eval_episodes": 4, "scenario": [{"name": "a", "tasks": ["reach-v3", "push-v3"], "episodes": [5]}],
+                **kw}
+
+    first = study_config_from_dict(raw("machine1"))
+    done_cell, todo_cell = cells_of(first)
+    res = _cell([0.1, 0.5, 0.2], [0.2, 0.8, 0.4])
+    res["cell"] = {"scenario": "a", "task": "reach-v3", "episodes": 5, "seed": 0, "setting": "base",
+                   "regime": "white"}
+    res["dataset"] = {"behaviour_success_rate": 0.5}
+    (first.out / "cells" / done_cell.name).mkdir(parents=True)
+    rd.write_json(first.out / "cells" / done_cell.name / study.CELL_FILE, res)
+    ran = []
+
+    def fake_run_cell(cell, config, progress=False):
+        ran.append((config.out.name, cell.name))
+        raise study.StudyConfigError("stop")  # not a cell failure the loop catches: the test stops here
+
+    monkeypatch.setattr(study, "run_cell", fake_run_cell)
+    # A finished cell.json from before the archive existed is copied on the next analysis, with its settings.
+    assert study.archive_cells(first) == 1 and study.archive_cells(first) == 0
+    archived = rd.read_json(tmp_path / "archive" / f"{done_cell.name}.json")
+    assert archived["study_settings"]["eval_episodes"] == 4 and archived["checkpoints"] == res["checkpoints"]
+
+    # Another machine: a new study directory, the same archive. The archived cell is done; only the other runs.
+    second = study_config_from_dict(raw("machine2"))
+    assert study.finished_cell(second, done_cell)["checkpoints"] == res["checkpoints"]
+    assert study.finished_cell(second, todo_cell) is None
+    with pytest.raises(study.StudyConfigError, match="stop"):
+        study._run_cells(second, cells_of(second))
+    assert ran == [("machine2", todo_cell.name)]
+    analysis = study.run_study(second, analyse_only=True)
+    assert analysis["runs"] == 1
+
+    # The archive never mixes in a cell made under other settings.
+    other = study_config_from_dict(raw("machine3", eval_episodes=8))
+    with pytest.raises(study.StudyConfigError, match="eval_episodes"):
+        study.finished_cell(other, done_cell)

@@ -53,14 +53,9 @@ def _ci(stat: dict[str, Any] | None, digits: int = 2) -> str:
 
 def _cells(config: Any, scenario: str | None = None) -> list[dict[str, Any]]:
     """The finished cells (cell.json contents) of the study or of one scenario."""
-    from offrl.workflow.study import CELL_FILE, cells_of
+    from offrl.workflow.study import cells_of, finished_cell
 
-    out = []
-    for cell in cells_of(config, scenario):
-        p = config.out / "cells" / cell.name / CELL_FILE
-        if p.is_file():
-            out.append(rd.read_json(p))
-    return out
+    return [res for cell in cells_of(config, scenario) if (res := finished_cell(config, cell)) is not None]
 
 
 def _figure_scenario(cells: list[dict[str, Any]], scenario: str, task: str, path: Path) -> None:

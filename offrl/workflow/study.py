@@ -29,6 +29,12 @@ Layout of a study directory::
     STUDY/ray/<cell>.json    with --ray: the cell's last attempt (node, pid, step it resumed from); .log: its output
     STUDY/analysis.json      every number in the results
     RESULTS (default STUDY/results.md) and STUDY/figures/*.png
+    ARCHIVE/<cell>.json      with ``archive = "DIR"``: a copy of every finished cell.json, meant to be committed
+
+The archive is what lets a grid longer than one machine's life accumulate: the study directory (datasets,
+checkpoints) is scratch, while ``ARCHIVE/<cell>.json`` holds everything the analysis reads. A cell whose archive
+file exists counts as done, with or without its run directory; an archive file made under other settings (steps,
+checkpoints, evaluation episodes, FQE steps, horizon, noise, the setting's overrides) is refused, never mixed in.
 """
 
 from __future__ import annotations
@@ -88,6 +94,10 @@ class StudyConfig:
     noise_sigma: float = DEFAULT_NOISE_SIGMA
     fqe_steps: int = 10_000
     bootstrap_samples: int = 10_000
+    archive: Path | None = None
+    """A folder (committed, e.g. ``studies/archive/dev``) that keeps a copy of every finished cell's cell.json:
+    cells found there are done, so a grid can run across machines and sessions whose study directories are lost.
+    """
     settings: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     """Named agent settings beyond the presets: ``{"name": {field: value}}``, fields of CQLConfig, or with
     ``algo = "iql"`` / ``"awac"`` / ``"bear"`` of that algorithm's config (so that selection can be compared across
@@ -178,7 +188,7 @@ def study_config_from_dict(
         raise StudyConfigError(f"{source}: scenario names must be unique")
     kw: dict[str, Any] = {}
     for k, v in raw.items():
-        kw[k] = Path(v) if k in ("out", "results") else v
+        kw[k] = Path(v) if k in ("out", "results", "archive") else v
     if out is not None:
         kw["out"] = Path(out)
     if results is not None:
@@ -279,7 +289,7 @@ def _check_study_dir(config: StudyConfig, source_text: str | None = None) -> Non
             a, b = json.loads(old), json.loads(text)
             # Scenarios may be added or removed (every run is its own cell); what a finished run was made with
             # may not change.
-            free = ("results", "scenarios", "bootstrap_samples")
+            free = ("results", "scenarios", "bootstrap_samples", "archive")
             diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in free)
             if diff:
                 raise FileExistsError(
@@ -289,6 +299,68 @@ def _check_study_dir(config: StudyConfig, source_text: str | None = None) -> Non
     rd.atomic_write_text(saved, text)
     if source_text is not None:
         rd.atomic_write_text(out / "study.toml", source_text)
+
+
+def cell_settings(config: StudyConfig, cell: Cell) -> dict[str, Any]:
+    """Everything of the study besides the cell's own name that decides its result (compared on archive reads)."""
+    return {
+        "steps": config.steps, "checkpoint_every": config.checkpoint_every, "eval_episodes": config.eval_episodes,
+        "fqe_steps": config.fqe_steps, "horizon": config.horizon,
+        "noise_sigma": config.noise_sigma if cell.regime == "white" else None,
+        "setting": config.settings.get(cell.setting, cell.setting),
+    }
+
+
+def _archive_file(config: StudyConfig, cell: Cell) -> Path | None:
+    return None if config.archive is None else config.archive / f"{cell.name}.json"
+
+
+def finished_cell(config: StudyConfig, cell: Cell) -> dict[str, Any] | None:
+    """The result of a finished cell: ``STUDY/cells/<cell>/cell.json``, else its archive copy; None if not done.
+
+    Raises:
+        StudyConfigError: the archive copy was made under other settings (:func:`cell_settings`).
+    """
+    path = config.out / "cells" / cell.name / CELL_FILE
+    if path.is_file():
+        return rd.read_json(path)
+    archived = _archive_file(config, cell)
+    if archived is None or not archived.is_file():
+        return None
+    res = rd.read_json(archived)
+    want = json_roundtrip(cell_settings(config, cell))
+    if res.get("study_settings") != want:
+        raise StudyConfigError(
+            f"{archived} was made with {res.get('study_settings')}, this study runs {want}: point `archive` at "
+            f"another folder, or restore the settings it was made with"
+        )
+    return res
+
+
+def json_roundtrip(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples become lists), for comparing with what a file holds."""
+    import json
+
+    return json.loads(json.dumps(obj, default=str))
+
+
+def archive_cells(config: StudyConfig) -> int:
+    """Copy every finished cell.json that the archive lacks into it (atomically); returns how many were copied."""
+    return sum(archive_cell(config, cell) for cell in cells_of(config)) if config.archive is not None else 0
+
+
+def archive_cell(config: StudyConfig, cell: Cell) -> bool:
+    """Copy the cell's cell.json, with the settings it was made under (:func:`cell_settings`), into the archive
+    unless it is there already, or there is no archive or no cell.json; returns whether it copied."""
+    target = _archive_file(config, cell)
+    path = config.out / "cells" / cell.name / CELL_FILE
+    if target is None or not path.is_file() or target.is_file():
+        return False
+    res = rd.read_json(path)
+    res["study_settings"] = cell_settings(config, cell)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    rd.write_json(target, res)
+    return True
 
 
 @contextlib.contextmanager
@@ -401,8 +473,10 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
         "diagnosis": {k: diagnosis[k] for k in ("verdict", "selected_step", "peak_step", "reasons", "evidence")},
         "checkpoints": checkpoints,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "offrl_version": rd.offrl_version(),
     }
     rd.write_json(run / CELL_FILE, out)
+    archive_cell(config, cell)
     return out
 
 
@@ -449,11 +523,12 @@ def run_study(
             _run_cells(config, cells)
         else:
             _run_workers(config, cells, workers)
+    archive_cells(config)  # cells finished before the archive was configured, or by a worker without it
     done, failed = [], []
     for c in cells:
-        path, failure = config.out / "cells" / c.name / CELL_FILE, _failure_file(config, c)
-        if path.is_file():
-            done.append(rd.read_json(path))
+        res, failure = finished_cell(config, c), _failure_file(config, c)
+        if res is not None:
+            done.append(res)
         elif failure.is_file():
             failed.append({"cell": c.name, "error": failure.read_text().strip()})
     analysis = analyse(done, config)
@@ -475,11 +550,10 @@ def _run_cells(config: StudyConfig, cells: list[Cell], prefix: str = "") -> None
 
     t0 = time.perf_counter()
     for i, cell in enumerate(cells):
-        path = config.out / "cells" / cell.name / CELL_FILE
-        if path.is_file():
+        if finished_cell(config, cell) is not None:
             continue
         with _lock(config, cell.name, wait=False) as held:
-            if not held or path.is_file():  # another process has it, or finished it meanwhile
+            if not held or finished_cell(config, cell) is not None:  # another process has it, or finished it
                 continue
             print(f"{prefix}[study {i + 1}/{len(cells)}] {cell.name}", flush=True)
             t = time.perf_counter()
