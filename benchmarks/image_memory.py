@@ -79,7 +79,7 @@ def main() -> None:
     run = args.workdir / f"run_{args.transitions}_{args.size}"
     cmd = [sys.executable, "-m", "offrl.cli", "train", "--dataset", str(path), "--out", str(run), "--overwrite",
            "--obs", "image", "--steps", str(args.steps), "--checkpoint-every", str(args.steps),
-           "--log-every", str(args.steps), "--no-progress"]
+           "--chunk-steps", str(args.steps), "--no-progress"]
     t = time.perf_counter()
     subprocess.run(cmd, check=True)
     train_s = time.perf_counter() - t

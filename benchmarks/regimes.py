@@ -15,7 +15,7 @@ import time
 
 from offrl.envs import collect_episodes
 from offrl.envs.behaviour import REGIMES
-from offrl.workflow.selection import wilson_interval
+from offrl.stats import wilson_interval
 
 DEV_TASKS = ("pick-place-v3", "drawer-open-v3", "button-press-v3", "lever-pull-v3")
 

@@ -63,7 +63,7 @@ def tiny_run(folder: Path) -> Path:
     }
     data = save_dataset(folder / "tiny.h5", make_dataset(arrays, {"task": "toy"}))
     agent = CQLConfig(critic_hidden_dims=(16, 16), actor_hidden_dims=(16, 16), num_action_samples=2, bc_steps=0)
-    config = TrainConfig(dataset=data, out=folder / "run", steps=20, checkpoint_every=5, log_every=5,
+    config = TrainConfig(dataset=data, out=folder / "run", steps=20, checkpoint_every=5, chunk_steps=5,
                          batch_size=16, progress=False, agent=agent)
     return train(config)
 

@@ -513,7 +513,8 @@ def run(cmd: object) -> int:
         if "advice" in result:
             print(f"note: {result['advice']}")
     elif isinstance(cmd, Study):
-        from offrl.workflow.study import load_study_config, run_study
+        from offrl.study.config import load_study_config
+        from offrl.study.run import run_study
 
         ray = None
         if cmd.ray is not None:

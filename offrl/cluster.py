@@ -2,7 +2,7 @@
 
 Every cell of a study, and every run of a sweep, is one Ray task that declares its resources
 (``--ray-cpus-per-cell``, ``--ray-gpus-per-cell``); Ray starts it on a node that has them free. A task runs the
-code of the local path (:func:`offrl.workflow.study.run_cell` under the cell's lock; :func:`offrl.training.train.train`
+code of the local path (:func:`offrl.study.cell.run_cell` under the cell's lock; :func:`offrl.training.train.train`
 for a sweep run) in the head's working directory and writes the same files; the head (the process that ran the
 command) then analyses them exactly as a local run does. A study's run directories, analysis.json and results page
 are therefore those of a local run (tests/test_ray.py compares them). A sweep run is trained as the separate
@@ -49,8 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from offrl.training.sweep import SweepConfig
-    from offrl.workflow.study import Cell, StudyConfig
+    from offrl.study.config import Cell, StudyConfig
 
 RAY_INSTALL = "pip install 'offrl[ray]'"
 LOCAL = "local"
@@ -147,7 +146,7 @@ def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
 
 def _task_env(options: RayOptions) -> dict[str, str]:
     """Environment of the cells' worker processes (Ray starts workers of their own for it)."""
-    from offrl.workflow.study import _SINGLE_THREAD_XLA
+    from offrl.runtime import SINGLE_THREAD_XLA
 
     env = {}
     if options.gpus_per_cell == 0:
@@ -155,11 +154,11 @@ def _task_env(options: RayOptions) -> dict[str, str]:
     elif options.gpus_per_cell < 1:
         env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # cells that share a GPU must not preallocate it
     if options.cpus_per_cell < 2:
-        env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_SINGLE_THREAD_XLA}".strip()
+        env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {SINGLE_THREAD_XLA}".strip()
     return env
 
 
-def _warn_if_infeasible(ray: Any, options: RayOptions, out: Any = sys.stderr) -> None:
+def warn_if_infeasible(ray: Any, options: RayOptions, out: Any = sys.stderr) -> None:
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     fits = [n for n in nodes if n["Resources"].get("CPU", 0) >= options.cpus_per_cell
             and n["Resources"].get("GPU", 0) >= options.gpus_per_cell]
@@ -178,7 +177,7 @@ def _node() -> tuple[str, str]:
     return ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address()
 
 
-def _enter(cwd: str, path: Path) -> None:
+def enter(cwd: str, path: Path) -> None:
     """Work in the head's directory ``cwd``, so that relative paths mean what they mean to the head."""
     if os.path.isdir(cwd):
         os.chdir(cwd)
@@ -197,7 +196,7 @@ def _probe(probe: str, cwd: str, token: str, must_exist: list[str]) -> dict[str,
     problem = None
     try:
         path = Path(probe)
-        _enter(cwd, path)
+        enter(cwd, path)
         if not path.is_file() or path.read_text() != token:
             problem = f"does not see {path.absolute()}, which the head has just written"
         else:
@@ -252,7 +251,7 @@ def check_shared_storage(ray: Any, folder: Path, must_exist: tuple[str | Path, .
 
 
 @contextlib.contextmanager
-def _output_to(log: Path, header: str) -> Iterator[None]:
+def output_to(log: Path, header: str) -> Iterator[None]:
     """What the task prints goes to ``log`` (appended: one section per attempt)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", buffering=1) as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
@@ -260,7 +259,7 @@ def _output_to(log: Path, header: str) -> Iterator[None]:
         yield
 
 
-def _start_attempt(record: Path, **info: Any) -> dict[str, Any]:
+def start_attempt(record: Path, **info: Any) -> dict[str, Any]:
     """Write the attempt's record (node, pid, ...); the attempt number counts the records before it."""
     from offrl.training import run_dir as rd
 
@@ -276,7 +275,7 @@ def _start_attempt(record: Path, **info: Any) -> dict[str, Any]:
     return rec
 
 
-def _message(e: BaseException) -> str:
+def message(e: BaseException) -> str:
     """One line naming the error: the message of offrl's own errors, type and message of anything else."""
     from offrl.data import DatasetError
     from offrl.training.train import TrainingDiverged
@@ -293,7 +292,7 @@ def _cell_task(config: StudyConfig, cell: Cell, cwd: str, study_json: str) -> di
     from offrl.training import run_dir as rd
 
     t_task = time.perf_counter()
-    _enter(cwd, config.out)
+    enter(cwd, config.out)
     saved = config.out / "study.json"
     if not saved.is_file() or saved.read_text() != study_json:
         raise SharedStorageError(
@@ -303,40 +302,41 @@ def _cell_task(config: StudyConfig, cell: Cell, cwd: str, study_json: str) -> di
     run = config.out / "cells" / cell.name
     done = rd.checkpoint_steps(run) if (run / rd.CONFIG_FILE).is_file() else []
     record = config.out / STUDY_RAY_DIR / f"{cell.name}.json"
-    rec = _start_attempt(record, cell=cell.name, resumed_from=done[-1] if done else None)
-    with _output_to(record.with_suffix(".log"), _header(cell.name, rec)):
+    rec = start_attempt(record, cell=cell.name, resumed_from=done[-1] if done else None)
+    with output_to(record.with_suffix(".log"), header(cell.name, rec)):
         res = _cell_attempt(config, cell, rec["attempt"])
-    return _finish_attempt(record, rec, res, t_task)
+    return finish_attempt(record, rec, res, t_task)
 
 
 def _cell_attempt(config: StudyConfig, cell: Cell, attempt: int) -> dict[str, Any]:
+    from offrl.study import cell as study_cell
+    from offrl.study import store
     from offrl.training import run_dir as rd
-    from offrl.workflow import study
 
     with _lock_within(config, cell.name, LOCK_WAIT_S if attempt > 1 else 0.0) as held:
         if not held:
             return {"status": "held"}
-        if (res := study.finished_cell(config, cell)) is not None:  # finished by another process meanwhile
+        if (res := store.finished_cell(config, cell)) is not None:  # finished by another process meanwhile
             return {"status": "done", "cell": res}
-        failure = study._failure_file(config, cell)
+        failure = store.failure_file(config, cell)
         t = time.perf_counter()
         try:
-            res = study.run_cell(cell, config, progress=False)
+            res = study_cell.run_cell(cell, config, progress=False)
         except Exception as e:  # the cell's own failure: recorded once, not retried (retry_exceptions=False)
             traceback.print_exc()
             failure.parent.mkdir(parents=True, exist_ok=True)
-            rd.atomic_write_text(failure, f"{_message(e)}\n")
-            return {"status": "failed", "error": _message(e)}
+            rd.atomic_write_text(failure, f"{message(e)}\n")
+            return {"status": "failed", "error": message(e)}
         failure.unlink(missing_ok=True)
         return {"status": "done", "cell": res, "cell_s": time.perf_counter() - t}
 
 
-def _header(name: str, rec: dict[str, Any]) -> str:
+def header(name: str, rec: dict[str, Any]) -> str:
     start = f"resuming from step {rec['resumed_from']}" if rec["resumed_from"] else "from the start"
     return f"{name}: attempt {rec['attempt']} on {rec['ip']} (pid {rec['pid']}), {start}"
 
 
-def _finish_attempt(record: Path, rec: dict[str, Any], res: dict[str, Any], t_task: float) -> dict[str, Any]:
+def finish_attempt(record: Path, rec: dict[str, Any], res: dict[str, Any], t_task: float) -> dict[str, Any]:
     """Complete the attempt's record (status, seconds in the cell and in the task); the task's answer."""
     from offrl.training import run_dir as rd
 
@@ -350,11 +350,11 @@ def _finish_attempt(record: Path, rec: dict[str, Any], res: dict[str, Any], t_ta
 @contextlib.contextmanager
 def _lock_within(config: StudyConfig, name: str, wait_s: float) -> Iterator[bool]:
     """The cell's lock, tried every 2 s for ``wait_s``; yields whether it is held."""
-    from offrl.workflow.study import _lock
+    from offrl.study.store import lock
 
     deadline = time.monotonic() + wait_s
     while True:
-        with _lock(config, name, wait=False) as held:
+        with lock(config, name, wait=False) as held:
             if held or time.monotonic() >= deadline:
                 yield held
                 return
@@ -364,20 +364,20 @@ def _lock_within(config: StudyConfig, name: str, wait_s: float) -> Iterator[bool
 def run_cells_on_ray(config: StudyConfig, cells: list[Cell], options: RayOptions) -> dict[str, dict[str, Any]]:
     """Run the cells without a cell.json as Ray tasks; returns what each task reported, by cell name.
 
-    The study directory is prepared (:func:`offrl.workflow.study._check_study_dir`) before this is called.
+    The study directory is prepared (:func:`offrl.study.store.check_study_dir`) before this is called.
 
     Raises:
         RuntimeError: Ray is not installed, or no cluster answers at the address.
         SharedStorageError: a node does not see the study directory.
     """
+    from offrl.study.store import failure_file, finished_cell
     from offrl.training import run_dir as rd
-    from offrl.workflow.study import _failure_file, finished_cell
 
     todo = [c for c in cells if finished_cell(config, c) is None]
     if not todo:
         return {}
     with connected(options.address) as ray:
-        _warn_if_infeasible(ray, options)
+        warn_if_infeasible(ray, options)
         if options.address != LOCAL:
             check_shared_storage(ray, config.out / STUDY_RAY_DIR, options=options)
         study_json = (config.out / "study.json").read_text()
@@ -399,110 +399,20 @@ def run_cells_on_ray(config: StudyConfig, cells: list[Cell], options: RayOptions
 
         def failed(name: str, res: dict[str, Any]) -> None:
             # Failures the task could not write itself (its worker died every time, or Ray refused it).
-            path = _failure_file(config, next(c for c in todo if c.name == name))
+            path = failure_file(config, next(c for c in todo if c.name == name))
             if not path.is_file():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 rd.atomic_write_text(path, f"{res['error']}\n")
 
         calls = [(c.name, (config, c, os.getcwd(), study_json)) for c in todo]
-        return _run_tasks(ray, _cell_task, calls, options, config.out / STUDY_RAY_DIR, "study", "cell",
+        return run_tasks(ray, _cell_task, calls, options, config.out / STUDY_RAY_DIR, "study", "cell",
                           describe, failed)
-
-
-# --------------------------------------------------------------------------------------------------- sweep
-
-
-def _member_task(config: SweepConfig, seed: int, value: float | None, members: int, cwd: str) -> dict[str, Any]:
-    """One run of a sweep, on a worker: an `offrl train` run that resumes when it exists."""
-    from offrl.training import run_dir as rd
-    from offrl.training.sweep import member_train_config
-
-    t_task = time.perf_counter()
-    _enter(cwd, Path(config.train.out))
-    run = Path(member_train_config(config, seed, value).out)
-    done = rd.checkpoint_steps(run) if (run / rd.CONFIG_FILE).is_file() else []
-    record = Path(config.train.out) / SWEEP_RAY_DIR / f"{run.name}.json"
-    rec = _start_attempt(record, run=run.name, resumed_from=done[-1] if done else None)
-    with _output_to(record.with_suffix(".log"), _header(run.name, rec)):
-        res = _member_attempt(config, seed, value, members)
-    return _finish_attempt(record, rec, res, t_task)
-
-
-def _member_attempt(config: SweepConfig, seed: int, value: float | None, members: int) -> dict[str, Any]:
-    import shutil
-
-    from offrl.training import run_dir as rd
-    from offrl.training.sweep import member_train_config
-    from offrl.training.train import TrainingDiverged, train
-
-    member = member_train_config(config, seed, value)
-    run = Path(member.out)
-    resume = (run / rd.CONFIG_FILE).is_file()
-    if run.exists() and not resume:  # an interrupted start holds no training: set it aside, never delete
-        shutil.move(str(run), str(run.with_name(run.name + f".incomplete-{int(time.time())}")))
-    result: dict[str, Any] = {"run": str(run)}
-    t = time.perf_counter()
-    try:
-        train(dataclasses.replace(member, resume=resume, progress=False))
-    except TrainingDiverged as e:
-        # As in the local sweep: the run stops there, its earlier checkpoints stay, the others go on.
-        if not rd.checkpoint_steps(run):
-            return {**result, "status": "failed", "error": _message(e)}
-        result["diverged"] = str(e)
-    except Exception as e:
-        traceback.print_exc()
-        return {**result, "status": "failed", "error": _message(e)}
-    cfg = rd.read_json(run / rd.CONFIG_FILE)
-    if "sweep" not in cfg:  # what the local sweep records
-        cfg["sweep"] = {"dir": str(config.train.out), "members": members, "param": config.param}
-        rd.write_json(run / rd.CONFIG_FILE, cfg)
-    return {**result, "status": "done", "cell_s": time.perf_counter() - t}
-
-
-def sweep_on_ray(config: SweepConfig, members: list[tuple[int, float | None]], options: RayOptions) -> list[Path]:
-    """Train every member of a checked sweep (:func:`offrl.training.sweep.prepare_sweep`) as one Ray task each;
-    returns the run directories, in the order of the members.
-
-    Raises:
-        RuntimeError: Ray is missing, no cluster answers, or some runs failed (the others are finished).
-        SharedStorageError: a node does not see the sweep directory or the dataset.
-    """
-    from offrl.training.sweep import member_name
-
-    base = config.train
-    out = Path(base.out)
-    names = [member_name(s, config.param, v) for s, v in members]
-    with connected(options.address) as ray:
-        _warn_if_infeasible(ray, options)
-        out.mkdir(parents=True, exist_ok=True)
-        if options.address != LOCAL:
-            check_shared_storage(ray, out / SWEEP_RAY_DIR, must_exist=(base.dataset,) if base.dataset else (),
-                                 options=options)
-
-        def describe(name: str, res: dict[str, Any]) -> str:
-            head = f"[sweep {names.index(name) + 1}/{len(names)}] {name}"
-            if res["status"] == "failed":
-                return f"{head} failed: {res['error']}"
-            note = f"; {res['diverged']}" if res.get("diverged") else ""
-            again = f", attempt {res['attempt']}" if res.get("attempt", 1) > 1 else ""
-            return f"{head}: trained ({res['cell_s']:.0f} s on {res['ip']}{again}){note}"
-
-        calls = [(n, (config, s, v, len(members), os.getcwd())) for n, (s, v) in zip(names, members, strict=True)]
-        results = _run_tasks(ray, _member_task, calls, options, out / SWEEP_RAY_DIR, "sweep", "run", describe)
-    bad = {n: r["error"] for n, r in results.items() if r["status"] == "failed"}
-    if bad:
-        raise RuntimeError(
-            f"{len(bad)} of {len(names)} sweep runs failed: "
-            + "; ".join(f"{n}: {e}" for n, e in bad.items())
-            + f". The others are finished in {out}"
-        )
-    return [out / n for n in names]
 
 
 # ------------------------------------------------------------------------------------------------ the head
 
 
-def _run_tasks(
+def run_tasks(
     ray: Any,
     fn: Callable[..., dict[str, Any]],
     calls: list[tuple[str, tuple[Any, ...]]],
@@ -542,7 +452,7 @@ def _run_tasks(
                     res = ray.get(ref)
                 except ray.exceptions.RayTaskError as e:  # raised outside the cell's own try (shared storage)
                     cause = getattr(e, "cause", None)
-                    res = {"status": "failed", "error": _message(cause) if cause is not None else str(e)}
+                    res = {"status": "failed", "error": message(cause) if cause is not None else str(e)}
                 except ray.exceptions.RayError as e:  # the worker or node died on every attempt
                     res = {"status": "failed", "error": (
                         f"its worker died {options.max_retries + 1} times ({type(e).__name__}: "

@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 
 TUNABLE = "glibc.malloc.hugetlb=1"
+# XLA on one CPU thread: for processes that share a small machine core by core (study workers, Ray cells).
+SINGLE_THREAD_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 _THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 

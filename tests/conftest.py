@@ -64,7 +64,7 @@ def tiny_train_config(dataset, out, **overrides):
     from offrl.agents.cql import CQLConfig
     from offrl.training.train import TrainConfig
 
-    base = dict(dataset=dataset, out=out, steps=120, checkpoint_every=40, log_every=20, batch_size=32,
+    base = dict(dataset=dataset, out=out, steps=120, checkpoint_every=40, chunk_steps=20, batch_size=32,
                 progress=False,
                 agent=CQLConfig(critic_hidden_dims=(16, 16), actor_hidden_dims=(16, 16), num_action_samples=2,
                                 bc_steps=20))

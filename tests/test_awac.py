@@ -77,7 +77,7 @@ def test_bandit_policy_keeps_to_the_data_and_prefers_its_better_action():
 def test_awac_end_to_end_train_diagnose_export(tmp_path, capsys):
     data = save_dataset(tmp_path / "d.h5", make_dataset(chain_arrays(episodes=10), {"task": "toy"}))
     run = tmp_path / "awac"
-    tiny = ["--checkpoint-every", "40", "--log-every", "20", "--batch-size", "32", "--no-progress",
+    tiny = ["--checkpoint-every", "40", "--chunk-steps", "20", "--batch-size", "32", "--no-progress",
             "--awac.critic-hidden-dims", "16", "16", "--awac.actor-hidden-dims", "16", "16"]
     assert main(["train", "--algo", "awac", "--dataset", str(data), "--out", str(run), "--steps", "120",
                  "--awac.awac-lambda", "0", *tiny]) == 1

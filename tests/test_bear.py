@@ -68,7 +68,7 @@ def test_bandit_policy_keeps_to_the_support_and_prefers_the_better_action():
 def test_bear_end_to_end_train_diagnose_export(tmp_path, capsys):
     data = save_dataset(tmp_path / "d.h5", make_dataset(chain_arrays(episodes=10), {"task": "toy"}))
     run = tmp_path / "bear"
-    tiny = ["--checkpoint-every", "40", "--log-every", "20", "--batch-size", "32", "--no-progress",
+    tiny = ["--checkpoint-every", "40", "--chunk-steps", "20", "--batch-size", "32", "--no-progress",
             "--bear.critic-hidden-dims", "16", "16", "--bear.actor-hidden-dims", "16", "16",
             "--bear.vae-hidden-dims", "16", "16"]
     # A run no longer than the MMD-only warm start is refused, naming the flag.

@@ -84,7 +84,7 @@ def test_bc_maximises_the_likelihood_of_dataset_actions():
     assert float(after["action_mse"].mean()) < 0.02
 
 
-TINY = ["--checkpoint-every", "40", "--log-every", "20", "--batch-size", "32", "--no-progress"]
+TINY = ["--checkpoint-every", "40", "--chunk-steps", "20", "--batch-size", "32", "--no-progress"]
 
 
 def test_bc_then_brac_end_to_end_through_diagnose_and_report(tmp_path, capsys):

@@ -21,7 +21,7 @@ def test_train_diagnose_select_report_on_a_synthetic_dataset(tmp_path, capsys):
     data = save_dataset(tmp_path / "d.h5", make_dataset(chain_arrays(episodes=10), {"task": "toy"}))
     run = tmp_path / "run"
     assert main(["train", "--dataset", str(data), "--out", str(run), "--steps", "200", "--checkpoint-every",
-                 "40", "--log-every", "20", *TINY]) == 0
+                 "40", "--chunk-steps", "20", *TINY]) == 0
     assert main(["diagnose", str(run)]) == 0
     d = json.loads((run / "diagnosis.json").read_text())
     assert d["verdict"] in ("overfitting", "underfitting", "healthy", "inconclusive", "diverged")
@@ -134,7 +134,7 @@ def test_import_inspect_train_directly_and_export(tmp_path, capsys):
     # `offrl train` reads the other format directly
     run = tmp_path / "run"
     assert main(["train", "--dataset", str(tmp_path / "d4rl.hdf5"), "--dataset-format", "d4rl", "--out",
-                 str(run), "--steps", "80", "--checkpoint-every", "40", "--log-every", "20", *TINY]) == 0
+                 str(run), "--steps", "80", "--checkpoint-every", "40", "--chunk-steps", "20", *TINY]) == 0
     assert json.loads((run / "config.json").read_text())["dataset"]["metadata"]["source_format"] == "d4rl"
     # resuming reads the format from the run's config.json; the flag need not be repeated
     assert main(["train", "--dataset", str(tmp_path / "d4rl.hdf5"), "--out", str(run), "--steps", "80",
@@ -209,7 +209,7 @@ def test_newcomer_path_collect_train_diagnose_select_evaluate_report_export(tmp_
                  "--out", "data/d.h5"]) == 0
     assert "behaviour success rate" in capsys.readouterr().out
     assert main(["train", "--dataset", "data/d.h5", "--out", "runs/r", "--steps", "120", "--checkpoint-every",
-                 "40", "--log-every", "20", *TINY]) == 0
+                 "40", "--chunk-steps", "20", *TINY]) == 0
     assert main(["export", "runs/r"]) == 1  # not diagnosed yet: no silent choice of checkpoint
     assert "offrl diagnose" in capsys.readouterr().err
     assert main(["diagnose", "runs/r"]) == 0

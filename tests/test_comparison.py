@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from scipy.stats import binomtest
 
+from offrl.workflow.comparison import analysis_only_comparison, attach_comparison, format_comparison
 from offrl.workflow.diagnosis import diagnose_run
-from offrl.workflow.evaluate import analysis_only_comparison, attach_comparison, format_comparison
 
 STEPS = [1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000]
 
@@ -157,7 +157,7 @@ def test_a_compare_result_is_not_dropped_by_a_later_select(tmp_path):
      ([7] * 8, "none: all 6 checkpoints tied at 35%")],
 )
 def test_no_best_checkpoint_is_named_when_all_are_tied(successes, reason):
-    from offrl.workflow.evaluate import tie_reason
+    from offrl.workflow.comparison import tie_reason
 
     c = analysis_only_comparison(_evaluation(successes), 5000, warmup_steps=2000, dataset_metadata={},
                                  bc_evaluation=_evaluation(successes[:3], steps=STEPS[:3]))
@@ -183,7 +183,7 @@ def test_no_best_checkpoint_is_named_when_all_are_tied(successes, reason):
 
 
 def test_a_real_best_is_named_and_written_to_the_diagnosis(tmp_path):
-    from offrl.workflow.evaluate import tie_reason
+    from offrl.workflow.comparison import tie_reason
 
     # One checkpoint better than the others (the rest tied at 0%): it is the best, not a tie.
     c = analysis_only_comparison(_evaluation([0, 0, 0, 0, 3, 0, 0, 0]), 4000, 0, {})

@@ -160,7 +160,7 @@ def test_overwrite_with_a_bad_dataset_keeps_the_old_run(tmp_path):
 
 def test_sigkill_at_a_random_moment_then_resume_matches_an_uninterrupted_run(tmp_path):
     data = _data(tmp_path, episodes=10)
-    args = ["train", "--dataset", str(data), "--steps", "1500", "--checkpoint-every", "50", "--log-every", "10",
+    args = ["train", "--dataset", str(data), "--steps", "1500", "--checkpoint-every", "50", "--chunk-steps", "10",
             "--batch-size", "32", "--agent.critic-hidden-dims", "16", "16", "--agent.actor-hidden-dims", "16",
             "16", "--agent.num-action-samples", "2", "--agent.bc-steps", "20", "--no-progress"]
     killed = tmp_path / "killed"
@@ -204,7 +204,7 @@ def test_full_disk_during_a_checkpoint_loses_nothing(tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(rd, "save_checkpoint", full_disk)
     argv = ["train", "--dataset", str(data), "--out", str(tmp_path / "run"), "--steps", "120",
-            "--checkpoint-every", "40", "--log-every", "20", "--batch-size", "32", "--agent.critic-hidden-dims",
+            "--checkpoint-every", "40", "--chunk-steps", "20", "--batch-size", "32", "--agent.critic-hidden-dims",
             "16", "16", "--agent.actor-hidden-dims", "16", "16", "--agent.num-action-samples", "2",
             "--agent.bc-steps", "20", "--no-progress"]
     assert main(argv) == 1

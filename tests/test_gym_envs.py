@@ -175,7 +175,7 @@ def _tiny_run(tmp_path):
     data = save_dataset(tmp_path / "d.h5", make_dataset(chain_arrays(episodes=4, obs_dim=1, act_dim=1),
                                                         {"task": "toy", "action_low": [-1], "action_high": [1]}))
     return train(tiny_train_config(data, tmp_path / "run", algo="bc", bc=BCConfig(actor_hidden_dims=(8,)),
-                                   steps=20, checkpoint_every=10, log_every=10))
+                                   steps=20, checkpoint_every=10, chunk_steps=10))
 
 
 def test_offrl_evaluate_env_on_a_tiny_run(tmp_path, monkeypatch, capsys):

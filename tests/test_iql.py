@@ -66,7 +66,7 @@ def test_bandit_policy_keeps_to_the_data_and_prefers_its_better_action():
     assert a == pytest.approx(0.5, abs=0.1)
 
 
-TINY = ["--checkpoint-every", "40", "--log-every", "20", "--batch-size", "32", "--no-progress",
+TINY = ["--checkpoint-every", "40", "--chunk-steps", "20", "--batch-size", "32", "--no-progress",
         "--iql.critic-hidden-dims", "16", "16", "--iql.value-hidden-dims", "16", "16",
         "--iql.actor-hidden-dims", "16", "16"]
 

@@ -204,7 +204,8 @@ def test_a_node_without_the_study_directory_stops_the_study_before_it_runs(tmp_p
     """Two fake nodes: the second resolves the head's relative study path from another working directory, as a
     node whose disk has a folder of the same name but not the shared one would; nothing may run."""
     from offrl import cluster as cl
-    from offrl.workflow.study import run_study, study_config_from_dict
+    from offrl.study.config import study_config_from_dict
+    from offrl.study.run import run_study
 
     a, b = "a" * 56, "b" * 56   # node ids
     elsewhere = tmp_path / "node_b"

@@ -247,8 +247,8 @@ def test_first_screen_has_the_verdict_the_pick_and_the_comparison(tmp_path: Path
     assert positions == sorted(positions)
     assert text.index("data/pick.hdf5") > text.index("<details>")
     assert text.count("<td class='k'>offrl</td>") == 1 and "offrl version" not in text
-    # 95% Wilson intervals of 12/20, 14/20 and 5/20, from offrl.workflow.selection.
-    from offrl.workflow.selection import wilson_interval
+    # 95% Wilson intervals of 12/20, 14/20 and 5/20, from offrl.stats.
+    from offrl.stats import wilson_interval
 
     assert "95% Wilson interval" in text
     for k in (12, 14, 5):
@@ -313,8 +313,8 @@ def _comparison_section(run: Path) -> str:
 
 
 def test_the_report_names_no_best_checkpoint_where_the_comparison_says_all_are_tied(tmp_path: Path) -> None:
-    from offrl.workflow.evaluate import analysis_only_comparison
-    from offrl.workflow.selection import wilson_interval
+    from offrl.stats import wilson_interval
+    from offrl.workflow.comparison import analysis_only_comparison
 
     run = _make_run(tmp_path)
     results = [{"step": s, "success_rate": 0.0, "successes": 0, "episodes": 20} for s in STEPS]

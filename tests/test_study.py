@@ -8,22 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from offrl.workflow.selection import (
-    analyse,
-    bootstrap_mean,
-    evaluate_selectors,
-    spearman,
-    success_label,
-    wilson_interval,
-)
-from offrl.workflow.study import (
-    Cell,
-    StudyConfigError,
-    agent_for,
-    cells_of,
-    load_study_config,
-    study_config_from_dict,
-)
+from offrl.stats import bootstrap_mean, spearman, wilson_interval
+from offrl.study.cell import agent_for
+from offrl.study.config import Cell, StudyConfigError, cells_of, load_study_config, study_config_from_dict
+from offrl.study.selectors import analyse, evaluate_selectors, success_label
 
 
 def _cell(q, success, td=None, fqe=None, verdict="overfitting", selected=None, warmup=0, setting="base"):
@@ -267,7 +255,7 @@ def test_a_cell_another_process_holds_is_skipped_and_a_failure_is_listed(tmp_pat
     import fcntl
 
     from offrl.data import DatasetError
-    from offrl.workflow import study
+    from offrl.study import cell, run
 
     raw = {"out": str(tmp_path / "s"), "bootstrap_samples": 50,
            "scenario": [{"name": "a", "tasks": ["reach-v3", "push-v3"], "episodes": [5]}]}
@@ -279,23 +267,23 @@ def test_a_cell_another_process_holds_is_skipped_and_a_failure_is_listed(tmp_pat
         ran.append(cell.name)
         raise DatasetError(f"{cell.name}: no successful episode")
 
-    monkeypatch.setattr(study, "run_cell", fake_run_cell)
+    monkeypatch.setattr(cell, "run_cell", fake_run_cell)
     lock = tmp_path / "s" / "locks" / f"{held.name}.lock"
     lock.parent.mkdir(parents=True)
     with open(lock, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)   # "another process" (flock locks belong to the open file)
-        study._run_cells(config, [held, free])
+        run._run_cells(config, [held, free])
     assert ran == [free.name]
     # The failure is remembered for the results, and the cell is retried on the next call (the lock is free now).
-    analysis = study.run_study(config)
+    analysis = run.run_study(config)
     assert ran == [free.name, held.name, free.name]
     assert {f["cell"] for f in analysis["failed"]} == {held.name, free.name}
     assert "no successful episode" in analysis["failed"][0]["error"]
 
 
 def test_underfitting_threshold_variants_and_the_over_estimation_drop():
+    from offrl.study.selectors import overestimation_drop, verdict_with
     from offrl.workflow.diagnosis import DiagnosisConfig
-    from offrl.workflow.selection import overestimation_drop, verdict_with
 
     # A flat, in-range q_data whose critic leaves 60% of its targets' variance unexplained throughout.
     q = [0.3, 0.31, 0.3, 0.31, 0.3, 0.31]
@@ -325,7 +313,7 @@ def test_underfitting_threshold_variants_and_the_over_estimation_drop():
 def test_a_study_setting_may_run_another_algorithm():
     from offrl.agents.awac import AWACConfig
     from offrl.agents.iql import IQLConfig
-    from offrl.workflow.study import algo_for
+    from offrl.study.config import algo_for
 
     raw = {"settings": {"iql_sarsa": {"algo": "iql", "expectile": 0.5}},
            "scenario": [{"name": "a", "tasks": ["reach-v3"], "episodes": [5],
@@ -354,8 +342,8 @@ def test_a_study_setting_may_run_another_algorithm():
 
 def test_the_archive_carries_finished_cells_to_a_new_study_directory_and_refuses_other_settings(
         tmp_path, monkeypatch):
+    from offrl.study import cell, run, store
     from offrl.training import run_dir as rd
-    from offrl.workflow import study
 
     def raw(out, **kw):
         return {"out": str(tmp_path / out), "archive": str(tmp_path / "archive"), "bootstrap_samples": 50,
@@ -369,30 +357,49 @@ def test_the_archive_carries_finished_cells_to_a_new_study_directory_and_refuses
                    "regime": "white"}
     res["dataset"] = {"behaviour_success_rate": 0.5}
     (first.out / "cells" / done_cell.name).mkdir(parents=True)
-    rd.write_json(first.out / "cells" / done_cell.name / study.CELL_FILE, res)
+    rd.write_json(first.out / "cells" / done_cell.name / store.CELL_FILE, res)
     ran = []
 
     def fake_run_cell(cell, config, progress=False):
         ran.append((config.out.name, cell.name))
-        raise study.StudyConfigError("stop")  # not a cell failure the loop catches: the test stops here
+        raise StudyConfigError("stop")  # not a cell failure the loop catches: the test stops here
 
-    monkeypatch.setattr(study, "run_cell", fake_run_cell)
+    monkeypatch.setattr(cell, "run_cell", fake_run_cell)
     # A finished cell.json from before the archive existed is copied on the next analysis, with its settings.
-    assert study.archive_cells(first) == 1 and study.archive_cells(first) == 0
+    assert store.archive_cells(first) == 1 and store.archive_cells(first) == 0
     archived = rd.read_json(tmp_path / "archive" / f"{done_cell.name}.json")
     assert archived["study_settings"]["eval_episodes"] == 4 and archived["checkpoints"] == res["checkpoints"]
 
     # Another machine: a new study directory, the same archive. The archived cell is done; only the other runs.
     second = study_config_from_dict(raw("machine2"))
-    assert study.finished_cell(second, done_cell)["checkpoints"] == res["checkpoints"]
-    assert study.finished_cell(second, todo_cell) is None
-    with pytest.raises(study.StudyConfigError, match="stop"):
-        study._run_cells(second, cells_of(second))
+    assert store.finished_cell(second, done_cell)["checkpoints"] == res["checkpoints"]
+    assert store.finished_cell(second, todo_cell) is None
+    with pytest.raises(StudyConfigError, match="stop"):
+        run._run_cells(second, cells_of(second))
     assert ran == [("machine2", todo_cell.name)]
-    analysis = study.run_study(second, analyse_only=True)
+    analysis = run.run_study(second, analyse_only=True)
     assert analysis["runs"] == 1
 
     # The archive never mixes in a cell made under other settings.
     other = study_config_from_dict(raw("machine3", eval_episodes=8))
-    with pytest.raises(study.StudyConfigError, match="eval_episodes"):
-        study.finished_cell(other, done_cell)
+    with pytest.raises(StudyConfigError, match="eval_episodes"):
+        store.finished_cell(other, done_cell)
+
+
+def test_runs_whose_checkpoints_score_alike_are_set_apart_in_the_secondary_analysis():
+    from offrl.study.selectors import distinguishable
+
+    flat = _cell([0.1, 0.5, 0.2, 0.3], [0.10, 0.15, 0.10, 0.10])   # 2, 3, 2, 2 of 20: noise
+    apart = _cell([0.1, 0.5, 0.2, 0.3], [0.05, 0.90, 0.50, 0.10], selected=2000)  # 1, 18, 10, 2 of 20
+    never = _cell([0.1, 0.5, 0.2, 0.3], [0.0, 0.0, 0.0, 0.0])
+    # By hand: the 2 x 4 table [[2, 3, 2, 2], [18, 17, 18, 18]] expects 2.25 and 17.75 per column: chi-square
+    # 3 x 0.0278 + 0.25 + 3 x 0.0035 + 0.0317 = 0.376 on 3 degrees of freedom, p = 0.945.
+    assert distinguishable(flat)["p_value"] == pytest.approx(0.945, abs=1e-3)
+    assert not distinguishable(flat)["distinguishable"] and distinguishable(apart)["distinguishable"]
+    assert distinguishable(never) == {"p_value": 1.0, "distinguishable": False}
+    analysis = analyse([flat, apart, never], study_config_from_dict(
+        {"bootstrap_samples": 50, "scenario": [{"name": "s", "tasks": ["t"], "episodes": [10]}]}))
+    assert analysis["distinguishable"]["runs"] == 1
+    # Only the distinguishable run: the workflow picks step 2000 (its diagnosis), the best checkpoint: regret 0.
+    assert analysis["distinguishable"]["headline"]["workflow"]["regret"]["mean"] == pytest.approx(0.0)
+    assert analysis["headline"]["workflow"]["regret"]["n"] == 2  # the all-zero run has no regret at all

@@ -106,7 +106,7 @@ def test_offrl_sweep_command(tmp_path, dataset_path, capsys):
     tiny = ["--train.agent.critic-hidden-dims", "16", "16", "--train.agent.actor-hidden-dims", "16", "16",
             "--train.agent.bc-steps", "10", "--train.batch-size", "32", "--train.no-progress"]
     argv = ["sweep", "--train.dataset", str(dataset_path), "--train.out", str(tmp_path / "sw"), "--train.steps",
-            "40", "--train.checkpoint-every", "20", "--train.log-every", "20", "--seeds", "0", "1",
+            "40", "--train.checkpoint-every", "20", "--train.chunk-steps", "20", "--seeds", "0", "1",
             "--param", "alpha", "--values", "1", "3", *tiny]
     assert main(argv) == 0
     out = capsys.readouterr().out

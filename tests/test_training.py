@@ -150,3 +150,18 @@ def test_progress_bar_says_its_values_are_minibatch_averages(tmp_path, dataset_p
     train(_config(dataset_path, tmp_path / "run", steps=40, progress=True))
     err = capsys.readouterr().err
     assert "q_data(batch)=" in err and "td(batch)=" in err
+
+
+def test_resume_reads_the_chunk_size_of_a_run_written_when_it_was_called_log_every(tmp_path, dataset_path):
+    from offrl.training.train import TrainConfig
+
+    full = train(_config(dataset_path, tmp_path / "full", steps=120, chunk_steps=10))
+    out = tmp_path / "old"
+    train(_config(dataset_path, out, steps=80, chunk_steps=10))
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["training"]["log_every"] = cfg["training"].pop("chunk_steps")  # as older offrl wrote it
+    cfg["training"]["steps"] = 120
+    (out / "config.json").write_text(json.dumps(cfg))
+    train(TrainConfig(out=out, resume=True, progress=False))
+    # Chunks of 10 steps draw other keys than the default's (gcd(500, 40, 120) = 20): equal only if it was read.
+    assert rd.read_metrics(out)[-1]["q_data"] == rd.read_metrics(full)[-1]["q_data"]

@@ -168,7 +168,7 @@ def test_tt_end_to_end_train_diagnose_select_export_evaluate(tmp_path, capsys, m
     run = tmp_path / "tt"
     flags = ["--tt.num-bins", "8", "--tt.context-transitions", "2", "--tt.num-layers", "1", "--tt.num-heads", "2",
              "--tt.embed-dim", "16", "--tt.horizon", "1", "--tt.beam-width", "2", "--tt.expand", "2",
-             "--tt.dropout", "0", "--checkpoint-every", "10", "--log-every", "10", "--batch-size", "16", "--no-progress"]
+             "--tt.dropout", "0", "--checkpoint-every", "10", "--chunk-steps", "10", "--batch-size", "16", "--no-progress"]
     # A setting that cannot work fails before anything is written, naming the flag.
     assert main(["train", "--algo", "tt", "--dataset", str(data), "--out", str(run), "--steps", "40", *flags,
                  "--tt.horizon", "3", "--tt.gamma", "1"]) == 1

@@ -32,7 +32,7 @@ def test_judge_flags_overestimation_and_divergence():
 
 def test_tuning_runs_every_value_and_picks_the_least_conservative_sound_one(tmp_path):
     data = save_dataset(tmp_path / "d.h5", make_dataset(chain_arrays(episodes=10), {"task": "toy"}))
-    base = TrainConfig(dataset=data, out=Path("unused"), steps=80, checkpoint_every=40, log_every=20,
+    base = TrainConfig(dataset=data, out=Path("unused"), steps=80, checkpoint_every=40, chunk_steps=20,
                        batch_size=32, progress=False,
                        agent=CQLConfig(critic_hidden_dims=(16,), actor_hidden_dims=(16,), bc_steps=0))
     result = tune_conservatism(base, tmp_path / "tune", values=(3.0, 0.0))

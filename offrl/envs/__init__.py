@@ -11,13 +11,12 @@ from offrl.envs.metaworld import (
     MetaWorldEnv,
     MultiTaskEnv,
     available_tasks,
-    collect_episodes,
-    evaluate_policy,
     make_env,
-    scripted_policy,
     task_list,
 )
 from offrl.envs.render import RenderConfig, Renderer
+from offrl.envs.rollout import collect_episodes, evaluate_policy
+from offrl.envs.scripted import scripted_policy
 
 __all__ = [
     "DEFAULT_HORIZON",

@@ -24,8 +24,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogFormatter
 
+from offrl.stats import wilson_interval
 from offrl.training.run_dir import atomic_write_text, read_metrics
-from offrl.workflow.selection import wilson_interval
 
 __all__ = ["load_metrics", "write_report"]
 
@@ -480,7 +480,7 @@ def _q_range_width(diagnosis: dict | None) -> float | None:
 
 def _warmup_steps(config: dict) -> int:
     """The actor's warm start (CQL ``agent.bc_steps``, BEAR ``agent.warmstart_steps``; else 0), read as
-    :func:`offrl.workflow.evaluate.attach_comparison` reads it."""
+    :func:`offrl.workflow.comparison.attach_comparison` reads it."""
     from offrl.agents import warmup_steps
 
     agent = config.get("agent")
@@ -527,7 +527,7 @@ def _comparison_table(evaluation: dict, diagnosis: dict | None, config: dict) ->
     `offrl diagnose`), or the same computation on evaluation.json when the diagnosis has none. A "best"
     checkpoint is not named when the comparison says all candidates are tied (``"tied"``, typically all 0%);
     a diagnosis.json written before offrl recorded ties gets its best rows recomputed from evaluation.json."""
-    from offrl.workflow.evaluate import analysis_only_comparison, tie_reason
+    from offrl.workflow.comparison import analysis_only_comparison, tie_reason
 
     counts = _eval_counts(evaluation)
     if not counts:

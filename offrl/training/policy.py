@@ -10,10 +10,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from offrl.agents import get_agent, legacy_states
+from offrl.agents import config_from_dict, get_agent, legacy_states
 from offrl.data import Normalizer
 from offrl.training import run_dir as rd
-from offrl.training.train import agent_config_from_dict, load_run_config
 
 
 def load_state(run_dir: str | Path, step: int) -> tuple[Any, dict]:
@@ -22,9 +21,9 @@ def load_state(run_dir: str | Path, step: int) -> tuple[Any, dict]:
     Raises:
         FileNotFoundError: not a run directory, or no checkpoint at that step.
     """
-    cfg = load_run_config(run_dir)
+    cfg = rd.load_run_config(run_dir)
     algo = cfg.get("algo", "cql")
-    agent = agent_config_from_dict(cfg["agent"], algo)
+    agent = config_from_dict(algo, cfg["agent"])
     module = get_agent(algo)
     dims = (run_obs_spec(cfg), cfg["dataset"]["act_dim"])
     like = module.init(agent, *dims, jax.random.PRNGKey(0))
@@ -49,7 +48,7 @@ def checkpoint_policy(run_dir: str | Path, step: int) -> Callable[[Any], np.ndar
     state, cfg = load_state(run_dir, step)
     algo = cfg.get("algo", "cql")
     module = get_agent(algo)
-    agent = agent_config_from_dict(cfg["agent"], algo)
+    agent = config_from_dict(algo, cfg["agent"])
     normalizer = Normalizer.from_dict(cfg["normalizer"])
     act_dim = int(cfg["dataset"]["act_dim"])
 

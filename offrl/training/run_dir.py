@@ -6,6 +6,8 @@ Layout::
     RUN_DIR/metrics.jsonl     one JSON object per checkpoint, appended and flushed
     RUN_DIR/checkpoints/STEP/ one Orbax checkpoint per checkpoint step (atomic: temporary folder + rename,
                               with a commit marker), holding the agent state and a JSON description
+    RUN_DIR/diagnosis.json    the workflow's verdict and pick (offrl diagnose / select)
+    RUN_DIR/evaluation.json   analysis only: every checkpoint's success in the simulator (offrl evaluate)
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ if TYPE_CHECKING:  # jax and orbax take ~1.5 s to import: only the checkpoint fu
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
+# Written by the workflow (offrl.workflow.diagnosis, offrl.workflow.evaluate); named here, with the rest of the run
+# directory, so that neither module needs the other for a file name.
+DIAGNOSIS_FILE = "diagnosis.json"
+EVALUATION_FILE = "evaluation.json"
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -228,3 +234,12 @@ def set_aside_incomplete_checkpoints(run_dir: str | Path) -> list[Path]:
             d.rename(target)
             moved.append(target)
     return moved
+
+
+def load_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """The resolved config of a run (config.json)."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {run_dir} is not a run directory made by `offrl train`")
+    return json.loads(path.read_text())
+

@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
+import shutil
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from offrl import cluster
 from offrl.agents import cql, get_agent
 from offrl.data import Normalizer, divergence_limit, fingerprint, load_dataset, q_value_range, split_episodes
 from offrl.data.images import obs_spec, resolve_obs_mode, state_columns
@@ -41,6 +45,7 @@ from offrl.training.loggers import MetricsLogger
 from offrl.training.train import (
     Inputs,
     TrainConfig,
+    TrainingDiverged,
     _calibration_gamma,
     _check_config,
     _chunk_size,
@@ -52,6 +57,7 @@ from offrl.training.train import (
     evaluate_chunks,
     resolve_train_config,
     scan_steps,
+    train,
 )
 
 # Fields whose value changes the program, not just numbers inside it.
@@ -176,10 +182,8 @@ def sweep(config: SweepConfig) -> list[Path]:
             failed.
     """
     if config.ray is not None:
-        from offrl.cluster import RayOptions, import_ray, sweep_on_ray
-
-        options = RayOptions(config.ray, config.ray_cpus_per_cell, config.ray_gpus_per_cell)
-        import_ray()
+        options = cluster.RayOptions(config.ray, config.ray_cpus_per_cell, config.ray_gpus_per_cell)
+        cluster.import_ray()
     config, members, dataset = prepare_sweep(config)
     if config.ray is not None:
         del dataset
@@ -307,3 +311,84 @@ def sweep(config: SweepConfig) -> list[Path]:
         for logger in loggers:
             logger.close()
     return run_dirs
+
+
+# -------------------------------------------------------------------------------------------- on a Ray cluster
+
+
+def _member_task(config: SweepConfig, seed: int, value: float | None, members: int, cwd: str) -> dict[str, Any]:
+    """One run of a sweep, on a worker: an `offrl train` run that resumes when it exists."""
+    t_task = time.perf_counter()
+    cluster.enter(cwd, Path(config.train.out))
+    run = Path(member_train_config(config, seed, value).out)
+    done = rd.checkpoint_steps(run) if (run / rd.CONFIG_FILE).is_file() else []
+    record = Path(config.train.out) / cluster.SWEEP_RAY_DIR / f"{run.name}.json"
+    rec = cluster.start_attempt(record, run=run.name, resumed_from=done[-1] if done else None)
+    with cluster.output_to(record.with_suffix(".log"), cluster.header(run.name, rec)):
+        res = _member_attempt(config, seed, value, members)
+    return cluster.finish_attempt(record, rec, res, t_task)
+
+
+def _member_attempt(config: SweepConfig, seed: int, value: float | None, members: int) -> dict[str, Any]:
+    member = member_train_config(config, seed, value)
+    run = Path(member.out)
+    resume = (run / rd.CONFIG_FILE).is_file()
+    if run.exists() and not resume:  # an interrupted start holds no training: set it aside, never delete
+        shutil.move(str(run), str(run.with_name(run.name + f".incomplete-{int(time.time())}")))
+    result: dict[str, Any] = {"run": str(run)}
+    t = time.perf_counter()
+    try:
+        train(dataclasses.replace(member, resume=resume, progress=False))
+    except TrainingDiverged as e:
+        # As in the local sweep: the run stops there, its earlier checkpoints stay, the others go on.
+        if not rd.checkpoint_steps(run):
+            return {**result, "status": "failed", "error": cluster.message(e)}
+        result["diverged"] = str(e)
+    except Exception as e:
+        traceback.print_exc()
+        return {**result, "status": "failed", "error": cluster.message(e)}
+    cfg = rd.read_json(run / rd.CONFIG_FILE)
+    if "sweep" not in cfg:  # what the local sweep records
+        cfg["sweep"] = {"dir": str(config.train.out), "members": members, "param": config.param}
+        rd.write_json(run / rd.CONFIG_FILE, cfg)
+    return {**result, "status": "done", "cell_s": time.perf_counter() - t}
+
+
+def sweep_on_ray(config: SweepConfig, members: list[tuple[int, float | None]], options: cluster.RayOptions) -> list[Path]:
+    """Train every member of a checked sweep (:func:`offrl.training.sweep.prepare_sweep`) as one Ray task each;
+    returns the run directories, in the order of the members.
+
+    Raises:
+        RuntimeError: Ray is missing, no cluster answers, or some runs failed (the others are finished).
+        SharedStorageError: a node does not see the sweep directory or the dataset.
+    """
+
+    base = config.train
+    out = Path(base.out)
+    names = [member_name(s, config.param, v) for s, v in members]
+    with cluster.connected(options.address) as ray:
+        cluster.warn_if_infeasible(ray, options)
+        out.mkdir(parents=True, exist_ok=True)
+        if options.address != cluster.LOCAL:
+            cluster.check_shared_storage(ray, out / cluster.SWEEP_RAY_DIR, must_exist=(base.dataset,) if base.dataset else (),
+                                 options=options)
+
+        def describe(name: str, res: dict[str, Any]) -> str:
+            head = f"[sweep {names.index(name) + 1}/{len(names)}] {name}"
+            if res["status"] == "failed":
+                return f"{head} failed: {res['error']}"
+            note = f"; {res['diverged']}" if res.get("diverged") else ""
+            again = f", attempt {res['attempt']}" if res.get("attempt", 1) > 1 else ""
+            return f"{head}: trained ({res['cell_s']:.0f} s on {res['ip']}{again}){note}"
+
+        calls = [(n, (config, s, v, len(members), os.getcwd())) for n, (s, v) in zip(names, members, strict=True)]
+        results = cluster.run_tasks(ray, _member_task, calls, options, out / cluster.SWEEP_RAY_DIR, "sweep", "run",
+                                    describe)
+    bad = {n: r["error"] for n, r in results.items() if r["status"] == "failed"}
+    if bad:
+        raise RuntimeError(
+            f"{len(bad)} of {len(names)} sweep runs failed: "
+            + "; ".join(f"{n}: {e}" for n, e in bad.items())
+            + f". The others are finished in {out}"
+        )
+    return [out / n for n in names]

@@ -1,6 +1,6 @@
 """The training loop: compiled chunks of gradient steps, workflow metrics at every checkpoint, resume.
 
-Gradient steps run inside ``lax.scan`` over chunks of ``log_every`` steps with the dataset resident on the
+Gradient steps run inside ``lax.scan`` over chunks of ``chunk_steps`` steps with the dataset resident on the
 device and minibatches sampled on the device, so the host syncs once per chunk; the loop around the chunks
 stays in Python so checkpoints, metrics and the progress bar are easy to follow (Unifloral / ReBRAC style).
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib.util
-import json
 import math
 import shutil
 import time
@@ -56,6 +55,10 @@ from offrl.training.loggers import MetricsLogger
 _EVAL_CHUNK = 1024
 
 
+# Training settings renamed since runs were first written: old config.json key -> new name (read on --resume).
+TRAINING_RENAMED = {"log_every": "chunk_steps"}
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """What `offrl train` does. Units: steps are gradient steps."""
@@ -79,8 +82,10 @@ class TrainConfig:
     (pass a larger number to extend it)."""
     checkpoint_every: int = 5_000
     """Gradient steps between checkpoints (the paper: 5 epochs of 1,000 steps); metrics are logged at each."""
-    log_every: int = 500
-    """Gradient steps per compiled chunk; training losses are averaged over each checkpoint interval."""
+    chunk_steps: int = 500
+    """Gradient steps per compiled chunk (one host sync each); it changes neither the step budget nor the
+    checkpoints, and training losses are averaged over each checkpoint interval. Named ``log_every`` before,
+    which it never set: older config.json files are read through ``TRAINING_RENAMED``."""
     batch_size: int = 256
     """Transitions per gradient step."""
     seed: int = 0
@@ -206,7 +211,7 @@ def resolve_train_config(config: TrainConfig) -> TrainConfig:
 
 
 def _chunk_size(config: TrainConfig) -> int:
-    return math.gcd(config.log_every, config.checkpoint_every, config.steps)
+    return math.gcd(config.chunk_steps, config.checkpoint_every, config.steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -452,11 +457,6 @@ def _resolved_config(config: TrainConfig, extra: dict[str, Any]) -> dict[str, An
     }
 
 
-def agent_config_from_dict(d: dict[str, Any], algo: str = "cql") -> Any:
-    """Rebuild an agent config from its JSON form in config.json (lists back to tuples)."""
-    return config_from_dict(algo, d)
-
-
 def _check_config(config: TrainConfig) -> None:
     problems = []
     if config.steps < 1:
@@ -475,8 +475,8 @@ def _check_config(config: TrainConfig) -> None:
             f"--steps {config.steps} is not more than the actor's warm start ({flag} {warm}): the run would "
             f"train only the warm start; raise --steps or lower {flag}"
         )
-    if config.log_every < 1:
-        problems.append(f"--log-every must be >= 1 (got {config.log_every})")
+    if config.chunk_steps < 1:
+        problems.append(f"--chunk-steps must be >= 1 (got {config.chunk_steps})")
     if config.batch_size < 1:
         problems.append(f"--batch-size must be >= 1 (got {config.batch_size})")
     gamma = getattr(active_agent_config(config), "gamma", 0.99)
@@ -557,16 +557,17 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
             raise FileNotFoundError(f"cannot resume: {out} has no {rd.CONFIG_FILE}; start a new run without --resume")
         saved = rd.read_json(out / rd.CONFIG_FILE)
         config = dataclasses.replace(config, algo=saved.get("algo", "cql"), seed=saved["seed"])
-        config = _with_agent_config(config, agent_config_from_dict(saved["agent"], config.algo))
+        config = _with_agent_config(config, config_from_dict(config.algo, saved["agent"]))
         if "behavior" in saved:  # BRAC: the same pi_beta, even when no checkpoint exists yet to restore
             config = dataclasses.replace(
                 config, behavior_run=Path(saved["behavior"]["run"]), behavior_step=saved["behavior"]["step"]
             )
-        restored = ("checkpoint_every", "log_every", "batch_size", "heldout_fraction", "eval_transitions",
+        restored = ("checkpoint_every", "chunk_steps", "batch_size", "heldout_fraction", "eval_transitions",
                     "normalize_observations", "dataset_format", "obs_keys", "obs", "frame_stack", "split_seed")
+        training = {TRAINING_RENAMED.get(k, k): v for k, v in saved["training"].items()}
         for k in restored:
-            if k in saved["training"]:
-                v = saved["training"][k]
+            if k in training:
+                v = training[k]
                 config = dataclasses.replace(config, **{k: tuple(v) if isinstance(v, list) else v})
         _check_config(config)  # with the run's own settings restored
     elif out.exists() and any(out.iterdir()) and not config.overwrite:
@@ -774,7 +775,7 @@ def _load_behavior(config: TrainConfig, inputs: Inputs, dataset_fp: str) -> tupl
     from offrl.training.policy import best_step_by, load_state
 
     run = Path(config.behavior_run)
-    bcfg = load_run_config(run)
+    bcfg = rd.load_run_config(run)
     if bcfg.get("algo") != "bc":
         raise ValueError(f"--behavior-run {run} is a {bcfg.get('algo')!r} run; pi_beta comes from `--algo bc`")
     if bcfg["dataset"]["fingerprint"] != dataset_fp:
@@ -820,11 +821,3 @@ def _stop_diverged(logger: MetricsLogger, manager: Any, step: int, record: dict[
         + "Lower the learning rates, check the rewards' scale and terminals, or raise the CQL weight alpha; "
         "`offrl diagnose` reports it"
     )
-
-
-def load_run_config(run_dir: str | Path) -> dict[str, Any]:
-    """The resolved config of a run (config.json)."""
-    path = Path(run_dir) / rd.CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {run_dir} is not a run directory made by `offrl train`")
-    return json.loads(path.read_text())

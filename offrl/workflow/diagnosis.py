@@ -29,6 +29,8 @@ import numpy as np
 
 from offrl.data import divergence_limit
 from offrl.training import run_dir as rd
+from offrl.training.run_dir import DIAGNOSIS_FILE
+from offrl.workflow.comparison import attach_comparison
 
 VERDICTS = ("overfitting", "underfitting", "over-estimation", "healthy", "inconclusive", "diverged")
 # Per algorithm: the curve of Metric 3.1 / Guideline 3.1, and the regularizer compared by Metric 3.2.
@@ -39,7 +41,6 @@ REGULARIZER = {"cql": "cql_regularizer", "brac": "kl_estimate", "bc": None, "iql
 # Algorithms without a Q-function: their curve is a held-out likelihood (a validation loss, negated), and the
 # Q-range rules (divergence, over-estimation, underfitting from the TD error) do not apply.
 NO_Q = ("bc", "tt")
-DIAGNOSIS_FILE = "diagnosis.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -587,8 +588,6 @@ def diagnose_run(
 
     result["trust"] = trust_statement("after_peak" if after_peak else "q_peak", main["config"])
     if write:
-        from offrl.workflow.evaluate import attach_comparison
-
         rd.write_json(run_dir / DIAGNOSIS_FILE, result)
         # Analysis only, after the selection above: the evaluated success of the pick beside the alternatives,
         # with the behaviour-cloning baseline an earlier workflow recorded.

@@ -31,12 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from offrl.agents import get_agent
+from offrl.agents import config_from_dict, get_agent
 from offrl.data import Dataset, Normalizer, load_dataset
 from offrl.networks.mlp import MLP
 from offrl.training import run_dir as rd
 from offrl.training.policy import load_state
-from offrl.training.train import agent_config_from_dict
 
 FQE_FILE = "fqe.json"
 
@@ -213,7 +212,7 @@ def fqe_run(
     if not steps:
         raise FileNotFoundError(f"{run_dir} has no checkpoints for FQE: train it first")
     algo = cfg.get("algo", "cql")
-    agent = agent_config_from_dict(cfg["agent"], algo)
+    agent = config_from_dict(algo, cfg["agent"])
     module = get_agent(algo)
     act_dim = int(cfg["dataset"]["act_dim"])
     params = [load_state(run_dir, s)[0].actor_params for s in steps]

@@ -184,7 +184,8 @@ def _bc_baseline(config: WorkflowConfig, base: TrainConfig, out: Path) -> dict[s
     """Behaviour cloning beside the CQL run, for the analysis-only comparison: trains OUT_bc, selects its
     checkpoint by held-out log-likelihood (its own offline rule), evaluates it, and records both BC rows in the
     CQL run's diagnosis.json. Returns the updated diagnosis."""
-    from offrl.workflow.evaluate import attach_comparison, evaluate_run
+    from offrl.workflow.comparison import attach_comparison
+    from offrl.workflow.evaluate import evaluate_run
 
     bc_out = out.with_name(out.name + "_bc")
     steps = config.bc_baseline_steps
@@ -293,7 +294,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"trust:              {summary['trust']}")
     s = summary.get("analysis_only_success")
     if s:
-        from offrl.workflow.evaluate import format_comparison
+        from offrl.workflow.comparison import format_comparison
 
         lines.append("analysis-only success (not used for selection; 95% intervals):")
         lines.extend(format_comparison(s))

@@ -45,7 +45,7 @@ run (docs/results.md)."""
 
 
 def measured_from_analysis(analysis: dict[str, Any], study: str) -> dict[str, Any]:
-    """The content of measured.json from a study's analysis.json (:func:`offrl.workflow.selection.analyse`)."""
+    """The content of measured.json from a study's analysis.json (:func:`offrl.study.selectors.analyse`)."""
     selectors = {}
     for name, h in analysis["headline"].items():
         regret, within = h["regret"], h.get("within_0.1") or {}

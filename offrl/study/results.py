@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from offrl.stats import wilson_interval
+from offrl.study.selectors import SELECTORS, candidates, cell_name
 from offrl.training import run_dir as rd
 from offrl.workflow.diagnosis import DiagnosisConfig
-from offrl.workflow.selection import SELECTORS, candidates, cell_name, wilson_interval
 
 SELECTOR_TEXT = {
     "workflow": "workflow (Guideline 3.1: peak of q_data)",
@@ -53,7 +54,8 @@ def _ci(stat: dict[str, Any] | None, digits: int = 2) -> str:
 
 def _cells(config: Any, scenario: str | None = None) -> list[dict[str, Any]]:
     """The finished cells (cell.json contents) of the study or of one scenario."""
-    from offrl.workflow.study import cells_of, finished_cell
+    from offrl.study.config import cells_of
+    from offrl.study.store import finished_cell
 
     return [res for cell in cells_of(config, scenario) if (res := finished_cell(config, cell)) is not None]
 
@@ -134,6 +136,18 @@ def _data_text(config: Any) -> str:
             f"(docs/dataset-format.md)")
 
 
+def _selector_rows(headline: dict[str, Any]) -> list[str]:
+    rows = []
+    for name in SELECTORS:
+        h = headline.get(name)
+        if h is None:
+            continue
+        rows.append(f"| {SELECTOR_TEXT[name]} | {_ci(h['success'])} | {_ci(h['regret'])} | "
+                    f"{_ci(h.get('regret_minus_workflow'))} | {_ci(h.get('within_0.1'))} | {_ci(h['abs_regret'])} | "
+                    f"{_ci(h['spearman'])} |")
+    return rows
+
+
 def write_results(analysis: dict[str, Any], config: Any, command: str | None = None) -> Path:
     """Write the results page (markdown, atomically) and its figures; return its path."""
     out = Path(config.results_path)
@@ -169,18 +183,24 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
     L.append("| selector | success of the pick | normalised regret | paired diff. to workflow | within 0.1 of best "
              "| absolute regret | Spearman ρ |")
     L.append("|---|---|---|---|---|---|---|")
-    for name in SELECTORS:
-        h = analysis["headline"].get(name)
-        if h is None:
-            continue
-        L.append(f"| {SELECTOR_TEXT[name]} | {_ci(h['success'])} | {_ci(h['regret'])} | "
-                 f"{_ci(h.get('regret_minus_workflow'))} | {_ci(h.get('within_0.1'))} | {_ci(h['abs_regret'])} | "
-                 f"{_ci(h['spearman'])} |")
+    L.extend(_selector_rows(analysis["headline"]))
     if analysis.get("best_in_hindsight"):
         L.append(f"| best checkpoint in hindsight | {_ci(analysis['best_in_hindsight'])} | 0 | 0 | 1 |")
     _figure_selectors(analysis, fig_dir / "selectors_regret.png")
     if (fig_dir / "selectors_regret.png").is_file():
         L.append(f"\n![normalised regret per selector]({rel(fig_dir / 'selectors_regret.png')})\n")
+    apart = analysis.get("distinguishable")
+    if apart is not None:
+        L.append("\n### Runs whose checkpoints differ beyond evaluation noise (secondary)\n")
+        L.append(f"{apart['runs']} of {analysis['runs']} runs: those where a chi-square test of homogeneity of the "
+                 f"candidates' success counts (all evaluation episodes) gives p < {apart['p_below']:g}. In the "
+                 f"others every checkpoint scores alike within noise, and normalised regret compares noise with "
+                 f"noise (docs/selection.md, addendum). The default rule reads the table above, not this one.\n")
+        if apart["runs"]:
+            L.append("| selector | success of the pick | normalised regret | paired diff. to workflow | within 0.1 of "
+                     "best | absolute regret | Spearman ρ |")
+            L.append("|---|---|---|---|---|---|---|")
+            L.extend(_selector_rows(apart["headline"]))
 
     algos = analysis.get("per_algorithm") or {}
     if len(algos) > 1:

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from offrl.stats import bootstrap_mean, spearman
 from offrl.workflow.diagnosis import DiagnosisConfig, smooth
 
 SELECTORS = ("workflow", "workflow_after_peak", "q_peak_in_range", "heldout_q_peak", "fqe", "heldout_q_policy_peak",
@@ -56,28 +57,10 @@ FIT_THRESHOLD = 0.5
 OVERFIT_SUCCESS_DROP = 0.15
 NEVER_REACHES_MARGIN = 0.1
 TAIL = 3
-
-
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (``scipy.stats.binomtest``); (0, 1) for n = 0."""
-    if n <= 0:
-        return (0.0, 1.0)
-    from scipy.stats import binomtest
-
-    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
-    return (float(ci.low), float(ci.high))
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
-    """Spearman rank correlation of two (n,) arrays; None when n < 3, either is constant, or NaNs remain."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return None
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(x, y).statistic)
+# Secondary analysis, added to docs/selection.md after 6 of the 48 dev runs (before the rest ran): a run whose
+# candidates' success counts do not differ at this level (chi-square test of homogeneity over all evaluation
+# episodes) is one where no selector can be told from another; normalised regret is then noise over noise.
+DISTINGUISHABLE_P = 0.01
 
 
 def candidates(cell: dict[str, Any]) -> list[dict[str, Any]]:
@@ -289,29 +272,30 @@ def overestimation_drop(cell: dict[str, Any]) -> dict[str, Any] | None:
             "drop": None if after is None else before - after}
 
 
-def bootstrap_mean(values: list[float], samples: int = 10_000, seed: int = 0) -> dict[str, Any]:
-    """Mean with a percentile bootstrap 95% CI over the values (None bounds when fewer than 2 values)."""
-    v = np.array([x for x in values if x is not None and math.isfinite(x)], float)
-    out: dict[str, Any] = {"mean": float(v.mean()) if len(v) else None, "n": int(len(v)), "ci": None}
-    if len(v) >= 2 and np.ptp(v) > 0:
-        from scipy.stats import bootstrap
+def distinguishable(cell: dict[str, Any]) -> dict[str, Any]:
+    """Whether the candidates' success rates differ beyond evaluation noise (analysis only).
 
-        r = bootstrap((v,), np.mean, n_resamples=samples, method="percentile", confidence_level=0.95,
-                      random_state=np.random.default_rng(seed))
-        out["ci"] = [float(r.confidence_interval.low), float(r.confidence_interval.high)]
-    elif len(v) >= 2:
-        out["ci"] = [float(v[0]), float(v[0])]
-    return out
+    Chi-square test of homogeneity (``scipy.stats.chi2_contingency``) on the 2 x K table of successes and failures
+    of the K candidates over all their evaluation episodes; ``distinguishable`` when its p-value is below
+    ``DISTINGUISHABLE_P``. A table with no success or no failure at all has p = 1.
+
+    Returns:
+        ``{"p_value": float, "distinguishable": bool}``.
+    """
+    cps = candidates(cell)
+    succ = np.array([int(c["successes"]) for c in cps])
+    fail = np.array([int(c["episodes"]) - int(c["successes"]) for c in cps])
+    if len(cps) < 2 or succ.sum() == 0 or fail.sum() == 0:
+        return {"p_value": 1.0, "distinguishable": False}
+    from scipy.stats import chi2_contingency
+
+    p = float(chi2_contingency(np.stack([succ, fail])).pvalue)
+    return {"p_value": p, "distinguishable": bool(p < DISTINGUISHABLE_P)}
 
 
-def analyse(cells: list[dict[str, Any]], config: Any) -> dict[str, Any]:
-    """Every number of the results page from the finished cells (cell.json contents)."""
-    samples = int(getattr(config, "bootstrap_samples", 10_000))
-    per_run = []
-    for cell in cells:
-        sel = evaluate_selectors(cell)
-        per_run.append({"name": cell_name(cell), "cell": cell["cell"], "selectors": sel, "algo": cell.get("algo", "cql"),
-                        "verdict": cell["verdict"], "success_label": success_label(cell)})
+def headline_stats(per_run: list[dict[str, Any]], samples: int) -> dict[str, dict[str, Any]]:
+    """Per selector, over the given runs: success of the pick, normalised and absolute regret, Spearman, the
+    share within 0.1 of the best, and the paired regret difference to the paper's rule, each a bootstrap mean."""
     headline = {}
     for name in SELECTORS:
         rows = [r["selectors"][name] for r in per_run if name in r["selectors"]]
@@ -330,6 +314,20 @@ def analyse(cells: list[dict[str, Any]], config: Any) -> dict[str, Any]:
                  ((p["selectors"][name], p["selectors"]["workflow"]) for p in per_run if name in p["selectors"])
                  if r["regret"] is not None and w["regret"] is not None], samples),
         }
+    return headline
+
+
+def analyse(cells: list[dict[str, Any]], config: Any) -> dict[str, Any]:
+    """Every number of the results page from the finished cells (cell.json contents)."""
+    samples = int(getattr(config, "bootstrap_samples", 10_000))
+    per_run = []
+    for cell in cells:
+        sel = evaluate_selectors(cell)
+        per_run.append({"name": cell_name(cell), "cell": cell["cell"], "selectors": sel, "algo": cell.get("algo", "cql"),
+                        "verdict": cell["verdict"], "success_label": success_label(cell),
+                        **distinguishable(cell)})
+    headline = headline_stats(per_run, samples)
+    apart = [r for r in per_run if r["distinguishable"]]
     best = bootstrap_mean([float(r["selectors"]["last"]["best"]) for r in per_run], samples) if per_run else None
     confusion = Counter((r["verdict"], r["success_label"]) for r in per_run)
     labelled = [r for r in per_run if r["success_label"] != "too short"]
@@ -349,6 +347,8 @@ def analyse(cells: list[dict[str, Any]], config: Any) -> dict[str, Any]:
         "runs": len(per_run),
         "per_run": per_run,
         "headline": headline,
+        "distinguishable": {"p_below": DISTINGUISHABLE_P, "runs": len(apart),
+                            "headline": headline_stats(apart, samples)},
         "best_in_hindsight": best,
         "diagnosis_accuracy": {
             "rule": f"success overfits: smoothed (3) success peaks before the last {TAIL} candidates and the mean of "
@@ -373,7 +373,7 @@ def _remedies_by_scenario(cells: list[dict[str, Any]], config: Any) -> dict[str,
     scenarios = getattr(config, "scenarios", None)
     if not scenarios:
         return {"all": remedy_effects(cells)}
-    from offrl.workflow.study import cells_of
+    from offrl.study.config import cells_of
 
     by_name = {cell_name(c): c for c in cells}
     return {sc.name: remedy_effects([by_name[c.name] for c in cells_of(config, sc.name) if c.name in by_name])

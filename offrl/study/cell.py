@@ -1,0 +1,128 @@
+"""One cell of the grid: collect its data (shared between cells), train, diagnose, roll out every checkpoint
+for analysis only, FQE, and write cell.json (and its archive copy)."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from typing import Any
+
+from offrl.agents import CONFIGS, warmup_steps
+from offrl.study.config import ALGORITHM_PRESETS, PRESETS, Cell, StudyConfig, algo_for
+from offrl.study.store import CELL_FILE, archive_cell, lock
+from offrl.training import run_dir as rd
+from offrl.workflow.auto import RemedyConfig, remedy_agent
+
+
+def agent_for(setting: str, config: StudyConfig) -> Any:
+    """The agent config of a setting: the package's CQL defaults, a remedy of the automated loop, another
+    algorithm's defaults (``iql``, ``awac``, ``bear``), or a named override of the config of :func:`algo_for`'s algorithm."""
+    algo = algo_for(setting, config)
+    base = CONFIGS[algo]()
+    if setting in ("base", *ALGORITHM_PRESETS):
+        return base
+    if setting in PRESETS:
+        return remedy_agent(base, setting, RemedyConfig())
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in config.settings[setting].items()
+                 if k != "algo"}
+    return dataclasses.replace(base, **overrides)
+
+
+def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[str, Any]:
+    """Collect (if needed), train (resuming), diagnose, evaluate every checkpoint, FQE; write cell.json.
+
+    The caller holds the cell's lock; the dataset is collected under its own lock (two cells may share it)."""
+    from offrl.data import load_dataset
+    from offrl.data.collect import collect
+    from offrl.training.train import ALGO_FIELD, TrainConfig, TrainingDiverged, train
+    from offrl.workflow.diagnosis import diagnose_run
+    from offrl.workflow.evaluate import EVALUATION_FILE, evaluate_run
+    from offrl.workflow.fqe import FQE_FILE, FQEConfig, fqe_run
+
+    run = config.out / "cells" / cell.name
+    timings: dict[str, float] = {}
+    data = config.out / "data" / cell.dataset_name
+    with lock(config, data.stem, wait=True):
+        if not data.is_file():
+            t = time.perf_counter()
+            collect(cell.task, cell.episodes, data, horizon=config.horizon, seed=cell.seed, progress=progress,
+                    regime=cell.regime, noise_sigma=config.noise_sigma if cell.regime == "white" else None)
+            timings["collect_s"] = time.perf_counter() - t
+    dataset = load_dataset(data)
+    resume = (run / rd.CONFIG_FILE).is_file()
+    if run.exists() and not resume:
+        # A folder without config.json holds no training: an interrupted start. Set it aside, never delete.
+        aside = run.with_name(run.name + f".incomplete-{int(time.time())}")
+        shutil.move(str(run), str(aside))
+    t = time.perf_counter()
+    try:
+        train(TrainConfig(
+            dataset=data, out=run, steps=config.steps, checkpoint_every=config.checkpoint_every, seed=cell.seed,
+            progress=progress, resume=resume, algo=algo_for(cell.setting, config),
+            **{ALGO_FIELD[algo_for(cell.setting, config)]: agent_for(cell.setting, config)},
+        ), dataset)
+    except TrainingDiverged as e:
+        # A diverged run is a result too: its checkpoints before the divergence are diagnosed and evaluated.
+        if not rd.checkpoint_steps(run):
+            raise
+        print(f"  {cell.name}: {e}; analysing the checkpoints written before", flush=True)
+    timings["train_s"] = time.perf_counter() - t
+    diagnosis = diagnose_run(run)
+    steps = rd.checkpoint_steps(run)
+    evaluation = rd.read_json(run / EVALUATION_FILE) if (run / EVALUATION_FILE).is_file() else None
+    if evaluation is None or [r["step"] for r in evaluation["results"]] != steps or \
+            evaluation["episodes"] != config.eval_episodes:
+        t = time.perf_counter()
+        evaluation = evaluate_run(run, episodes=config.eval_episodes, seed=cell.seed, progress=progress)
+        timings["evaluate_s"] = time.perf_counter() - t
+    cfg = rd.read_json(run / rd.CONFIG_FILE)
+    # FQE only scores the checkpoints selectors choose among (after the BC warm start): a third less work.
+    warmup = warmup_steps(cfg.get("algo", "cql"), cfg["agent"])
+    fqe_steps = [s for s in steps if s > warmup] or steps
+    fqe = rd.read_json(run / FQE_FILE) if (run / FQE_FILE).is_file() else None
+    if fqe is None or [r["step"] for r in fqe["results"]] != fqe_steps or fqe["config"]["steps"] != config.fqe_steps:
+        t = time.perf_counter()
+        fqe = fqe_run(run, fqe_steps, config=FQEConfig(steps=config.fqe_steps, seed=cell.seed), dataset=dataset)
+        timings["fqe_s"] = time.perf_counter() - t
+    records = {int(r["step"]): r for r in rd.read_metrics(run)}
+    success = {r["step"]: r for r in evaluation["results"]}
+    fqe_by = {r["step"]: r["value"] for r in fqe["results"]}
+    keys = ("q_data", "td_error", "cql_regularizer", "q_error_estimate", "heldout/q_data", "heldout/td_error",
+            "heldout/q_error_estimate", "srank", "q_policy", "heldout/q_policy", "td_error_over_target_var",
+            "heldout/td_error_over_target_var")
+    checkpoints = [
+        {
+            "step": s,
+            **{k: records.get(s, {}).get(k) for k in keys},
+            "fqe_value": fqe_by.get(s),
+            "successes": success[s]["successes"],
+            "episodes": success[s]["episodes"],
+            "success_rate": success[s]["success_rate"],
+            "episode_successes": success[s].get("episode_successes"),
+        }
+        for s in steps
+    ]
+    out = {
+        "cell": dataclasses.asdict(cell),
+        "run_dir": str(run),
+        "dataset": {
+            "path": str(data),
+            "transitions": len(dataset),
+            "episodes": dataset.num_episodes,
+            "behaviour_success_rate": dataset.metadata.get("behaviour_success_rate"),
+        },
+        "algo": cfg.get("algo", "cql"),
+        "agent": cfg["agent"],
+        "num_params": cfg.get("num_params"),
+        "q_range": cfg["dataset"]["q_range"],
+        "warmup_steps": warmup,
+        "verdict": diagnosis["verdict"],
+        "diagnosis": {k: diagnosis[k] for k in ("verdict", "selected_step", "peak_step", "reasons", "evidence")},
+        "checkpoints": checkpoints,
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "offrl_version": rd.offrl_version(),
+    }
+    rd.write_json(run / CELL_FILE, out)
+    archive_cell(config, cell)
+    return out

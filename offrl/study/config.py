@@ -1,0 +1,224 @@
+"""What a study is: its grid (scenarios x tasks x regimes x sizes x seeds x settings) and its cells, read from a
+TOML file and checked. Depends on no other part of the study, so that every other module may import it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from offrl.agents import CONFIGS
+from offrl.envs import DEFAULT_HORIZON, DEFAULT_NOISE_SIGMA
+from offrl.envs.behaviour import REGIMES
+
+PRESETS = ("base", "vib", "dropout", "capacity")
+# Settings that run another algorithm with its paper's defaults; a named setting may set ``algo`` too.
+ALGORITHM_PRESETS = ("iql", "awac", "bear")
+STUDY_ALGOS = ("cql", "iql", "awac", "bear")  # BRAC needs a behaviour run per cell, BC has no Q-value to select with
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """One block of the grid: every combination of its tasks, dataset sizes, seeds and settings is a cell."""
+
+    name: str
+    tasks: tuple[str, ...]
+    episodes: tuple[int, ...]
+    seeds: tuple[int, ...] = (0,)
+    settings: tuple[str, ...] = ("base",)
+    description: str = ""
+    regimes: tuple[str, ...] = ("white",)
+    """Behaviour regimes of the collected data (docs/dataset-format.md); each is its own dataset and run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+    """A study, read from a TOML file (see studies/cpu.toml). Unset keys take the package defaults."""
+
+    scenarios: tuple[Scenario, ...]
+    out: Path = Path("studies/study")
+    results: Path | None = None
+    steps: int = 40_000
+    checkpoint_every: int = 2_000
+    eval_episodes: int = 20
+    horizon: int = DEFAULT_HORIZON
+    noise_sigma: float = DEFAULT_NOISE_SIGMA
+    fqe_steps: int = 10_000
+    bootstrap_samples: int = 10_000
+    archive: Path | None = None
+    """A folder (committed, e.g. ``studies/archive/dev``) that keeps a copy of every finished cell's cell.json:
+    cells found there are done, so a grid can run across machines and sessions whose study directories are lost.
+    """
+    settings: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """Named agent settings beyond the presets: ``{"name": {field: value}}``, fields of CQLConfig, or with
+    ``algo = "iql"`` / ``"awac"`` / ``"bear"`` of that algorithm's config (so that selection can be compared across
+    algorithms on one grid)."""
+
+    @property
+    def results_path(self) -> Path:
+        return self.results or self.out / "results.md"
+
+
+class StudyConfigError(ValueError):
+    """The study file is malformed; the message names the key and the fix."""
+
+
+def load_study_config(path: str | Path, out: Path | None = None, results: Path | None = None) -> StudyConfig:
+    """Read and check a study TOML file. Relative paths in it are relative to the working directory.
+
+    Raises:
+        FileNotFoundError: no such file.
+        StudyConfigError: unknown keys, wrong types, an unknown setting, or an empty grid.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"study config {path} not found (examples: studies/cpu.toml, studies/gpu.toml)")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise StudyConfigError(f"{path} is not valid TOML: {e}") from None
+    return study_config_from_dict(raw, out=out, results=results, source=str(path))
+
+
+def study_config_from_dict(
+    raw: dict[str, Any], out: Path | None = None, results: Path | None = None, source: str = "the study config"
+) -> StudyConfig:
+    """Build a :class:`StudyConfig` from the TOML's dict (see :func:`load_study_config`)."""
+    raw = dict(raw)
+    scen_raw = raw.pop("scenario", None)
+    if not scen_raw or not isinstance(scen_raw, list):
+        raise StudyConfigError(f"{source} has no [[scenario]] tables: a study needs at least one")
+    settings = raw.pop("settings", {}) or {}
+    if not isinstance(settings, dict):
+        raise StudyConfigError(f"{source}: [settings] must be a table of tables of CQL hyperparameters")
+    for name, overrides in settings.items():
+        if name in PRESETS + ALGORITHM_PRESETS:
+            raise StudyConfigError(f"{source}: setting '{name}' is a preset "
+                                   f"({', '.join(PRESETS + ALGORITHM_PRESETS)}); rename it")
+        algo = overrides.get("algo", "cql")
+        if algo not in STUDY_ALGOS:
+            raise StudyConfigError(f"{source}: setting '{name}' has algo '{algo}'; a study runs "
+                                   f"{', '.join(STUDY_ALGOS)}")
+        bad = set(overrides) - {"algo"} - {f.name for f in dataclasses.fields(CONFIGS[algo])}
+        if bad:
+            raise StudyConfigError(f"{source}: setting '{name}' has unknown {algo.upper()} fields {sorted(bad)}")
+    top = {f.name for f in dataclasses.fields(StudyConfig)} - {"scenarios", "settings"}
+    unknown = set(raw) - top
+    if unknown:
+        raise StudyConfigError(f"{source}: unknown keys {sorted(unknown)}; allowed: {sorted(top)}")
+    scenarios = []
+    scen_fields = {f.name for f in dataclasses.fields(Scenario)}
+    for i, s in enumerate(scen_raw):
+        bad = set(s) - scen_fields
+        if bad:
+            raise StudyConfigError(f"{source}: scenario {i} has unknown keys {sorted(bad)}; allowed {sorted(scen_fields)}")
+        if "name" not in s or "tasks" not in s or "episodes" not in s:
+            raise StudyConfigError(f"{source}: scenario {i} needs name, tasks and episodes")
+        sc = Scenario(
+            name=str(s["name"]), tasks=tuple(s["tasks"]), episodes=tuple(int(e) for e in s["episodes"]),
+            seeds=tuple(int(x) for x in s.get("seeds", (0,))), settings=tuple(s.get("settings", ("base",))),
+            description=str(s.get("description", "")), regimes=tuple(s.get("regimes", ("white",))),
+        )
+        unknown_regimes = [r for r in sc.regimes if r not in REGIMES]
+        if unknown_regimes:
+            raise StudyConfigError(
+                f"{source}: scenario '{sc.name}' has unknown regimes {unknown_regimes}; use {', '.join(REGIMES)}"
+            )
+        for st in sc.settings:
+            if st not in PRESETS + ALGORITHM_PRESETS and st not in settings:
+                raise StudyConfigError(
+                    f"{source}: scenario '{sc.name}' uses setting '{st}', which is neither a preset "
+                    f"({', '.join(PRESETS + ALGORITHM_PRESETS)}) nor defined under [settings.{st}]"
+                )
+        if not sc.tasks or not sc.episodes or not sc.seeds or not sc.settings:
+            raise StudyConfigError(f"{source}: scenario '{sc.name}' has an empty list")
+        if any(e < 2 for e in sc.episodes):
+            raise StudyConfigError(f"{source}: scenario '{sc.name}': dataset sizes need >= 2 episodes (one held out)")
+        scenarios.append(sc)
+    if len({s.name for s in scenarios}) != len(scenarios):
+        raise StudyConfigError(f"{source}: scenario names must be unique")
+    kw: dict[str, Any] = {}
+    for k, v in raw.items():
+        kw[k] = Path(v) if k in ("out", "results", "archive") else v
+    if out is not None:
+        kw["out"] = Path(out)
+    if results is not None:
+        kw["results"] = Path(results)
+    config = StudyConfig(scenarios=tuple(scenarios), settings=settings, **kw)
+    for name in ("steps", "checkpoint_every", "eval_episodes", "horizon", "fqe_steps", "bootstrap_samples"):
+        if int(getattr(config, name)) < 1:
+            raise StudyConfigError(f"{source}: {name} must be >= 1, got {getattr(config, name)}")
+    return config
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One run of the grid."""
+
+    scenario: str
+    task: str
+    episodes: int
+    seed: int
+    setting: str
+    regime: str = "white"
+
+    @property
+    def _data_tag(self) -> str:
+        # White-noise cells keep the names of studies made before regimes existed.
+        return "" if self.regime == "white" else f"{self.regime}_"
+
+    @property
+    def name(self) -> str:
+        # The scenario is a view: two scenarios that need the same run share it.
+        return f"{self.task}__{self._data_tag.replace('_', '__')}{self.episodes}ep__s{self.seed}__{self.setting}"
+
+    @property
+    def dataset_name(self) -> str:
+        return f"{self.task}_{self._data_tag}{self.episodes}ep_s{self.seed}.h5"
+
+
+def cells_of(config: StudyConfig, scenario: str | None = None) -> list[Cell]:
+    """Every cell of the grid (or of one scenario), in the order they run; a run two scenarios share is listed
+    once, under the first.
+
+    Seeds vary slowest, then dataset sizes: a study stopped part way has covered every task, regime and size
+    with its first seeds, so its partial results already span the grid."""
+    out, seen = [], set()
+    for sc in config.scenarios:
+        for seed, episodes, regime, task, setting in itertools.product(
+            sc.seeds, sc.episodes, sc.regimes, sc.tasks, sc.settings
+        ):
+            cell = Cell(sc.name, task, episodes, seed, setting, regime)
+            if scenario is not None:
+                if sc.name == scenario:
+                    out.append(cell)
+            elif cell.name not in seen:
+                seen.add(cell.name)
+                out.append(cell)
+    return out
+
+
+def algo_for(setting: str, config: StudyConfig) -> str:
+    """The algorithm a setting runs: ``cql`` unless it is an algorithm preset or names ``algo``."""
+    if setting in ALGORITHM_PRESETS:
+        return setting
+    return "cql" if setting in PRESETS else config.settings[setting].get("algo", "cql")
+
+
+def cell_settings(config: StudyConfig, cell: Cell) -> dict[str, Any]:
+    """Everything of the study besides the cell's own name that decides its result (compared on archive reads)."""
+    return {
+        "steps": config.steps, "checkpoint_every": config.checkpoint_every, "eval_episodes": config.eval_episodes,
+        "fqe_steps": config.fqe_steps, "horizon": config.horizon,
+        "noise_sigma": config.noise_sigma if cell.regime == "white" else None,
+        "setting": config.settings.get(cell.setting, cell.setting),
+    }
+
+
+def json_roundtrip(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples become lists), for comparing with what a file holds."""
+    return json.loads(json.dumps(obj, default=str))
