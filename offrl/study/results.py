@@ -157,7 +157,14 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
         Path(p).resolve().is_relative_to(out.parent.resolve()) else str(p)  # noqa: E731
     cmd = command or f"offrl study {config.out / 'study.toml'}"
     L: list[str] = []
-    L.append("# Does the workflow pick good policies? Validation study\n")
+    total = analysis.get("cells_total", analysis["runs"])
+    if analysis["runs"] < total:
+        L.append(f"# Does the workflow pick good policies? Validation study (PARTIAL: {analysis['runs']} of {total} "
+                 f"runs)\n")
+        L.append("**The grid is not finished: nothing on this page decides a default** (the rule of "
+                 "docs/selection.md is applied to the complete grid). Run the same command to continue it.\n")
+    else:
+        L.append("# Does the workflow pick good policies? Validation study\n")
     L.append(f"Written by `offrl study` on {datetime.date.today().isoformat()} "
              f"({platform.machine()}, {platform.system()}). Reproduce: `{cmd}`.\n")
     L.append(
