@@ -70,6 +70,10 @@ class Collect:
     """Replace an existing file."""
 
 
+SelectorName = Literal["q_peak", "q_after_peak", "q_peak_in_range", "heldout_q_peak", "heldout_q_policy_peak",
+                       "q_peak_fitted", "last", "heldout_td", "fqe"]  # offrl.workflow.rules.RULES (a test pins it)
+
+
 @dataclasses.dataclass(frozen=True)
 class Diagnose:
     """Diagnose a run: overfitting (Metric 3.1), underfitting (Q error, Metric 3.2), and the checkpoint."""
@@ -79,7 +83,11 @@ class Diagnose:
     compare: tuple[Path, ...] = ()
     """Runs of the same setup with more capacity, for Metric 3.2."""
     after_peak: bool = False
-    """Select the checkpoint after the Q peak (actor-critic variant of Guideline 3.1)."""
+    """Select the checkpoint after the Q peak (actor-critic variant of Guideline 3.1; --selector q_after_peak)."""
+    selector: SelectorName | None = None
+    """The selection rule (offrl/workflow/rules.py; each measured on the dev grid, docs/results.md): q_peak
+    (Guideline 3.1), q_after_peak, q_peak_in_range, heldout_q_peak, heldout_q_policy_peak, q_peak_fitted, last,
+    heldout_td, fqe (needs `offrl fqe RUN` first). Default: the rule the run's last diagnosis used, else q_peak."""
     thresholds: DiagnosisConfig = DiagnosisConfig()
     """Thresholds of the diagnosis (docs/metrics.md)."""
 
@@ -91,7 +99,11 @@ class Select:
     run_dir: tyro.conf.Positional[Path]
     """Run directory made by `offrl train`."""
     after_peak: bool = False
-    """Take the checkpoint after the Q peak instead of the peak."""
+    """Take the checkpoint after the Q peak instead of the peak (--selector q_after_peak)."""
+    selector: SelectorName | None = None
+    """The selection rule (offrl/workflow/rules.py; each measured on the dev grid, docs/results.md): q_peak
+    (Guideline 3.1), q_after_peak, q_peak_in_range, heldout_q_peak, heldout_q_policy_peak, q_peak_fitted, last,
+    heldout_td, fqe (needs `offrl fqe RUN` first). Default: the rule the run's last diagnosis used, else q_peak."""
     thresholds: DiagnosisConfig = DiagnosisConfig()
     """Thresholds of the diagnosis (docs/metrics.md)."""
 
@@ -198,6 +210,19 @@ class Evaluate:
 
 
 @dataclasses.dataclass(frozen=True)
+class Fqe:
+    """Fitted Q evaluation of every checkpoint (Le et al. 2019; the field's standard off-policy estimate): writes
+    fqe.json, which `offrl select --selector fqe` reads. Offline: it reads the dataset, never the simulator."""
+
+    run_dir: tyro.conf.Positional[Path]
+    """Run directory made by `offrl train` (state observations)."""
+    steps: int = 5000
+    """Gradient steps of each checkpoint's FQE critic (the dev grid's setting, studies/dev.toml)."""
+    seed: int = 0
+    """Seeds the FQE critics."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Study:
     """The validation study (paper Sec. 5): a grid of runs, every checkpoint's analysis-only success, and how
     well each checkpoint selector (the workflow, FQE, ...) and the diagnosis do. Resumable: run it again to
@@ -233,6 +258,7 @@ _SUBCOMMANDS: dict[str, type | tuple[str, str]] = {
     "diagnose": Diagnose,
     "select": Select,
     "evaluate": Evaluate,
+    "fqe": Fqe,
     "report": Report,
     "tune": Tune,
     "import": Import,
@@ -421,7 +447,7 @@ def _algo_help(command: str, args: list[str]) -> tuple[Any, dict[str, str]] | st
 
 
 # Commands that train or roll out policies: restarted once with huge-page malloc (offrl.runtime).
-_HEAVY_COMMANDS = ("train", "workflow", "study", "sweep", "tune", "evaluate", "collect")
+_HEAVY_COMMANDS = ("train", "workflow", "study", "sweep", "tune", "evaluate", "collect", "fqe")
 
 
 def _print_diagnosis(d: dict) -> None:
@@ -459,7 +485,7 @@ def run(cmd: object) -> int:
         from offrl.workflow.diagnosis import diagnose_run
 
         compare = cmd.compare if isinstance(cmd, Diagnose) else ()
-        d = diagnose_run(cmd.run_dir, compare, cmd.thresholds, after_peak=cmd.after_peak)
+        d = diagnose_run(cmd.run_dir, compare, cmd.thresholds, after_peak=cmd.after_peak, selector=cmd.selector)
         if isinstance(cmd, Select):
             if d["selected_step"] is None:
                 raise ValueError(
@@ -475,6 +501,12 @@ def run(cmd: object) -> int:
         evaluate_run(cmd.run_dir, episodes=cmd.episodes, seed=cmd.seed, task=cmd.task, horizon=cmd.horizon,
                      env=cmd.env, success_key=cmd.success_key)
         print(f"wrote {cmd.run_dir / EVALUATION_FILE} (analysis only: never read by diagnosis or selection)")
+    elif isinstance(cmd, Fqe):
+        from offrl.workflow.fqe import FQE_FILE, FQEConfig, fqe_run
+
+        res = fqe_run(cmd.run_dir, config=FQEConfig(steps=cmd.steps, seed=cmd.seed))
+        print(f"wrote {cmd.run_dir / FQE_FILE} ({len(res['results'])} checkpoints, {res['seconds']:.0f} s); next: "
+              f"offrl select {cmd.run_dir} --selector fqe")
     elif isinstance(cmd, Report):
         from offrl.report import write_report
 

@@ -30,6 +30,14 @@ def test_train_diagnose_select_report_on_a_synthetic_dataset(tmp_path, capsys):
     capsys.readouterr()
     assert main(["select", str(run), "--after-peak"]) == 0
     assert int(capsys.readouterr().out.strip()) in (40, 80, 120, 160, 200)
+    assert main(["select", str(run), "--selector", "last"]) == 0
+    assert int(capsys.readouterr().out.strip()) == 200
+    assert main(["fqe", str(run), "--steps", "30"]) == 0
+    assert main(["select", str(run), "--selector", "fqe"]) == 0
+    fqe = json.loads((run / "fqe.json").read_text())["results"]
+    after_warm_start = [r for r in fqe if r["step"] > 50]  # after TINY's warm start (--agent.bc-steps 50)
+    best = max(after_warm_start, key=lambda r: r["value"])["step"]
+    assert capsys.readouterr().out.strip().endswith(str(best))
     assert main(["report", str(run)]) == 0
     html = (run / "report.html").read_text()
     assert d["verdict"] in html and "data:image/png;base64," in html

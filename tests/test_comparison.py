@@ -198,3 +198,17 @@ def test_a_real_best_is_named_and_written_to_the_diagnosis(tmp_path):
     diagnose_run(run)
     on_disk = json.loads((run / "diagnosis.json").read_text())["analysis_only"]
     assert on_disk["best"]["tied"] is True and on_disk["best"]["tied_checkpoints"] == 8
+
+
+def test_the_fqe_selector_reads_fqe_json_and_a_later_diagnosis_keeps_the_selector(tmp_path):
+    run = _run(tmp_path, [1, 2, 3, 4, 5, 6, 7, 8])
+    with pytest.raises(ValueError, match=r"needs fqe.json \(offrl fqe RUN\)"):
+        diagnose_run(run, selector="fqe")
+    values = [0.1, 0.2, 0.3, 0.2, 0.1, 0.6, 0.2, 0.1]  # FQE's highest estimate: step 6000
+    (run / "fqe.json").write_text(json.dumps({"results": [{"step": s, "value": v, "td_error": 0.0}
+                                                          for s, v in zip(STEPS, values, strict=True)]}))
+    d = diagnose_run(run, selector="fqe")
+    assert d["selected_step"] == 6000 and d["selector"] == "fqe" and d["trust"]["selector"] == "fqe"
+    assert diagnose_run(run)["selected_step"] == 6000  # `offrl diagnose RUN` later: the same rule, the same pick
+    assert diagnose_run(run, selector="q_peak")["selected_step"] == 4000
+    assert diagnose_run(run, after_peak=True)["selected_step"] == 5000

@@ -184,3 +184,37 @@ def test_q_above_the_largest_return_is_over_estimation():
     # Within the tolerance (10% of the range above 1) nothing is flagged.
     ok = diagnose_metrics(_records(np.linspace(0.1, 1.05, 12)), (0.0, 1.0))
     assert ok["verdict"] == "healthy"
+
+
+def test_another_selector_changes_the_pick_and_nothing_else():
+    from offrl.workflow.rules import RULES
+
+    x = np.arange(10)
+    q = np.where(x <= 3, 0.1 * x, 0.3 - 0.05 * (x - 3))  # peaks at index 3 (step 20000), then falls
+    records = _records(q)
+    for r, v in zip(records, [0.1, 0.2, 0.3, 0.2, 0.9, 0.5, 0.4, 0.3, 0.2, 0.1], strict=True):
+        r["fqe_value"] = v
+        r["heldout/td_error"] = 1.0 - v
+    base = diagnose_metrics(records, (0.0, 1.0))
+    assert base["selected_step"] == 20000 and base["selector"] == "q_peak"
+    held = ("heldout_q_peak", "heldout_q_policy_peak")  # these records have no held-out Q curves
+    picks = {name: diagnose_metrics(records, (0.0, 1.0), selector=name) for name in RULES if name not in held}
+    assert {n: d["selected_step"] for n, d in picks.items() if n in ("q_after_peak", "last", "fqe", "heldout_td")} \
+        == {"q_after_peak": 25000, "last": 50000, "fqe": 25000, "heldout_td": 25000}
+    assert all(d["verdict"] == base["verdict"] == "overfitting" for d in picks.values())
+    assert picks["fqe"]["selector"] == "fqe" and "fitted-Q" in picks["fqe"]["selection_rule"]
+    with pytest.raises(ValueError, match="heldout_q_peak needs heldout/q_data"):
+        diagnose_metrics(records, (0.0, 1.0), selector="heldout_q_peak")
+    with pytest.raises(ValueError, match="unknown selector 'best'"):
+        diagnose_metrics(records, (0.0, 1.0), selector="best")
+    with pytest.raises(ValueError, match=r"selector fqe needs fqe.json \(offrl fqe RUN\)"):
+        diagnose_metrics(_records(q), (0.0, 1.0), selector="fqe")
+
+
+def test_the_cli_offers_exactly_the_rules():
+    import typing
+
+    from offrl.cli import SelectorName
+    from offrl.workflow.rules import RULES
+
+    assert typing.get_args(SelectorName) == tuple(RULES)

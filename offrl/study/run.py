@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import time
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from offrl.runtime import SINGLE_THREAD_XLA
 from offrl.study import cell as _cell
-from offrl.study.config import Cell, StudyConfig, cells_of
+from offrl.study.config import Cell, StudyConfig, StudyConfigError, cells_of
 from offrl.study.store import archive_cells, check_study_dir, failure_file, finished_cell, lock
 from offrl.training import run_dir as rd
 
@@ -94,12 +95,18 @@ def _run_cells(config: StudyConfig, cells: list[Cell], prefix: str = "") -> None
             failure = failure_file(config, cell)
             try:
                 res = _cell.run_cell(cell, config, progress=False)
-            except (DatasetError, TrainingDiverged) as e:
+            except StudyConfigError:
+                raise  # the study itself is wrong (e.g. an archive made under other settings): stop everything
+            except Exception as e:
                 # One unusable cell (a dataset with no success at all, a run that diverged before its first
-                # checkpoint) must not stop the grid: it is listed in the results, and retried on the next call.
-                print(f"{prefix}  failed: {e}", flush=True)
+                # checkpoint, or a fault of its own) must not stop a grid of hours: it is listed in the results
+                # with its error, and retried on the next call. The Ray path does the same (offrl.cluster).
+                if not isinstance(e, DatasetError | TrainingDiverged):
+                    traceback.print_exc()
+                message = str(e) if isinstance(e, DatasetError | TrainingDiverged) else f"{type(e).__name__}: {e}"
+                print(f"{prefix}  failed: {message}", flush=True)
                 failure.parent.mkdir(parents=True, exist_ok=True)
-                rd.atomic_write_text(failure, f"{e}\n")
+                rd.atomic_write_text(failure, f"{message}\n")
                 continue
             failure.unlink(missing_ok=True)
             succ = [c["success_rate"] for c in res["checkpoints"]]

@@ -40,7 +40,6 @@ for those runs.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from typing import Any
 
@@ -48,12 +47,10 @@ import numpy as np
 
 from offrl.stats import bootstrap_mean, spearman
 from offrl.workflow.diagnosis import DiagnosisConfig, smooth
+from offrl.workflow.rules import rule_scores
 
 SELECTORS = ("workflow", "workflow_after_peak", "q_peak_in_range", "heldout_q_peak", "fqe", "heldout_q_policy_peak",
              "q_peak_fitted", "last", "heldout_td", "random", "oracle")
-# Pre-registered (docs/selection.md): tolerance above the largest return, and the fit threshold.
-IN_RANGE_TOLERANCE = 0.1
-FIT_THRESHOLD = 0.5
 OVERFIT_SUCCESS_DROP = 0.15
 NEVER_REACHES_MARGIN = 0.1
 TAIL = 3
@@ -70,61 +67,31 @@ def candidates(cell: dict[str, Any]) -> list[dict[str, Any]]:
     return after or cps
 
 
-def _num(v: Any) -> float:
-    return float(v) if isinstance(v, int | float) and v is not None and math.isfinite(v) else float("nan")
-
-
 def selector_scores(cell: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """For each selector: ``{"step": picked step, "scores": (n,) array over the candidates or None}``."""
+    """For each selector: ``{"step": picked step, "scores": (n,) array over the candidates or None}``.
+
+    ``workflow`` is the run's own diagnosis (its ``selected_step``: the Q peak, or the best checkpoint before a
+    divergence), ``workflow_after_peak`` the candidate after it; every other selector is the rule of the same name
+    in :mod:`offrl.workflow.rules`, the code ``offrl select --selector NAME`` runs."""
     cps = candidates(cell)
     steps = [c["step"] for c in cps]
-    q = np.array([_num(c.get("q_data")) for c in cps])
-    qs = smooth(np.where(np.isfinite(q), q, np.nanmean(q) if np.isfinite(q).any() else 0.0),
-                DiagnosisConfig().smoothing_window)
+    rules = rule_scores(cps, cell.get("q_range") or [0.0, 1.0], DiagnosisConfig().smoothing_window)
+    q_step, qs = rules["q_peak"]
+    qs = qs if qs is not None else np.zeros(len(steps))
     wf = cell["diagnosis"].get("selected_step")
     if wf not in steps:  # inconclusive diagnosis: the workflow has no pick; fall back to the smoothed Q peak
-        wf = steps[int(np.argmax(qs))]
+        wf = q_step if q_step is not None else steps[-1]
     i = steps.index(wf)
-    shifted = np.concatenate([[-np.inf], qs[:-1]])
-    td = np.array([_num(c.get("heldout/td_error")) for c in cps])
-    if not np.isfinite(td).any():
-        td = np.array([_num(c.get("td_error")) for c in cps])
-    fqe = np.array([_num(c.get("fqe_value")) for c in cps])
-
-    def smoothed(key: str) -> np.ndarray | None:
-        v = np.array([_num(c.get(key)) for c in cps])
-        if not np.isfinite(v).any():
-            return None
-        return smooth(np.where(np.isfinite(v), v, np.nanmean(v)), DiagnosisConfig().smoothing_window)
-
-    def peak(scores: np.ndarray | None, allowed: np.ndarray) -> int | None:
-        if scores is None:
-            return None
-        if not allowed.any():
-            return steps[0]
-        return steps[int(np.argmax(np.where(allowed, scores, -np.inf)))]
-
-    q_range = cell.get("q_range") or [0.0, 1.0]
-    ceiling = float(q_range[1]) + IN_RANGE_TOLERANCE * (float(q_range[1]) - float(q_range[0]))
-    in_range = qs <= ceiling
-    unexplained = np.array([_num(c.get("td_error_over_target_var")) for c in cps])
-    fitted = in_range & (unexplained <= FIT_THRESHOLD)
-    held_q, held_pol = smoothed("heldout/q_data"), smoothed("heldout/q_policy")
     out = {
         "workflow": {"step": wf, "scores": qs},
-        "workflow_after_peak": {"step": steps[min(i + 1, len(steps) - 1)], "scores": shifted},
-        "last": {"step": steps[-1], "scores": np.array(steps, float)},
-        "heldout_td": {"step": steps[int(np.nanargmin(td))] if np.isfinite(td).any() else steps[-1],
-                       "scores": -td},
-        "fqe": {"step": steps[int(np.nanargmax(fqe))] if np.isfinite(fqe).any() else None, "scores": fqe},
+        "workflow_after_peak": {"step": steps[min(i + 1, len(steps) - 1)],
+                                "scores": np.concatenate([[-np.inf], qs[:-1]])},
         "random": {"step": None, "scores": None},
-        "q_peak_in_range": {"step": peak(qs, in_range), "scores": np.where(in_range, qs, -np.inf)},
-        "heldout_q_peak": {"step": peak(held_q, np.ones(len(steps), bool)), "scores": held_q},
-        "heldout_q_policy_peak": {"step": peak(held_pol, in_range),
-                                  "scores": None if held_pol is None else np.where(in_range, held_pol, -np.inf)},
-        "q_peak_fitted": {"step": peak(qs, fitted) if fitted.any() else peak(qs, in_range),
-                          "scores": np.where(fitted, qs, -np.inf) if fitted.any() else None},
     }
+    for name in ("last", "heldout_td", "fqe", "q_peak_in_range", "heldout_q_peak", "heldout_q_policy_peak",
+                 "q_peak_fitted"):
+        step, scores = rules[name]
+        out[name] = {"step": step, "scores": scores}
     return out
 
 

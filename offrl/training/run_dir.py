@@ -8,6 +8,7 @@ Layout::
                               with a commit marker), holding the agent state and a JSON description
     RUN_DIR/diagnosis.json    the workflow's verdict and pick (offrl diagnose / select)
     RUN_DIR/evaluation.json   analysis only: every checkpoint's success in the simulator (offrl evaluate)
+    RUN_DIR/fqe.json          fitted-Q-evaluation estimates per checkpoint (offrl fqe; the fqe selector)
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ if TYPE_CHECKING:  # jax and orbax take ~1.5 s to import: only the checkpoint fu
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
-# Written by the workflow (offrl.workflow.diagnosis, offrl.workflow.evaluate); named here, with the rest of the run
+# Written by the workflow (offrl.workflow.diagnosis, evaluate, fqe); named here, with the rest of the run
 # directory, so that neither module needs the other for a file name.
 DIAGNOSIS_FILE = "diagnosis.json"
 EVALUATION_FILE = "evaluation.json"
+FQE_FILE = "fqe.json"
 CHECKPOINT_DIR = "checkpoints"
 
 

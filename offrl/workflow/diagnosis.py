@@ -29,7 +29,7 @@ import numpy as np
 
 from offrl.data import divergence_limit
 from offrl.training import run_dir as rd
-from offrl.training.run_dir import DIAGNOSIS_FILE
+from offrl.training.run_dir import DIAGNOSIS_FILE, FQE_FILE
 from offrl.workflow.comparison import attach_comparison
 
 VERDICTS = ("overfitting", "underfitting", "over-estimation", "healthy", "inconclusive", "diverged")
@@ -269,6 +269,7 @@ def diagnose_metrics(
     num_params: dict[str, int] | None = None,
     warmup_steps: int = 0,
     algo: str = "cql",
+    selector: str = "q_peak",
 ) -> dict[str, Any]:
     """Diagnose a run from its checkpoint records (the lines of metrics.jsonl).
 
@@ -285,11 +286,21 @@ def diagnose_metrics(
         algo: ``cql``, ``brac``, ``bc``, ... (:data:`DEFAULT_METRIC`): decides the default curve, the regularizer
             compared by Metric 3.2, and (for ``bc`` and ``tt``, which have no Q-function) that the Q-range rules do
             not apply.
+        selector: the selection rule (:data:`offrl.workflow.rules.RULES`): ``q_peak`` (Guideline 3.1 on the
+            diagnosis's curve, the default) or another rule measured by the study (``fqe`` needs each record's
+            ``fqe_value``). It changes the pick only, never the verdict; ``after_peak`` means ``q_after_peak``.
+
+    Raises:
+        ValueError: an unknown selector, or one whose curve the records lack.
 
     Returns:
         ``{"verdict", "selected_step", "peak_step", "selection_rule", "q_range", "evidence", "reasons",
         "recommendation", "compared_runs"}``; ``verdict`` is one of ``VERDICTS``.
     """
+    from offrl.workflow.rules import RULES
+
+    if selector not in RULES:
+        raise ValueError(f"unknown selector {selector!r}: choose one of {', '.join(RULES)}")
     by_step = {int(r["step"]): r for r in records if "step" in r}
     metric = DEFAULT_METRIC[algo] if config.metric == "auto" else config.metric
     has_q = algo not in NO_Q
@@ -524,13 +535,21 @@ def diagnose_metrics(
 
     # Guideline 3.1: the highest (smoothed) dataset Q-value, before any fall. On a curve that still rises this
     # is the last checkpoint; on a plateau any checkpoint of it is as good by this metric.
-    idx = min(dec.peak_index + (1 if after_peak else 0), len(steps) - 1)
-    out["selected_step"] = steps[idx]
-    out["selection_rule"] = (
-        f"checkpoint after the peak of {config.metric} (Guideline 3.1, actor-critic variant)"
-        if after_peak
-        else f"peak of {config.metric} (Guideline 3.1)"
-    )
+    after_peak = after_peak or selector == "q_after_peak"
+    if selector in ("q_peak", "q_after_peak") or not has_q:
+        idx = min(dec.peak_index + (1 if after_peak else 0), len(steps) - 1)
+        out["selected_step"] = steps[idx]
+        out["selection_rule"] = (
+            f"checkpoint after the peak of {config.metric} (Guideline 3.1, actor-critic variant)"
+            if after_peak
+            else f"peak of {config.metric} (Guideline 3.1)"
+        )
+    else:
+        from offrl.workflow.rules import RULES, select_step
+
+        out["selected_step"] = select_step(selector, records, (q_min, q_max), config.smoothing_window)
+        out["selection_rule"] = f"{RULES[selector]} (--selector {selector}; measured in docs/results.md)"
+    out["selector"] = "q_after_peak" if after_peak else selector
     out["recommendation"] = _recommendation(verdict, out["selected_step"], algo)
     return out
 
@@ -555,26 +574,35 @@ def diagnose_run(
     config: DiagnosisConfig = DiagnosisConfig(),
     *,
     after_peak: bool = False,
+    selector: str | None = None,
     write: bool = True,
 ) -> dict[str, Any]:
     """Diagnose a run directory from its config.json and metrics.jsonl; write diagnosis.json (atomically).
 
     `offrl diagnose` and `offrl select` are this one computation. Without ``compare``, the runs an earlier
-    diagnosis compared with (``compared_runs`` of diagnosis.json) are compared again, so a later command never
-    silently drops a Metric 3.2 result.
+    diagnosis compared with (``compared_runs`` of diagnosis.json) are compared again, and without ``selector``
+    the rule an earlier diagnosis used (else ``q_peak``), so a later command never silently drops a Metric 3.2
+    result or changes the pick. The ``fqe`` selector reads RUN_DIR/fqe.json (:mod:`offrl.workflow.fqe`).
 
     Raises:
         FileNotFoundError: a run directory lacks config.json or metrics.jsonl, or a compared run is gone.
+        ValueError: an unknown selector, or one whose curve the run lacks (``fqe`` without fqe.json).
     """
     run_dir = Path(run_dir)
     main = _run_inputs(run_dir)
     previous = rd.read_json(run_dir / DIAGNOSIS_FILE) if (run_dir / DIAGNOSIS_FILE).is_file() else {}
     if not compare and previous.get("compared_runs"):
         compare = [Path(c) for c in previous["compared_runs"] if c]
+    if selector is None:
+        selector = "q_after_peak" if after_peak else previous.get("selector", "q_peak")
     others = [_run_inputs(Path(c)) for c in compare]
     q_range = main["config"]["dataset"]["q_range"]
+    records = main["records"]
+    if (run_dir / FQE_FILE).is_file():
+        fqe = {int(r["step"]): r["value"] for r in rd.read_json(run_dir / FQE_FILE)["results"]}
+        records = [{**r, "fqe_value": fqe[int(r["step"])]} if int(r["step"]) in fqe else r for r in records]
     result = diagnose_metrics(
-        main["records"],
+        records,
         (q_range[0], q_range[1]),
         config,
         after_peak=after_peak,
@@ -582,11 +610,12 @@ def diagnose_run(
         num_params=main["num_params"],
         warmup_steps=_warmup(main["config"]),
         algo=main["config"].get("algo", "cql"),
+        selector=selector,
     )
     result["config"] = dataclasses.asdict(config)
     from offrl.workflow.trust import trust_statement
 
-    result["trust"] = trust_statement("after_peak" if after_peak else "q_peak", main["config"])
+    result["trust"] = trust_statement(result["selector"], main["config"])
     if write:
         rd.write_json(run_dir / DIAGNOSIS_FILE, result)
         # Analysis only, after the selection above: the evaluated success of the pick beside the alternatives,

@@ -36,8 +36,7 @@ from offrl.data import Dataset, Normalizer, load_dataset
 from offrl.networks.mlp import MLP
 from offrl.training import run_dir as rd
 from offrl.training.policy import load_state
-
-FQE_FILE = "fqe.json"
+from offrl.training.run_dir import FQE_FILE
 
 
 @dataclasses.dataclass(frozen=True)

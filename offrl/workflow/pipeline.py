@@ -67,6 +67,9 @@ class WorkflowConfig:
     """Image runs: frames stacked along the channel axis."""
     after_peak: bool = False
     """Select the checkpoint after the Q peak (Guideline 3.1's actor-critic variant)."""
+    selector: str = "q_peak"
+    """The selection rule (offrl/workflow/rules.py; each measured on the dev grid, docs/results.md). ``fqe`` runs
+    fitted Q evaluation of every checkpoint first (offline, 5,000 steps each)."""
     bc_baseline_steps: int = 5_000
     """CQL without a behaviour-cloning warm start (``--agent.bc-steps 0``, the default): also train behaviour
     cloning for this many steps (run directory OUT_bc) and evaluate it, so that the summary shows what imitation
@@ -102,9 +105,14 @@ def run_workflow(config: WorkflowConfig) -> dict[str, Any]:
     tracing and compiling (:func:`offrl.training.timing.compile_timer`).
 
     Raises:
+        ValueError: an unknown ``selector`` (before anything runs).
         whatever the steps raise: FileExistsError (never overwrites a run or dataset), DatasetError,
         TrainingDiverged, RuntimeError (MetaWorld missing for collection).
     """
+    from offrl.workflow.rules import RULES
+
+    if config.selector not in RULES:
+        raise ValueError(f"unknown --selector {config.selector!r}: choose one of {', '.join(RULES)}")
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     with compile_timer() as compiled:
@@ -155,8 +163,15 @@ def _run_workflow(config: WorkflowConfig, timings: dict[str, float], t_start: fl
     print(f"[2/5] training {config.algo.upper()} for {config.steps} steps -> {out}", flush=True)
     train(base)
     timings["train_s"] = time.perf_counter() - t
+    if config.selector == "fqe":
+        from offrl.workflow.fqe import FQEConfig, fqe_run
+
+        print("[3/5] fitted Q evaluation of every checkpoint (--selector fqe)", flush=True)
+        t = time.perf_counter()
+        fqe_run(out, config=FQEConfig(steps=5_000, seed=config.seed))  # the dev grid's setting
+        timings["fqe_s"] = time.perf_counter() - t
     print("[3/5] diagnosing", flush=True)
-    diagnosis = diagnose_run(out, config=DiagnosisConfig(), after_peak=config.after_peak)
+    diagnosis = diagnose_run(out, config=DiagnosisConfig(), after_peak=config.after_peak, selector=config.selector)
     evaluation = None
     if config.eval_episodes > 0:
         print(f"[4/5] analysis-only evaluation: {config.eval_episodes} episodes per checkpoint", flush=True)

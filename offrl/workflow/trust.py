@@ -25,8 +25,10 @@ GRID = {
 """The dev grid (studies/dev.toml)."""
 
 MEASURED_FILE = Path(__file__).with_name("measured.json")
-# The study's selector names -> the names the diagnosis reports (diagnosis.json "trust"."selector").
-_SELECTOR_NAMES = {"workflow": "q_peak", "workflow_after_peak": "after_peak"}
+# The study's selector names -> the rule names of offrl.workflow.rules that diagnosis.json reports; the other
+# selectors are named alike. measured.json files written before the rules were named say "after_peak".
+_SELECTOR_NAMES = {"workflow": "q_peak", "workflow_after_peak": "q_after_peak"}
+_LEGACY_NAMES = {"after_peak": "q_after_peak"}
 
 
 def load_measured(path: Path = MEASURED_FILE) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
@@ -35,7 +37,8 @@ def load_measured(path: Path = MEASURED_FILE) -> tuple[dict[str, dict[str, Any]]
     if not path.is_file():
         return {}, {}
     raw = json.loads(path.read_text())
-    return dict(raw.get("selectors", {})), dict(raw.get("source", {}))
+    selectors = {_LEGACY_NAMES.get(k, k): v for k, v in raw.get("selectors", {}).items()}
+    return selectors, dict(raw.get("source", {}))
 
 
 MEASURED, SOURCE = load_measured()

@@ -1,0 +1,140 @@
+"""Checkpoint selection rules: which checkpoint to deploy, from offline curves only.
+
+One implementation, used both by ``offrl select --selector NAME`` (through :func:`offrl.workflow.diagnosis.
+diagnose_run`) and by the validation study that measures every rule on the dev grid (:mod:`offrl.study.selectors`),
+so that the rule a user deploys is the rule whose regret docs/results.md reports. The candidates and why each
+exists are pre-registered in docs/selection.md; none reads analysis-only success.
+
+Every rule chooses among the *candidates*: the checkpoints after the actor's warm start, in step order. Each
+record is a line of metrics.jsonl (plus ``fqe_value`` from fqe.json for ``fqe``). "Smoothed" is the centred
+moving average of :func:`offrl.workflow.diagnosis.smooth` (3 checkpoints by default), as in the diagnosis.
+
+| rule | picks |
+|---|---|
+| ``q_peak`` | the peak of the smoothed ``q_data`` (the paper's Guideline 3.1; the default) |
+| ``q_after_peak`` | the checkpoint after that peak (Guideline 3.1's actor-critic variant) |
+| ``q_peak_in_range`` | the peak of the smoothed ``q_data`` among checkpoints where it stays at or below the largest return the rewards allow plus 10% of the Q range; the earliest candidate if none does (paper App. G) |
+| ``heldout_q_peak`` | the peak of the smoothed ``heldout/q_data`` |
+| ``heldout_q_policy_peak`` | the peak of the smoothed ``heldout/q_policy`` among in-range checkpoints |
+| ``q_peak_fitted`` | ``q_peak_in_range`` among checkpoints with ``td_error_over_target_var`` <= 0.5 (``q_peak_in_range`` if none) |
+| ``last`` | the last checkpoint |
+| ``heldout_td`` | the lowest ``heldout/td_error`` (``td_error`` without held-out episodes) |
+| ``fqe`` | the highest fitted-Q-evaluation estimate of the initial-state value (:mod:`offrl.workflow.fqe`) |
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+RULES: dict[str, str] = {
+    "q_peak": "peak of q_data (Guideline 3.1)",
+    "q_after_peak": "checkpoint after the peak of q_data (Guideline 3.1, actor-critic variant)",
+    "q_peak_in_range": "peak of q_data among checkpoints within the reward range",
+    "heldout_q_peak": "peak of held-out q_data",
+    "heldout_q_policy_peak": "peak of held-out q_policy among checkpoints within the reward range",
+    "q_peak_fitted": "in-range peak of q_data among checkpoints whose critic fits its targets",
+    "last": "last checkpoint",
+    "heldout_td": "lowest held-out TD error",
+    "fqe": "highest fitted-Q-evaluation estimate",
+}
+# Pre-registered constants (docs/selection.md): tolerance above the largest return, and the fit threshold.
+IN_RANGE_TOLERANCE = 0.1
+FIT_THRESHOLD = 0.5
+
+
+def _num(v: Any) -> float:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else float("nan")
+
+
+def _smoothed(records: Sequence[dict[str, Any]], key: str, window: int) -> np.ndarray | None:
+    """The smoothed curve of ``key`` over the records, missing values filled with the curve's mean; None if the
+    key is missing everywhere."""
+    from offrl.workflow.diagnosis import smooth
+
+    v = np.array([_num(r.get(key)) for r in records])
+    if not np.isfinite(v).any():
+        return None
+    return smooth(np.where(np.isfinite(v), v, np.nanmean(v)), window)
+
+
+def rule_scores(
+    records: Sequence[dict[str, Any]], q_range: Sequence[float], window: int = 3
+) -> dict[str, tuple[int | None, np.ndarray | None]]:
+    """Every rule's pick and score over the candidates.
+
+    Args:
+        records: the candidates' records (metrics.jsonl lines with ``step``), in step order; ``fqe_value`` for FQE.
+        q_range: ``(q_min, q_max)`` the rewards allow (config.json ``dataset.q_range``).
+        window: smoothing window, in checkpoints.
+
+    Returns:
+        ``{rule: (picked step or None, (n,) float scores or None)}``; a rule whose curve no record has picks None.
+        Scores rank the candidates the way the rule does (higher: preferred; ``-inf``: excluded); the study's
+        Spearman correlation reads them.
+
+    Raises:
+        ValueError: no records.
+    """
+    if not records:
+        raise ValueError("no candidate checkpoints to select from")
+    steps = [int(r["step"]) for r in records]
+    q = _smoothed(records, "q_data", window)
+    qs = q if q is not None else np.zeros(len(steps))
+    q_min, q_max = float(q_range[0]), float(q_range[1])
+    in_range = qs <= q_max + IN_RANGE_TOLERANCE * (q_max - q_min)
+    unexplained = np.array([_num(r.get("td_error_over_target_var")) for r in records])
+    fitted = in_range & (unexplained <= FIT_THRESHOLD)
+
+    def peak(scores: np.ndarray | None, allowed: np.ndarray) -> int | None:
+        if scores is None:
+            return None
+        if not allowed.any():
+            return steps[0]
+        return steps[int(np.argmax(np.where(allowed, scores, -np.inf)))]
+
+    td = np.array([_num(r.get("heldout/td_error")) for r in records])
+    if not np.isfinite(td).any():
+        td = np.array([_num(r.get("td_error")) for r in records])
+    fqe = np.array([_num(r.get("fqe_value")) for r in records])
+    held_q = _smoothed(records, "heldout/q_data", window)
+    held_pol = _smoothed(records, "heldout/q_policy", window)
+    i = int(np.argmax(qs))
+    everywhere = np.ones(len(steps), bool)
+    return {
+        "q_peak": (steps[i] if q is not None else None, q),
+        "q_after_peak": (steps[min(i + 1, len(steps) - 1)] if q is not None else None,
+                         np.concatenate([[-np.inf], qs[:-1]]) if q is not None else None),
+        "q_peak_in_range": (peak(q, in_range), np.where(in_range, qs, -np.inf) if q is not None else None),
+        "heldout_q_peak": (peak(held_q, everywhere), held_q),
+        "heldout_q_policy_peak": (peak(held_pol, in_range),
+                                  None if held_pol is None else np.where(in_range, held_pol, -np.inf)),
+        "q_peak_fitted": (peak(q, fitted) if fitted.any() else peak(q, in_range),
+                          np.where(fitted, qs, -np.inf) if fitted.any() and q is not None else None),
+        "last": (steps[-1], np.array(steps, float)),
+        "heldout_td": (steps[int(np.nanargmin(td))] if np.isfinite(td).any() else None,
+                       -td if np.isfinite(td).any() else None),
+        "fqe": (steps[int(np.nanargmax(fqe))] if np.isfinite(fqe).any() else None,
+                fqe if np.isfinite(fqe).any() else None),
+    }
+
+
+def select_step(rule: str, records: Sequence[dict[str, Any]], q_range: Sequence[float], window: int = 3) -> int:
+    """The checkpoint step ``rule`` picks among the candidates (see :func:`rule_scores`).
+
+    Raises:
+        ValueError: an unknown rule, no records, or the curve the rule reads is missing from every record (for
+            ``fqe``: no ``fqe_value``, i.e. the run has no fqe.json).
+    """
+    if rule not in RULES:
+        raise ValueError(f"unknown selector {rule!r}: choose one of {', '.join(RULES)}")
+    step, _ = rule_scores(records, q_range, window)[rule]
+    if step is None:
+        need = {"fqe": "fqe.json (offrl fqe RUN)", "heldout_q_peak": "heldout/q_data",
+                "heldout_q_policy_peak": "heldout/q_policy", "heldout_td": "heldout/td_error or td_error"}
+        raise ValueError(f"selector {rule} needs {need.get(rule, 'q_data')} at the candidate checkpoints, which "
+                         f"this run does not have: choose another --selector")
+    return step
