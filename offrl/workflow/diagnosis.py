@@ -320,6 +320,7 @@ def diagnose_metrics(
         "evidence": evidence,
         "reasons": reasons,
         "compared_runs": [c.get("run_dir") for c in compare],
+        "selector": "q_after_peak" if after_peak else selector,
     }
 
     # Divergence, over every checkpoint (the warm start included): a record that training marked diverged, a
