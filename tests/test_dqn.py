@@ -1,0 +1,142 @@
+"""The offline DQN family (offrl/agents/dqn.py): every loss against hand computation on a network whose output is a
+chosen constant, and a two-state chain where every variant learns the optimal actions from uniformly logged
+data (the first action pays only through bootstrapping)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from offrl.agents import dqn
+
+
+def test_huber_and_quantile_huber_by_hand():
+    np.testing.assert_allclose(dqn.huber(jnp.array([0.5, 2.0, -3.0])), [0.125, 1.5, 2.5])
+    # Two quantiles (tau = 0.25, 0.75) at 0 against a target of 2: u = 2 > 0 everywhere, so the weights are the
+    # taus: 0.25 * huber(2) + 0.75 * huber(2) = 0.25 * 1.5 + 0.75 * 1.5 = 1.5. Below the target the upper
+    # quantile pays three times more than the lower one.
+    loss = dqn.quantile_huber_loss(jnp.zeros((1, 2)), jnp.full((1, 2), 2.0))
+    np.testing.assert_allclose(loss, [1.5])
+    # A target below both: weights 1 - tau = 0.75, 0.25; u = -1: huber 0.5 -> 0.75 * 0.5 + 0.25 * 0.5 = 0.5.
+    np.testing.assert_allclose(dqn.quantile_huber_loss(jnp.ones((1, 2)), jnp.zeros((1, 1))), [0.5])
+
+
+def test_rem_weights_are_a_random_convex_combination():
+    a = dqn.rem_weights(jax.random.PRNGKey(0), 5)
+    b = dqn.rem_weights(jax.random.PRNGKey(1), 5)
+    assert a.shape == (5,) and float(a.sum()) == pytest.approx(1.0) and bool((a >= 0).all())
+    assert not np.allclose(a, b)
+
+
+def _constant_net_state(config, outputs_online, outputs_target):
+    """A state whose online and target networks output the given (O, A) arrays for every observation: every
+    kernel zero (the hidden layer outputs relu(0) = 0), the last bias the values."""
+    online, target = np.asarray(outputs_online, np.float32), np.asarray(outputs_target, np.float32)
+    state = dqn.init(config, 3, online.shape[1], jax.random.PRNGKey(0))
+
+    def with_bias(values):
+        params = jax.tree.map(jnp.zeros_like, state.q_params)
+        last = f"Dense_{len(config.hidden_dims)}"
+        params["params"][last]["bias"] = jnp.asarray(values.reshape(-1))
+        return params
+
+    return state.replace(q_params=with_bias(online), target_q_params=with_bias(target))
+
+
+def _batch(action=0, reward=1.0, terminal=0.0):
+    obs = jnp.ones((1, 3))
+    return {"observations": obs, "next_observations": obs, "actions": jnp.array([action], jnp.int32),
+            "rewards": jnp.array([reward]), "terminals": jnp.array([terminal])}
+
+
+def _loss(state, config, batch, alpha=None):
+    return float(dqn._td_parts(config, state.q_params, state.target_q_params, state.num_actions, batch,
+                               jax.random.PRNGKey(0), alpha)["loss"][0])
+
+
+def test_double_dqn_target_and_the_cql_penalty_by_hand():
+    config = dqn.DQNConfig(variant="dqn", gamma=0.5, hidden_dims=(4,), encoder="mlp")
+    # Online Q = [1, 3]: argmax at s' is action 1; the target network's Q(s', 1) = 2 (its own max, 5, is not used).
+    state = _constant_net_state(config, [[1.0, 3.0]], [[5.0, 2.0]])
+    # y = 1 + 0.5 * 2 = 2; Q(s, 0) = 1; u = 1: huber 0.5 (plain DQN's max would give y = 3.5).
+    assert _loss(state, config, _batch()) == pytest.approx(0.5)
+    assert _loss(state, config, _batch(terminal=1.0)) == pytest.approx(0.0)  # y = r = 1 = Q(s, 0)
+    cql = dataclasses.replace(config, variant="cql", cql_alpha=2.0)
+    penalty = math.log(math.exp(1.0) + math.exp(3.0)) - 1.0  # logsumexp_a Q(s, a) - Q(s, a_data)
+    assert _loss(state, cql, _batch()) == pytest.approx(0.5 + 2.0 * penalty, rel=1e-6)
+    parts = dqn.evaluate(state, _batch(), jax.random.PRNGKey(0), cql)
+    assert float(parts["cql_regularizer"][0]) == pytest.approx(penalty, rel=1e-6)
+    assert float(parts["q_data"][0]) == 1.0 and float(parts["q_policy"][0]) == 3.0
+    assert float(parts["td_error"][0]) == pytest.approx(1.0)
+
+
+def test_ensemble_and_rem_by_hand():
+    online, target = [[1.0, 2.0], [3.0, 0.0]], [[0.0, 4.0], [2.0, 2.0]]  # 2 heads x 2 actions
+    ens = dqn.DQNConfig(variant="ensemble", gamma=0.5, num_heads=2, hidden_dims=(4,), encoder="mlp")
+    state = _constant_net_state(ens, online, target)
+    # Head 0: y = 1 + 0.5 * max(0, 4) = 3, u = 3 - 1 = 2: 1.5. Head 1: y = 1 + 0.5 * 2 = 2, u = -1: 0.5. Mean 1.0.
+    assert _loss(state, ens, _batch()) == pytest.approx(1.0)
+    rem = dataclasses.replace(ens, variant="rem")
+    # alpha = (0.25, 0.75): Q = 0.25 * 1 + 0.75 * 3 = 2.5; target mix = (1.5, 2.5), max 2.5; y = 2.25; u = -0.25.
+    assert _loss(state, rem, _batch(), jnp.array([0.25, 0.75])) == pytest.approx(0.5 * 0.25**2)
+    # Evaluated (and acting) with the heads' mean: Q = 2, target mix (1, 3), y = 2.5, td_error 0.25.
+    parts = dqn.evaluate(state, _batch(), jax.random.PRNGKey(0), rem)
+    assert float(parts["q_data"][0]) == pytest.approx(2.0) and float(parts["td_error"][0]) == pytest.approx(0.25)
+
+
+def test_qr_dqn_target_by_hand():
+    config = dqn.DQNConfig(variant="qr_dqn", gamma=0.5, num_quantiles=2, hidden_dims=(4,), encoder="mlp")
+    # Online quantiles of action 0: (0, 0). Target quantiles: action 0 (2, 2), action 1 (0, 0): a* = 0 by the
+    # mean, the target distribution 1 + 0.5 * (2, 2) = (2, 2): the loss of the first test, 1.5.
+    state = _constant_net_state(config, [[0.0, 1.0], [0.0, 1.0]], [[2.0, 0.0], [2.0, 0.0]])
+    assert _loss(state, config, _batch()) == pytest.approx(1.5)
+
+
+def test_settings_that_cannot_work_are_refused():
+    for bad, message in ((dict(variant="c51"), "variant"), (dict(gamma=1.0), "gamma"),
+                         (dict(kappa=0.0), "kappa"), (dict(target_update_every=0), "target-update-every")):
+        with pytest.raises(ValueError, match=message):
+            dqn.init(dqn.DQNConfig(**bad), 3, 2, jax.random.PRNGKey(0))
+
+
+def _chain_data(n=4000, seed=0):
+    """Two states (one-hot), two actions, logged uniformly at random. State 0: action 0 ends the episode with
+    reward 0.5, action 1 moves to state 1 with reward 0. State 1: action 0 ends with reward 1, action 1 with 0.
+    With gamma 0.9, Q*(0, 1) = 0.9 > Q*(0, 0) = 0.5: the better first action pays only through the bootstrap."""
+    rng = np.random.default_rng(seed)
+    s = rng.integers(0, 2, n)
+    a = rng.integers(0, 2, n)
+    eye = np.eye(2, dtype=np.float32)
+    reward = np.where(s == 0, np.where(a == 0, 0.5, 0.0), np.where(a == 0, 1.0, 0.0)).astype(np.float32)
+    terminal = ~((s == 0) & (a == 1))
+    next_s = np.where(terminal, s, 1)
+    return {"observations": jnp.asarray(eye[s]), "next_observations": jnp.asarray(eye[next_s]),
+            "actions": jnp.asarray(a, jnp.int32), "rewards": jnp.asarray(reward),
+            "terminals": jnp.asarray(terminal.astype(np.float32))}
+
+
+@pytest.mark.parametrize("variant", dqn.VARIANTS)
+def test_every_variant_learns_the_optimal_actions_of_a_chain_from_logged_data(variant):
+    config = dqn.DQNConfig(variant=variant, gamma=0.9, lr=3e-3, target_update_every=50, hidden_dims=(32,),
+                           encoder="mlp", num_heads=4, num_quantiles=8, cql_alpha=0.1)
+    data = _chain_data()
+    state = dqn.init(config, 2, 2, jax.random.PRNGKey(0))
+
+    @jax.jit
+    def step(state, key):
+        idx = jax.random.randint(key, (64,), 0, data["actions"].shape[0])
+        return dqn.update(state, {k: v[idx] for k, v in data.items()}, jax.random.fold_in(key, 1), config)
+
+    for k in range(1500):
+        state, metrics = step(state, jax.random.PRNGKey(k))
+    greedy = dqn.greedy_action(state.q_params, jnp.eye(2), 2, config)
+    assert greedy.tolist() == [1, 0], (variant, metrics)
+    parts = dqn.evaluate(state, {k: v[:200] for k, v in data.items()}, jax.random.PRNGKey(0), config)
+    q_s0 = dqn._values(config, dqn._net(config, 2).apply(state.q_params, jnp.eye(2)))[0]
+    assert float(q_s0[1]) == pytest.approx(0.9, abs=0.15) and float(q_s0[0]) == pytest.approx(0.5, abs=0.15)
+    assert float(parts["td_error"].mean()) < 0.05
