@@ -14,6 +14,10 @@ from typing import Any
 from offrl.agents import awac, bc, bear, brac, cql, iql
 from offrl.agents import trajectory_transformer as tt
 
+# The actor warm start of a run (CQL's behaviour cloning, BEAR's MMD-only start) is a fact of its config.json,
+# defined beside the run directory, which imports no jax, so that diagnosing a run needs no agent code.
+from offrl.training.run_dir import WARMUP_FIELD, warmup_steps  # noqa: F401
+
 AGENTS: dict[str, ModuleType] = {
     "cql": cql, "brac": brac, "bc": bc, "iql": iql, "awac": awac, "bear": bear, "tt": tt,
 }
@@ -47,21 +51,3 @@ def legacy_states(algo: str, config: Any, obs_dim: Any, act_dim: int) -> list[tu
     """Older checkpoint layouts of an agent as ``(like_state, upgrade)`` pairs (empty when it has none)."""
     module = get_agent(algo)
     return module.legacy_states(config, obs_dim, act_dim) if hasattr(module, "legacy_states") else []
-
-
-# The field of each algorithm's config that holds its actor warm start, in gradient steps: CQL's optional
-# behaviour-cloning warm start, BEAR's MMD-only start. Checkpoints within it are not the algorithm's policies.
-WARMUP_FIELD = {"cql": "bc_steps", "bear": "warmstart_steps"}
-
-
-def warmup_steps(algo: str, agent: Any) -> int:
-    """The actor warm start of a run, in gradient steps, from its agent config (a dataclass, or its dict in
-    config.json); 0 for algorithms without one or a config that does not say."""
-    field = WARMUP_FIELD.get(algo)
-    if field is None:
-        return 0
-    value = agent.get(field, 0) if isinstance(agent, dict) else getattr(agent, field, 0)
-    try:
-        return max(int(value or 0), 0)
-    except (TypeError, ValueError):
-        return 0

@@ -481,7 +481,7 @@ def _q_range_width(diagnosis: dict | None) -> float | None:
 def _warmup_steps(config: dict) -> int:
     """The actor's warm start (CQL ``agent.bc_steps``, BEAR ``agent.warmstart_steps``; else 0), read as
     :func:`offrl.workflow.comparison.attach_comparison` reads it."""
-    from offrl.agents import warmup_steps
+    from offrl.training.run_dir import warmup_steps
 
     agent = config.get("agent")
     return warmup_steps(config.get("algo", "cql"), agent) if isinstance(agent, dict) else 0

@@ -245,3 +245,20 @@ def load_run_config(run_dir: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} not found: {run_dir} is not a run directory made by `offrl train`")
     return json.loads(path.read_text())
 
+
+# The field of each algorithm's config that holds its actor warm start, in gradient steps: CQL's optional
+# behaviour-cloning warm start, BEAR's MMD-only start. Checkpoints within it are not the algorithm's policies.
+WARMUP_FIELD = {"cql": "bc_steps", "bear": "warmstart_steps"}
+
+
+def warmup_steps(algo: str, agent: Any) -> int:
+    """The actor warm start of a run, in gradient steps, from its agent config (a dataclass, or its dict in
+    config.json); 0 for algorithms without one or a config that does not say."""
+    field = WARMUP_FIELD.get(algo)
+    if field is None:
+        return 0
+    value = agent.get(field, 0) if isinstance(agent, dict) else getattr(agent, field, 0)
+    try:
+        return max(int(value or 0), 0)
+    except (TypeError, ValueError):
+        return 0

@@ -102,7 +102,6 @@ def attach_comparison(run_dir: str | Path, bc_run: str | Path | None = None) -> 
     run_dir = Path(run_dir)
     if not (run_dir / DIAGNOSIS_FILE).is_file() or not (run_dir / EVALUATION_FILE).is_file():
         return None
-    from offrl.agents import warmup_steps as run_warmup_steps  # flax and optax: only with an evaluation
 
     diagnosis = rd.read_json(run_dir / DIAGNOSIS_FILE)
     cfg = rd.load_run_config(run_dir)
@@ -117,7 +116,7 @@ def attach_comparison(run_dir: str | Path, bc_run: str | Path | None = None) -> 
         bc_run = None
     comparison = analysis_only_comparison(
         rd.read_json(run_dir / EVALUATION_FILE), diagnosis.get("selected_step"),
-        run_warmup_steps(cfg.get("algo", "cql"), cfg.get("agent", {})),
+        rd.warmup_steps(cfg.get("algo", "cql"), cfg.get("agent", {})),
         cfg["dataset"].get("metadata", {}), bc_eval, bc_step,
     )
     if bc_run is not None:

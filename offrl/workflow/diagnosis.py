@@ -564,7 +564,7 @@ def _run_inputs(run_dir: Path) -> dict[str, Any]:
 
 
 def _warmup(config: dict[str, Any]) -> int:
-    from offrl.agents import warmup_steps  # the agents pull in flax and optax; diagnosis alone needs neither
+    from offrl.training.run_dir import warmup_steps  # not offrl.agents: that pulls in jax, flax and optax
 
     return warmup_steps(config.get("algo", "cql"), config.get("agent", {}))
 
