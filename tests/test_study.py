@@ -406,3 +406,19 @@ def test_runs_whose_checkpoints_score_alike_are_set_apart_in_the_secondary_analy
     # Only the distinguishable run: the workflow picks step 2000 (its diagnosis), the best checkpoint: regret 0.
     assert analysis["distinguishable"]["headline"]["workflow"]["regret"]["mean"] == pytest.approx(0.0)
     assert analysis["headline"]["workflow"]["regret"]["n"] == 2  # the all-zero run has no regret at all
+
+
+def test_the_default_rule_is_applied_as_pre_registered():
+    from offrl.study.selectors import default_rule
+
+    def h(mean, lo, hi, regret):
+        return {"regret": {"mean": regret}, "regret_minus_workflow": {"mean": mean, "ci": [lo, hi]}}
+
+    # The after-peak interval crosses 0; fqe's and q_peak_in_range's lie below it: the lower mean regret (fqe)
+    # wins. The references (last, heldout_td, random, oracle) never qualify, however good.
+    headline = {"workflow": h(0.0, 0.0, 0.0, 0.5), "workflow_after_peak": h(-0.2, -0.4, 0.01, 0.3),
+                "fqe": h(-0.2, -0.3, -0.05, 0.30), "q_peak_in_range": h(-0.1, -0.2, -0.01, 0.40),
+                "last": h(-0.3, -0.5, -0.1, 0.2), "oracle": h(-0.4, -0.6, -0.2, 0.1)}
+    rule = default_rule(headline)
+    assert rule["default"] == "fqe" and rule["qualifying"] == ["q_peak_in_range", "fqe"]
+    assert default_rule({"workflow": h(0, 0, 0, 0.5), "last": h(-0.3, -0.5, -0.1, 0.2)})["default"] == "workflow"

@@ -193,6 +193,12 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
     L.extend(_selector_rows(analysis["headline"]))
     if analysis.get("best_in_hindsight"):
         L.append(f"| best checkpoint in hindsight | {_ci(analysis['best_in_hindsight'])} | 0 | 0 | 1 |")
+    rule = analysis.get("default_rule")
+    if rule is not None:
+        finished = analysis["runs"] >= analysis.get("cells_total", analysis["runs"])
+        L.append(f"\n**The pre-registered default rule** (docs/selection.md), applied to these runs: "
+                 f"{SELECTOR_TEXT.get(rule['default'], rule['default'])}: {rule['reason']}."
+                 + ("" if finished else " The grid is not finished: this decides nothing yet.") + "\n")
     _figure_selectors(analysis, fig_dir / "selectors_regret.png")
     if (fig_dir / "selectors_regret.png").is_file():
         L.append(f"\n![normalised regret per selector]({rel(fig_dir / 'selectors_regret.png')})\n")

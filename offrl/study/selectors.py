@@ -333,7 +333,41 @@ def analyse(cells: list[dict[str, Any]], config: Any) -> dict[str, Any]:
         },
         "remedies": _remedies_by_scenario(cells, config),
         "per_algorithm": per_algorithm(per_run, samples),
+        "default_rule": default_rule(headline),
     }
+
+
+# The candidates the default rule may choose: docs/selection.md's candidate table; its references (last,
+# heldout_td, random, oracle) are reported but never become the default.
+CANDIDATES = ("workflow_after_peak", "q_peak_in_range", "heldout_q_peak", "fqe", "heldout_q_policy_peak",
+              "q_peak_fitted")
+
+
+def default_rule(headline: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The pre-registered default rule of docs/selection.md, applied mechanically: the default becomes the
+    candidate whose paired regret difference to the paper's rule (``workflow``, the Q peak) has a 95% interval
+    entirely below 0, the one with the lowest mean regret if several do; else the paper's rule stays.
+
+    Returns:
+        ``{"default": selector name, "qualifying": [names], "reason": one sentence}``.
+    """
+    qualifying = []
+    for name in CANDIDATES:
+        diff = (headline.get(name) or {}).get("regret_minus_workflow") or {}
+        ci = diff.get("ci")
+        if ci is not None and ci[1] < 0:
+            qualifying.append(name)
+    if not qualifying:
+        return {"default": "workflow", "qualifying": [],
+                "reason": "no candidate's paired regret difference to the Q peak has a 95% interval below 0: the "
+                          "paper's rule stays the default"}
+    best = min(qualifying, key=lambda n: headline[n]["regret"]["mean"])
+    ci = headline[best]["regret_minus_workflow"]["ci"]
+    return {"default": best, "qualifying": qualifying,
+            "reason": f"{best}'s paired regret difference to the Q peak is "
+                      f"{headline[best]['regret_minus_workflow']['mean']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}], entirely "
+                      f"below 0" + (f"; of the {len(qualifying)} that qualify it has the lowest mean regret"
+                                    if len(qualifying) > 1 else "")}
 
 
 def _remedies_by_scenario(cells: list[dict[str, Any]], config: Any) -> dict[str, list[dict[str, Any]]]:
