@@ -39,10 +39,12 @@ if TYPE_CHECKING:  # imported when a command needs it (it brings in jax, flax an
 
 @dataclasses.dataclass(frozen=True)
 class Collect:
-    """Collect a dataset from a MetaWorld task with its noisy scripted policy."""
+    """Collect a dataset: a MetaWorld task with its noisy scripted policy, or (``--task minatar/GAME``) the logged
+    replay of an online DQN on a MinAtar game, with discrete actions."""
 
     task: str = "pick-place-v3"
-    """MetaWorld v3 task (any with a scripted policy)."""
+    """MetaWorld v3 task (any with a scripted policy), or minatar/breakout, minatar/asterix, minatar/freeway,
+    minatar/seaquest, minatar/space_invaders (needs `pip install 'offrl[discrete]'`)."""
     episodes: int = 300
     """Episodes to collect (failed ones are kept)."""
     out: Path = Path("data/pick-place.h5")
@@ -68,6 +70,13 @@ class Collect:
     """With --obs image: the MetaWorld camera to render."""
     overwrite: bool = False
     """Replace an existing file."""
+    replay_steps: int = 500_000
+    """minatar/GAME: environment steps of the online DQN, i.e. transitions logged (MinAtar's standard: 5M)."""
+    replay_part: Literal["all", "first", "last", "random"] = "all"
+    """minatar/GAME: keep all the logged transitions, the first or last --replay-fraction of them, or a random
+    --replay-fraction of the episodes (the talk's dataset-size and first-10% ablations)."""
+    replay_fraction: float = 1.0
+    """minatar/GAME: the share kept by --replay-part first|last|random."""
 
 
 SelectorName = Literal["q_peak", "q_after_peak", "q_peak_in_range", "heldout_q_peak", "heldout_q_policy_peak",
@@ -460,7 +469,15 @@ def _print_diagnosis(d: dict) -> None:
 
 def run(cmd: object) -> int:
     """Execute a parsed command; returns the exit status."""
-    if isinstance(cmd, Collect):
+    if isinstance(cmd, Collect) and cmd.task.startswith("minatar/"):
+        from offrl.data.collect import collect_minatar_replay
+
+        ds = collect_minatar_replay(cmd.task, cmd.out, steps=cmd.replay_steps, seed=cmd.seed, part=cmd.replay_part,
+                                    fraction=cmd.replay_fraction, overwrite=cmd.overwrite)
+        print(f"wrote {cmd.out}: {len(ds)} transitions, {ds.num_episodes} episodes, {ds.num_actions} discrete actions "
+              f"(the online agent's last 20 episodes returned {ds.metadata['online_final_return']:.2f} on average); "
+              f"next: offrl train --algo dqn --dataset {cmd.out}")
+    elif isinstance(cmd, Collect):
         from offrl.data.collect import collect
         from offrl.envs.render import RenderConfig
 

@@ -112,6 +112,9 @@ def export_policy(
     out = Path(out) if out is not None else run_dir / DEFAULT_OUT
     if not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir / 'config.json'} not found: {run_dir} is not a run made by `offrl train`")
+    if (json.loads((run_dir / "config.json").read_text()).get("dataset", {}).get("metadata", {})
+            .get("action_space")) == "discrete":
+        raise ValueError(f"{run_dir} is a discrete-action run: exporting it is not built yet")
     _check_replaceable(out, overwrite)  # before the slow part, so a refusal costs nothing
 
     # The training stack (Orbax, optax, agents) is imported here only: loading an export must not need it.

@@ -51,3 +51,52 @@ def test_the_replay_is_deterministic_for_a_seed_and_settings_are_checked(replay)
         collect_replay("pong", TINY)
     with pytest.raises(ValueError, match="logging agent is a DQN"):
         collect_replay("breakout", ReplayConfig(agent=DQNConfig(variant="rem")))
+
+
+def test_collect_train_diagnose_select_a_logged_replay_and_refuse_mismatched_actions(tmp_path, capsys):
+    import json
+
+    from conftest import chain_arrays
+
+    from offrl.cli import main
+    from offrl.data import load_dataset, make_dataset, save_dataset
+
+    data = tmp_path / "breakout.h5"
+    assert main(["collect", "--task", "minatar/breakout", "--replay-steps", "1200", "--out", str(data)]) == 0
+    ds = load_dataset(data)
+    assert ds.num_actions == 3 and ds.observations.shape[1] == 400 and len(ds) == 1200
+    assert ds.metadata["action_space"] == "discrete" and ds.metadata["grid_shape"] == [10, 10, 4]
+    replay = np.load(str(data) + ".replay.npz")
+    np.testing.assert_array_equal(replay["logging_step"], np.arange(1200))
+    assert (tmp_path / "breakout.h5.learning_curve.json").is_file()
+    first = tmp_path / "first.h5"
+    assert main(["collect", "--task", "minatar/breakout", "--replay-steps", "1200", "--replay-part", "first",
+                 "--replay-fraction", "0.25", "--out", str(first)]) == 0
+    part = load_dataset(first)
+    assert 250 < len(part) <= 300  # the first 25%, cut at the end of the last whole episode in it
+    np.testing.assert_array_equal(part.observations, ds.observations[:len(part)])
+
+    run = tmp_path / "run"
+    tiny = ["--dqn.hidden-dims", "16", "--steps", "60", "--checkpoint-every", "15", "--chunk-steps", "15",
+            "--batch-size", "32", "--no-progress"]
+    for variant in ("rem", "cql"):
+        out = tmp_path / f"run-{variant}"
+        assert main(["train", "--algo", "dqn", "--dqn.variant", variant, "--dqn.num-heads", "4", "--dataset",
+                     str(data), "--out", str(out), *tiny]) == 0
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records] == [15, 30, 45, 60]
+        assert {"q_data", "td_error", "heldout/q_data", "td_error_over_target_var"} <= records[-1].keys()
+        assert ("cql_regularizer" in records[-1]) == (variant == "cql")
+        run = out
+    assert main(["diagnose", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["select", str(run), "--selector", "last"]) == 0
+    assert capsys.readouterr().out.strip() == "60"
+    assert main(["evaluate", str(run)]) == 1
+    assert "discrete-action run" in capsys.readouterr().err
+    # A continuous algorithm on discrete actions, and the reverse: one line each, before anything is written.
+    assert main(["train", "--algo", "cql", "--dataset", str(data), "--out", str(tmp_path / "bad"), *tiny[2:]]) == 1
+    assert "use --algo dqn" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    cont = save_dataset(tmp_path / "cont.h5", make_dataset(chain_arrays(episodes=6), {"task": "toy"}))
+    assert main(["train", "--algo", "dqn", "--dataset", str(cont), "--out", str(tmp_path / "bad2"), *tiny]) == 1
+    assert "needs discrete actions" in capsys.readouterr().err

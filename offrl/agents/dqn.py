@@ -23,13 +23,14 @@ rest (one 3x3 convolution of 16 channels and 128 hidden units on 10x10xC grids, 
 1,000 steps, batch 32). Deviations: Adam (lr 6.25e-5, eps 1.5e-4, Dopamine's offline setting) instead of
 MinAtar's RMSprop; discrete CQL here regularises the DQN head, while CQL's Atari experiments used QR-DQN.
 
-Status: the losses, the network and the update are here and tested (tests/test_dqn.py); the module is not yet in
-:data:`offrl.agents.AGENTS`, because offrl datasets, ``offrl train`` and ``offrl evaluate`` know continuous actions
-only. Discrete datasets (logged MinAtar replay), the training loop's integer actions and the workflow for CQL and
-REM come next (the issue "Discrete actions").
+``offrl train --algo dqn --dqn.variant NAME`` trains it on a dataset of discrete actions (metadata ``action_space:
+"discrete"``; ``offrl collect --env minatar/GAME`` writes one), and the workflow reads ``q_data`` for Metric 3.1 and
+``cql_regularizer`` for Metric 3.2 (docs/metrics.md). Rolling a checkpoint out in MinAtar (``offrl evaluate``) and
+exporting it are not built yet.
 
-Batches (:mod:`offrl.training.train` ``make_batch`` keys): ``observations`` (B, ...) float32, ``actions`` (B,) int32
-action indices, ``rewards`` (B,), ``next_observations``, ``terminals`` (B,) float32 (1: no bootstrap).
+Batches (:mod:`offrl.training.train` ``make_batch`` keys): ``observations`` (B, ...) float32, ``actions`` (B,) or
+(B, 1) action indices (int, or float as offrl datasets store them), ``rewards`` (B,), ``next_observations``,
+``terminals`` (B,) float32 (1: no bootstrap).
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ def _td_parts(
 ) -> dict[str, jnp.ndarray]:
     """Per-transition losses and the quantities the workflow logs, each (B,). ``rem_alpha``: REM's head weights
     (default: drawn from ``key``)."""
-    actions = batch["actions"].astype(jnp.int32)
+    actions = jnp.round(batch["actions"].reshape(batch["actions"].shape[0])).astype(jnp.int32)
     net = _net(config, num_actions)
     q_all = net.apply(params, batch["observations"])  # (B, O, A)
     q_next_online = net.apply(params, batch["next_observations"])
@@ -221,7 +222,10 @@ def _td_parts(
         u = jax.lax.stop_gradient(target) - q_taken[:, 0]
         loss = huber(u)
         q_data, td = q_taken[:, 0], u
-    parts = {"q_data": q_data, "td_error": td**2, "q_policy": _values(config, q_all).max(axis=-1)}
+    target_mean = target.mean(axis=-1) if target.ndim > 1 else target
+    parts = {"q_data": q_data, "td_error": td**2, "q_policy": _values(config, q_all).max(axis=-1),
+             # For the share of the targets' spread the critic leaves unexplained (training.train).
+             "target_q": target_mean, "target_q_sq": target_mean**2}
     if config.variant == "cql":
         reg = cql_regularizer(q_all[:, 0], actions)
         parts["cql_regularizer"] = reg

@@ -81,6 +81,12 @@ class Dataset:
         return int(self.actions.shape[1])
 
     @property
+    def num_actions(self) -> int | None:
+        """The size of a discrete action space (metadata ``action_space: "discrete"``, ``num_actions``), whose
+        actions are stored as (N, 1) float32 indices; None for continuous actions."""
+        return discrete_actions(self.metadata)
+
+    @property
     def episode_ends(self) -> np.ndarray:
         """(E,) int64, index of the last transition of every episode."""
         return np.flatnonzero(self.terminals | self.timeouts)
@@ -228,6 +234,16 @@ def make_dataset(
             "the last transition ends no episode (neither terminals[-1] nor timeouts[-1] is set): if the log "
             "was cut, set timeouts[-1] = True"
         )
+    k = discrete_actions(metadata)
+    if k is not None:
+        # Discrete actions (docs/dataset-format.md): one column of indices 0..K-1, stored as float32.
+        bad = (actions.shape[1] != 1) or not np.all((actions == np.round(actions)) & (actions >= 0) & (actions < k))
+        if bad:
+            raise DatasetError(
+                f"metadata says {k} discrete actions, so 'actions' must be one column of integers in [0, {k}); got "
+                f"shape {actions.shape} with values in [{actions.min():.4g}, {actions.max():.4g}]: store action "
+                f"indices, or drop action_space from the metadata for continuous actions"
+            )
     low, high = metadata.get("action_low"), metadata.get("action_high")
     if low is not None and high is not None:
         low = np.asarray(low, np.float32)
@@ -446,3 +462,22 @@ def divergence_limit(q_min: float, q_max: float, factor: float = 10.0) -> float:
     downward bias can put Q well below ``q_min`` without anything diverging (docs/metrics.md).
     """
     return q_max + factor * max(q_max - q_min, abs(q_max), 1.0)
+
+
+def discrete_actions(metadata: dict) -> int | None:
+    """The number of discrete actions a dataset's metadata declares (``action_space: "discrete"`` with
+    ``num_actions`` K >= 2); None for continuous actions.
+
+    Raises:
+        DatasetError: ``action_space`` is neither ``"discrete"`` nor ``"continuous"``, or K is missing or < 2.
+    """
+    space = metadata.get("action_space", "continuous")
+    if space == "continuous":
+        return None
+    if space != "discrete":
+        raise DatasetError(f"metadata action_space is {space!r}: use 'discrete' or 'continuous'")
+    k = metadata.get("num_actions")
+    if not isinstance(k, int | np.integer) or int(k) < 2:
+        raise DatasetError(f"metadata action_space is 'discrete' but num_actions is {k!r}: give the number of "
+                           f"actions (an integer >= 2)")
+    return int(k)

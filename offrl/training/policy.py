@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from offrl.agents import config_from_dict, get_agent, legacy_states
+from offrl.agents import DISCRETE, config_from_dict, get_agent, legacy_states
 from offrl.data import Normalizer
 from offrl.training import run_dir as rd
 
@@ -45,6 +45,10 @@ def checkpoint_policy(run_dir: str | Path, step: int) -> Callable[[Any], np.ndar
     ``{"image": (B, H, W, C * frame_stack) uint8, "state": (B, obs_dim) float}`` (the simulator's full state;
     the run's state columns are picked inside), as :func:`offrl.envs.evaluate_policy` hands them out.
     """
+    cfg = rd.load_run_config(run_dir)
+    if cfg.get("algo", "cql") in DISCRETE:
+        raise ValueError(f"{run_dir} is a discrete-action run (--algo {cfg['algo']}): rolling it out (MinAtar) and "
+                         f"exporting it are not built yet; diagnose and select it offline")
     state, cfg = load_state(run_dir, step)
     algo = cfg.get("algo", "cql")
     module = get_agent(algo)

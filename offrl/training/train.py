@@ -21,11 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from offrl.agents import WARMUP_FIELD, config_from_dict, cql, get_agent, legacy_states, warmup_steps
+from offrl.agents import DISCRETE, WARMUP_FIELD, config_from_dict, cql, get_agent, legacy_states, warmup_steps
 from offrl.agents.awac import AWACConfig
 from offrl.agents.bc import BCConfig
 from offrl.agents.bear import BEARConfig
 from offrl.agents.brac import BRACConfig
+from offrl.agents.dqn import DQNConfig
 from offrl.agents.iql import IQLConfig
 from offrl.agents.trajectory_transformer import TTConfig
 from offrl.data import (
@@ -113,10 +114,11 @@ class TrainConfig:
     flag the record (``"diverged": true``) and go on. NaN/inf always stops."""
     divergence_factor: float = 10.0
     """Divergence limit: q_max + divergence_factor * max(Q range width, |q_max|, 1)."""
-    algo: Literal["cql", "brac", "bc", "iql", "awac", "bear", "tt"] = "cql"
+    algo: Literal["cql", "brac", "bc", "iql", "awac", "bear", "tt", "dqn"] = "cql"
     """Algorithm: CQL (paper Eq. 1), BRAC (Appendix F; needs --behavior-run), behaviour cloning, IQL
-    (Kostrikov et al. 2022), AWAC (Nair et al. 2020), BEAR (Kumar et al. 2019) or the Trajectory Transformer
-    (Janner et al. 2021)."""
+    (Kostrikov et al. 2022), AWAC (Nair et al. 2020), BEAR (Kumar et al. 2019), the Trajectory Transformer
+    (Janner et al. 2021), or for discrete actions the DQN family (--dqn.variant: Double DQN, QR-DQN,
+    Ensemble-DQN, REM, discrete CQL; Agarwal et al. 2020)."""
     agent: cql.CQLConfig = dataclasses.field(default_factory=cql.CQLConfig)
     """CQL hyperparameters (used with --algo cql)."""
     brac: BRACConfig = dataclasses.field(default_factory=BRACConfig)
@@ -131,6 +133,8 @@ class TrainConfig:
     """BEAR hyperparameters (used with --algo bear)."""
     tt: TTConfig = dataclasses.field(default_factory=TTConfig)
     """Trajectory Transformer hyperparameters (used with --algo tt)."""
+    dqn: DQNConfig = dataclasses.field(default_factory=DQNConfig)
+    """DQN-family hyperparameters (used with --algo dqn, on datasets of discrete actions)."""
     behavior_run: Path | None = None
     """BRAC: a run of `offrl train --algo bc` on the same dataset, whose policy becomes pi_beta."""
     behavior_step: int | None = None
@@ -323,7 +327,8 @@ def _eval_arrays(
 
 
 # The TrainConfig field that holds each algorithm's hyperparameters (CQL's is `agent`, the paper's algorithm).
-ALGO_FIELD = {"cql": "agent", "brac": "brac", "bc": "bc", "iql": "iql", "awac": "awac", "bear": "bear", "tt": "tt"}
+ALGO_FIELD = {"cql": "agent", "brac": "brac", "bc": "bc", "iql": "iql", "awac": "awac", "bear": "bear", "tt": "tt",
+              "dqn": "dqn"}
 
 
 def active_agent_config(config: TrainConfig) -> Any:
@@ -513,6 +518,14 @@ def check_trainable(dataset: Dataset, config: TrainConfig) -> None:
         DatasetError: every reward is 0 (there is nothing for Q to learn), the dataset has a single episode
             while held-out metrics are requested, or an agent of state observations only is asked for images.
     """
+    discrete = dataset.num_actions is not None
+    if discrete != (config.algo in DISCRETE):
+        raise DatasetError(
+            f"{config.dataset} has {'discrete' if discrete else 'continuous'} actions and --algo {config.algo} "
+            + ("acts continuously: use --algo dqn (--dqn.variant dqn|qr_dqn|ensemble|rem|cql)" if discrete
+               else "needs discrete actions (metadata action_space 'discrete'): use cql, iql, awac, bear, brac, bc "
+                    "or tt")
+        )
     if not np.any(dataset.rewards):
         raise DatasetError(
             f"'rewards' are all 0 in {config.dataset}: Q-learning has nothing to learn; check which key holds "
@@ -617,7 +630,8 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
             behavior_encoder=behavior_info["actor_encoder"],
         )
         config = _with_agent_config(config, agent)
-    state = module.init(agent, spec, dataset.act_dim, k_init)
+    # Discrete agents size their output layer by the number of actions, continuous ones by the action dimension.
+    state = module.init(agent, spec, dataset.num_actions or dataset.act_dim, k_init)
     if hasattr(module, "fit_data"):  # the Trajectory Transformer's bins come from the training data
         state = module.fit_data(state, _host_arrays(train_ds, inputs), agent)
     if behavior_info is not None:
@@ -656,7 +670,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
         steps_done = rd.checkpoint_steps(out)
         if steps_done:
             start_step = steps_done[-1]
-            legacy = legacy_states(config.algo, agent, spec, dataset.act_dim)
+            legacy = legacy_states(config.algo, agent, spec, dataset.num_actions or dataset.act_dim)
             state, _ = rd.restore_checkpoint(manager, start_step, state, legacy)
         rd.truncate_metrics(out, start_step)
         saved["training"]["steps"] = config.steps

@@ -35,9 +35,10 @@ from offrl.workflow.comparison import attach_comparison
 VERDICTS = ("overfitting", "underfitting", "over-estimation", "healthy", "inconclusive", "diverged")
 # Per algorithm: the curve of Metric 3.1 / Guideline 3.1, and the regularizer compared by Metric 3.2.
 DEFAULT_METRIC = {"cql": "q_data", "brac": "q_regularized", "bc": "heldout/log_likelihood", "iql": "q_data",
-                  "awac": "q_data", "bear": "q_data", "tt": "heldout/token_log_likelihood"}
+                  "awac": "q_data", "bear": "q_data", "tt": "heldout/token_log_likelihood", "dqn": "q_data"}
+# The DQN family's regularizer is discrete CQL's; the other variants log none (Metric 3.2 then compares TD errors).
 REGULARIZER = {"cql": "cql_regularizer", "brac": "kl_estimate", "bc": None, "iql": "value_loss", "awac": "weighted_nll",
-               "bear": "mmd", "tt": None}
+               "bear": "mmd", "tt": None, "dqn": "cql_regularizer"}
 # Algorithms without a Q-function: their curve is a held-out likelihood (a validation loss, negated), and the
 # Q-range rules (divergence, over-estimation, underfitting from the TD error) do not apply.
 NO_Q = ("bc", "tt")

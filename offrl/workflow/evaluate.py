@@ -52,6 +52,9 @@ def evaluate_run(
     run_dir = Path(run_dir)
     cfg = rd.load_run_config(run_dir)
     meta = cfg["dataset"].get("metadata", {})
+    if meta.get("action_space") == "discrete":
+        raise ValueError(f"{run_dir} is a discrete-action run (--algo {cfg.get('algo')}): rolling it out in MinAtar "
+                         f"is not built yet; diagnose and select it offline")
     if env is not None:
         return _evaluate_run_gym(run_dir, cfg, env, success_key, episodes, seed, task, horizon, steps, progress)
     if success_key != DEFAULT_SUCCESS_KEY:
