@@ -140,3 +140,15 @@ def test_every_variant_learns_the_optimal_actions_of_a_chain_from_logged_data(va
     q_s0 = dqn._values(config, dqn._net(config, 2).apply(state.q_params, jnp.eye(2)))[0]
     assert float(q_s0[1]) == pytest.approx(0.9, abs=0.15) and float(q_s0[0]) == pytest.approx(0.5, abs=0.15)
     assert float(parts["td_error"].mean()) < 0.05
+
+
+def test_the_dqn_diagnosis_recommends_its_own_remedies():
+    from offrl.workflow.diagnosis import diagnose_metrics
+
+    x = np.arange(10)
+    q = np.where(x <= 3, 0.1 * x, 0.3 - 0.05 * (x - 3))  # rises, then falls: overfitting
+    records = [{"step": 100 * (i + 1), "q_data": float(v), "td_error": 1e-3, "q_error_estimate": 0.1}
+               for i, v in enumerate(q)]
+    d = diagnose_metrics(records, (0.0, 1.0), algo="dqn")
+    assert d["verdict"] == "overfitting" and d["selected_step"] == 400
+    assert "--dqn.variant cql" in d["recommendation"] and "VIB" not in d["recommendation"]

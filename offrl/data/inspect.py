@@ -99,7 +99,9 @@ def inspect_dataset(ds: Dataset) -> dict[str, Any]:
             f"{constant.size} of {ds.obs_dim} observation features are constant (std < {CONSTANT_STD:g}): "
             f"indices {_short_list(constant)}; they carry no information (padding?) and do no harm"
         )
-    if not declared:
+    if ds.num_actions is not None:
+        pass  # discrete actions: their range is num_actions, checked when the dataset is loaded
+    elif not declared:
         notes.append("no action bounds are declared (metadata action_low/action_high): saturation is not "
                      "checked; declare them when importing if the robot clips its commands")
     elif steps_at_bound > BOUND_FRACTION_LIMIT:

@@ -219,6 +219,16 @@ def _recommendation(verdict: str, selected_step: int | None, algo: str = "cql") 
             f"smaller --awac.awac-lambda keeps the actor closer to the best dataset actions. Deploy step "
             f"{selected_step} meanwhile."
         )
+    if algo == "dqn" and verdict in ("overfitting", "underfitting", "over-estimation"):
+        # The DQN family has no actor, VIB or DR3 here: its remedies are its own capacity and conservatism.
+        fix = {
+            "overfitting": "fewer gradient steps, more data, a smaller --dqn.hidden-dims, or discrete CQL "
+                           "(--dqn.variant cql) for conservatism",
+            "underfitting": "wider or deeper --dqn.hidden-dims, or more heads for --dqn.variant ensemble|rem; confirm "
+                            "with Metric 3.2 (`offrl diagnose RUN_DIR --compare BIGGER_RUN_DIR`)",
+            "over-estimation": "discrete CQL (--dqn.variant cql) or a larger --dqn.cql-alpha",
+        }[verdict]
+        return f"{verdict.capitalize()} ({algo}): {fix}. Deploy step {selected_step} meanwhile."
     if verdict == "overfitting":
         return (
             f"Deploy the checkpoint at step {selected_step}, at the peak of the dataset Q-value before it falls "
