@@ -92,7 +92,13 @@ def test_collect_train_diagnose_select_a_logged_replay_and_refuse_mismatched_act
     capsys.readouterr()
     assert main(["select", str(run), "--selector", "last"]) == 0
     assert capsys.readouterr().out.strip() == "60"
-    assert main(["evaluate", str(run)]) == 1
+    assert main(["evaluate", str(run), "--episodes", "4"]) == 0
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert evaluation["metric"] == "return" and [r["step"] for r in evaluation["results"]] == [15, 30, 45, 60]
+    assert all(len(r["episode_returns"]) == 4 and r["mean_return"] >= 0 for r in evaluation["results"])
+    assert main(["report", str(run)]) == 0
+    assert "mean return" in (run / "report.html").read_text()
+    assert main(["export", str(run), "--out", str(tmp_path / "policy")]) == 1
     assert "discrete-action run" in capsys.readouterr().err
     # A continuous algorithm on discrete actions, and the reverse: one line each, before anything is written.
     assert main(["train", "--algo", "cql", "--dataset", str(data), "--out", str(tmp_path / "bad"), *tiny[2:]]) == 1

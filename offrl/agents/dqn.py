@@ -25,8 +25,8 @@ MinAtar's RMSprop; discrete CQL here regularises the DQN head, while CQL's Atari
 
 ``offrl train --algo dqn --dqn.variant NAME`` trains it on a dataset of discrete actions (metadata ``action_space:
 "discrete"``; ``offrl collect --env minatar/GAME`` writes one), and the workflow reads ``q_data`` for Metric 3.1 and
-``cql_regularizer`` for Metric 3.2 (docs/metrics.md). Rolling a checkpoint out in MinAtar (``offrl evaluate``) and
-exporting it are not built yet.
+``cql_regularizer`` for Metric 3.2 (docs/metrics.md); ``offrl evaluate`` rolls checkpoints out in MinAtar
+(returns). Exporting a discrete-action run is not built yet.
 
 Batches (:mod:`offrl.training.train` ``make_batch`` keys): ``observations`` (B, ...) float32, ``actions`` (B,) or
 (B, 1) action indices (int, or float as offrl datasets store them), ``rewards`` (B,), ``next_observations``,

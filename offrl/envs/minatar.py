@@ -208,3 +208,59 @@ def collect_replay(game: str, config: ReplayConfig = ReplayConfig(), seed: int =
     arrays["timeouts"] = arrays["timeouts"].astype(bool)
     return {"arrays": arrays, "learning_curve": {"step": ended.astype(np.int64), "return": returns[ended]},
             "num_actions": num_actions, "obs_shape": list(obs_shape), "seconds": time.perf_counter() - t0}
+
+
+EVAL_EPSILON = 0.001
+"""Exploration rate of evaluation episodes (Dopamine's evaluation epsilon, used for the DQN Replay agents)."""
+
+
+def evaluate_greedy(q_params: Any, config: DQNConfig, num_actions: int, game: str, episodes: int, seed: int = 0,
+                    obs_mean: Any = None, obs_std: Any = None, epsilon: float = EVAL_EPSILON) -> dict[str, Any]:
+    """Roll out the (epsilon-)greedy policy of a DQN-family network for ``episodes`` MinAtar episodes in parallel.
+
+    Observations are flattened and standardised with ``obs_mean`` / ``obs_std`` (the run's normaliser) before the
+    network reads them, as in training. An episode lasts until the game ends or gymnax's limit
+    (``max_steps_in_episode``, 1,000 for Breakout) cuts it; episode ``i`` starts from ``PRNGKey(seed)`` folded
+    with ``i``, the same for every checkpoint.
+
+    Returns:
+        ``{"returns": (episodes,) list of floats, "mean_return", "lengths": list of ints}``.
+
+    Raises:
+        ValueError: an unknown game. RuntimeError: gymnax is not installed.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from offrl.agents import dqn
+
+    env, params = make_game(game)
+    limit = int(params.max_steps_in_episode)
+
+    def one(key):
+        k_reset, k_loop = jax.random.split(key)
+        obs, state = env.reset(k_reset, params)
+
+        def body(carry, _):
+            obs, state, key, ret, length, alive = carry
+            key, k_act, k_rand, k_env = jax.random.split(key, 4)
+            x = obs.reshape(1, -1).astype(jnp.float32)
+            if obs_mean is not None:
+                x = (x - obs_mean) / obs_std
+            greedy = dqn.greedy_action(q_params, x, num_actions, config)[0]
+            action = jnp.where(jax.random.uniform(k_act) < epsilon,
+                               jax.random.randint(k_rand, (), 0, num_actions), greedy)
+            obs, state, reward, terminated, truncated, _ = env.step(k_env, state, action, params)
+            ret = ret + jnp.where(alive, reward, 0.0)
+            length = length + alive.astype(jnp.int32)
+            alive = jnp.logical_and(alive, jnp.logical_not(jnp.logical_or(terminated, truncated)))
+            return (obs, state, key, ret, length, alive), None
+
+        init = (obs, state, k_loop, jnp.zeros(()), jnp.zeros((), jnp.int32), jnp.ones((), bool))
+        (_, _, _, ret, length, _), _ = jax.lax.scan(body, init, None, length=limit)
+        return ret, length
+
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i))(jnp.arange(episodes))
+    returns, lengths = jax.jit(jax.vmap(one))(keys)
+    returns = [float(r) for r in returns]
+    return {"returns": returns, "mean_return": float(np.mean(returns)), "lengths": [int(n) for n in lengths]}

@@ -522,6 +522,19 @@ def _env_text(evaluation: dict) -> str | None:
     return f"{kind} environment {env.get('env') or task}"
 
 
+def _returns_table(evaluation: dict, diagnosis: dict | None) -> str:
+    """MinAtar evaluations (``metric: "return"``): the mean return of every checkpoint, the pick marked."""
+    picked = (diagnosis or {}).get("selected_step")
+    rows = "".join(
+        f"<tr><td>{_e(r.get('step'))}{' (selected)' if r.get('step') == picked else ''}</td>"
+        f"<td>{_num(r.get('mean_return')):.2f}</td><td>{_e(r.get('episodes'))}</td></tr>"
+        for r in (evaluation.get("results") or []) if isinstance(r, dict)
+    )
+    return ("<table><tr><th>checkpoint</th><th>mean return</th><th>episodes</th></tr>" + rows + "</table>"
+            f"<p class='note'>Analysis only: {_e((evaluation.get('env') or {}).get('task'))}, epsilon "
+            f"{_e(evaluation.get('epsilon'))}; evaluation results are not used for selection.</p>")
+
+
 def _comparison_table(evaluation: dict, diagnosis: dict | None, config: dict) -> str:
     """The analysis-only comparison: diagnosis.json's ``analysis_only`` (written by `offrl evaluate` and
     `offrl diagnose`), or the same computation on evaluation.json when the diagnosis has none. A "best"
@@ -702,6 +715,11 @@ def _build_html(
     evaluation: dict | None,
     eval_err: str | None,
 ) -> str:
+    # MinAtar runs are scored by returns, not successes: their evaluation has a table of its own, and the success
+    # overlays of the figures are left out.
+    returns = evaluation if (evaluation or {}).get("metric") == "return" else None
+    if returns is not None:
+        evaluation = None
     name = run_dir.resolve().name or str(run_dir)
     last = records[-1]
     time_s = _num(last.get("time_s"))
@@ -779,8 +797,8 @@ def _build_html(
         "<h2>Diagnosis</h2>",
         _verdict_box(diagnosis, diag_err, run_dir),
         "<h2>Selected vs best vs last (analysis only: not used for selection)</h2>",
-        _comparison_table(evaluation, diagnosis, config)
-        if evaluation is not None
+        _returns_table(returns, diagnosis) if returns is not None
+        else _comparison_table(evaluation, diagnosis, config) if evaluation is not None
         else _not_run("Evaluation (optional, analysis only)", EVALUATE_COMMAND, run_dir, eval_err),
     ]
     for i, (title, b64, missing, caption) in enumerate(figs, start=1):

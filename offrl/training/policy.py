@@ -25,7 +25,8 @@ def load_state(run_dir: str | Path, step: int) -> tuple[Any, dict]:
     algo = cfg.get("algo", "cql")
     agent = config_from_dict(algo, cfg["agent"])
     module = get_agent(algo)
-    dims = (run_obs_spec(cfg), cfg["dataset"]["act_dim"])
+    # Discrete agents were built with the number of actions, continuous ones with the action dimension.
+    dims = (run_obs_spec(cfg), cfg["dataset"].get("metadata", {}).get("num_actions") or cfg["dataset"]["act_dim"])
     like = module.init(agent, *dims, jax.random.PRNGKey(0))
     legacy = legacy_states(algo, agent, *dims)
     state, _ = rd.restore_checkpoint(rd.checkpoint_manager(run_dir), step, like, legacy)
@@ -47,8 +48,8 @@ def checkpoint_policy(run_dir: str | Path, step: int) -> Callable[[Any], np.ndar
     """
     cfg = rd.load_run_config(run_dir)
     if cfg.get("algo", "cql") in DISCRETE:
-        raise ValueError(f"{run_dir} is a discrete-action run (--algo {cfg['algo']}): rolling it out (MinAtar) and "
-                         f"exporting it are not built yet; diagnose and select it offline")
+        raise ValueError(f"{run_dir} is a discrete-action run (--algo {cfg['algo']}): it has no continuous policy; "
+                         f"`offrl evaluate` rolls it out in MinAtar (offrl.envs.minatar.evaluate_greedy)")
     state, cfg = load_state(run_dir, step)
     algo = cfg.get("algo", "cql")
     module = get_agent(algo)

@@ -103,6 +103,8 @@ def attach_comparison(run_dir: str | Path, bc_run: str | Path | None = None) -> 
     if not (run_dir / DIAGNOSIS_FILE).is_file() or not (run_dir / EVALUATION_FILE).is_file():
         return None
 
+    if rd.read_json(run_dir / EVALUATION_FILE).get("metric") == "return":
+        return None  # MinAtar scores, not success rates: the success rows have nothing to compare
     diagnosis = rd.read_json(run_dir / DIAGNOSIS_FILE)
     cfg = rd.load_run_config(run_dir)
     if bc_run is None:

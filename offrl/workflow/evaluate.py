@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from offrl.envs import DEFAULT_HORIZON, evaluate_policy
 from offrl.envs.gym import DEFAULT_SUCCESS_KEY, EnvSpec
 from offrl.training import run_dir as rd
@@ -53,8 +55,7 @@ def evaluate_run(
     cfg = rd.load_run_config(run_dir)
     meta = cfg["dataset"].get("metadata", {})
     if meta.get("action_space") == "discrete":
-        raise ValueError(f"{run_dir} is a discrete-action run (--algo {cfg.get('algo')}): rolling it out in MinAtar "
-                         f"is not built yet; diagnose and select it offline")
+        return _evaluate_run_minatar(run_dir, cfg, episodes, seed, steps, progress)
     if env is not None:
         return _evaluate_run_gym(run_dir, cfg, env, success_key, episodes, seed, task, horizon, steps, progress)
     if success_key != DEFAULT_SUCCESS_KEY:
@@ -174,4 +175,43 @@ def _evaluate_run_gym(
     }
     rd.write_json(run_dir / EVALUATION_FILE, out)
     attach_comparison(run_dir)
+    return out
+
+
+def _evaluate_run_minatar(run_dir: Path, cfg: dict[str, Any], episodes: int, seed: int, steps: list[int] | None,
+                          progress: bool) -> dict[str, Any]:
+    """A discrete-action run of a MinAtar replay: the mean return of every checkpoint's greedy policy
+    (:func:`offrl.envs.minatar.evaluate_greedy`), in evaluation.json with ``metric: "return"`` (MinAtar has scores,
+    not successes, so the success comparison is not attached)."""
+    import jax.numpy as jnp
+
+    from offrl.agents import config_from_dict
+    from offrl.envs.minatar import EVAL_EPSILON, evaluate_greedy
+    from offrl.training.policy import load_state
+
+    meta = cfg["dataset"].get("metadata", {})
+    game = str(meta.get("task", ""))
+    if not game.startswith("minatar/"):
+        raise ValueError(f"{run_dir}'s dataset is of discrete actions but names no MinAtar game (metadata task "
+                         f"{game!r}): only MinAtar runs can be rolled out")
+    all_steps = rd.checkpoint_steps(run_dir)
+    if not all_steps:
+        raise FileNotFoundError(f"{run_dir} has no checkpoints to evaluate: train it first")
+    steps = all_steps if steps is None else steps
+    agent = config_from_dict(cfg["algo"], cfg["agent"])
+    norm = cfg["normalizer"]
+    mean, std = jnp.asarray(norm["mean"], jnp.float32), jnp.asarray(norm["std"], jnp.float32)
+    results = []
+    for i, step in enumerate(steps):
+        t = time.perf_counter()
+        state, _ = load_state(run_dir, step)
+        res = evaluate_greedy(state.q_params, agent, int(meta["num_actions"]), game, episodes, seed, mean, std)
+        results.append({"step": step, "episodes": episodes, "mean_return": res["mean_return"],
+                        "episode_returns": res["returns"], "mean_episode_length": float(np.mean(res["lengths"]))})
+        if progress:
+            print(f"  evaluate [{i + 1}/{len(steps)}] step {step}: mean return {res['mean_return']:.2f} over "
+                  f"{episodes} episodes ({time.perf_counter() - t:.1f} s)", flush=True)
+    out = {"used_for_selection": False, "metric": "return", "episodes": episodes, "seed": seed,
+           "epsilon": EVAL_EPSILON, "env": {"kind": "minatar", "task": game}, "results": results}
+    rd.write_json(run_dir / EVALUATION_FILE, out)
     return out
