@@ -44,3 +44,15 @@ def bootstrap_mean(values: list[float], samples: int = 10_000, seed: int = 0) ->
     elif len(v) >= 2:
         out["ci"] = [float(v[0]), float(v[0])]
     return out
+
+
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average over ``window`` points, the window shrinking at the ends; (n,) -> (n,)."""
+    n = len(values)
+    if window <= 1 or n == 0:
+        return values.astype(np.float64)
+    half = window // 2
+    out = np.empty(n, np.float64)
+    for i in range(n):
+        out[i] = values[max(0, i - half) : i + half + 1].mean()
+    return out

@@ -45,8 +45,8 @@ from typing import Any
 
 import numpy as np
 
-from offrl.stats import bootstrap_mean, spearman
-from offrl.workflow.diagnosis import DiagnosisConfig, smooth
+from offrl.stats import bootstrap_mean, smooth, spearman
+from offrl.workflow.diagnosis import DiagnosisConfig
 from offrl.workflow.rules import rule_scores
 
 SELECTORS = ("workflow", "workflow_after_peak", "q_peak_in_range", "heldout_q_peak", "fqe", "heldout_q_policy_peak",

@@ -28,9 +28,11 @@ from typing import Any
 import numpy as np
 
 from offrl.data import divergence_limit
+from offrl.stats import smooth
 from offrl.training import run_dir as rd
 from offrl.training.run_dir import DIAGNOSIS_FILE, FQE_FILE
 from offrl.workflow.comparison import attach_comparison
+from offrl.workflow.rules import RULES, select_step
 
 VERDICTS = ("overfitting", "underfitting", "over-estimation", "healthy", "inconclusive", "diverged")
 # Per algorithm: the curve of Metric 3.1 / Guideline 3.1, and the regularizer compared by Metric 3.2.
@@ -105,18 +107,6 @@ class Decline:
     threshold: float
     noise_std: float
     smoothed: np.ndarray
-
-
-def smooth(values: np.ndarray, window: int) -> np.ndarray:
-    """Centred moving average over ``window`` points, the window shrinking at the ends; (n,) -> (n,)."""
-    n = len(values)
-    if window <= 1 or n == 0:
-        return values.astype(np.float64)
-    half = window // 2
-    out = np.empty(n, np.float64)
-    for i in range(n):
-        out[i] = values[max(0, i - half) : i + half + 1].mean()
-    return out
 
 
 def noise_std(values: np.ndarray) -> float:
@@ -308,8 +298,6 @@ def diagnose_metrics(
         ``{"verdict", "selected_step", "peak_step", "selection_rule", "q_range", "evidence", "reasons",
         "recommendation", "compared_runs"}``; ``verdict`` is one of ``VERDICTS``.
     """
-    from offrl.workflow.rules import RULES
-
     if selector not in RULES:
         raise ValueError(f"unknown selector {selector!r}: choose one of {', '.join(RULES)}")
     by_step = {int(r["step"]): r for r in records if "step" in r}
@@ -557,8 +545,6 @@ def diagnose_metrics(
             else f"peak of {config.metric} (Guideline 3.1)"
         )
     else:
-        from offrl.workflow.rules import RULES, select_step
-
         out["selected_step"] = select_step(selector, records, (q_min, q_max), config.smoothing_window)
         out["selection_rule"] = f"{RULES[selector]} (--selector {selector}; measured in docs/results.md)"
     out["selector"] = "q_after_peak" if after_peak else selector

@@ -7,7 +7,7 @@ exists are pre-registered in docs/selection.md; none reads analysis-only success
 
 Every rule chooses among the *candidates*: the checkpoints after the actor's warm start, in step order. Each
 record is a line of metrics.jsonl (plus ``fqe_value`` from fqe.json for ``fqe``). "Smoothed" is the centred
-moving average of :func:`offrl.workflow.diagnosis.smooth` (3 checkpoints by default), as in the diagnosis.
+moving average of :func:`offrl.stats.smooth` (3 checkpoints by default), as in the diagnosis.
 
 | rule | picks |
 |---|---|
@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from offrl.stats import smooth
 
 RULES: dict[str, str] = {
     "q_peak": "peak of q_data (Guideline 3.1)",
@@ -53,8 +55,6 @@ def _num(v: Any) -> float:
 def _smoothed(records: Sequence[dict[str, Any]], key: str, window: int) -> np.ndarray | None:
     """The smoothed curve of ``key`` over the records, missing values filled with the curve's mean; None if the
     key is missing everywhere."""
-    from offrl.workflow.diagnosis import smooth
-
     v = np.array([_num(r.get(key)) for r in records])
     if not np.isfinite(v).any():
         return None
