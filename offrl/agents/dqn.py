@@ -196,7 +196,6 @@ def _td_parts(
     actions = jnp.round(batch["actions"].reshape(batch["actions"].shape[0])).astype(jnp.int32)
     net = _net(config, num_actions)
     q_all = net.apply(params, batch["observations"])  # (B, O, A)
-    q_next_online = net.apply(params, batch["next_observations"])
     q_next_target = jax.lax.stop_gradient(net.apply(target_params, batch["next_observations"]))
     not_done = (1.0 - batch["terminals"].astype(jnp.float32))[:, None]
     r = batch["rewards"].astype(jnp.float32)[:, None]
@@ -217,7 +216,9 @@ def _td_parts(
         loss = huber(u).mean(axis=1)
         q_data, td = q_taken.mean(axis=1), u.mean(axis=1)
     else:  # dqn, cql: Double DQN target
-        a_star = jnp.argmax(q_next_online[:, 0], axis=-1)
+        # Double DQN: the online network chooses a', the target network values it (the other variants need no
+        # online pass over s', so it is made here only).
+        a_star = jnp.argmax(net.apply(params, batch["next_observations"])[:, 0], axis=-1)
         target = r[:, 0] + config.gamma * not_done[:, 0] * q_next_target[idx, 0, a_star]
         u = jax.lax.stop_gradient(target) - q_taken[:, 0]
         loss = huber(u)
