@@ -465,6 +465,10 @@ def _print_diagnosis(d: dict) -> None:
     for r in d["reasons"]:
         print(f"  - {r}")
     print(f"recommendation: {d['recommendation']}")
+    if "model" in d:  # MOPO/COMBO: the dynamics model's own diagnosis
+        m = d["model"]
+        print(f"model:          {m['verdict']} ({m['reason']})")
+        print(f"  model recommendation: {m['recommendation']}")
 
 
 def run(cmd: object) -> int:

@@ -11,7 +11,7 @@ import dataclasses
 from types import ModuleType
 from typing import Any
 
-from offrl.agents import awac, bc, bear, brac, cql, dqn, iql
+from offrl.agents import awac, bc, bear, brac, combo, cql, dqn, iql, mopo
 from offrl.agents import trajectory_transformer as tt
 
 # The actor warm start of a run (CQL's behaviour cloning, BEAR's MMD-only start) is a fact of its config.json,
@@ -20,17 +20,22 @@ from offrl.training.run_dir import WARMUP_FIELD, warmup_steps  # noqa: F401
 
 AGENTS: dict[str, ModuleType] = {
     "cql": cql, "brac": brac, "bc": bc, "iql": iql, "awac": awac, "bear": bear, "tt": tt, "dqn": dqn,
+    "mopo": mopo, "combo": combo,
 }
 CONFIGS: dict[str, type] = {
     "cql": cql.CQLConfig, "brac": brac.BRACConfig, "bc": bc.BCConfig, "iql": iql.IQLConfig, "awac": awac.AWACConfig,
-    "bear": bear.BEARConfig, "tt": tt.TTConfig, "dqn": dqn.DQNConfig,
+    "bear": bear.BEARConfig, "tt": tt.TTConfig, "dqn": dqn.DQNConfig, "mopo": mopo.MOPOConfig,
+    "combo": combo.COMBOConfig,
 }
 # Algorithms of discrete actions (datasets whose metadata says action_space "discrete"); the others act continuously.
 DISCRETE = ("dqn",)
+# Model-based algorithms (offrl.agents.model_based): a model phase first, selected on held-out episodes.
+MODEL_BASED = ("mopo", "combo")
 
 
 def get_agent(algo: str) -> ModuleType:
-    """The module of an algorithm by name ('cql', 'brac', 'bc', 'iql', 'awac', 'bear', 'tt', 'dqn')."""
+    """The module of an algorithm by name ('cql', 'brac', 'bc', 'iql', 'awac', 'bear', 'tt', 'dqn', 'mopo',
+    'combo')."""
     if algo not in AGENTS:
         raise ValueError(f"unknown algorithm {algo!r}: choose one of {sorted(AGENTS)}")
     return AGENTS[algo]

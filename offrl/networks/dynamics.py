@@ -22,10 +22,7 @@ Networks: MOPO's 4 hidden layers of 200 units with swish (SiLU) activations, one
 (``nn.vmap`` over the member axis). Shapes: observations (B, obs_dim), actions (B, act_dim), outputs with a leading
 member axis (E, B, obs_dim + 1).
 
-Status: the model, its loss, the elites, MOPO's penalty and one rollout step are here and tested
-(tests/test_dynamics.py); ``offrl train --algo mopo|combo`` (training the model first, rollouts of horizon h from
-training states, the policy on the penalised or mixed data, the model's own workflow) comes next (the issue
-"Model-based offline RL").
+Used by :mod:`offrl.agents.model_based` (MOPO, COMBO); tested in tests/test_dynamics.py.
 """
 
 from __future__ import annotations

@@ -245,6 +245,8 @@ MAIN_CURVE = {
     "bear": ("q_data", "average Q on dataset actions", "q_data: average Q-value of dataset actions (BEAR)"),
     "tt": ("token_log_likelihood", "log p(next token), nats per token",
            "token_log_likelihood: minus the next-token loss of dataset sequences (Trajectory Transformer)"),
+    "mopo": ("q_data", "average Q on dataset actions", "q_data: average Q-value of dataset actions (MOPO)"),
+    "combo": ("q_data", "average Q on dataset actions", "q_data: average Q-value of dataset actions (COMBO)"),
 }
 REGULARIZER_CURVE = {
     "cql": ("cql_regularizer", "cql_regularizer: Q on sampled actions minus Q on dataset actions"),
@@ -252,6 +254,8 @@ REGULARIZER_CURVE = {
     "iql": ("value_loss", "value_loss: IQL's expectile loss of V against Q on dataset actions"),
     "awac": ("weighted_nll", "weighted_nll: AWAC's advantage-weighted negative log-likelihood of dataset actions"),
     "bear": ("mmd", "mmd: BEAR's MMD between the policy's and the behaviour model's actions"),
+    "combo": ("cql_regularizer", "cql_regularizer: COMBO's log-sum-exp of Q minus Q on dataset actions"),
+    "mopo": ("train/model_penalty", "train/model_penalty: MOPO's uncertainty u(s, a) on model transitions"),
 }
 
 
@@ -786,6 +790,24 @@ def _build_html(
             "Averages of the training losses between checkpoints.",
         ),
     ]
+    if "model" in (diagnosis or {}) or any("model_mse" in r for r in records):
+        m = (diagnosis or {}).get("model") or {}
+        verdict = f" Model verdict: {m['verdict']}: {m['reason']}. {m['recommendation']}." if m else ""
+        figs += [
+            ("The dynamics model: held-out error (its validation loss)",
+             _metric_figure(records, "model_mse", "model_mse: one-step error of the ensemble's means (normalised "
+                            "units)", diagnosis, log_if_positive=True),
+             _missing(records, "model_mse"),
+             "MOPO/COMBO: the model's one-step squared error on training and held-out transitions, at every "
+             "checkpoint. Rising held-out error while training error falls is the model overfitting; the policy "
+             "rolls out each member's snapshot of lowest held-out error." + verdict),
+            ("The dynamics model: k-step rollout error",
+             _metric_figure(records, "model_rollout_mse", "model_rollout_mse: open-loop k-step error",
+                            diagnosis, log_if_positive=True),
+             _missing(records, "model_rollout_mse"),
+             "The elites' mean prediction fed back k times under the data's actions, against the real "
+             "trajectory: the compounding error the policy's rollouts see."),
+        ]
 
     out = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",

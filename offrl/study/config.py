@@ -17,8 +17,8 @@ from offrl.envs.behaviour import REGIMES
 
 PRESETS = ("base", "vib", "dropout", "capacity")
 # Settings that run another algorithm with its paper's defaults; a named setting may set ``algo`` too.
-ALGORITHM_PRESETS = ("iql", "awac", "bear")
-STUDY_ALGOS = ("cql", "iql", "awac", "bear")  # BRAC needs a behaviour run per cell, BC has no Q-value to select with
+ALGORITHM_PRESETS = ("iql", "awac", "bear", "mopo", "combo")
+STUDY_ALGOS = ("cql", "iql", "awac", "bear", "mopo", "combo")  # BRAC needs a behaviour run per cell, BC has no Q-value to select with
 
 
 @dataclasses.dataclass(frozen=True)

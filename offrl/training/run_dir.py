@@ -248,7 +248,7 @@ def load_run_config(run_dir: str | Path) -> dict[str, Any]:
 
 # The field of each algorithm's config that holds its actor warm start, in gradient steps: CQL's optional
 # behaviour-cloning warm start, BEAR's MMD-only start. Checkpoints within it are not the algorithm's policies.
-WARMUP_FIELD = {"cql": "bc_steps", "bear": "warmstart_steps"}
+WARMUP_FIELD = {"cql": "bc_steps", "bear": "warmstart_steps", "mopo": "model_steps", "combo": "model_steps"}
 
 
 def warmup_steps(algo: str, agent: Any) -> int:

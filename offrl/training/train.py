@@ -21,13 +21,24 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from offrl.agents import DISCRETE, WARMUP_FIELD, config_from_dict, cql, get_agent, legacy_states, warmup_steps
+from offrl.agents import (
+    DISCRETE,
+    MODEL_BASED,
+    WARMUP_FIELD,
+    config_from_dict,
+    cql,
+    get_agent,
+    legacy_states,
+    warmup_steps,
+)
 from offrl.agents.awac import AWACConfig
 from offrl.agents.bc import BCConfig
 from offrl.agents.bear import BEARConfig
 from offrl.agents.brac import BRACConfig
+from offrl.agents.combo import COMBOConfig
 from offrl.agents.dqn import DQNConfig
 from offrl.agents.iql import IQLConfig
+from offrl.agents.mopo import MOPOConfig
 from offrl.agents.trajectory_transformer import TTConfig
 from offrl.data import (
     Dataset,
@@ -114,11 +125,10 @@ class TrainConfig:
     flag the record (``"diverged": true``) and go on. NaN/inf always stops."""
     divergence_factor: float = 10.0
     """Divergence limit: q_max + divergence_factor * max(Q range width, |q_max|, 1)."""
-    algo: Literal["cql", "brac", "bc", "iql", "awac", "bear", "tt", "dqn"] = "cql"
-    """Algorithm: CQL (paper Eq. 1), BRAC (Appendix F; needs --behavior-run), behaviour cloning, IQL
-    (Kostrikov et al. 2022), AWAC (Nair et al. 2020), BEAR (Kumar et al. 2019), the Trajectory Transformer
-    (Janner et al. 2021), or for discrete actions the DQN family (--dqn.variant: Double DQN, QR-DQN,
-    Ensemble-DQN, REM, discrete CQL; Agarwal et al. 2020)."""
+    algo: Literal["cql", "brac", "bc", "iql", "awac", "bear", "tt", "dqn", "mopo", "combo"] = "cql"
+    """Algorithm: CQL (paper Eq. 1), BRAC (needs --behavior-run), BC, IQL, AWAC, BEAR, the Trajectory
+    Transformer, model-based MOPO and COMBO (docs/model-based.md), or for discrete actions the DQN family
+    (--dqn.variant: Double DQN, QR-DQN, Ensemble-DQN, REM, discrete CQL; Agarwal et al. 2020)."""
     agent: cql.CQLConfig = dataclasses.field(default_factory=cql.CQLConfig)
     """CQL hyperparameters (used with --algo cql)."""
     brac: BRACConfig = dataclasses.field(default_factory=BRACConfig)
@@ -135,6 +145,10 @@ class TrainConfig:
     """Trajectory Transformer hyperparameters (used with --algo tt)."""
     dqn: DQNConfig = dataclasses.field(default_factory=DQNConfig)
     """DQN-family hyperparameters (used with --algo dqn, on datasets of discrete actions)."""
+    mopo: MOPOConfig = dataclasses.field(default_factory=MOPOConfig)
+    """MOPO hyperparameters (used with --algo mopo)."""
+    combo: COMBOConfig = dataclasses.field(default_factory=COMBOConfig)
+    """COMBO hyperparameters (used with --algo combo)."""
     behavior_run: Path | None = None
     """BRAC: a run of `offrl train --algo bc` on the same dataset, whose policy becomes pi_beta."""
     behavior_step: int | None = None
@@ -215,7 +229,10 @@ def resolve_train_config(config: TrainConfig) -> TrainConfig:
 
 
 def _chunk_size(config: TrainConfig) -> int:
-    return math.gcd(config.chunk_steps, config.checkpoint_every, config.steps)
+    # Model-based runs end a chunk at the end of the model phase, so model selection sees the final model before
+    # any policy step rolls it out.
+    model_steps = active_agent_config(config).model_steps if config.algo in MODEL_BASED else 0
+    return math.gcd(config.chunk_steps, config.checkpoint_every, config.steps, model_steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -328,7 +345,7 @@ def _eval_arrays(
 
 # The TrainConfig field that holds each algorithm's hyperparameters (CQL's is `agent`, the paper's algorithm).
 ALGO_FIELD = {"cql": "agent", "brac": "brac", "bc": "bc", "iql": "iql", "awac": "awac", "bear": "bear", "tt": "tt",
-              "dqn": "dqn"}
+              "dqn": "dqn", "mopo": "mopo", "combo": "combo"}
 
 
 def active_agent_config(config: TrainConfig) -> Any:
@@ -499,6 +516,11 @@ def _check_config(config: TrainConfig) -> None:
     module = get_agent(config.algo)
     if hasattr(module, "config_problems"):
         problems.extend(module.config_problems(agent))
+    if hasattr(module, "split_sizes") and config.batch_size >= 1 and not module.config_problems(agent):
+        try:
+            module.split_sizes(agent, config.batch_size)
+        except ValueError as e:
+            problems.append(str(e))
     if config.frame_stack < 1:
         problems.append(f"--frame-stack must be >= 1 (got {config.frame_stack})")
     if config.wandb_project and importlib.util.find_spec("wandb") is None:
@@ -534,6 +556,13 @@ def check_trainable(dataset: Dataset, config: TrainConfig) -> None:
     if getattr(get_agent(config.algo), "STATE_OBSERVATIONS_ONLY", False) and \
             resolve_obs_mode(config.obs, dataset) != "state":
         raise DatasetError(f"--algo {config.algo} models state observations only: pass --obs state")
+    if config.algo in MODEL_BASED and (config.heldout_fraction <= 0 or dataset.num_episodes < 2):
+        raise DatasetError(
+            f"--algo {config.algo} selects its dynamics model on held-out episodes, but "
+            + (f"{config.dataset} has {dataset.num_episodes} episode(s)" if dataset.num_episodes < 2 else
+               "--heldout-fraction is 0")
+            + ": use a dataset of at least 2 episodes and --heldout-fraction > 0 (default 0.1)"
+        )
     if dataset.num_episodes < 2 and config.heldout_fraction > 0:
         raise DatasetError(
             f"{config.dataset} has a single episode, so no episode can be held out for the held-out metrics: "
@@ -702,6 +731,10 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
     chunk_steps = _chunk_size(config)
     train_chunk = make_train_chunk(config.algo, agent, config.batch_size, chunk_steps)
     evaluate = make_evaluator(config.algo, agent)
+    select_model = None
+    if hasattr(module, "select_model"):  # model-based: per-member snapshots and elites on the held-out episodes
+        select_model = jax.jit(lambda st, chunks, mask: module.select_model(st, chunks, mask, agent))
+        model_steps = agent.model_steps
     horizon = q_range["effective_horizon"]
     q_limit = divergence_limit(q_range["q_min"], q_range["q_max"], config.divergence_factor)
 
@@ -719,6 +752,8 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
             # The key of a chunk depends only on its index, so a resumed run draws the same minibatches.
             t_chunk = time.perf_counter()
             state, metrics = train_chunk(state, data, jax.random.fold_in(k_train, step // chunk_steps))
+            if select_model is not None and step < model_steps:
+                state = select_model(state, *eval_sets["heldout/"])
             metrics = jax.device_get(metrics)
             train_time += time.perf_counter() - t_chunk
             step += chunk_steps
@@ -733,7 +768,9 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
                 interval_sums[k] = interval_sums.get(k, 0.0) + float(v)
             interval_chunks += 1
             # The last chunk's minibatch averages (train/*), not metrics.jsonl's fixed evaluation set: say so.
-            if "q_data" in metrics:
+            if "model_nll" in metrics and step <= getattr(agent, "model_steps", 0):
+                bar.set_postfix({"model_nll(batch)": f"{metrics['model_nll']:.3g}"})
+            elif "q_data" in metrics:
                 bar.set_postfix(
                     {"q_data(batch)": f"{metrics['q_data']:.3g}", "td(batch)": f"{metrics['td_error']:.2g}"}
                 )

@@ -37,10 +37,12 @@ from offrl.workflow.rules import RULES, select_step
 VERDICTS = ("overfitting", "underfitting", "over-estimation", "healthy", "inconclusive", "diverged")
 # Per algorithm: the curve of Metric 3.1 / Guideline 3.1, and the regularizer compared by Metric 3.2.
 DEFAULT_METRIC = {"cql": "q_data", "brac": "q_regularized", "bc": "heldout/log_likelihood", "iql": "q_data",
-                  "awac": "q_data", "bear": "q_data", "tt": "heldout/token_log_likelihood", "dqn": "q_data"}
+                  "awac": "q_data", "bear": "q_data", "tt": "heldout/token_log_likelihood", "dqn": "q_data",
+                  "mopo": "q_data", "combo": "q_data"}
 # The DQN family's regularizer is discrete CQL's; the other variants log none (Metric 3.2 then compares TD errors).
 REGULARIZER = {"cql": "cql_regularizer", "brac": "kl_estimate", "bc": None, "iql": "value_loss", "awac": "weighted_nll",
-               "bear": "mmd", "tt": None, "dqn": "cql_regularizer"}
+               "bear": "mmd", "tt": None, "dqn": "cql_regularizer", "mopo": None,
+               "combo": "cql_regularizer"}
 # Algorithms without a Q-function: their curve is a held-out likelihood (a validation loss, negated), and the
 # Q-range rules (divergence, over-estimation, underfitting from the TD error) do not apply.
 NO_Q = ("bc", "tt")
@@ -552,6 +554,70 @@ def diagnose_metrics(
     return out
 
 
+MODEL_VERDICTS = ("overfitting", "underfitting", "healthy", "inconclusive")
+
+
+def diagnose_model(records: Sequence[dict[str, Any]], model_steps: int, config: DiagnosisConfig = DiagnosisConfig(),
+                   still_improving: float = 0.01) -> dict[str, Any]:
+    """The dynamics model's own workflow (MOPO/COMBO runs, :mod:`offrl.agents.model_based`), as Metric 3.1 reads
+    the critic's: the held-out MSE of the model over the checkpoints of the model phase is a validation loss.
+
+    - ``overfitting``: the held-out MSE rose after its minimum, materially (:func:`detect_decline` on its negation,
+      the thresholds of ``config``), while the training MSE did not: the model memorises its training episodes.
+      The run already rolls out each member's snapshot of lowest held-out MSE (early stopping).
+    - ``underfitting``: the held-out MSE still fell by more than ``still_improving`` (relative, MBPO's stopping
+      criterion of 1 %) over the last checkpoints (up to 3) of the model phase: the model phase was too short.
+    - ``healthy``: neither; ``inconclusive``: fewer than 3 checkpoints in the model phase.
+
+    Args:
+        records: metrics.jsonl records with ``model_mse`` and ``heldout/model_mse`` (and ``model_rollout_mse``).
+        model_steps: the model phase's length in gradient steps (the agent's ``model_steps``).
+
+    Returns:
+        ``{"verdict", "reason", "recommendation", "best_step", "evidence"}``; the evidence holds the curves.
+    """
+    phase = [r for r in _by_step_model(records) if r["step"] <= model_steps]
+    evidence: dict[str, Any] = {
+        "steps": [r["step"] for r in phase],
+        "model_mse": [r.get("model_mse") for r in phase],
+        "heldout/model_mse": [r.get("heldout/model_mse") for r in phase],
+        "heldout/model_rollout_mse": [r.get("heldout/model_rollout_mse") for r in phase],
+    }
+    if len(phase) < 3 or any(v is None for v in evidence["heldout/model_mse"]):
+        return {"verdict": "inconclusive", "best_step": None, "evidence": evidence,
+                "reason": f"{len(phase)} checkpoint(s) with the model's held-out error in the model phase; 3 are needed",
+                "recommendation": "lower --checkpoint-every so that the model phase holds at least 3 checkpoints"}
+    held = np.asarray(evidence["heldout/model_mse"], np.float64)
+    train = np.asarray(evidence["model_mse"], np.float64)
+    best = int(np.argmin(held))
+    best_step = int(phase[best]["step"])
+    rise = detect_decline(-held, config)
+    last = min(3, len(held) - 1)
+    gain = float((held[-1 - last] - held[-1]) / max(abs(held[-1 - last]), 1e-12))
+    if rise.declining and train[-1] <= train[rise.peak_index] * (1 + still_improving):
+        verdict = "overfitting"
+        reason = (f"held-out model MSE rose from {held[best]:.4g} (step {best_step}) to {held[-1]:.4g} while the "
+                  f"training MSE went from {train[rise.peak_index]:.4g} to {train[-1]:.4g}")
+        rec = ("the policy rolls out each member's snapshot of lowest held-out error (early stopping); to do better, "
+               "add episodes, shrink the model (model-hidden-dims) or shorten model-steps")
+    elif gain > still_improving and best == len(held) - 1:
+        verdict = "underfitting"
+        reason = (f"held-out model MSE still fell by {100 * gain:.1f}% over the last {last} checkpoints of the model "
+                  f"phase (to {held[-1]:.4g})")
+        rec = "raise model-steps (the model phase ended before the model converged)"
+    else:
+        verdict = "healthy"
+        reason = (f"held-out model MSE levelled off at {held[best]:.4g} (step {best_step}; last {held[-1]:.4g}, "
+                  f"training {train[-1]:.4g})")
+        rec = "none for the model; read the policy's diagnosis"
+    return {"verdict": verdict, "reason": reason, "recommendation": rec, "best_step": best_step,
+            "evidence": evidence}
+
+
+def _by_step_model(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted((r for r in records if "step" in r and not r.get("diverged")), key=lambda r: int(r["step"]))
+
+
 def _run_inputs(run_dir: Path) -> dict[str, Any]:
     cfg = rd.read_json(run_dir / rd.CONFIG_FILE) if (run_dir / rd.CONFIG_FILE).is_file() else None
     if cfg is None:
@@ -611,6 +677,8 @@ def diagnose_run(
         selector=selector,
     )
     result["config"] = dataclasses.asdict(config)
+    if main["config"].get("algo") in ("mopo", "combo"):
+        result["model"] = diagnose_model(records, _warmup(main["config"]), config)
     from offrl.workflow.trust import trust_statement
 
     result["trust"] = trust_statement(result["selector"], main["config"])

@@ -12,8 +12,10 @@ from offrl.agents.awac import AWACConfig
 from offrl.agents.bc import BCConfig
 from offrl.agents.bear import BEARConfig
 from offrl.agents.brac import BRACConfig
+from offrl.agents.combo import COMBOConfig
 from offrl.agents.cql import CQLConfig
 from offrl.agents.iql import IQLConfig
+from offrl.agents.mopo import MOPOConfig
 from offrl.agents.trajectory_transformer import TTConfig
 from offrl.data.collect import collect
 from offrl.envs import DEFAULT_HORIZON
@@ -76,9 +78,10 @@ class WorkflowConfig:
     alone achieves beside the CQL pick (analysis only). 0 skips it."""
     progress: bool = True
     """Progress bars."""
-    algo: Literal["cql", "brac", "bc", "iql", "awac", "bear", "tt"] = "cql"
+    algo: Literal["cql", "brac", "bc", "iql", "awac", "bear", "tt", "mopo", "combo"] = "cql"
     """Algorithm. ``brac`` first trains behaviour cloning (its own run directory, suffix ``_bc``) and uses the
-    checkpoint with the highest held-out log-likelihood as pi_beta."""
+    checkpoint with the highest held-out log-likelihood as pi_beta; ``mopo`` and ``combo`` fit their dynamics
+    model first (docs/model-based.md)."""
     auto: bool = False
     """The automated workflow (paper Figure 1, CQL): after the base run, re-run with the remedy its verdict
     calls for (VIB for overfitting, DR3 + wider critics for underfitting) and decide which run and checkpoint
@@ -97,6 +100,10 @@ class WorkflowConfig:
     """BEAR hyperparameters."""
     tt: TTConfig = dataclasses.field(default_factory=TTConfig)
     """Trajectory Transformer hyperparameters (its checkpoint is selected by the held-out next-token loss)."""
+    mopo: MOPOConfig = dataclasses.field(default_factory=MOPOConfig)
+    """MOPO hyperparameters."""
+    combo: COMBOConfig = dataclasses.field(default_factory=COMBOConfig)
+    """COMBO hyperparameters."""
 
 
 def run_workflow(config: WorkflowConfig) -> dict[str, Any]:
@@ -151,8 +158,8 @@ def _run_workflow(config: WorkflowConfig, timings: dict[str, float], t_start: fl
     base = TrainConfig(
         dataset=Path(dataset), out=out, steps=config.steps, checkpoint_every=config.checkpoint_every,
         seed=config.seed, progress=config.progress, algo=config.algo, agent=config.agent, brac=config.brac,
-        bc=config.bc, iql=config.iql, awac=config.awac, bear=config.bear, tt=config.tt,
-        obs=config.obs, frame_stack=config.frame_stack, batch_size=config.batch_size,
+        bc=config.bc, iql=config.iql, awac=config.awac, bear=config.bear, tt=config.tt, mopo=config.mopo,
+        combo=config.combo, obs=config.obs, frame_stack=config.frame_stack, batch_size=config.batch_size,
     )
     t = time.perf_counter()
     if config.algo == "brac":

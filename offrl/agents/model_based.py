@@ -1,0 +1,505 @@
+"""Model-based offline RL: what MOPO (Yu et al. 2020) and COMBO (Yu et al. 2021) share.
+
+A run has two phases, both inside the pure ``update(state, batch, key, config)``:
+
+1. **The model phase** (steps ``0 .. model_steps``): the probabilistic ensemble of
+   :mod:`offrl.networks.dynamics` fits ``[s' - s, r]`` of the training transitions by Gaussian NLL (PETS Eq. 2),
+   with MBPO's weight decay per layer. ``offrl train`` calls :func:`select_model` after every compiled chunk of
+   this phase with the *held-out episodes*: each member keeps the snapshot of its lowest held-out MSE (MBPO's
+   early stopping, per member) and the ``num_elites`` best members become the elites. The model's own workflow
+   (:func:`evaluate`: ``model_nll``, ``model_mse`` and the ``model_rollout_mse`` of open-loop k-step rollouts
+   against real trajectories, train and held-out) is logged at every checkpoint; see
+   :func:`offrl.workflow.diagnosis.diagnose_model`.
+2. **The policy phase**: every gradient step rolls the selected model out for ``rollout_horizon`` steps from
+   training states of the minibatch under the current policy (no replay buffer: see ``real_ratio``), and trains
+   SAC's critics and actor on a mixture of ``real_ratio`` real and ``1 - real_ratio`` model transitions:
+
+   - MOPO (Yu et al. 2020, Eq. 10, Algorithm 2): model rewards penalised by the uncertainty,
+     ``r~ = r^ - lambda max_i ||Sigma_i(s, a)||_F`` (``penalty_coef`` = lambda); no conservative term.
+   - COMBO (Yu et al. 2021, Eq. 2): no penalty; CQL's regularizer with the push-down on states of the mixture
+     ``d_f`` (real and model states, actions from the uniform and policy proposals, as CQL estimates the
+     log-sum-exp) and the push-up on dataset pairs: ``beta (E_{s~d_f} log sum_a exp Q(s, a) - E_D Q(s, a))``
+     (``conservative_weight`` = beta).
+
+**Termination derived from the data.** Sparse-reward robot logs have no learned termination: if the training
+transitions have ``terminals`` and every terminal transition's reward lies above every non-terminal reward (a task
+that ends at success), a model transition terminates when its predicted reward passes the midpoint between the two
+(``fit_data``); otherwise (no terminals, e.g. MetaWorld's time limits, or terminals the reward does not separate)
+model rollouts never terminate. Predicted rewards are clipped to the training rewards' range, so a model cannot
+promise more reward than the data has ever shown (a deviation from both papers, for 0/1 rewards).
+
+Shapes: observations (B, obs_dim) float32 (normalised by ``offrl train``), actions (B, act_dim) in [-1, 1].
+State observations only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from offrl.agents import common
+from offrl.agents.cql import cql_penalty, td_target
+from offrl.networks import CriticEnsemble, TanhGaussianActor, sample_tanh_gaussian
+from offrl.networks import dynamics as dyn
+
+Batch = dict[str, jnp.ndarray]
+Metrics = dict[str, jnp.ndarray]
+
+STATE_OBSERVATIONS_ONLY = True
+
+# MBPO's weight decay of the model's five weight matrices (4 hidden layers and the output), l2_loss = sum(w^2) / 2.
+MBPO_WEIGHT_DECAYS = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelBasedConfig(common.ActorCriticConfig):
+    """Hyperparameters shared by MOPO and COMBO; their own defaults are in :mod:`offrl.agents.mopo` and
+    :mod:`offrl.agents.combo`."""
+
+    FLAGS: ClassVar[str] = "--mopo"  # the command-line group of the algorithm, for error messages
+    init_temperature: float = 0.1
+    """Initial entropy temperature (as offrl's CQL, for 0/1 rewards: see ``CQLConfig.init_temperature``)."""
+    num_members: int = 7
+    """Members of the dynamics ensemble (MOPO and MBPO: 7)."""
+    num_elites: int = 5
+    """Members with the lowest held-out MSE that roll out (MOPO and MBPO: 5)."""
+    model_hidden_dims: tuple[int, ...] = (200, 200, 200, 200)
+    """Hidden widths of each member (MOPO: 4 layers of 200, swish)."""
+    model_lr: float = 1e-3
+    """Adam learning rate of the model (MOPO and MBPO)."""
+    model_weight_decay: bool = True
+    """MBPO's weight decay per layer (2.5e-5 .. 1e-4, :data:`MBPO_WEIGHT_DECAYS`); other depths use 5e-5."""
+    model_steps: int = 10_000
+    """Gradient steps of the model before the policy's (the model phase). MOPO trains the model until its
+    held-out loss stops improving; offrl trains a fixed number of steps and keeps each member's best held-out
+    snapshot, which is the same early stopping without a data-dependent length."""
+    rollout_horizon: int = 5
+    """Model steps per rollout h (MOPO and COMBO: 5 on most D4RL tasks, 1 on some)."""
+    real_ratio: float = 0.05
+    """Fraction of real transitions in each minibatch (MOPO/MBPO 0.05; COMBO f = 0.5)."""
+    penalty_coef: float = 1.0
+    """MOPO's lambda (Eq. 10); 0 turns the penalty off (COMBO)."""
+    conservative_weight: float = 0.0
+    """COMBO's beta (Eq. 2); 0 turns the regularizer off (MOPO)."""
+    num_action_samples: int = 1
+    """COMBO: actions per state and proposal for the log-sum-exp (as offrl's CQL)."""
+    deterministic_backup: bool = True
+    """Leave the entropy term out of the TD target (CQL's reference code; SAC, and MOPO, keep it: False)."""
+    rollout_error_steps: int = 5
+    """k of the model's k-step open-loop rollout error against real trajectories (``model_rollout_mse``)."""
+
+
+def config_problems(config: ModelBasedConfig) -> list[str]:
+    """Settings that cannot work, each naming the flag and the fix (checked by ``offrl train`` and :func:`init`)."""
+    p: list[str] = []
+    if config.num_members < 1:
+        p.append(f"{config.FLAGS}.num-members must be >= 1, got {config.num_members}")
+    if not 1 <= config.num_elites <= config.num_members:
+        p.append(f"{config.FLAGS}.num-elites must be in [1, num-members={config.num_members}], got {config.num_elites}")
+    for name in ("model_steps", "rollout_horizon", "rollout_error_steps", "num_action_samples"):
+        if getattr(config, name) < 1:
+            p.append(f"{config.FLAGS}.{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
+    if not 0.0 < config.real_ratio < 1.0:
+        p.append(f"{config.FLAGS}.real-ratio must be in (0, 1) (real and model transitions both), got {config.real_ratio}")
+    if config.penalty_coef < 0 or config.conservative_weight < 0:
+        p.append(f"{config.FLAGS}.penalty-coef and {config.FLAGS}.conservative-weight must be >= 0")
+    return p
+
+
+def split_sizes(config: ModelBasedConfig, batch_size: int) -> tuple[int, int, int]:
+    """``(n_real, n_starts, n_model)`` of a minibatch of ``batch_size`` rows: the first ``n_real`` rows are the real
+    part, the next ``n_starts`` rows start the rollouts, whose first ``n_model`` transitions are the model part.
+
+    Raises:
+        ValueError: the batch cannot hold the real part and the rollout starts.
+    """
+    n_real = max(1, round(config.real_ratio * batch_size))
+    n_model = batch_size - n_real
+    if n_model < 1:
+        raise ValueError(f"--batch-size {batch_size} is too small for real-ratio {config.real_ratio}: it leaves no "
+                         f"row for model transitions; raise the batch size")
+    # ceil(n_model / h) <= n_model rows start the rollouts, after the real rows: the batch always holds them.
+    return n_real, -(-n_model // config.rollout_horizon), n_model
+
+
+@flax.struct.dataclass
+class ModelBasedState:
+    """Everything that changes during training; a pytree, checkpointed as one object."""
+
+    step: jnp.ndarray  # () int32, gradient steps taken (model and policy)
+    model_params: Any  # the ensemble being trained (model phase)
+    model_opt_state: Any
+    selected_model_params: Any  # each member's snapshot of lowest held-out MSE: what the policy phase rolls out
+    member_heldout_mse: jnp.ndarray  # (E,) float32, the held-out MSE of each selected snapshot (inf before any)
+    elite_idx: jnp.ndarray  # (num_elites,) int32
+    reward_range: jnp.ndarray  # (2,) float32, [min, max] of the training rewards
+    terminal_reward: jnp.ndarray  # () float32: model rewards above it terminate; +inf: never
+    critic_params: Any
+    target_critic_params: Any
+    actor_params: Any
+    log_temperature: jnp.ndarray
+    critic_opt_state: Any
+    actor_opt_state: Any
+    temperature_opt_state: Any
+
+
+def _networks(config: ModelBasedConfig, obs_dim: int, act_dim: int):
+    return (
+        dyn.GaussianEnsemble(config.num_members, obs_dim + 1, tuple(config.model_hidden_dims)),
+        CriticEnsemble(config.critic_hidden_dims, num_critics=config.num_critics),
+        TanhGaussianActor(config.actor_hidden_dims, act_dim=act_dim),
+    )
+
+
+def _optimizers(config: ModelBasedConfig):
+    return (optax.adam(config.model_lr), optax.adam(config.critic_lr), optax.adam(config.actor_lr),
+            optax.adam(config.temperature_lr))
+
+
+def init(config: ModelBasedConfig, obs_spec: common.ObsSpec, act_dim: int, key: jax.Array) -> ModelBasedState:
+    """Fresh model, critics, actor and optimiser states.
+
+    Raises:
+        ValueError: image observations, or a setting that cannot work (:func:`config_problems`).
+    """
+    if isinstance(obs_spec, dict):
+        raise ValueError("model-based agents model state observations only: train with --obs state")
+    problems = config_problems(config)
+    if problems:
+        raise ValueError("; ".join(problems))
+    obs_dim = int(obs_spec)
+    model, critic, actor = _networks(config, obs_dim, act_dim)
+    k_model, k_critic, k_actor = jax.random.split(key, 3)
+    obs, act = jnp.zeros((1, obs_dim), jnp.float32), jnp.zeros((1, act_dim), jnp.float32)
+    model_params = model.init(k_model, obs, act)
+    critic_params = critic.init(k_critic, obs, act)
+    actor_params = actor.init(k_actor, obs)
+    log_temperature = jnp.asarray(math.log(config.init_temperature), jnp.float32)
+    model_opt, critic_opt, actor_opt, temp_opt = _optimizers(config)
+    return ModelBasedState(
+        step=jnp.zeros((), jnp.int32),
+        model_params=model_params,
+        model_opt_state=model_opt.init(model_params),
+        selected_model_params=model_params,
+        member_heldout_mse=jnp.full((config.num_members,), jnp.inf, jnp.float32),
+        elite_idx=jnp.arange(config.num_elites, dtype=jnp.int32),
+        reward_range=jnp.array([0.0, 1.0], jnp.float32),
+        terminal_reward=jnp.asarray(jnp.inf, jnp.float32),
+        critic_params=critic_params,
+        target_critic_params=critic_params,
+        actor_params=actor_params,
+        log_temperature=log_temperature,
+        critic_opt_state=critic_opt.init(critic_params),
+        actor_opt_state=actor_opt.init(actor_params),
+        temperature_opt_state=temp_opt.init(log_temperature),
+    )
+
+
+def terminal_rule(rewards: np.ndarray, terminals: np.ndarray) -> float:
+    """The reward above which a model transition terminates, derived from the data (module docstring): the
+    midpoint between the largest non-terminal and the smallest terminal reward when every terminal transition's
+    reward lies above every other; +inf (never terminate) otherwise. (N,), (N,) -> float."""
+    terminals = np.asarray(terminals, bool)
+    rewards = np.asarray(rewards, np.float64)
+    if not terminals.any() or terminals.all():
+        return math.inf
+    low, high = rewards[~terminals].max(), rewards[terminals].min()
+    return float((low + high) / 2) if high > low else math.inf
+
+
+def fit_data(state: ModelBasedState, data: dict[str, Any], config: ModelBasedConfig) -> ModelBasedState:
+    """The reward range and the termination rule of the training transitions (host arrays of ``offrl train``)."""
+    r = np.asarray(data["rewards"], np.float32)
+    return state.replace(
+        reward_range=jnp.array([r.min(), r.max()], jnp.float32),
+        terminal_reward=jnp.asarray(terminal_rule(r, data["terminals"]), jnp.float32),
+    )
+
+
+def sequence_window(config: ModelBasedConfig) -> int:
+    """Transitions per window of the batches (``seq_*`` keys, :func:`offrl.training.train.make_batch`): the k-step
+    rollout error compares k predicted states with the next k real ones."""
+    return int(config.rollout_error_steps) + 1
+
+
+def model_targets(batch: Batch) -> jnp.ndarray:
+    """What the model predicts: ``[s' - s, r]``, (B, obs_dim + 1)."""
+    return jnp.concatenate([batch["next_observations"] - batch["observations"], batch["rewards"][:, None]], -1)
+
+
+def _weight_decay(model_params: Any, num_layers: int) -> jnp.ndarray:
+    decays = MBPO_WEIGHT_DECAYS if num_layers == len(MBPO_WEIGHT_DECAYS) else (5e-5,) * num_layers
+    member = model_params["params"]["Vmap_Member_0"]
+    return sum(d * 0.5 * jnp.sum(member[f"Dense_{i}"]["kernel"] ** 2) for i, d in enumerate(decays))
+
+
+def model_loss(model_params: Any, batch: Batch, config: ModelBasedConfig) -> tuple[jnp.ndarray, Metrics]:
+    """PETS's NLL with the bound term (:func:`offrl.networks.dynamics.ensemble_loss`) plus MBPO's weight decay."""
+    obs_dim = batch["observations"].shape[-1]
+    model = _networks(config, obs_dim, batch["actions"].shape[-1])[0]
+    loss, parts = dyn.ensemble_loss(model_params, model, batch["observations"], batch["actions"], model_targets(batch))
+    if config.model_weight_decay:
+        loss = loss + _weight_decay(model_params, len(config.model_hidden_dims) + 1)
+    return loss, {"model_loss": loss, "model_nll": parts["nll"].mean(), "model_mse": parts["mse"].mean()}
+
+
+def model_rollout(state: ModelBasedState, starts: jnp.ndarray, key: jax.Array, config: ModelBasedConfig,
+                  act_dim: int) -> dict[str, jnp.ndarray]:
+    """``rollout_horizon`` steps of the selected model's elites from ``starts`` (n, obs_dim) under the current
+    policy: transitions (h * n, ...) with MOPO's penalised reward (:func:`offrl.networks.dynamics.penalised_reward`,
+    rewards clipped to the data's range first), ``terminals`` by :func:`terminal_rule`, and ``weights`` 0 for
+    transitions after a rollout terminated. Also ``penalty`` (h * n,), MOPO's u(s, a). No gradients flow."""
+    model, _, actor = _networks(config, starts.shape[-1], act_dim)
+    s = starts
+    alive = jnp.ones((starts.shape[0],), jnp.float32)
+    out: dict[str, list] = {k: [] for k in ("observations", "actions", "rewards", "terminals", "next_observations",
+                                            "weights", "penalty")}
+    for t in range(config.rollout_horizon):
+        k_act, k_step = jax.random.split(jax.random.fold_in(key, t))
+        mean, log_std = actor.apply(state.actor_params, s)
+        a, _ = sample_tanh_gaussian(k_act, mean, log_std)
+        mu, log_var = model.apply(state.selected_model_params, s, a)
+        s_next, r = dyn.sample_step(k_step, mu, log_var, state.elite_idx, s)
+        r = jnp.clip(r, state.reward_range[0], state.reward_range[1])
+        u = dyn.mopo_penalty(log_var[state.elite_idx])
+        term = (r > state.terminal_reward).astype(jnp.float32)
+        for k, v in (("observations", s), ("actions", a), ("rewards", r - config.penalty_coef * u),
+                     ("terminals", term), ("next_observations", s_next), ("weights", alive), ("penalty", u)):
+            out[k].append(v)
+        alive = alive * (1.0 - term)
+        s = s_next
+    return {k: jax.lax.stop_gradient(jnp.concatenate(v)) for k, v in out.items()}
+
+
+def mixed_batch(state: ModelBasedState, batch: Batch, key: jax.Array, config: ModelBasedConfig) -> Batch:
+    """The policy phase's minibatch: ``n_real`` real transitions (weight 1) then ``n_model`` model transitions
+    rolled out from the next ``n_starts`` rows (:func:`split_sizes`); keys of :func:`model_rollout` plus ``real``
+    (1 for real rows)."""
+    b, act_dim = batch["rewards"].shape[0], batch["actions"].shape[-1]
+    n_real, n_starts, n_model = split_sizes(config, b)
+    rolled = model_rollout(state, batch["observations"][n_real:n_real + n_starts], key, config, act_dim)
+    real = {k: batch[k][:n_real] for k in ("observations", "actions", "rewards", "terminals", "next_observations")}
+    real["weights"] = jnp.ones((n_real,), jnp.float32)
+    real["penalty"] = jnp.zeros((n_real,), jnp.float32)
+    mixed = {k: jnp.concatenate([real[k], rolled[k][:n_model]]) for k in real}
+    mixed["real"] = jnp.concatenate([jnp.ones((n_real,)), jnp.zeros((n_model,))]).astype(jnp.float32)
+    return mixed
+
+
+def _wmean(v: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
+    return jnp.sum(v * w, axis=-1) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def critic_terms(critic_params: Any, target_critic_params: Any, actor_params: Any, log_temperature: jnp.ndarray,
+                 batch: Batch, key: jax.Array, config: ModelBasedConfig) -> tuple[jnp.ndarray, Metrics]:
+    """The critic loss on a (mixed) batch and its per-transition parts.
+
+    ``batch``: transitions with ``weights`` (B,) and ``real`` (B,) 1 for dataset rows. The TD term is the
+    weighted mean squared Bellman error over all rows, the target ``r + gamma (1 - terminal) min_i Qbar_i(s', a')``
+    (``a' ~ pi(.|s')``, minus the entropy term unless ``deterministic_backup``). COMBO's regularizer (Eq. 2):
+    ``beta (weighted mean over all rows of LSE_a Q(s, a) - mean over real rows of Q(s, a))``, the log-sum-exp
+    estimated as CQL does (:func:`offrl.agents.cql.cql_penalty`). Summed over critics.
+
+    Returns ``(loss, parts)``, parts (B,) averaged over critics: ``q_data``, ``td_error``, ``cql_regularizer``
+    (LSE - Q(s, a) of each row), ``q_policy``, ``target_q``, ``target_q_sq``.
+    """
+    act_dim = batch["actions"].shape[-1]
+    _, critic, actor = _networks(config, batch["observations"].shape[-1], act_dim)
+    obs, act, next_obs = batch["observations"], batch["actions"], batch["next_observations"]
+    w, real = batch["weights"], batch["real"]
+    k_next, k_rand, k_pi, k_pi_next = jax.random.split(key, 4)
+    n, b = config.num_action_samples, act.shape[0]
+
+    mean, log_std = actor.apply(actor_params, obs)
+    next_mean, next_log_std = actor.apply(actor_params, next_obs)
+    next_act, next_log_pi = sample_tanh_gaussian(k_next, next_mean, next_log_std)
+    next_q = critic.apply(target_critic_params, next_obs, next_act).min(axis=0)
+    if not config.deterministic_backup:
+        next_q = next_q - jnp.exp(log_temperature) * next_log_pi
+    target = jax.lax.stop_gradient(td_target(batch["rewards"], batch["terminals"], next_q, config.gamma))
+    q = critic.apply(critic_params, obs, act)  # (C, B)
+    sq_td = (q - target) ** 2
+    loss = jnp.sum(_wmean(sq_td, w))
+
+    random_act = jax.random.uniform(k_rand, (n, b, act_dim), jnp.float32, -1.0, 1.0)
+    pi_act, log_pi = sample_tanh_gaussian(k_pi, mean, log_std, n)
+    pi_next_act, log_pi_next = sample_tanh_gaussian(k_pi_next, next_mean, next_log_std, n)
+    sampled = jnp.concatenate([random_act, pi_act, pi_next_act], axis=0)  # (3n, B, A)
+    q_sampled = jax.vmap(lambda a: critic.apply(critic_params, obs, a), out_axes=1)(sampled)  # (C, 3n, B)
+    q_random, q_policy, q_next_policy = jnp.split(q_sampled, 3, axis=1)
+    lse = cql_penalty(jnp.zeros_like(q), q_random, q_policy, q_next_policy, jax.lax.stop_gradient(log_pi),
+                      jax.lax.stop_gradient(log_pi_next), act_dim)  # (C, B): the log-sum-exp alone
+    if common.term_on(config.conservative_weight):
+        reg = _wmean(lse, w) - _wmean(q, real)
+        loss = loss + config.conservative_weight * jnp.sum(reg)
+    parts = {
+        "q_data": q.mean(axis=0),
+        "td_error": sq_td.mean(axis=0),
+        "cql_regularizer": (lse - q).mean(axis=0),
+        "q_policy": q_policy.mean(axis=(0, 1)),
+        "target_q": target,
+        "target_q_sq": target**2,
+    }
+    return loss, parts
+
+
+def actor_loss(actor_params: Any, critic_params: Any, log_temperature: jnp.ndarray, batch: Batch, key: jax.Array,
+               config: ModelBasedConfig) -> tuple[jnp.ndarray, Metrics]:
+    """SAC's actor loss ``E_w[temperature log pi(a|s) - min_i Q_i(s, a)]`` over the rows of the mixed batch."""
+    _, critic, actor = _networks(config, batch["observations"].shape[-1], batch["actions"].shape[-1])
+    mean, log_std = actor.apply(actor_params, batch["observations"])
+    act, log_pi = sample_tanh_gaussian(key, mean, log_std)
+    q_pi = critic.apply(critic_params, batch["observations"], act).min(axis=0)
+    temperature = jnp.exp(jax.lax.stop_gradient(log_temperature))
+    return _wmean(temperature * log_pi - q_pi, batch["weights"]), {"log_pi": _wmean(log_pi, batch["weights"])}
+
+
+POLICY_METRICS = ("q_data", "td_error", "cql_regularizer", "q_policy", "target_q", "critic_loss", "actor_loss",
+                  "temperature_loss", "entropy_temperature", "entropy", "model_penalty", "model_reward",
+                  "rollout_alive")
+MODEL_METRICS = ("model_loss", "model_nll", "model_mse")
+
+
+def _model_update(state: ModelBasedState, batch: Batch, config: ModelBasedConfig):
+    model_opt = _optimizers(config)[0]
+    (_, metrics), grads = jax.value_and_grad(model_loss, has_aux=True)(state.model_params, batch, config)
+    updates, opt_state = model_opt.update(grads, state.model_opt_state, state.model_params)
+    state = state.replace(model_params=optax.apply_updates(state.model_params, updates), model_opt_state=opt_state)
+    return state, {**metrics, **{k: jnp.zeros(()) for k in POLICY_METRICS}}
+
+
+def _policy_update(state: ModelBasedState, batch: Batch, key: jax.Array, config: ModelBasedConfig):
+    _, critic_opt, actor_opt, temp_opt = _optimizers(config)
+    k_roll, k_actor, k_critic = jax.random.split(key, 3)
+    mixed = mixed_batch(state, batch, k_roll, config)
+    target_entropy = common.target_entropy_of(config.target_entropy, batch["actions"].shape[-1])
+
+    (a_loss, a_aux), a_grads = jax.value_and_grad(actor_loss, has_aux=True)(
+        state.actor_params, state.critic_params, state.log_temperature, mixed, k_actor, config)
+    a_updates, actor_opt_state = actor_opt.update(a_grads, state.actor_opt_state, state.actor_params)
+    log_temperature, temperature_opt_state, t_loss = common.temperature_step(
+        state.log_temperature, state.temperature_opt_state, a_aux["log_pi"], target_entropy, temp_opt)
+    (c_loss, parts), c_grads = jax.value_and_grad(critic_terms, has_aux=True)(
+        state.critic_params, state.target_critic_params, state.actor_params, state.log_temperature, mixed,
+        k_critic, config)
+    c_updates, critic_opt_state = critic_opt.update(c_grads, state.critic_opt_state, state.critic_params)
+    critic_params = optax.apply_updates(state.critic_params, c_updates)
+    state = state.replace(
+        critic_params=critic_params,
+        target_critic_params=optax.incremental_update(critic_params, state.target_critic_params, config.tau),
+        actor_params=optax.apply_updates(state.actor_params, a_updates),
+        log_temperature=log_temperature,
+        critic_opt_state=critic_opt_state,
+        actor_opt_state=actor_opt_state,
+        temperature_opt_state=temperature_opt_state,
+    )
+    model_rows = 1.0 - mixed["real"]
+    metrics = {k: _wmean(v, mixed["weights"]) for k, v in parts.items() if k != "target_q_sq"}
+    metrics.update(
+        critic_loss=c_loss, actor_loss=a_loss, temperature_loss=t_loss,
+        entropy_temperature=jnp.exp(state.log_temperature), entropy=-a_aux["log_pi"],
+        model_penalty=_wmean(mixed["penalty"], model_rows), model_reward=_wmean(mixed["rewards"], model_rows),
+        rollout_alive=_wmean(mixed["weights"], model_rows),
+    )
+    return state, {**metrics, **{k: jnp.zeros(()) for k in MODEL_METRICS}}
+
+
+def update(state: ModelBasedState, batch: Batch, key: jax.Array, config: ModelBasedConfig):
+    """One gradient step: of the model while ``step < model_steps``, then of the critics, the actor and the
+    temperature on the mixed batch (:func:`mixed_batch`). Metrics of the other phase are 0 (a ``lax.cond``: one
+    branch runs). Pure and jit-able."""
+    def model_branch(st):
+        return _model_update(st, batch, config)
+
+    def policy_branch(st):
+        return _policy_update(st, batch, key, config)
+
+    state, metrics = jax.lax.cond(state.step < config.model_steps, model_branch, policy_branch, state)
+    return state.replace(step=state.step + 1), metrics
+
+
+def member_mse(model_params: Any, batch: Batch, config: ModelBasedConfig) -> jnp.ndarray:
+    """Each member's squared error of its mean per transition, averaged over the outputs: (E, B)."""
+    model = _networks(config, batch["observations"].shape[-1], batch["actions"].shape[-1])[0]
+    mean, _ = model.apply(model_params, batch["observations"], batch["actions"])
+    return ((mean - model_targets(batch)[None]) ** 2).mean(axis=-1)
+
+
+def select_model(state: ModelBasedState, chunks: Batch, mask: jnp.ndarray, config: ModelBasedConfig) -> ModelBasedState:
+    """Model selection on held-out episodes (called by ``offrl train`` after every chunk of the model phase):
+    each member whose held-out MSE (over the padded ``chunks`` (K, C, ...) with ``mask`` (K, C)) fell below its
+    best keeps the current weights as its snapshot (MBPO's per-member early stopping); the elites are the
+    ``num_elites`` members of lowest held-out MSE (:func:`offrl.networks.dynamics.elites`)."""
+    sums = jax.lax.map(lambda a: (member_mse(state.model_params, a[0], config) * a[1][None]).sum(axis=1),
+                       (chunks, mask))  # (K, E)
+    mse = sums.sum(axis=0) / jnp.maximum(mask.sum(), 1.0)
+    better = mse < state.member_heldout_mse
+    best = jnp.where(better, mse, state.member_heldout_mse)
+
+    def pick(current: jnp.ndarray, kept: jnp.ndarray) -> jnp.ndarray:
+        if current.ndim and current.shape[0] == config.num_members and current.ndim > 1:
+            return jnp.where(better.reshape((-1,) + (1,) * (current.ndim - 1)), current, kept)
+        return current  # the variance bounds are shared by the members: the latest
+
+    selected = jax.tree.map(pick, state.model_params, state.selected_model_params)
+    return state.replace(selected_model_params=selected, member_heldout_mse=best,
+                         elite_idx=dyn.elites(best, config.num_elites).astype(jnp.int32))
+
+
+def rollout_mse(model_params: Any, elite_idx: jnp.ndarray, batch: Batch, config: ModelBasedConfig) -> jnp.ndarray:
+    """The k-step open-loop error of the model against real trajectories (beyond both papers): from each window's
+    first state, the elites' mean prediction is fed back k times under the data's actions; the squared error of the
+    predicted states against the real ones (normalised units), averaged over the steps inside the episode and the
+    features. Windows ``seq_observations`` (B, k+1, d), ``seq_actions``, ``seq_mask`` -> (B,)."""
+    model = _networks(config, batch["observations"].shape[-1], batch["actions"].shape[-1])[0]
+    obs, acts, mask = batch["seq_observations"], batch["seq_actions"], batch["seq_mask"]
+    s = obs[:, 0]
+    err, count = jnp.zeros(obs.shape[0]), jnp.zeros(obs.shape[0])
+    for j in range(obs.shape[1] - 1):
+        mean, _ = model.apply(model_params, s, acts[:, j])
+        s = s + mean[elite_idx, :, :-1].mean(axis=0)
+        err = err + mask[:, j + 1] * ((s - obs[:, j + 1]) ** 2).mean(axis=-1)
+        count = count + mask[:, j + 1]
+    return err / jnp.maximum(count, 1.0)
+
+
+def evaluate(state: ModelBasedState, batch: Batch, key: jax.Array, config: ModelBasedConfig) -> Metrics:
+    """Per-transition workflow metrics: the critic's on dataset transitions (:func:`critic_terms` with every row
+    real) and the model's: ``model_nll`` and ``model_mse`` (means over the members) and ``model_rollout_mse``
+    (:func:`rollout_mse`, elites), of the model in training during the model phase and of the selected one after."""
+    real = {k: batch[k] for k in ("observations", "actions", "rewards", "terminals", "next_observations")}
+    ones = jnp.ones_like(batch["rewards"])
+    _, parts = critic_terms(state.critic_params, state.target_critic_params, state.actor_params,
+                            state.log_temperature, {**real, "weights": ones, "real": ones}, key, config)
+    params = jax.tree.map(lambda a, b: jnp.where(state.step <= config.model_steps, a, b),
+                          state.model_params, state.selected_model_params)
+    model = _networks(config, batch["observations"].shape[-1], batch["actions"].shape[-1])[0]
+    mean, log_var = model.apply(params, batch["observations"], batch["actions"])
+    targets = model_targets(batch)[None]
+    parts["model_nll"] = dyn.gaussian_nll(mean, log_var, targets).mean(axis=0)
+    parts["model_mse"] = ((mean - targets) ** 2).mean(axis=(0, 2))
+    if "seq_observations" in batch:
+        parts["model_rollout_mse"] = rollout_mse(params, state.elite_idx, batch, config)
+    return parts
+
+
+def deterministic_action(actor_params: Any, observations: jnp.ndarray, act_dim: int, config: ModelBasedConfig):
+    """The evaluation action tanh(mu(s)) for normalised observations (B, obs_dim) -> (B, act_dim)."""
+    return common.deterministic_action(actor_params, observations, act_dim, config.actor_hidden_dims,
+                                       config.actor_encoder)
+
+
+def param_counts(state: ModelBasedState) -> dict[str, int]:
+    """Parameters of the model, the critics and the actor."""
+    def count(tree: Any) -> int:
+        return int(sum(x.size for x in jax.tree.leaves(tree)))
+
+    return {"model": count(state.model_params), "critic": count(state.critic_params),
+            "actor": count(state.actor_params)}

@@ -1,0 +1,244 @@
+"""MOPO and COMBO (offrl/agents/model_based.py): the batch split, the termination rule, COMBO's loss and the TD
+term against hand computation, MOPO's penalised model rewards, the k-step rollout error by hand, model selection
+on held-out data, rollouts that start from training states only, the model's diagnosis on synthetic curves, and
+runs end to end through train, resume, diagnose, select, report and export."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import chain_arrays
+
+from offrl.agents import combo, mopo
+from offrl.agents import model_based as mb
+from offrl.cli import main
+from offrl.data import make_dataset, save_dataset, split_episodes
+from offrl.training import run_dir as rd
+from offrl.workflow.diagnosis import diagnose_model
+
+SMALL = dict(model_hidden_dims=(16, 16), critic_hidden_dims=(16, 16), actor_hidden_dims=(16, 16), num_members=3,
+             num_elites=2)
+
+
+def _zeros(tree):
+    return jax.tree.map(jnp.zeros_like, tree)
+
+
+def test_batch_split_and_termination_rule_by_hand():
+    assert mb.split_sizes(mopo.MOPOConfig(), 256) == (13, 49, 243)  # 5 % real; ceil(243 / 5) starts
+    assert mb.split_sizes(combo.COMBOConfig(), 256) == (128, 26, 128)
+    with pytest.raises(ValueError, match="too small"):
+        mb.split_sizes(combo.COMBOConfig(), 1)
+    # Success ends the episode with reward 1, other rewards are 0: terminate above the midpoint.
+    assert mb.terminal_rule(np.array([0, 0, 1.0, 0]), np.array([0, 0, 1, 0])) == 0.5
+    assert mb.terminal_rule(np.zeros(4), np.zeros(4)) == math.inf  # time limits only (MetaWorld)
+    assert mb.terminal_rule(np.array([1.0, 0.0]), np.array([0, 1])) == math.inf  # terminals the reward cannot tell
+    assert "--combo.real-ratio" in " ".join(mb.config_problems(combo.COMBOConfig(real_ratio=1.0)))
+    assert "--mopo.num-elites" in " ".join(mb.config_problems(mopo.MOPOConfig(num_members=2, num_elites=3)))
+
+
+def test_combo_regularizer_and_td_term_by_hand_on_a_zero_critic():
+    """With every critic weight 0, Q = 0 everywhere: the TD term is the weighted mean of r^2 per critic, and the
+    regularizer adds beta * C * weighted mean of the log-sum-exp (Q on dataset pairs is 0)."""
+    cfg = combo.COMBOConfig(**SMALL, gamma=0.9)
+    st = mb.init(cfg, 3, 2, jax.random.PRNGKey(0))
+    critic = _zeros(st.critic_params)
+    b = 6
+    batch = {"observations": jnp.ones((b, 3)), "actions": jnp.zeros((b, 2)),
+             "rewards": jnp.array([1.0, 0, 2, 0, 1, 3]), "terminals": jnp.zeros(b), "next_observations": jnp.ones((b, 3)),
+             "weights": jnp.array([1.0, 1, 1, 1, 0, 0]), "real": jnp.array([1.0, 1, 0, 0, 0, 0])}
+    key = jax.random.PRNGKey(3)
+    loss, parts = mb.critic_terms(critic, critic, st.actor_params, st.log_temperature, batch, key, cfg)
+    loss0, _ = mb.critic_terms(critic, critic, st.actor_params, st.log_temperature, batch, key,
+                               combo.COMBOConfig(**SMALL, gamma=0.9, conservative_weight=0.0))
+    td = (1.0 + 0 + 4 + 0) / 4  # rows 4 and 5 weigh 0
+    assert float(loss0) == pytest.approx(cfg.num_critics * td, rel=1e-6)
+    np.testing.assert_allclose(parts["td_error"], np.asarray(batch["rewards"]) ** 2, rtol=1e-6)
+    lse = np.asarray(parts["cql_regularizer"])  # LSE - Q, and Q = 0
+    assert float(loss - loss0) == pytest.approx(cfg.num_critics * lse[:4].mean(), rel=1e-5)
+    # The uniform proposal alone contributes -|A| log 0.5 = 1.386 inside the log-sum-exp: LSE exceeds it.
+    assert np.all(lse > 2 * math.log(2.0))
+
+
+def test_mopo_model_rewards_are_penalised_clipped_and_rollouts_start_from_the_given_states():
+    cfg = mopo.MOPOConfig(**SMALL, penalty_coef=0.5, rollout_horizon=2)
+    st = mb.init(cfg, 3, 2, jax.random.PRNGKey(0))
+    st = st.replace(reward_range=jnp.array([0.0, 1.0]))
+    starts = jnp.asarray(np.random.default_rng(0).normal(size=(8, 3)), jnp.float32)
+    out = mb.model_rollout(st, starts, jax.random.PRNGKey(1), cfg, 2)
+    assert out["observations"].shape == (16, 3)
+    np.testing.assert_array_equal(out["observations"][:8], starts)
+    np.testing.assert_array_equal(out["observations"][8:], out["next_observations"][:8])
+    # Reward = clip(r^, 0, 1) - lambda u: within [-lambda u, 1 - lambda u].
+    raw = np.asarray(out["rewards"]) + 0.5 * np.asarray(out["penalty"])
+    assert np.all(raw >= -1e-6) and np.all(raw <= 1 + 1e-6) and np.all(np.asarray(out["penalty"]) > 0)
+    # The penalty is max_i ||Sigma_i||_F over the elites at (s, a) (offrl.networks.dynamics.mopo_penalty).
+    model = mb._networks(cfg, 3, 2)[0]
+    _, log_var = model.apply(st.selected_model_params, starts, out["actions"][:8])
+    np.testing.assert_allclose(out["penalty"][:8], np.sqrt(np.exp(2 * log_var[st.elite_idx]).sum(-1)).max(0), rtol=1e-5)
+    # A rollout that terminates weighs 0 afterwards.
+    st_term = st.replace(terminal_reward=jnp.asarray(-1.0))  # every model reward terminates
+    out = mb.model_rollout(st_term, starts, jax.random.PRNGKey(1), cfg, 2)
+    np.testing.assert_array_equal(out["weights"], [1.0] * 8 + [0.0] * 8)
+    np.testing.assert_array_equal(out["terminals"], np.ones(16))
+
+
+def test_rollout_error_by_hand_for_a_model_that_predicts_no_change():
+    cfg = mopo.MOPOConfig(**SMALL)
+    st = mb.init(cfg, 2, 1, jax.random.PRNGKey(0))
+    params = _zeros(st.model_params)  # mean 0: predicts s' = s
+    k = 3
+    # The real state grows by 1 per step in both features; the prediction stays put: errors 1, 4, 9.
+    obs = jnp.stack([jnp.full((4, 2), float(j)) for j in range(k + 1)], axis=1)
+    mask = jnp.ones((4, k + 1)).at[1, 3].set(0.0)  # row 1's episode ends after 2 steps
+    batch = {"observations": obs[:, 0], "actions": jnp.zeros((4, 1)), "seq_observations": obs,
+             "seq_actions": jnp.zeros((4, k + 1, 1)), "seq_mask": mask}
+    err = mb.rollout_mse(params, st.elite_idx, batch, cfg)
+    np.testing.assert_allclose(err, [14 / 3, 5 / 2, 14 / 3, 14 / 3], rtol=1e-6)
+
+
+def test_model_selection_keeps_each_members_best_heldout_snapshot():
+    cfg = mopo.MOPOConfig(**SMALL)
+    st = mb.init(cfg, 3, 2, jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    held = {"observations": jnp.asarray(rng.normal(size=(1, 64, 3)), jnp.float32),
+            "actions": jnp.asarray(rng.uniform(-1, 1, (1, 64, 2)), jnp.float32),
+            "rewards": jnp.zeros((1, 64)), "next_observations": jnp.asarray(rng.normal(size=(1, 64, 3)), jnp.float32)}
+    mask = jnp.ones((1, 64)).at[0, 60:].set(0.0)
+
+    def spoil(params, member, scale):  # add noise to one member's weights only
+        return jax.tree.map(lambda w: w.at[member].add(scale) if w.ndim > 1 else w, params)
+
+    st = st.replace(model_params=spoil(st.model_params, 1, 5.0))
+    st = mb.select_model(st, held, mask, cfg)
+    assert 1 not in np.asarray(st.elite_idx).tolist() and np.all(np.isfinite(st.member_heldout_mse))
+    first = st.member_heldout_mse
+    # Member 0 gets worse: its snapshot and held-out MSE stay; the others are unchanged.
+    worse = st.replace(model_params=spoil(st.model_params, 0, 5.0))
+    after = mb.select_model(worse, held, mask, cfg)
+    np.testing.assert_array_equal(after.member_heldout_mse, first)
+    leaf = lambda p: p["params"]["Vmap_Member_0"]["Dense_0"]["kernel"]  # noqa: E731
+    np.testing.assert_array_equal(leaf(after.selected_model_params), leaf(st.selected_model_params))
+    # Per-member MSE over the valid rows only, by hand.
+    valid = jax.tree.map(lambda v: v[0, :60], held)
+    by_hand = np.asarray(mb.member_mse(st.model_params, valid, cfg)).mean(axis=1)
+    np.testing.assert_allclose(first, by_hand, rtol=1e-5)
+
+
+def test_model_phase_then_policy_phase():
+    cfg = combo.COMBOConfig(**SMALL, model_steps=2)
+    st = mb.init(cfg, 3, 2, jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    batch = {"observations": jnp.asarray(rng.normal(size=(32, 3)), jnp.float32),
+             "actions": jnp.asarray(rng.uniform(-1, 1, (32, 2)), jnp.float32), "rewards": jnp.zeros(32),
+             "terminals": jnp.zeros(32), "next_observations": jnp.asarray(rng.normal(size=(32, 3)), jnp.float32)}
+    update = jax.jit(lambda s, k: mb.update(s, batch, k, cfg))
+    s1, m1 = update(st, jax.random.PRNGKey(1))
+    assert float(m1["model_loss"]) != 0 and float(m1["critic_loss"]) == 0
+    assert jax.tree.leaves(s1.critic_params)[0] is not None
+    np.testing.assert_array_equal(jax.tree.leaves(s1.critic_params)[-1], jax.tree.leaves(st.critic_params)[-1])
+    s2, _ = update(s1, jax.random.PRNGKey(2))
+    s3, m3 = update(s2, jax.random.PRNGKey(3))
+    assert float(m3["model_loss"]) == 0 and float(m3["critic_loss"]) > 0 and int(s3.step) == 3
+    for a, b in zip(jax.tree.leaves(s3.model_params), jax.tree.leaves(s2.model_params), strict=True):
+        np.testing.assert_array_equal(a, b)  # the model is frozen in the policy phase
+
+
+def test_rollouts_never_start_from_heldout_states():
+    from offrl.data import Normalizer
+    from offrl.training.train import Inputs, _host_arrays, make_batch
+
+    ds = make_dataset(chain_arrays(episodes=10), {"task": "toy"})
+    train_ds, held_ds = split_episodes(ds, 0.2, seed=0)
+    inputs = Inputs("state", (0, 1, 2), Normalizer.identity(3))
+    data = _host_arrays(train_ds, inputs)
+    cfg = mopo.MOPOConfig(**SMALL)
+    st = mb.init(cfg, 3, 2, jax.random.PRNGKey(0))
+    idx = np.random.default_rng(0).integers(0, len(train_ds), 64)
+    batch = {k: jnp.asarray(v) for k, v in make_batch(data, idx).items()}
+    mixed = mb.mixed_batch(st, batch, jax.random.PRNGKey(0), cfg)
+    n_real, n_starts, _ = mb.split_sizes(cfg, 64)
+    starts = np.asarray(mixed["observations"][n_real:n_real + n_starts])
+    train_rows = {tuple(r) for r in np.round(train_ds.observations, 5)}
+    held_rows = {tuple(r) for r in np.round(held_ds.observations, 5)}
+    assert all(tuple(r) in train_rows for r in np.round(starts, 5))
+    assert not any(tuple(r) in held_rows for r in np.round(starts, 5))
+
+
+def _records(train, held):
+    return [{"step": 100 * (i + 1), "model_mse": t, "heldout/model_mse": h} for i, (t, h) in enumerate(zip(train, held, strict=True))]
+
+
+def test_model_diagnosis_on_synthetic_curves():
+    n = 12
+    train = list(np.linspace(1.0, 0.1, n))
+    over = diagnose_model(_records(train, [1.0, 0.6, 0.4, 0.3, 0.32, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9]), 1200)
+    assert over["verdict"] == "overfitting" and over["best_step"] == 400
+    under = diagnose_model(_records(train, list(np.linspace(1.0, 0.3, n))), 1200)
+    assert under["verdict"] == "underfitting" and "model-steps" in under["recommendation"]
+    flat = diagnose_model(_records(train, [1.0, 0.6, 0.4, 0.3] + [0.3] * 8), 1200)
+    assert flat["verdict"] == "healthy"
+    # Checkpoints after the model phase do not count; too few in it is inconclusive.
+    assert diagnose_model(_records(train, list(np.linspace(1.0, 0.3, n))), 200)["verdict"] == "inconclusive"
+
+
+TINY = ["--checkpoint-every", "40", "--chunk-steps", "20", "--batch-size", "32", "--no-progress"]
+
+
+def _tiny(algo):
+    return [f"--{algo}.{k}" for k in ()] + [
+        f"--{algo}.model-hidden-dims", "16", "16", f"--{algo}.critic-hidden-dims", "16", "16",
+        f"--{algo}.actor-hidden-dims", "16", "16", f"--{algo}.num-members", "3", f"--{algo}.num-elites", "2",
+        f"--{algo}.model-steps", "120", f"--{algo}.rollout-horizon", "2", f"--{algo}.rollout-error-steps", "2"]
+
+
+def test_mopo_end_to_end_train_resume_diagnose_select_report_export(tmp_path, capsys):
+    data = save_dataset(tmp_path / "d.h5", make_dataset(chain_arrays(episodes=10), {"task": "toy"}))
+    run = tmp_path / "mopo"
+    # No held-out episodes: no model selection, refused before anything is written.
+    assert main(["train", "--algo", "mopo", "--dataset", str(data), "--out", str(run), "--steps", "160",
+                 "--heldout-fraction", "0", *TINY, *_tiny("mopo")]) == 1
+    assert "held-out episodes" in capsys.readouterr().err and not run.exists()
+    assert main(["train", "--algo", "mopo", "--dataset", str(data), "--out", str(run), "--steps", "160",
+                 *TINY, *_tiny("mopo")]) == 0
+    assert main(["train", "--resume", "--out", str(run), "--steps", "200", "--no-progress"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["algo"] == "mopo" and cfg["agent"]["penalty_coef"] == 1.0 and cfg["agent"]["real_ratio"] == 0.05
+    recs = rd.read_metrics(run)
+    assert [r["step"] for r in recs] == [40, 80, 120, 160, 200]
+    for k in ("model_nll", "model_mse", "model_rollout_mse", "heldout/model_mse", "heldout/model_rollout_mse",
+              "q_data", "td_error", "heldout/q_data"):
+        assert np.isfinite(recs[-1][k]), k
+    assert recs[-1]["train/model_penalty"] > 0 and recs[0]["train/model_mse"] > 0
+    # The selected model is frozen after the model phase.
+    assert recs[-1]["heldout/model_mse"] == pytest.approx(recs[-2]["heldout/model_mse"])
+    assert main(["diagnose", str(run)]) == 0
+    out = capsys.readouterr().out
+    d = json.loads((run / "diagnosis.json").read_text())
+    assert d["model"]["verdict"] in ("overfitting", "underfitting", "healthy") and "model:" in out
+    assert d["selected_step"] in (160, 200)  # checkpoints of the model phase are not policies
+    assert main(["select", str(run)]) == 0
+    assert main(["report", str(run)]) == 0
+    assert "k-step rollout error" in (run / "report.html").read_text()
+    assert main(["export", str(run), "--out", str(tmp_path / "policy")]) == 0
+
+    from offrl.training.policy import checkpoint_policy
+
+    act = np.asarray(checkpoint_policy(run, d["selected_step"])(np.zeros((4, 3), np.float32)))
+    assert act.shape == (4, 2) and np.all(np.abs(act) < 1)
+
+
+def test_combo_end_to_end(tmp_path):
+    data = save_dataset(tmp_path / "d.h5", make_dataset(chain_arrays(episodes=10), {"task": "toy"}))
+    run = tmp_path / "combo"
+    assert main(["train", "--algo", "combo", "--dataset", str(data), "--out", str(run), "--steps", "160",
+                 *TINY, *_tiny("combo")]) == 0
+    recs = rd.read_metrics(run)
+    assert recs[-1]["train/cql_regularizer"] != 0 and np.isfinite(recs[-1]["heldout/cql_regularizer"])
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["agent"]["conservative_weight"] == 1.0 and cfg["agent"]["real_ratio"] == 0.5
