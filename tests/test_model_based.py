@@ -140,7 +140,6 @@ def test_model_phase_then_policy_phase():
     update = jax.jit(lambda s, k: mb.update(s, batch, k, cfg))
     s1, m1 = update(st, jax.random.PRNGKey(1))
     assert float(m1["model_loss"]) != 0 and float(m1["critic_loss"]) == 0
-    assert jax.tree.leaves(s1.critic_params)[0] is not None
     np.testing.assert_array_equal(jax.tree.leaves(s1.critic_params)[-1], jax.tree.leaves(st.critic_params)[-1])
     s2, _ = update(s1, jax.random.PRNGKey(2))
     s3, m3 = update(s2, jax.random.PRNGKey(3))
@@ -191,7 +190,7 @@ TINY = ["--checkpoint-every", "40", "--chunk-steps", "20", "--batch-size", "32",
 
 
 def _tiny(algo):
-    return [f"--{algo}.{k}" for k in ()] + [
+    return [
         f"--{algo}.model-hidden-dims", "16", "16", f"--{algo}.critic-hidden-dims", "16", "16",
         f"--{algo}.actor-hidden-dims", "16", "16", f"--{algo}.num-members", "3", f"--{algo}.num-elites", "2",
         f"--{algo}.model-steps", "120", f"--{algo}.rollout-horizon", "2", f"--{algo}.rollout-error-steps", "2"]

@@ -443,12 +443,11 @@ def select_model(state: ModelBasedState, chunks: Batch, mask: jnp.ndarray, confi
     better = mse < state.member_heldout_mse
     best = jnp.where(better, mse, state.member_heldout_mse)
 
-    def pick(current: jnp.ndarray, kept: jnp.ndarray) -> jnp.ndarray:
-        if current.ndim and current.shape[0] == config.num_members and current.ndim > 1:
-            return jnp.where(better.reshape((-1,) + (1,) * (current.ndim - 1)), current, kept)
-        return current  # the variance bounds are shared by the members: the latest
-
-    selected = jax.tree.map(pick, state.model_params, state.selected_model_params)
+    members = "Vmap_Member_0"  # the members' own weights (leading axis E); the variance bounds are shared
+    current, kept = state.model_params["params"], state.selected_model_params["params"]
+    chosen = jax.tree.map(lambda c, k: jnp.where(better.reshape((-1,) + (1,) * (c.ndim - 1)), c, k),
+                          current[members], kept[members])
+    selected = {"params": {**current, members: chosen}}  # shared bounds: the latest
     return state.replace(selected_model_params=selected, member_heldout_mse=best,
                          elite_idx=dyn.elites(best, config.num_elites).astype(jnp.int32))
 
