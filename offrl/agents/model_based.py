@@ -308,7 +308,8 @@ def critic_terms(critic_params: Any, target_critic_params: Any, actor_params: An
     estimated as CQL does (:func:`offrl.agents.cql.cql_penalty`). Summed over critics.
 
     Returns ``(loss, parts)``, parts (B,) averaged over critics: ``q_data``, ``td_error``, ``cql_regularizer``
-    (LSE - Q(s, a) of each row), ``q_policy``, ``target_q``, ``target_q_sq``.
+    (LSE - Q(s, a) of each row; COMBO only, ``conservative_weight`` > 0), ``q_policy``, ``target_q``,
+    ``target_q_sq``.
     """
     act_dim = batch["actions"].shape[-1]
     _, critic, actor = _networks(config, batch["observations"].shape[-1], act_dim)
@@ -328,21 +329,27 @@ def critic_terms(critic_params: Any, target_critic_params: Any, actor_params: An
     sq_td = (q - target) ** 2
     loss = jnp.sum(_wmean(sq_td, w))
 
-    random_act = jax.random.uniform(k_rand, (n, b, act_dim), jnp.float32, -1.0, 1.0)
     pi_act, log_pi = sample_tanh_gaussian(k_pi, mean, log_std, n)
-    pi_next_act, log_pi_next = sample_tanh_gaussian(k_pi_next, next_mean, next_log_std, n)
-    sampled = jnp.concatenate([random_act, pi_act, pi_next_act], axis=0)  # (3n, B, A)
-    q_sampled = jax.vmap(lambda a: critic.apply(critic_params, obs, a), out_axes=1)(sampled)  # (C, 3n, B)
-    q_random, q_policy, q_next_policy = jnp.split(q_sampled, 3, axis=1)
-    lse = cql_penalty(jnp.zeros_like(q), q_random, q_policy, q_next_policy, jax.lax.stop_gradient(log_pi),
-                      jax.lax.stop_gradient(log_pi_next), act_dim)  # (C, B): the log-sum-exp alone
-    if common.term_on(config.conservative_weight):
+    conservative = common.term_on(config.conservative_weight)
+    if not conservative:
+        # MOPO: no regularizer, so only the policy's own actions are scored (for q_policy), not the 3n proposals.
+        q_policy = jax.vmap(lambda a: critic.apply(critic_params, obs, a), out_axes=1)(pi_act)  # (C, n, B)
+        extra = {}
+    else:
+        random_act = jax.random.uniform(k_rand, (n, b, act_dim), jnp.float32, -1.0, 1.0)
+        pi_next_act, log_pi_next = sample_tanh_gaussian(k_pi_next, next_mean, next_log_std, n)
+        sampled = jnp.concatenate([random_act, pi_act, pi_next_act], axis=0)  # (3n, B, A)
+        q_sampled = jax.vmap(lambda a: critic.apply(critic_params, obs, a), out_axes=1)(sampled)  # (C, 3n, B)
+        q_random, q_policy, q_next_policy = jnp.split(q_sampled, 3, axis=1)
+        lse = cql_penalty(jnp.zeros_like(q), q_random, q_policy, q_next_policy, jax.lax.stop_gradient(log_pi),
+                          jax.lax.stop_gradient(log_pi_next), act_dim)  # (C, B): the log-sum-exp alone
         reg = _wmean(lse, w) - _wmean(q, real)
         loss = loss + config.conservative_weight * jnp.sum(reg)
+        extra = {"cql_regularizer": (lse - q).mean(axis=0)}
     parts = {
         "q_data": q.mean(axis=0),
         "td_error": sq_td.mean(axis=0),
-        "cql_regularizer": (lse - q).mean(axis=0),
+        **extra,
         "q_policy": q_policy.mean(axis=(0, 1)),
         "target_q": target,
         "target_q_sq": target**2,
@@ -361,10 +368,15 @@ def actor_loss(actor_params: Any, critic_params: Any, log_temperature: jnp.ndarr
     return _wmean(temperature * log_pi - q_pi, batch["weights"]), {"log_pi": _wmean(log_pi, batch["weights"])}
 
 
-POLICY_METRICS = ("q_data", "td_error", "cql_regularizer", "q_policy", "target_q", "critic_loss", "actor_loss",
+POLICY_METRICS = ("q_data", "td_error", "q_policy", "target_q", "critic_loss", "actor_loss",
                   "temperature_loss", "entropy_temperature", "entropy", "model_penalty", "model_reward",
                   "rollout_alive")
 MODEL_METRICS = ("model_loss", "model_nll", "model_mse")
+
+
+def policy_metrics(config: ModelBasedConfig) -> tuple[str, ...]:
+    """The training metrics of the policy phase: COMBO's adds its regularizer."""
+    return POLICY_METRICS + (("cql_regularizer",) if common.term_on(config.conservative_weight) else ())
 
 
 def _model_update(state: ModelBasedState, batch: Batch, config: ModelBasedConfig):
@@ -372,7 +384,7 @@ def _model_update(state: ModelBasedState, batch: Batch, config: ModelBasedConfig
     (_, metrics), grads = jax.value_and_grad(model_loss, has_aux=True)(state.model_params, batch, config)
     updates, opt_state = model_opt.update(grads, state.model_opt_state, state.model_params)
     state = state.replace(model_params=optax.apply_updates(state.model_params, updates), model_opt_state=opt_state)
-    return state, {**metrics, **{k: jnp.zeros(()) for k in POLICY_METRICS}}
+    return state, {**metrics, **{k: jnp.zeros(()) for k in policy_metrics(config)}}
 
 
 def _policy_update(state: ModelBasedState, batch: Batch, key: jax.Array, config: ModelBasedConfig):
