@@ -3,14 +3,15 @@
 # episodes: the datasets make run collects, identical by seed) for the candidates given (default: D1 D2),
 # seeds 0-2, two runs at a time on 2 cores. Each run writes studies/default-job/CAND_sSEED (and its log beside
 # it); a run whose diagnosis.json holds the analysis-only summary is skipped, so the script resumes.
-# Usage: sh studies/default-job.sh [D0] [D1] [D2]
+# Usage: [SEEDS="3 4 5"] sh studies/default-job.sh [D0] [D1] [D2] [D3]
 set -e
 export OFFRL="${OFFRL:-.venv/bin/offrl}" OUT=studies/default-job
 mkdir -p "$OUT"
-for cand in ${*:-D1 D2}; do for seed in 0 1 2; do echo "$cand $seed"; done; done | xargs -P 2 -L 1 sh -c '
+for cand in ${*:-D1 D2}; do for seed in ${SEEDS:-0 1 2}; do echo "$cand $seed"; done; done | xargs -P 2 -L 1 sh -c '
   cand=$0 seed=$1 dir="$OUT/${0}_s$1"
   case "$cand" in D0) flags="" ;; D1) flags="--agent.actor-lr 3e-4" ;; D2) flags="--agent.critic-layer-norm" ;;
-    *) echo "unknown candidate $cand (D0, D1, D2)" >&2; exit 2 ;; esac
+    D3) flags="--agent.actor-lr 3e-4 --agent.critic-layer-norm --steps 12000" ;;
+    *) echo "unknown candidate $cand (D0, D1, D2, D3)" >&2; exit 2 ;; esac
   if [ -f "$dir/diagnosis.json" ] && grep -q analysis_only "$dir/diagnosis.json"; then exit 0; fi
   rm -rf "$dir" "${dir}_bc"
   data="studies/dev/data/pick-place-v3_correlated_300ep_s$seed.h5"
