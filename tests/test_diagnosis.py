@@ -118,6 +118,11 @@ def test_behaviour_cloning_warm_start_checkpoints_are_left_out():
     assert d["verdict"] == "healthy"
     assert d["selected_step"] == 55000
     assert d["evidence"]["warmup_checkpoints_ignored"] == [5000, 10000, 15000, 20000, 25000]
+    assert any("behaviour-cloning warm start, not CQL policies" in r for r in d["reasons"])
+    # A model-based run's first checkpoints are its model phase, and the reason says so, not "behaviour cloning".
+    mb = diagnose_metrics(_records(q), (0.0, 1.0), warmup_steps=25000, algo="mopo")
+    assert any("dynamics model's training phase" in r and "MOPO policies" in r for r in mb["reasons"])
+    assert not any("behaviour-cloning" in r for r in mb["reasons"])
 
 
 def test_heldout_td_error_gap_is_reported_as_memorisation():

@@ -361,9 +361,14 @@ def diagnose_metrics(
     evidence["checkpoints"] = len(steps)
     if warmup:
         evidence["warmup_checkpoints_ignored"] = warmup
+        # Each algorithm's warm-up is a different phase (run_dir.WARMUP_FIELD): name the one this run had.
+        phase = {"bear": "the actor's MMD-only warm start",
+                 "mopo": "the dynamics model's training phase (no policy yet)",
+                 "combo": "the dynamics model's training phase (no policy yet)"}.get(
+                     algo, "the actor's behaviour-cloning warm start")
         reasons.append(
-            f"{len(warmup)} checkpoint(s) at or before step {warmup_steps} are the actor's behaviour-cloning "
-            f"warm start, not CQL policies: left out of the diagnosis and the selection"
+            f"{len(warmup)} checkpoint(s) at or before step {warmup_steps} are {phase}, not "
+            f"{(algo or 'cql').upper()} policies: left out of the diagnosis and the selection"
         )
 
     def series(key: str) -> np.ndarray:
