@@ -1,5 +1,5 @@
 """Table of docs/default-job.md from studies/default-job/*/diagnosis.json (analysis-only fields), and the
-pre-registered rule applied to it. Usage: python studies/default_job_table.py [--json OUT]"""
+pre-registered rule applied to it. Usage: python studies/default_job_table.py [RUNS_DIR] [--json OUT]"""
 import json
 import sys
 from pathlib import Path
@@ -16,7 +16,7 @@ def fmt(r):
     return f"{r['successes']}/{r['episodes']} [{lo:.0%}, {hi:.0%}]{step}"
 
 
-rows, verdicts = {}, {}
+rows = {}
 for diag in sorted(ROOT.glob("D*_s[0-9]/diagnosis.json")):
     d = json.loads(diag.read_text())
     a = d.get("analysis_only")
@@ -28,17 +28,16 @@ print("| candidate | seed | verdict | data | BC best | selected (Q peak) | best 
 print("|---|---|---|---|---|---|---|---|---|")
 out = {}
 for cand, seeds in sorted(rows.items()):
-    ok = []
+    ok = {}
     for seed, a in sorted(seeds.items()):
         sel = a["selected"]["success_rate"]
-        p = sel >= a["behaviour"]["success_rate"] and sel > a["bc_best"]["success_rate"]
-        ok.append(p)
+        ok[seed] = p = sel >= a["behaviour"]["success_rate"] and sel > a["bc_best"]["success_rate"]
         b = a["behaviour"]
         print(f"| {cand} | {seed} | {a['verdict']} | {b['success_rate']:.0%} [{b['ci95'][0]:.0%}, {b['ci95'][1]:.0%}] "
               f"| {fmt(a['bc_best'])} | {fmt(a['selected'])} | {fmt(a['best'])} | {fmt(a['last'])} | {'yes' if p else 'no'} |")
     primary = {k: a for k, a in seeds.items() if k in (0, 1, 2)}
     mean_sel = sum(a["selected"]["success_rate"] for a in primary.values()) / max(len(primary), 1)
-    passes = len(primary) == 3 and all(p for k, p in zip(sorted(seeds), ok, strict=True) if k in primary)
+    passes = len(primary) == 3 and all(ok[k] for k in primary)
     # the replication of an addendum candidate (docs/default-job.md): seeds 3-5, selected >= data on 2 of 3
     rep = [a["selected"]["success_rate"] >= a["behaviour"]["success_rate"] for k, a in seeds.items() if k >= 3]
     out[cand] = {"seeds": sorted(seeds), "passes": passes, "mean_selected": mean_sel,

@@ -129,6 +129,17 @@ def _figure_selectors(analysis: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _warmup_text(cells: list[dict[str, Any]]) -> str:
+    """What each algorithm's first steps were (run_dir.WARMUP_PHASE), from the cells themselves."""
+    seen = {}
+    for c in cells:
+        algo = c.get("algo", "cql")
+        seen.setdefault(algo, int(c.get("warmup_steps", 0)))
+    parts = [f"{algo.upper()}: the first {steps} are {rd.WARMUP_PHASE.get(algo, 'a warm start')}"
+             for algo, steps in seen.items() if steps > 0]
+    return "; ".join(parts) if parts else "no warm start"
+
+
 def _data_text(config: Any) -> str:
     regimes = sorted({r for sc in config.scenarios for r in getattr(sc, "regimes", ("white",))})
     parts = [f"white (Gaussian action noise sigma {config.noise_sigma})" if r == "white" else r for r in regimes]
@@ -169,8 +180,8 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
              f"({platform.machine()}, {platform.system()}). Reproduce: `{cmd}`.\n")
     L.append(
         f"Runs finished: **{analysis['runs']}** of {analysis.get('cells_total', analysis['runs'])}. "
-        f"Budget per run: {config.steps} gradient steps (the first {cells[0]['warmup_steps'] if cells else '?'} "
-        f"are the actor's behaviour-cloning warm start), a checkpoint every {config.checkpoint_every} steps, "
+        f"Budget per run: {config.steps} gradient steps ({_warmup_text(cells)}), a checkpoint every "
+        f"{config.checkpoint_every} steps, "
         f"{config.eval_episodes} analysis-only episodes per checkpoint, FQE {config.fqe_steps} steps. Data: "
         f"{_data_text(config)}, horizon {config.horizon}. "
         f"Every hyperparameter is the package default; settings change only what their name says.\n"

@@ -249,6 +249,10 @@ def load_run_config(run_dir: str | Path) -> dict[str, Any]:
 # The field of each algorithm's config that holds its actor warm start, in gradient steps: CQL's optional
 # behaviour-cloning warm start, BEAR's MMD-only start. Checkpoints within it are not the algorithm's policies.
 WARMUP_FIELD = {"cql": "bc_steps", "bear": "warmstart_steps", "mopo": "model_steps", "combo": "model_steps"}
+# What those first steps are, for messages: the diagnosis and the study name the phase a run had.
+WARMUP_PHASE = {"cql": "the actor's behaviour-cloning warm start", "bear": "the actor's MMD-only warm start",
+                "mopo": "the dynamics model's training phase (no policy yet)",
+                "combo": "the dynamics model's training phase (no policy yet)"}
 
 
 def warmup_steps(algo: str, agent: Any) -> int:

@@ -30,7 +30,7 @@ import numpy as np
 from offrl.data import divergence_limit
 from offrl.stats import smooth
 from offrl.training import run_dir as rd
-from offrl.training.run_dir import DIAGNOSIS_FILE, FQE_FILE
+from offrl.training.run_dir import DIAGNOSIS_FILE, FQE_FILE, WARMUP_PHASE
 from offrl.workflow.comparison import attach_comparison
 from offrl.workflow.rules import RULES, select_step
 
@@ -361,11 +361,7 @@ def diagnose_metrics(
     evidence["checkpoints"] = len(steps)
     if warmup:
         evidence["warmup_checkpoints_ignored"] = warmup
-        # Each algorithm's warm-up is a different phase (run_dir.WARMUP_FIELD): name the one this run had.
-        phase = {"bear": "the actor's MMD-only warm start",
-                 "mopo": "the dynamics model's training phase (no policy yet)",
-                 "combo": "the dynamics model's training phase (no policy yet)"}.get(
-                     algo, "the actor's behaviour-cloning warm start")
+        phase = WARMUP_PHASE.get(algo, WARMUP_PHASE["cql"])
         reasons.append(
             f"{len(warmup)} checkpoint(s) at or before step {warmup_steps} are {phase}, not "
             f"{(algo or 'cql').upper()} policies: left out of the diagnosis and the selection"
