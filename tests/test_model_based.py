@@ -65,6 +65,31 @@ def test_combo_regularizer_and_td_term_by_hand_on_a_zero_critic():
     assert np.all(lse > 2 * math.log(2.0))
 
 
+def test_mopo_target_leaves_the_entropy_out_unless_asked():
+    """On a zero critic Q = 0: MOPO's default target is r alone (deterministic backup, docs/model-based.md), so
+    the TD error is r^2; SAC's soft backup adds -gamma alpha log pi(a'|s'), which the same key reproduces."""
+    st = mb.init(mopo.MOPOConfig(**SMALL), 3, 2, jax.random.PRNGKey(0))
+    critic = _zeros(st.critic_params)
+    b = 5
+    batch = {"observations": jnp.ones((b, 3)), "actions": jnp.zeros((b, 2)), "rewards": jnp.array([1.0, 0, 0, 1, 0]),
+             "terminals": jnp.zeros(b), "next_observations": jnp.full((b, 3), 0.5), "weights": jnp.ones(b),
+             "real": jnp.ones(b)}
+    key = jax.random.PRNGKey(5)
+    assert mopo.MOPOConfig().deterministic_backup
+    _, det = mb.critic_terms(critic, critic, st.actor_params, st.log_temperature, batch, key, mopo.MOPOConfig(**SMALL))
+    np.testing.assert_allclose(det["target_q"], batch["rewards"], atol=1e-7)
+    np.testing.assert_allclose(det["td_error"], np.asarray(batch["rewards"]) ** 2, atol=1e-7)
+    soft_cfg = mopo.MOPOConfig(**SMALL, deterministic_backup=False)
+    _, soft = mb.critic_terms(critic, critic, st.actor_params, st.log_temperature, batch, key, soft_cfg)
+    # the next action is the first draw of the key's first split, as in critic_terms
+    _, _, actor = mb._networks(soft_cfg, 3, 2)
+    mean, log_std = actor.apply(st.actor_params, batch["next_observations"])
+    _, log_pi = mb.sample_tanh_gaussian(jax.random.split(key, 4)[0], mean, log_std)
+    bonus = -soft_cfg.gamma * np.exp(float(st.log_temperature)) * np.asarray(log_pi)
+    np.testing.assert_allclose(soft["target_q"], np.asarray(batch["rewards"]) + bonus, rtol=1e-5, atol=1e-6)
+    assert np.all(np.abs(bonus) > 1e-4)  # the two targets differ
+
+
 def test_mopo_model_rewards_are_penalised_clipped_and_rollouts_start_from_the_given_states():
     cfg = mopo.MOPOConfig(**SMALL, penalty_coef=0.5, rollout_horizon=2)
     st = mb.init(cfg, 3, 2, jax.random.PRNGKey(0))
