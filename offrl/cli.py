@@ -360,8 +360,9 @@ def _algo_groups(command: str, algo: str) -> tuple[str, ...]:
     """The hyperparameter groups (fields of TrainConfig or WorkflowConfig) that ``command`` reads with ``algo``."""
     from offrl.training.train import ALGO_FIELD
 
-    if command == "workflow" and algo in ("cql", "brac"):
-        # brac: pi_beta is trained by behaviour cloning; cql: so is the baseline beside it (--bc-baseline-steps)
+    if command == "workflow" and algo != "bc":
+        # brac: pi_beta is trained by behaviour cloning; the others: so is the baseline beside them
+        # (--bc-baseline-steps, offrl.workflow.pipeline._wants_bc_baseline)
         return (ALGO_FIELD[algo], "bc")
     return (ALGO_FIELD[algo],)
 

@@ -288,7 +288,8 @@ def test_help_of_another_algorithm(monkeypatch, capsys):
          "command uses --algo iql"),
         (["train", "--algo", "iql", "--out", "r", "--behavior-run", "bc"], "--behavior-run belongs to --algo brac"),
         (["tune", "--out", "t", "--train.iql.expectile", "0.8"], "--train.iql.expectile belongs to --train.algo iql"),
-        (["workflow", "--algo", "awac", "--bc.actor-lr", "1e-3"], "--bc.actor-lr belongs to --algo bc, cql or brac"),
+        (["workflow", "--algo", "awac", "--brac.beta", "2"], "--brac.beta belongs to --algo brac"),
+        (["workflow", "--algo", "bc", "--agent.alpha", "2"], "--agent.alpha belongs to --algo cql"),
     ],
 )
 def test_a_flag_of_another_algorithm_is_an_error(tmp_path, monkeypatch, capsys, argv, message):

@@ -101,3 +101,22 @@ def test_iql_end_to_end_train_resume_diagnose_select_report_export(tmp_path, cap
 
     act = checkpoint_policy(run, d["selected_step"])(np.zeros((4, 3), np.float32))
     assert np.asarray(act).shape == (4, 2) and np.all(np.abs(np.asarray(act)) < 1)
+
+
+@pytest.mark.sim
+def test_iql_workflow_shows_the_behaviour_cloning_baseline(tmp_path, monkeypatch, capsys):
+    """`offrl workflow --algo iql` trains and evaluates the BC baseline beside IQL, as for CQL without a warm
+    start, so the summary compares the pick with imitation (analysis only)."""
+    pytest.importorskip("metaworld")
+    monkeypatch.chdir(tmp_path)
+    argv = ["workflow", "--algo", "iql", "--episodes", "4", "--horizon", "100", "--regime", "white",
+            "--noise-sigma", "0.2", "--steps", "80", "--checkpoint-every", "40", "--eval-episodes", "1",
+            "--bc-baseline-steps", "50", "--out", "runs/i", "--iql.critic-hidden-dims", "16",
+            "--iql.value-hidden-dims", "16", "--iql.actor-hidden-dims", "16", "--bc.actor-hidden-dims", "16",
+            "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "BC, best checkpoint" in out and "BC, offline pick" in out
+    side = json.loads((tmp_path / "runs/i/diagnosis.json").read_text())["analysis_only"]
+    assert side["bc_best"]["episodes"] == 1 and side["bc_selected"]["step"] in (10, 20, 30, 40, 50)
+    assert json.loads((tmp_path / "runs/i_bc/config.json").read_text())["algo"] == "bc"

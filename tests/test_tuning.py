@@ -67,4 +67,9 @@ def test_brac_workflow_end_to_end_in_the_simulator(tmp_path, monkeypatch, capsys
     assert "verdict:" in capsys.readouterr().out
     cfg = json.loads((tmp_path / "runs/b/config.json").read_text())
     assert cfg["algo"] == "brac" and cfg["behavior"]["run"].endswith("runs/b_bc")
-    assert json.loads((tmp_path / "runs/b/diagnosis.json").read_text())["evidence"]["metric"] == "q_regularized"
+    diag = json.loads((tmp_path / "runs/b/diagnosis.json").read_text())
+    assert diag["evidence"]["metric"] == "q_regularized"
+    # pi_beta's run is BRAC's behaviour-cloning baseline: evaluated (analysis only), not trained a second time
+    bc_steps = [r["step"] for r in json.loads((tmp_path / "runs/b_bc/evaluation.json").read_text())["results"]]
+    assert bc_steps == [40, 80, 120] and diag["analysis_only"]["bc_best"]["episodes"] == 1
+    assert not (tmp_path / "runs/b_bc_bc").exists()

@@ -73,9 +73,10 @@ class WorkflowConfig:
     """The selection rule (offrl/workflow/rules.py; each measured on the dev grid, docs/results.md). ``fqe`` runs
     fitted Q evaluation of every checkpoint first (offline, 5,000 steps each)."""
     bc_baseline_steps: int = 5_000
-    """CQL without a behaviour-cloning warm start (``--agent.bc-steps 0``, the default): also train behaviour
-    cloning for this many steps (run directory OUT_bc) and evaluate it, so that the summary shows what imitation
-    alone achieves beside the CQL pick (analysis only). 0 skips it."""
+    """Also train behaviour cloning for this many steps (run directory OUT_bc) and evaluate it, so that the summary
+    shows what imitation alone achieves beside the pick (analysis only); for every algorithm but BC, and for CQL
+    only without a warm start (``--agent.bc-steps 0``, the default). BRAC's pi_beta run (OUT_bc, trained anyway)
+    is evaluated instead. 0 skips it."""
     progress: bool = True
     """Progress bars."""
     algo: Literal["cql", "brac", "bc", "iql", "awac", "bear", "tt", "mopo", "combo"] = "cql"
@@ -188,9 +189,9 @@ def _run_workflow(config: WorkflowConfig, timings: dict[str, float], t_start: fl
         evaluation = evaluate_run(out, episodes=config.eval_episodes, seed=config.seed, progress=config.progress)
         timings["evaluate_s"] = time.perf_counter() - t
         diagnosis = rd.read_json(out / DIAGNOSIS_FILE)  # evaluate_run added the analysis-only comparison
-        if config.algo == "cql" and config.agent.bc_steps == 0 and config.bc_baseline_steps > 0:
+        if _wants_bc_baseline(config):
             t = time.perf_counter()
-            diagnosis = _bc_baseline(config, base, out)
+            diagnosis = _bc_baseline(config, base, out, trained=base.behavior_run)
             timings["bc_baseline_s"] = time.perf_counter() - t
     else:
         print("[4/5] evaluation skipped (--eval-episodes 0)", flush=True)
@@ -202,18 +203,30 @@ def _run_workflow(config: WorkflowConfig, timings: dict[str, float], t_start: fl
     return summarize(out, diagnosis, evaluation, report, timings)
 
 
-def _bc_baseline(config: WorkflowConfig, base: TrainConfig, out: Path) -> dict[str, Any]:
-    """Behaviour cloning beside the CQL run, for the analysis-only comparison: trains OUT_bc, selects its
-    checkpoint by held-out log-likelihood (its own offline rule), evaluates it, and records both BC rows in the
-    CQL run's diagnosis.json. Returns the updated diagnosis."""
+def _wants_bc_baseline(config: WorkflowConfig) -> bool:
+    """Whether the summary gets a behaviour-cloning baseline: for every algorithm but BC itself and a CQL run
+    with a warm start (whose first checkpoints are behaviour cloning already); BRAC's pi_beta run is its
+    baseline. Analysis only, like everything it feeds."""
+    if config.bc_baseline_steps <= 0 or config.algo == "bc":
+        return False
+    return not (config.algo == "cql" and config.agent.bc_steps > 0)
+
+
+def _bc_baseline(config: WorkflowConfig, base: TrainConfig, out: Path, trained: Path | None = None) -> dict[str, Any]:
+    """Behaviour cloning beside the run, for the analysis-only comparison: trains OUT_bc (or takes ``trained``,
+    BRAC's pi_beta run), selects its checkpoint by held-out log-likelihood (its own offline rule), evaluates it,
+    and records both BC rows in the run's diagnosis.json. Returns the updated diagnosis."""
     from offrl.workflow.comparison import attach_comparison
     from offrl.workflow.evaluate import evaluate_run
 
-    bc_out = out.with_name(out.name + "_bc")
-    steps = config.bc_baseline_steps
-    every = max(1, min(config.checkpoint_every, steps // 5))
-    print(f"[4/5] baseline: behaviour cloning for {steps} steps -> {bc_out} (analysis only)", flush=True)
-    train(dataclasses.replace(base, algo="bc", out=bc_out, steps=steps, checkpoint_every=every))
+    bc_out = trained or out.with_name(out.name + "_bc")
+    if trained is None:
+        steps = config.bc_baseline_steps
+        every = max(1, min(config.checkpoint_every, steps // 5))
+        print(f"[4/5] baseline: behaviour cloning for {steps} steps -> {bc_out} (analysis only)", flush=True)
+        train(dataclasses.replace(base, algo="bc", out=bc_out, steps=steps, checkpoint_every=every))
+    else:
+        print(f"[4/5] baseline: evaluating pi_beta's behaviour-cloning run {bc_out} (analysis only)", flush=True)
     diagnose_run(bc_out)
     evaluate_run(bc_out, episodes=config.eval_episodes, seed=config.seed, progress=config.progress)
     attach_comparison(out, bc_run=bc_out)
