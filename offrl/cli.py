@@ -77,6 +77,10 @@ class Collect:
     --replay-fraction of the episodes (the talk's dataset-size and first-10% ablations)."""
     replay_fraction: float = 1.0
     """minatar/GAME: the share kept by --replay-part first|last|random."""
+    from_replay: Path | None = None
+    """minatar/GAME: take the transitions from this full logged replay (an earlier `offrl collect --task
+    minatar/GAME`, with its .replay.npz and .learning_curve.json beside it) instead of training the online agent
+    again: the ablations of --replay-part in seconds, identical to collecting them with the same --seed."""
 
 
 SelectorName = Literal["q_peak", "q_after_peak", "q_peak_in_range", "heldout_q_peak", "heldout_q_policy_peak",
@@ -478,7 +482,7 @@ def run(cmd: object) -> int:
         from offrl.data.collect import collect_minatar_replay
 
         ds = collect_minatar_replay(cmd.task, cmd.out, steps=cmd.replay_steps, seed=cmd.seed, part=cmd.replay_part,
-                                    fraction=cmd.replay_fraction, overwrite=cmd.overwrite)
+                                    fraction=cmd.replay_fraction, overwrite=cmd.overwrite, from_replay=cmd.from_replay)
         print(f"wrote {cmd.out}: {len(ds)} transitions, {ds.num_episodes} episodes, {ds.num_actions} discrete actions "
               f"(the online agent's last 20 episodes returned {ds.metadata['online_final_return']:.2f} on average); "
               f"next: offrl train --algo dqn --dataset {cmd.out}")

@@ -75,6 +75,28 @@ def test_collect_train_diagnose_select_a_logged_replay_and_refuse_mismatched_act
     part = load_dataset(first)
     assert 250 < len(part) <= 300  # the first 25%, cut at the end of the last whole episode in it
     np.testing.assert_array_equal(part.observations, ds.observations[:len(part)])
+    # The same part taken from the full replay, without training the online agent again, is the same file.
+    derived = tmp_path / "first-derived.h5"
+    assert main(["collect", "--task", "minatar/breakout", "--from-replay", str(data), "--replay-part", "first",
+                 "--replay-fraction", "0.25", "--out", str(derived)]) == 0
+    same = load_dataset(derived)
+    for k in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations"):
+        np.testing.assert_array_equal(getattr(same, k), getattr(part, k), err_msg=k)
+    for k in ("logging_step", "epsilon"):
+        np.testing.assert_array_equal(np.load(str(derived) + ".replay.npz")[k], np.load(str(first) + ".replay.npz")[k])
+    assert same.metadata["replay_part"] == "first" and same.metadata["derived_from"] == str(data)
+    assert same.metadata["online_final_return"] == part.metadata["online_final_return"]
+    rand = tmp_path / "random.h5"
+    assert main(["collect", "--task", "minatar/breakout", "--from-replay", str(data), "--replay-part", "random",
+                 "--replay-fraction", "0.5", "--out", str(rand)]) == 0
+    assert 0.3 * len(ds) < len(load_dataset(rand)) < 0.7 * len(ds)
+    capsys.readouterr()
+    # a part is not a full replay, and a missing file names the fix
+    assert main(["collect", "--task", "minatar/breakout", "--from-replay", str(first), "--out", str(tmp_path / "x.h5")]) == 1
+    assert "not a full MinAtar logged replay" in capsys.readouterr().err
+    assert main(["collect", "--task", "minatar/breakout", "--from-replay", str(tmp_path / "no.h5"),
+                 "--out", str(tmp_path / "x.h5")]) == 1
+    assert "not found" in capsys.readouterr().err and not (tmp_path / "x.h5").exists()
 
     run = tmp_path / "run"
     tiny = ["--dqn.hidden-dims", "16", "--steps", "60", "--checkpoint-every", "15", "--chunk-steps", "15",

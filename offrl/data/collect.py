@@ -68,6 +68,7 @@ def collect_minatar_replay(
     fraction: float = 1.0,
     overwrite: bool = False,
     progress: bool = True,
+    from_replay: str | Path | None = None,
 ) -> Dataset:
     """The logged replay of an online DQN on a MinAtar game (:func:`offrl.envs.minatar.collect_replay`), saved as an
     offrl dataset of discrete actions, with the online agent's record beside it.
@@ -81,19 +82,22 @@ def collect_minatar_replay(
     ``OUT.replay.npz`` with ``logging_step`` and ``epsilon`` of every kept transition, and
     ``OUT.learning_curve.json`` with the online agent's episode returns by step.
 
+    ``from_replay``: instead of training the online agent again, take the transitions from a full logged replay
+    this function wrote before (``part`` all, with its ``.replay.npz`` and ``.learning_curve.json``); the result is
+    identical to collecting with that file's game and steps and the same ``seed`` (the online agent is
+    deterministic for a seed, and ``seed`` also draws ``random``'s episodes), in seconds instead of the agent's
+    training time; ``game`` and ``steps`` are then ignored (the file's metadata has them).
+
     Raises:
         FileExistsError: ``out`` exists and ``overwrite`` is False (checked before collecting).
-        ValueError: an unknown game or part, or a fraction outside (0, 1].
+        FileNotFoundError: ``from_replay`` or the files beside it are missing.
+        ValueError: an unknown game or part, a fraction outside (0, 1], or a ``from_replay`` that is not a full
+            MinAtar logged replay.
         RuntimeError: gymnax is not installed.
     """
-    import json
-    import os
-
     import numpy as np
 
     from offrl.envs.minatar import ReplayConfig, collect_replay, make_game
-    from offrl.fileio import temp_file_beside
-    from offrl.training.run_dir import atomic_write_text
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -102,16 +106,41 @@ def collect_minatar_replay(
         raise ValueError(f"--replay-part {part!r}: use all, first, last or random")
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"--replay-fraction must lie in (0, 1], got {fraction}")
+    if from_replay is not None:
+        return _subsample_replay(Path(from_replay), out, part, fraction, seed, overwrite)
     make_game(game)  # an unknown game or a missing gymnax fails before minutes of training
     res = collect_replay(game, ReplayConfig(steps=steps), seed=seed, progress=progress)
     a = res["arrays"]
-    n = len(a["actions"])
-    ends = np.flatnonzero(a["terminals"] | a["timeouts"])
     # The log may stop inside an episode: that last piece ends by a timeout (it was cut, not finished).
     timeouts = a["timeouts"].copy()
     if not (a["terminals"][-1] or timeouts[-1]):
         timeouts[-1] = True
-        ends = np.append(ends, n - 1)
+    flat = lambda x: x.reshape(len(x), -1).astype(np.float32)  # noqa: E731
+    arrays = {
+        "observations": flat(a["observations"]), "next_observations": flat(a["next_observations"]),
+        "actions": a["actions"][:, None].astype(np.float32), "rewards": a["rewards"],
+        "terminals": a["terminals"], "timeouts": timeouts,
+    }
+    metadata = {
+        "source": "offrl collect (MinAtar logged replay)", "offrl_version": offrl.__version__,
+        "task": f"minatar/{game.removeprefix('minatar/')}", "action_space": "discrete",
+        "num_actions": int(res["num_actions"]), "grid_shape": res["obs_shape"], "replay_steps": int(steps),
+        "seed": int(seed),
+        "online_final_return": float(np.mean(res["learning_curve"]["return"][-20:]))
+        if len(res["learning_curve"]["return"]) else None,
+    }
+    curve = {"step": res["learning_curve"]["step"].tolist(), "return": res["learning_curve"]["return"].tolist(),
+             "seconds": res["seconds"]}
+    return _write_replay(out, arrays, metadata, {"logging_step": a["logging_step"], "epsilon": a["epsilon"]}, curve,
+                         part, fraction, seed, overwrite)
+
+
+def _keep(terminals, timeouts, part: str, fraction: float, seed: int):
+    """Indices of the transitions ``part`` keeps (collect_minatar_replay's docstring), whole episodes only."""
+    import numpy as np
+
+    n = len(terminals)
+    ends = np.flatnonzero(terminals | timeouts)
     starts = np.concatenate([[0], ends[:-1] + 1])
     episodes = np.arange(len(ends))
     if part == "first":
@@ -121,29 +150,61 @@ def collect_minatar_replay(
     elif part == "random":
         k = max(1, int(round(fraction * len(ends))))
         episodes = np.sort(np.random.default_rng(seed).choice(len(ends), size=k, replace=False))
-    keep = np.concatenate([np.arange(starts[e], ends[e] + 1) for e in episodes])
-    flat = lambda x: x.reshape(len(x), -1).astype(np.float32)  # noqa: E731
-    arrays = {
-        "observations": flat(a["observations"][keep]), "next_observations": flat(a["next_observations"][keep]),
-        "actions": a["actions"][keep, None].astype(np.float32), "rewards": a["rewards"][keep],
-        "terminals": a["terminals"][keep], "timeouts": timeouts[keep],
-    }
-    metadata = {
-        "source": "offrl collect (MinAtar logged replay)", "offrl_version": offrl.__version__,
-        "task": f"minatar/{game.removeprefix('minatar/')}", "action_space": "discrete",
-        "num_actions": int(res["num_actions"]), "grid_shape": res["obs_shape"], "replay_steps": int(steps),
-        "replay_part": part, "replay_fraction": float(fraction), "seed": int(seed),
-        "online_final_return": float(np.mean(res["learning_curve"]["return"][-20:]))
-        if len(res["learning_curve"]["return"]) else None,
-    }
-    dataset = make_dataset(arrays, metadata)
+    return np.concatenate([np.arange(starts[e], ends[e] + 1) for e in episodes])
+
+
+def _write_replay(out: Path, arrays, metadata, log, curve, part: str, fraction: float, seed: int,
+                  overwrite: bool) -> Dataset:
+    """Keep ``part`` of a full logged replay and write the dataset, OUT.replay.npz (atomically) and
+    OUT.learning_curve.json."""
+    import json
+    import os
+
+    import numpy as np
+
+    from offrl.fileio import temp_file_beside
+    from offrl.training.run_dir import atomic_write_text
+
+    keep = _keep(arrays["terminals"], arrays["timeouts"], part, fraction, seed)
+    dataset = make_dataset({k: v[keep] for k, v in arrays.items()},
+                           {**metadata, "replay_part": part, "replay_fraction": float(fraction)})
     save_dataset(out, dataset, overwrite=overwrite)
     replay = out.with_name(out.name + ".replay.npz")
     fd, tmp = temp_file_beside(replay)
     with os.fdopen(fd, "wb") as f:
-        np.savez_compressed(f, logging_step=a["logging_step"][keep], epsilon=a["epsilon"][keep])
+        np.savez_compressed(f, **{k: v[keep] for k, v in log.items()})
     os.replace(tmp, replay)
-    curve = {"step": res["learning_curve"]["step"].tolist(), "return": res["learning_curve"]["return"].tolist(),
-             "seconds": res["seconds"]}
     atomic_write_text(out.with_name(out.name + ".learning_curve.json"), json.dumps(curve))
     return dataset
+
+
+def _subsample_replay(src: Path, out: Path, part: str, fraction: float, seed: int, overwrite: bool) -> Dataset:
+    """``collect_minatar_replay(..., from_replay=src)``: the kept part of an existing full logged replay."""
+    import json
+
+    import numpy as np
+
+    from offrl.data.hdf5 import load_dataset
+
+    replay, curve = src.with_name(src.name + ".replay.npz"), src.with_name(src.name + ".learning_curve.json")
+    for f in (src, replay, curve):
+        if not f.is_file():
+            raise FileNotFoundError(f"--from-replay: {f} not found: give a logged replay written by "
+                                    f"`offrl collect --task minatar/GAME` (the .h5 with its files beside it)")
+    ds = load_dataset(src)
+    md = dict(ds.metadata)
+    if md.get("action_space") != "discrete" or "replay_steps" not in md or md.get("replay_part", "all") != "all":
+        raise ValueError(f"--from-replay {src}: not a full MinAtar logged replay (metadata replay_part "
+                         f"{md.get('replay_part')!r}, action_space {md.get('action_space')!r}): give the file "
+                         f"collected with --replay-part all")
+    with np.load(replay) as z:
+        log = {k: z[k] for k in ("logging_step", "epsilon")}
+    if len(log["epsilon"]) != len(ds):
+        raise ValueError(f"--from-replay: {replay} has {len(log['epsilon'])} transitions, {src} {len(ds)}: the "
+                         f"files do not belong together; collect the replay again")
+    arrays = {k: getattr(ds, k) for k in ("observations", "actions", "rewards", "terminals", "timeouts",
+                                         "next_observations")}
+    md.pop("replay_part", None)
+    md.pop("replay_fraction", None)
+    md["derived_from"] = str(src)
+    return _write_replay(out, arrays, md, log, json.loads(curve.read_text()), part, fraction, seed, overwrite)
