@@ -1,0 +1,199 @@
+"""The discrete-action experiments of docs/results-discrete.md (issue "Discrete actions"), resumable.
+
+For each game and seed: the logged replay of an online DQN (`offrl collect --task minatar/GAME`), its first 10 %
+and a random 10 % of its episodes (`--from-replay`, the talk's ablations); offline DQN, QR-DQN, Ensemble-DQN, REM
+and discrete CQL on the full replay, DQN and REM on the two 10 % parts; every run diagnosed (`offrl diagnose`:
+the workflow's pick, from offline curves only) and every checkpoint evaluated in the game (`offrl evaluate`,
+analysis only). Then the tables and the figure of docs/results-discrete.md. A step whose output exists is
+skipped, so running the command again resumes; `--table-only` writes the page from what has finished.
+
+Usage: .venv/bin/python studies/discrete.py [--games breakout space_invaders] [--seeds 0 1 2]
+       [--replay-steps 200000] [--steps 20000] [--workers 2] [--table-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+OFFRL = [sys.executable, "-m", "offrl.cli"]
+AGENTS = ("dqn", "qr_dqn", "ensemble", "rem", "cql")
+ABLATION_AGENTS = ("dqn", "rem")
+PARTS = {"all": [], "first10": ["--replay-part", "first", "--replay-fraction", "0.1"],
+         "random10": ["--replay-part", "random", "--replay-fraction", "0.1"]}
+NAMES = {"dqn": "DQN (Double DQN target)", "qr_dqn": "QR-DQN", "ensemble": "Ensemble-DQN", "rem": "REM",
+         "cql": "discrete CQL(H)"}
+
+
+def sh(args: list[str], log: Path) -> float:
+    """Run an offrl command, its output to ``log``; returns its wall time in seconds. Raises on failure."""
+    t = time.perf_counter()
+    with open(log, "a") as f:
+        f.write("$ offrl " + " ".join(args) + "\n")
+        f.flush()
+        subprocess.run(OFFRL + args, stdout=f, stderr=subprocess.STDOUT, check=True, cwd=ROOT,
+                       env={**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")})
+    return time.perf_counter() - t
+
+
+def collect(game: str, seed: int, a: argparse.Namespace) -> dict[str, float]:
+    data = a.out / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    full = data / f"{game}_s{seed}_all.h5"
+    times = {}
+    if not full.exists():
+        times["collect_s"] = sh(["collect", "--task", f"minatar/{game}", "--replay-steps", str(a.replay_steps),
+                                 "--seed", str(seed), "--out", str(full)], a.out / "collect.log")
+    for part, flags in PARTS.items():
+        f = data / f"{game}_s{seed}_{part}.h5"
+        if part != "all" and not f.exists():
+            sh(["collect", "--task", f"minatar/{game}", "--from-replay", str(full), "--seed", str(seed), *flags,
+                "--out", str(f)], a.out / "collect.log")
+    return times
+
+
+def run(game: str, seed: int, part: str, agent: str, a: argparse.Namespace) -> None:
+    out = a.out / "runs" / f"{game}_s{seed}_{part}_{agent}"
+    if (out / "evaluation.json").exists():
+        return
+    log = a.out / "runs" / f"{out.name}.log"
+    metrics = out / "metrics.jsonl"
+    done = max((json.loads(line).get("step", 0) for line in metrics.read_text().splitlines() if line.strip()),
+               default=0) if metrics.exists() else 0
+    if out.exists() and done < a.steps:  # an unfinished run: resume its training, then diagnose and evaluate
+        sh(["train", "--resume", "--out", str(out), "--no-progress"], log)
+    elif not out.exists():
+        sh(["train", "--algo", "dqn", "--dqn.variant", agent, "--dataset",
+            str(a.out / "data" / f"{game}_s{seed}_{part}.h5"), "--out", str(out), "--steps", str(a.steps),
+            "--checkpoint-every", str(a.steps // 10), "--seed", str(seed), "--no-progress"], log)
+    sh(["diagnose", str(out)], log)
+    t = sh(["evaluate", str(out), "--episodes", str(a.eval_episodes), "--seed", str(seed)], log)
+    (out / "evaluate_seconds.json").write_text(json.dumps({"evaluate_s": t}))
+
+
+def boot(x: list[float], n: int = 2000) -> str:
+    """Mean and 95 % percentile-bootstrap interval over runs."""
+    if not x:
+        return "-"
+    x = np.asarray(x, float)
+    if len(x) == 1:
+        return f"{x[0]:.2f} (n=1)"
+    rng = np.random.default_rng(0)
+    means = rng.choice(x, (n, len(x))).mean(1)
+    return f"{x.mean():.2f} [{np.percentile(means, 2.5):.2f}, {np.percentile(means, 97.5):.2f}] (n={len(x)})"
+
+
+def table(a: argparse.Namespace) -> str:
+    rows: dict[tuple[str, str, str], list[dict]] = {}
+    online: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {"collect": [], "train": [], "evaluate": []}
+    curves: dict[tuple[str, str], list[tuple[list[int], list[float], int | None]]] = {}
+    for game in a.games:
+        for seed in a.seeds:
+            full = a.out / "data" / f"{game}_s{seed}_all.h5"
+            lc = full.with_name(full.name + ".learning_curve.json")
+            if lc.exists():
+                c = json.loads(lc.read_text())
+                online.setdefault(game, []).append(float(np.mean(c["return"][-20:])))
+                cpu["collect"].append(float(c.get("seconds", float("nan"))))
+            for part in PARTS:
+                for agent in (AGENTS if part == "all" else ABLATION_AGENTS):
+                    out = a.out / "runs" / f"{game}_s{seed}_{part}_{agent}"
+                    if not (out / "evaluation.json").exists():
+                        continue
+                    ev = json.loads((out / "evaluation.json").read_text())["results"]
+                    pick = json.loads((out / "diagnosis.json").read_text()).get("selected_step")
+                    by = {int(r["step"]): float(r["mean_return"]) for r in ev}
+                    steps = sorted(by)
+                    rows.setdefault((game, part, agent), []).append(
+                        {"final": by[steps[-1]], "best": max(by.values()),
+                         "pick": by.get(int(pick)) if pick is not None else None, "pick_step": pick})
+                    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+                    cpu["train"].append(max(float(m.get("time_s", 0)) for m in metrics))
+                    es = out / "evaluate_seconds.json"
+                    if es.exists():
+                        cpu["evaluate"].append(json.loads(es.read_text())["evaluate_s"])
+                    if part == "all":
+                        curves.setdefault((game, agent), []).append((steps, [by[s] for s in steps], pick))
+    lines = ["| game | data | agent | final score | best checkpoint | workflow pick | online DQN (final) |",
+             "|---|---|---|---|---|---|---|"]
+    for (game, part, agent), rs in sorted(rows.items(), key=lambda kv: (kv[0][0], list(PARTS).index(kv[0][1]),
+                                                                         AGENTS.index(kv[0][2]))):
+        picks = [r["pick"] for r in rs if r["pick"] is not None]
+        lines.append(f"| {game} | {part} | {NAMES[agent]} | {boot([r['final'] for r in rs])} | "
+                     f"{boot([r['best'] for r in rs])} | {boot(picks)} | {boot(online.get(game, []))} |")
+    timing = ", ".join(f"{k} {np.nanmean(v):.0f} s per {'replay' if k == 'collect' else 'run'} (n={len(v)})"
+                       for k, v in cpu.items() if v)
+    _figure(curves, a)
+    return "\n".join(lines) + f"\n\nWall time on 2 CPU cores, two jobs at a time: {timing}.\n"
+
+
+def _figure(curves, a: argparse.Namespace) -> None:
+    if not curves:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    games = sorted({g for g, _ in curves})
+    fig, axes = plt.subplots(1, len(games), figsize=(5 * len(games), 3.6), squeeze=False)
+    for ax, game in zip(axes[0], games, strict=True):
+        for agent in AGENTS:
+            for i, (steps, ret, pick) in enumerate(curves.get((game, agent), [])):
+                line, = ax.plot(steps, ret, alpha=0.7, color=f"C{AGENTS.index(agent)}",
+                                label=NAMES[agent] if i == 0 else None)
+                if pick is not None and int(pick) in steps:
+                    ax.plot([int(pick)], [ret[steps.index(int(pick))]], "o", color=line.get_color())
+        ax.set_title(f"minatar/{game}: full replay (dots: the workflow's pick)")
+        ax.set_xlabel("gradient steps")
+        ax.set_ylabel("mean return (analysis only)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    path = ROOT / "docs" / "figures" / "results" / "discrete_returns.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--games", nargs="+", default=["breakout", "space_invaders"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--replay-steps", type=int, default=200_000)
+    p.add_argument("--steps", type=int, default=20_000)
+    p.add_argument("--eval-episodes", type=int, default=20)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", type=Path, default=ROOT / "studies" / "discrete")
+    p.add_argument("--results", type=Path, default=ROOT / "docs" / "results-discrete-table.md")
+    p.add_argument("--table-only", action="store_true")
+    a = p.parse_args()
+    (a.out / "runs").mkdir(parents=True, exist_ok=True)
+    if not a.table_only:
+        with ThreadPoolExecutor(a.workers) as pool:
+            list(pool.map(lambda gs: collect(*gs, a), [(g, s) for s in a.seeds for g in a.games]))
+            jobs = [(g, s, part, ag) for s in a.seeds for g in a.games for part in PARTS
+                    for ag in (AGENTS if part == "all" else ABLATION_AGENTS)]
+            failed = []
+            for j, f in [(j, pool.submit(run, *j, a)) for j in jobs]:
+                try:
+                    f.result()
+                except subprocess.CalledProcessError as e:  # keep the others going; the log says why
+                    failed.append(f"{'_'.join(map(str, j))}: {e}")
+        for line in failed:
+            print("failed:", line, file=sys.stderr)
+    text = table(a)
+    a.results.write_text(f"<!-- written by studies/discrete.py; do not edit -->\n{text}")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
