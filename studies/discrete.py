@@ -8,7 +8,7 @@ analysis only). Then the tables and the figure of docs/results-discrete.md. A st
 skipped, so running the command again resumes; `--table-only` writes the page from what has finished.
 
 Usage: .venv/bin/python studies/discrete.py [--games breakout space_invaders] [--seeds 0 1 2]
-       [--replay-steps 200000] [--steps 20000] [--workers 2] [--table-only]
+       [--replay-steps 100000] [--steps 15000] [--workers 2] [--table-only]
 """
 
 from __future__ import annotations
@@ -168,8 +168,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--games", nargs="+", default=["breakout", "space_invaders"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--replay-steps", type=int, default=200_000)
-    p.add_argument("--steps", type=int, default=20_000)
+    p.add_argument("--replay-steps", type=int, default=100_000)
+    p.add_argument("--steps", type=int, default=15_000)
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "studies" / "discrete")
