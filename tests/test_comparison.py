@@ -38,6 +38,11 @@ def test_rows_by_hand():
     # Best among the candidates after the warm start: 6000 (14/20); the warm start's 9/20 is not a candidate.
     assert c["best"]["step"] == 6000 and c["last"]["step"] == 8000 and c["last"]["successes"] == 5
     assert "bc_best" not in c
+    # A warm-up that is not behaviour cloning (a model phase: the actor untrained) gives no BC-named row; the
+    # candidates stay those after it.
+    model = analysis_only_comparison(ev, 5000, 2000, {}, warmup_is_bc=False)
+    assert model["best_warm_start"] is None and model["best"]["step"] == 6000
+    assert not any("warm-start" in line for line in format_comparison(model))
     lines = format_comparison(c)
     assert any(line.strip().startswith("selected") and "55%" in line and "11/20" in line for line in lines)
     assert any("data (behaviour)" in line and "20/50" in line for line in lines)

@@ -24,7 +24,7 @@ def _row(step: int | None, successes: int, episodes: int) -> dict[str, Any]:
 
 def analysis_only_comparison(
     evaluation: dict[str, Any], selected_step: int | None, warmup_steps: int, dataset_metadata: dict[str, Any],
-    bc_evaluation: dict[str, Any] | None = None, bc_selected_step: int | None = None,
+    bc_evaluation: dict[str, Any] | None = None, bc_selected_step: int | None = None, warmup_is_bc: bool = True,
 ) -> dict[str, Any]:
     """The selected checkpoint side by side with the data and the obvious alternatives, for analysis only.
 
@@ -41,6 +41,9 @@ def analysis_only_comparison(
         bc_evaluation: evaluation.json of a behaviour-cloning run on the same data (the workflow's baseline when
             CQL has no warm start), or None.
         bc_selected_step: that run's offline pick (its held-out log-likelihood peak).
+        warmup_is_bc: whether the checkpoints within ``warmup_steps`` are behaviour-cloning policies (CQL's warm
+            start); False for a warm-up that is not (BEAR's MMD-only start, MOPO's and COMBO's model phase, whose
+            actor is untrained): ``best_warm_start`` is then None rather than a row named after BC.
 
     Returns:
         ``{"behaviour", "best_warm_start", "bc_selected", "bc_best", "selected", "best", "last", "note"}``
@@ -83,7 +86,7 @@ def analysis_only_comparison(
         bc["bc_best"] = best(bc_rows, list(bc_rows))
     return {
         "behaviour": behaviour,
-        "best_warm_start": best(rows, [s for s in rows if s <= warmup_steps]),
+        "best_warm_start": best(rows, [s for s in rows if s <= warmup_steps]) if warmup_is_bc else None,
         **bc,
         "selected": rows.get(selected_step) if selected_step is not None else None,
         "best": best(rows, candidates),
@@ -120,6 +123,7 @@ def attach_comparison(run_dir: str | Path, bc_run: str | Path | None = None) -> 
         rd.read_json(run_dir / EVALUATION_FILE), diagnosis.get("selected_step"),
         rd.warmup_steps(cfg.get("algo", "cql"), cfg.get("agent", {})),
         cfg["dataset"].get("metadata", {}), bc_eval, bc_step,
+        warmup_is_bc=cfg.get("algo", "cql") == "cql",  # rd.WARMUP_PHASE: only CQL's warm start is BC
     )
     if bc_run is not None:
         comparison["bc_run"] = str(bc_run)
