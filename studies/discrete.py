@@ -154,7 +154,7 @@ def _figure(curves, a: argparse.Namespace) -> None:
                                 label=NAMES[agent] if i == 0 else None)
                 if pick is not None and int(pick) in steps:
                     ax.plot([int(pick)], [ret[steps.index(int(pick))]], "o", color=line.get_color())
-        ax.set_title(f"minatar/{game}: full replay (dots: the workflow's pick)")
+        ax.set_title(f"minatar/{game}, full replay (dot: pick)")
         ax.set_xlabel("gradient steps")
         ax.set_ylabel("mean return (analysis only)")
     axes[0][0].legend(fontsize=7)
