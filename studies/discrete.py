@@ -24,6 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from offrl.stats import bootstrap_mean
+from offrl.training import run_dir as rd
+
 ROOT = Path(__file__).resolve().parent.parent
 OFFRL = [sys.executable, "-m", "offrl.cli"]
 AGENTS = ("dqn", "qr_dqn", "ensemble", "rem", "cql")
@@ -66,9 +69,7 @@ def run(game: str, seed: int, part: str, agent: str, a: argparse.Namespace) -> N
     if (out / "evaluation.json").exists():
         return
     log = a.out / "runs" / f"{out.name}.log"
-    metrics = out / "metrics.jsonl"
-    done = max((json.loads(line).get("step", 0) for line in metrics.read_text().splitlines() if line.strip()),
-               default=0) if metrics.exists() else 0
+    done = max((r.get("step", 0) for r in rd.read_metrics(out)), default=0) if (out / rd.METRICS_FILE).exists() else 0
     if out.exists() and done < a.steps:  # an unfinished run: resume its training, then diagnose and evaluate
         sh(["train", "--resume", "--out", str(out), "--no-progress"], log)
     elif not out.exists():
@@ -80,16 +81,13 @@ def run(game: str, seed: int, part: str, agent: str, a: argparse.Namespace) -> N
     (out / "evaluate_seconds.json").write_text(json.dumps({"evaluate_s": t}))
 
 
-def boot(x: list[float], n: int = 2000) -> str:
-    """Mean and 95 % percentile-bootstrap interval over runs."""
-    if not x:
+def boot(x: list[float]) -> str:
+    """Mean and 95 % percentile-bootstrap interval over runs (offrl.stats.bootstrap_mean)."""
+    b = bootstrap_mean(x)
+    if b["mean"] is None:
         return "-"
-    x = np.asarray(x, float)
-    if len(x) == 1:
-        return f"{x[0]:.2f} (n=1)"
-    rng = np.random.default_rng(0)
-    means = rng.choice(x, (n, len(x))).mean(1)
-    return f"{x.mean():.2f} [{np.percentile(means, 2.5):.2f}, {np.percentile(means, 97.5):.2f}] (n={len(x)})"
+    ci = f" [{b['ci'][0]:.2f}, {b['ci'][1]:.2f}]" if b["ci"] else ""
+    return f"{b['mean']:.2f}{ci} (n={b['n']})"
 
 
 def table(a: argparse.Namespace) -> str:
@@ -117,8 +115,7 @@ def table(a: argparse.Namespace) -> str:
                     rows.setdefault((game, part, agent), []).append(
                         {"final": by[steps[-1]], "best": max(by.values()),
                          "pick": by.get(int(pick)) if pick is not None else None, "pick_step": pick})
-                    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
-                    cpu["train"].append(max(float(m.get("time_s", 0)) for m in metrics))
+                    cpu["train"].append(max(float(m.get("time_s", 0)) for m in rd.read_metrics(out)))
                     es = out / "evaluate_seconds.json"
                     if es.exists():
                         cpu["evaluate"].append(json.loads(es.read_text())["evaluate_s"])
