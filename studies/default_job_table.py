@@ -24,10 +24,12 @@ def fmt(r):
     return f"{r['successes']}/{r['episodes']} [{lo:.0%}, {hi:.0%}]{step}"
 
 
-# addendum 2: candidate -> the selector that replaces the Q peak on D3's runs
-RESCORED = {"D4": "q_peak_in_range", "D5": "q_peak_fitted"}
-# addendum 2 and 2b: judged on the fresh seeds 6-8 and the sanity check on the other dev tasks
-FRESH = (*RESCORED, "D6")
+# candidate -> (the runs it is scored on, the selector that replaces theirs): addendum 2 (D4, D5 on D3's runs)
+# and addendum 3 (D8: D7's runs with the paper's Q peak)
+RESCORED = {"D4": ("D3", "q_peak_in_range"), "D5": ("D3", "q_peak_fitted"), "D8": ("D7", "q_peak")}
+# candidate -> its judging seeds (fresh datasets; addenda 2, 2b, 3); the rest are judged on seeds 0-2
+FRESH_SEEDS = {"D4": (6, 7, 8), "D5": (6, 7, 8), "D6": (6, 7, 8), "D7": (9, 10, 11), "D8": (9, 10, 11)}
+FRESH = tuple(FRESH_SEEDS)
 
 
 def rescored(run: Path, selector: str, a: dict) -> dict:
@@ -50,8 +52,8 @@ for diag in sorted(ROOT.glob("D*_s[0-9]*/diagnosis.json")):
         continue
     cand, rest = diag.parent.name.split("_s", 1)
     seed, _, task = rest.partition("_")
-    for c in [cand] + ([k for k in RESCORED] if cand == "D3" else []):
-        entry = {**(rescored(diag.parent, RESCORED[c], a) if c in RESCORED else a), "verdict": d["verdict"]}
+    for c in [cand] + [k for k, (base, _) in RESCORED.items() if base == cand]:
+        entry = {**(rescored(diag.parent, RESCORED[c][1], a) if c in RESCORED else a), "verdict": d["verdict"]}
         (sanity.setdefault(task, {}) if task else rows).setdefault(c, {})[int(seed)] = entry
 print("| candidate | seed | verdict | data | BC best | selected (Q peak) | best | last | >= data and > BC best |")
 print("|---|---|---|---|---|---|---|---|---|")
@@ -65,7 +67,7 @@ for cand, seeds in sorted(rows.items()):
         print(f"| {cand} | {seed} | {a['verdict']} | {b['success_rate']:.0%} [{b['ci95'][0]:.0%}, {b['ci95'][1]:.0%}] "
               f"| {fmt(a['bc_best'])} | {fmt(a['selected'])} | {fmt(a['best'])} | {fmt(a['last'])} | {'yes' if p else 'no'} |")
     # D4/D5 are judged on the fresh seeds 6-8; seeds 0-5 were seen before addendum 2 (retrospective)
-    primary = {k: a for k, a in seeds.items() if k in ((6, 7, 8) if cand in FRESH else (0, 1, 2))}
+    primary = {k: a for k, a in seeds.items() if k in FRESH_SEEDS.get(cand, (0, 1, 2))}
     mean_sel = sum(a["selected"]["success_rate"] for a in primary.values()) / max(len(primary), 1)
     passes = len(primary) == 3 and all(ok[k] for k in primary)
     # the replication of an addendum candidate (docs/default-job.md): seeds 3-5, selected >= data on 2 of 3
@@ -77,11 +79,12 @@ print()
 for cand, r in out.items():
     rep = f"; seeds 3-5: selected at or above the data on {r['replication_at_or_above_data']}" \
         if r["replication_at_or_above_data"] else ""
-    judged = "6-8" if cand in FRESH else "0-2"
+    js = FRESH_SEEDS.get(cand, (0, 1, 2))
+    judged = f"{min(js)}-{max(js)}"
     print(f"{cand}: mean selected success on seeds {judged} {r['mean_selected']:.2f}, "
           f"{'passes' if r['passes'] else 'does not pass'} the rule{rep}")
 if sanity:
-    print("\nSanity check (addendum 2): D3's training on seed 0 of the other dev tasks")
+    print("\nSanity check (addenda 2, 3): seed 0 of the other dev tasks (D7/D8: mixed data)")
     print("| task | candidate | verdict | data | BC best | selected | best | last | selected >= data |")
     print("|---|---|---|---|---|---|---|---|---|")
     for task, cands in sorted(sanity.items()):
