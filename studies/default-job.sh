@@ -15,9 +15,8 @@ for cand in ${*:-D1 D2}; do for seed in ${SEEDS:-0 1 2}; do echo "$cand $seed"; 
   cand=$0 seed=$1 dir="$OUT/${0}_s$1"
   [ "$TASK" = pick-place-v3 ] || dir="${dir}_$TASK"
   case "$cand" in D0) flags="" ;; D1) flags="--agent.actor-lr 3e-4" ;; D2) flags="--agent.critic-layer-norm" ;;
-    D3) flags="--agent.actor-lr 3e-4 --agent.critic-layer-norm --steps 12000" ;; D6) flags="--algo iql" ;;
+    D3) flags="--agent.actor-lr 3e-4 --agent.critic-layer-norm --steps 12000" ;; D6|D9) flags="--algo iql" ;;
     D7) flags="--agent.actor-lr 3e-4 --agent.critic-layer-norm --steps 12000 --selector q_peak_in_range" ;;
-    D9) flags="--algo iql" ;;
     D10) flags="--agent.actor-lr 3e-4 --agent.critic-layer-norm --steps 20000 --checkpoint-every 2000 --selector q_peak_in_range" ;;
     *) echo "unknown candidate $cand (D0, D1, D2, D3, D6, D7, D9, D10)" >&2; exit 2 ;; esac
   if [ -f "$dir/diagnosis.json" ] && grep -q analysis_only "$dir/diagnosis.json"; then exit 0; fi
