@@ -15,6 +15,7 @@ from offrl.data import (
     q_value_range,
     save_dataset,
     split_episodes,
+    transform_rewards,
 )
 
 
@@ -117,6 +118,24 @@ def test_q_value_range_terminal_rewards_and_repeating_rewards(chain_dataset):
     a["rewards"][:] = 1.0  # rewards on non-terminal steps: Q up to r_max * H, H = min(10, 100)
     r2 = q_value_range(make_dataset(a), 0.99)
     assert not r2["reward_only_at_terminals"] and r2["q_max"] == pytest.approx(10.0)
+
+
+def test_transform_rewards_shifts_a_copy_and_the_q_range_with_it(chain_dataset):
+    shifted = transform_rewards(chain_dataset, shift=-1.0)
+    # IQL's AntMaze setting on sparse 0/1 rewards: -1 on every step, 0 on the terminal success.
+    np.testing.assert_array_equal(shifted.rewards, np.where(chain_dataset.terminals, 0.0, -1.0))
+    assert chain_dataset.rewards.max() == 1.0  # the input is untouched
+    assert shifted.observations is chain_dataset.observations
+    r = q_value_range(shifted, 0.99)  # rewards now repeat: bound by the effective horizon, 10 steps
+    assert (r["q_min"], r["q_max"]) == (pytest.approx(-10.0), 0.0) and not r["reward_only_at_terminals"]
+    scaled = transform_rewards(chain_dataset, scale=10.0, shift=0.5)
+    np.testing.assert_allclose(scaled.rewards, chain_dataset.rewards * 10.0 + 0.5)
+    assert transform_rewards(chain_dataset) is chain_dataset
+    for bad in ({"scale": 0.0}, {"scale": -1.0}, {"scale": float("nan")}):
+        with pytest.raises(ValueError, match="--reward-scale must be a finite number > 0"):
+            transform_rewards(chain_dataset, **bad)
+    with pytest.raises(ValueError, match="--reward-shift must be finite"):
+        transform_rewards(chain_dataset, shift=float("inf"))
 
 
 def test_hdf5_round_trip_and_no_silent_overwrite(tmp_path, chain_dataset):

@@ -137,6 +137,25 @@ def test_resume_continues_the_recorded_run_without_repeating_its_settings(tmp_pa
         train(TrainConfig(out=out, resume=True, steps=80, progress=False))
 
 
+def test_reward_shift_trains_on_shifted_rewards_records_it_and_resume_keeps_it(tmp_path, dataset_path):
+    from offrl.training.train import TrainConfig
+
+    out = train(_config(dataset_path, tmp_path / "run", steps=80, reward_shift=-1.0))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["training"]["reward_shift"] == -1.0 and cfg["training"]["reward_scale"] == 1.0
+    assert cfg["dataset"]["q_range"] == [pytest.approx(-10.0), 0.0]  # -1 per step over 10-step episodes
+    # Every reward is now <= 0, so a critic trained on them has a negative mean Q on the data; on the stored
+    # 0/1 rewards it stays in [0, 1] (test_run_directory_contents' range).
+    assert rd.read_metrics(out)[-1]["q_data"] < 0
+    cfg["training"]["steps"] = 120
+    (out / "config.json").write_text(json.dumps(cfg))
+    train(TrainConfig(out=out, resume=True, progress=False))  # no --reward-shift: the run's own is restored
+    assert json.loads((out / "config.json").read_text())["training"]["reward_shift"] == -1.0
+    with pytest.raises(ValueError, match="--reward-scale must be a finite number > 0"):
+        train(_config(dataset_path, tmp_path / "bad", reward_scale=0.0))
+    assert not (tmp_path / "bad").exists()
+
+
 def test_resume_of_a_folder_that_is_no_run_says_so(tmp_path):
     from offrl.training.train import TrainConfig
 

@@ -9,6 +9,7 @@ from offrl.data.dataset import (
     mc_returns,
     q_value_range,
     split_episodes,
+    transform_rewards,
 )
 from offrl.data.hdf5 import fingerprint, load_dataset, save_dataset
 from offrl.data.importers import FORMATS, import_dataset
@@ -23,6 +24,7 @@ __all__ = [
     "mc_returns",
     "q_value_range",
     "split_episodes",
+    "transform_rewards",
     "fingerprint",
     "load_dataset",
     "save_dataset",

@@ -429,6 +429,38 @@ def q_value_range(dataset: Dataset, gamma: float) -> dict[str, Any]:
     }
 
 
+def transform_rewards(dataset: Dataset, scale: float = 1.0, shift: float = 0.0) -> Dataset:
+    """The dataset with every reward mapped to ``scale * r + shift`` (a copy; the input is not changed).
+
+    Offline RL code rescales sparse rewards to set the size of Q-values relative to hyperparameters that are
+    fixed in reward units (IQL's inverse temperature beta multiplies advantages): IQL's reference code trains
+    its AntMaze runs on ``r - 1`` (Kostrikov et al. 2022; CQL's AntMaze code on ``4 (r - 0.5)``), the workflow
+    paper's code on ``10 r`` on real robots (../shared/reference/implementation-notes.md). A positive scale
+    leaves the optimal policy unchanged; so does a shift when episodes never terminate, but with terminals it
+    changes the value of ending early (``r - 1`` with a terminal success charges -1 for every step before it).
+
+    Args:
+        dataset: the transitions.
+        scale: > 0 and finite (0 would erase the rewards, a negative one reverse them).
+        shift: finite, in reward units.
+
+    Returns:
+        A `Dataset` sharing every array but ``rewards`` ((N,) float32); the same object when ``scale == 1`` and
+        ``shift == 0``.
+
+    Raises:
+        ValueError: ``scale`` is not > 0 or either value is not finite.
+    """
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"--reward-scale must be a finite number > 0 (got {scale}); 1 keeps the rewards as stored")
+    if not np.isfinite(shift):
+        raise ValueError(f"--reward-shift must be finite (got {shift}); 0 keeps the rewards as stored")
+    if scale == 1.0 and shift == 0.0:
+        return dataset
+    rewards = (dataset.rewards.astype(np.float64) * scale + shift).astype(np.float32)
+    return dataclasses.replace(dataset, rewards=rewards)
+
+
 def mc_returns(dataset: Dataset, gamma: float) -> np.ndarray:
     """Discounted Monte-Carlo return-to-go of every transition, ``G_t = r_t + gamma * G_{t+1}`` inside its episode.
 

@@ -38,7 +38,15 @@ from tqdm.auto import tqdm
 
 from offrl import cluster
 from offrl.agents import cql, get_agent
-from offrl.data import Normalizer, divergence_limit, fingerprint, load_dataset, q_value_range, split_episodes
+from offrl.data import (
+    Normalizer,
+    divergence_limit,
+    fingerprint,
+    load_dataset,
+    q_value_range,
+    split_episodes,
+    transform_rewards,
+)
 from offrl.data.images import obs_spec, resolve_obs_mode, state_columns
 from offrl.training import run_dir as rd
 from offrl.training.loggers import MetricsLogger
@@ -164,6 +172,7 @@ def prepare_sweep(config: SweepConfig) -> tuple[SweepConfig, list[tuple[int, flo
 
         dataset = import_dataset(base.dataset_format, base.dataset, obs_keys=base.obs_keys)
     check_trainable(dataset, base)
+    dataset = transform_rewards(dataset, base.reward_scale, base.reward_shift)
     mode = resolve_obs_mode(base.obs, dataset)
     if mode != "state":
         raise ValueError("offrl sweep trains on state observations; image runs: use `offrl train` per run")

@@ -50,6 +50,7 @@ from offrl.data import (
     mc_returns,
     q_value_range,
     split_episodes,
+    transform_rewards,
 )
 from offrl.data.images import (
     ObsMode,
@@ -125,6 +126,13 @@ class TrainConfig:
     flag the record (``"diverged": true``) and go on. NaN/inf always stops."""
     divergence_factor: float = 10.0
     """Divergence limit: q_max + divergence_factor * max(Q range width, |q_max|, 1)."""
+    reward_scale: float = 1.0
+    """Train on ``reward_scale * r + reward_shift`` instead of the stored rewards (> 0; the file is not changed,
+    and the Q range the diagnosis reads is the transformed one). IQL's AntMaze code uses shift -1 on sparse 0/1
+    rewards, the paper's code scale 10 on real robots. With Cal-QL and a negative shift the Monte-Carlo return of
+    a timed-out episode is no longer a lower bound of its value."""
+    reward_shift: float = 0.0
+    """See --reward-scale; in reward units."""
     algo: Literal["cql", "brac", "bc", "iql", "awac", "bear", "tt", "dqn", "mopo", "combo"] = "cql"
     """Algorithm: CQL (paper Eq. 1), BRAC (needs --behavior-run), BC, IQL, AWAC, BEAR, the Trajectory
     Transformer, model-based MOPO and COMBO (docs/model-based.md), or for discrete actions the DQN family
@@ -501,6 +509,10 @@ def _check_config(config: TrainConfig) -> None:
         problems.append(f"--chunk-steps must be >= 1 (got {config.chunk_steps})")
     if config.batch_size < 1:
         problems.append(f"--batch-size must be >= 1 (got {config.batch_size})")
+    if not (math.isfinite(config.reward_scale) and config.reward_scale > 0):
+        problems.append(f"--reward-scale must be a finite number > 0 (got {config.reward_scale}); 1 keeps the rewards")
+    if not math.isfinite(config.reward_shift):
+        problems.append(f"--reward-shift must be finite (got {config.reward_shift}); 0 keeps the rewards")
     gamma = getattr(active_agent_config(config), "gamma", 0.99)
     if not 0.0 <= gamma < 1.0:
         problems.append(f"gamma must be in [0, 1) (got {gamma})")
@@ -605,7 +617,8 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
                 config, behavior_run=Path(saved["behavior"]["run"]), behavior_step=saved["behavior"]["step"]
             )
         restored = ("checkpoint_every", "chunk_steps", "batch_size", "heldout_fraction", "eval_transitions",
-                    "normalize_observations", "dataset_format", "obs_keys", "obs", "frame_stack", "split_seed")
+                    "normalize_observations", "dataset_format", "obs_keys", "obs", "frame_stack", "split_seed",
+                    "reward_scale", "reward_shift")
         training = {TRAINING_RENAMED.get(k, k): v for k, v in saved["training"].items()}
         for k in restored:
             if k in training:
@@ -629,6 +642,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
 
         dataset = import_dataset(config.dataset_format, config.dataset, obs_keys=config.obs_keys)
     check_trainable(dataset, config)
+    dataset = transform_rewards(dataset, config.reward_scale, config.reward_shift)
     dataset_fp = fingerprint(config.dataset)
     if not config.resume and out.exists() and config.overwrite:
         shutil.rmtree(out)

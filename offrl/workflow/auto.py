@@ -153,7 +153,8 @@ def run_auto(config: Any, remedies: RemedyConfig = RemedyConfig()) -> dict[str, 
         dataset=Path(config.dataset), out=out / "base", steps=config.steps,
         checkpoint_every=config.checkpoint_every, seed=config.seed, progress=config.progress, agent=config.agent,
         obs=getattr(config, "obs", "auto"), frame_stack=getattr(config, "frame_stack", 1),
-        batch_size=getattr(config, "batch_size", 256),
+        batch_size=getattr(config, "batch_size", 256), reward_scale=getattr(config, "reward_scale", 1.0),
+        reward_shift=getattr(config, "reward_shift", 0.0),
     )
     # Loaded once for every run of the loop (image datasets take a while to decompress).
     dataset = load_dataset(base_cfg.dataset)
