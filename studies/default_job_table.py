@@ -30,7 +30,8 @@ def fmt(r):
 RESCORED = {"D4": ("D3", "q_peak_in_range"), "D5": ("D3", "q_peak_fitted"), "D8": ("D7", "q_peak")}
 # candidate -> its judging seeds (fresh datasets; addenda 2, 2b, 3); the rest are judged on seeds 0-2
 FRESH_SEEDS = {"D4": (6, 7, 8), "D5": (6, 7, 8), "D6": (6, 7, 8), "D7": (9, 10, 11), "D8": (9, 10, 11),
-               "D9": (12, 13, 14), "D10": (12, 13, 14)}
+               "D9": (12, 13, 14), "D10": (12, 13, 14),
+               "D11": (15, 16, 17)}
 FRESH = tuple(FRESH_SEEDS)
 
 
