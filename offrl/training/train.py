@@ -127,12 +127,12 @@ class TrainConfig:
     divergence_factor: float = 10.0
     """Divergence limit: q_max + divergence_factor * max(Q range width, |q_max|, 1)."""
     reward_scale: float = 1.0
-    """Train on ``reward_scale * r + reward_shift`` instead of the stored rewards (> 0; the file is not changed,
-    and the Q range the diagnosis reads is the transformed one). IQL's AntMaze code uses shift -1 on sparse 0/1
-    rewards, the paper's code scale 10 on real robots. With Cal-QL and a negative shift the Monte-Carlo return of
-    a timed-out episode is no longer a lower bound of its value."""
+    """Train on ``reward_scale * r + reward_shift`` (> 0; the file is kept, the Q range follows the new rewards;
+    offrl.data.transform_rewards)."""
+    # With Cal-QL and a negative shift the Monte-Carlo return of a timed-out episode is no longer a lower bound
+    # of its value (the truncated tail of -|shift| rewards is missing): the calibration is then approximate.
     reward_shift: float = 0.0
-    """See --reward-scale; in reward units."""
+    """See --reward-scale (IQL's sparse-reward setting: -1)."""
     algo: Literal["cql", "brac", "bc", "iql", "awac", "bear", "tt", "dqn", "mopo", "combo"] = "cql"
     """Algorithm: CQL (paper Eq. 1), BRAC (needs --behavior-run), BC, IQL, AWAC, BEAR, the Trajectory
     Transformer, model-based MOPO and COMBO (docs/model-based.md), or for discrete actions the DQN family
