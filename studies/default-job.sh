@@ -6,8 +6,8 @@
 # TASK=another dev task (addendum 2's sanity check) writes studies/default-job/CAND_sSEED_TASK instead.
 # D4 and D5 (addendum 2) are D3's runs scored with other selectors by studies/default_job_table.py; D6 (2b) is IQL.
 # D7 (addendum 3) is D3's training with the in-range Q peak on REGIME=mixed data (D8: the same runs, the Q peak);
-# D9 (addendum 4) IQL and D10 D3 for 20,000 steps, both on REGIME=mixed; D11 (addendum 5) IQL's AntMaze settings.
-# Usage: [SEEDS="3 4 5"] [TASK=drawer-open-v3] [REGIME=mixed] sh studies/default-job.sh [D0] [D1] [D2] [D3] [D6] [D7] [D9] [D10] [D11]
+# D9 (addendum 4) IQL and D10 D3 for 20,000 steps, both on REGIME=mixed; D11 (addendum 5) IQL's AntMaze settings, D12 (6) with the cosine actor schedule.
+# Usage: [SEEDS="3 4 5"] [TASK=drawer-open-v3] [REGIME=mixed] sh studies/default-job.sh [D0] [D1] [D2] [D3] [D6] [D7] [D9] [D10] [D11] [D12]
 set -e
 export OFFRL="${OFFRL:-.venv/bin/offrl}" OUT=studies/default-job TASK="${TASK:-pick-place-v3}" REGIME="${REGIME:-correlated}"
 mkdir -p "$OUT"
@@ -19,7 +19,8 @@ for cand in ${*:-D1 D2}; do for seed in ${SEEDS:-0 1 2}; do echo "$cand $seed"; 
     D7) flags="--agent.actor-lr 3e-4 --agent.critic-layer-norm --steps 12000 --selector q_peak_in_range" ;;
     D10) flags="--agent.actor-lr 3e-4 --agent.critic-layer-norm --steps 20000 --checkpoint-every 2000 --selector q_peak_in_range" ;;
     D11) flags="--algo iql --reward-shift -1 --iql.expectile 0.9 --iql.inverse-temperature 10 --steps 100000 --checkpoint-every 10000 --selector last" ;;
-    *) echo "unknown candidate $cand (D0, D1, D2, D3, D6, D7, D9, D10, D11)" >&2; exit 2 ;; esac
+    D12) flags="--algo iql --reward-shift -1 --iql.expectile 0.9 --iql.inverse-temperature 10 --iql.actor-lr-decay-steps 60000 --steps 60000 --checkpoint-every 6000 --selector last" ;;
+    *) echo "unknown candidate $cand (D0, D1, D2, D3, D6, D7, D9, D10, D11, D12)" >&2; exit 2 ;; esac
   if [ -f "$dir/diagnosis.json" ] && grep -q analysis_only "$dir/diagnosis.json"; then exit 0; fi
   rm -rf "$dir" "${dir}_bc"
   data="studies/dev/data/${TASK}_${REGIME}_300ep_s$seed.h5"

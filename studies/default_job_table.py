@@ -31,7 +31,7 @@ RESCORED = {"D4": ("D3", "q_peak_in_range"), "D5": ("D3", "q_peak_fitted"), "D8"
 # candidate -> its judging seeds (fresh datasets; addenda 2, 2b, 3); the rest are judged on seeds 0-2
 FRESH_SEEDS = {"D4": (6, 7, 8), "D5": (6, 7, 8), "D6": (6, 7, 8), "D7": (9, 10, 11), "D8": (9, 10, 11),
                "D9": (12, 13, 14), "D10": (12, 13, 14),
-               "D11": (15, 16, 17)}
+               "D11": (15, 16, 17), "D12": (18, 19, 20)}
 FRESH = tuple(FRESH_SEEDS)
 
 

@@ -38,6 +38,7 @@ def test_advantage_weights_by_hand_with_the_clip():
 @pytest.mark.parametrize("bad, match", [
     ({"expectile": 0.0}, "expectile"), ({"expectile": 1.0}, "expectile"), ({"expectile": 1.5}, "expectile"),
     ({"inverse_temperature": 0.0}, "inverse_temperature"), ({"inverse_temperature": -1.0}, "inverse_temperature"), ({"max_weight": 0.0}, "max_weight"),
+    ({"actor_lr_decay_steps": -1}, "actor_lr_decay_steps"),
 ])
 def test_settings_that_cannot_work_are_refused(bad, match):
     config = iql.IQLConfig(**bad)
@@ -64,6 +65,24 @@ def test_bandit_policy_keeps_to_the_data_and_prefers_its_better_action():
     # The policy prefers the better dataset action and stays on the data's support.
     a = float(iql.deterministic_action(state.actor_params, jnp.ones((1, 2)), 1, config)[0, 0])
     assert a == pytest.approx(0.5, abs=0.1)
+
+
+def test_cosine_actor_schedule_stops_the_policy_after_its_decay_steps_and_only_the_policy():
+    data = two_action_bandit()
+    config = iql.IQLConfig(critic_hidden_dims=(8,), value_hidden_dims=(8,), actor_hidden_dims=(8,),
+                           actor_lr_decay_steps=5)
+    init = iql.init(config, 2, 1, jax.random.PRNGKey(0))
+    chunk = make_train_chunk("iql", config, 32, 5)
+    state, _ = chunk(init, data, jax.random.PRNGKey(1))  # steps 1-5: the policy learns
+    assert any(np.abs(np.asarray(a) - np.asarray(b)).max() > 0 for a, b in
+               zip(jax.tree.leaves(init.actor_params), jax.tree.leaves(state.actor_params), strict=True))
+    before = state
+    state, _ = chunk(state, data, jax.random.PRNGKey(2))  # steps 6-10: the schedule is at 0
+    for a, b in zip(jax.tree.leaves(before.actor_params), jax.tree.leaves(state.actor_params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    moved = [np.abs(np.asarray(a) - np.asarray(b)).max()
+             for a, b in zip(jax.tree.leaves(before.critic_params), jax.tree.leaves(state.critic_params), strict=True)]
+    assert max(moved) > 0  # the critics keep their constant rate
 
 
 TINY = ["--checkpoint-every", "40", "--chunk-steps", "20", "--batch-size", "32", "--no-progress",

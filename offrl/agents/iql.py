@@ -23,8 +23,9 @@ Documented deviations, so that export, evaluation, FQE and the report treat IQL 
 * the policy is offrl's tanh-Gaussian (state-dependent std, clamped to [-5, 2]) where the authors use a Gaussian
   with a state-independent std and clip its samples; log pi of dataset actions is the tanh-Gaussian density,
   the evaluation action tanh(mu(s)) as for CQL;
-* a constant actor learning rate (the authors decay it with a cosine schedule over the run's length, which a
-  resumable run of unknown length cannot know in advance).
+* by default a constant actor learning rate: the authors decay it with a cosine schedule over the run's length,
+  which a resumable run of unknown length cannot know in advance; ``actor_lr_decay_steps`` turns their schedule
+  on for a run whose length is fixed (the workflow's).
 
 Workflow metrics (docs/metrics.md, "IQL"): ``q_data`` (Metric 3.1 and Guideline 3.1, as for CQL), ``v_data``,
 ``advantage`` = Qbar(s, a) - V(s), ``value_loss`` (the expectile loss, Metric 3.2's regularizer), ``adv_weight``,
@@ -69,7 +70,10 @@ class IQLConfig:
     value_lr: float = 3e-4
     """Adam learning rate of V."""
     actor_lr: float = 3e-4
-    """Adam learning rate of the policy (constant; see the module docstring)."""
+    """Adam learning rate of the policy (constant unless --iql.actor-lr-decay-steps; see the module docstring)."""
+    actor_lr_decay_steps: int = 0
+    """> 0: the authors' cosine decay of the policy's learning rate from actor_lr to 0 over this many gradient
+    steps (0 after them; set it to the run's --steps); 0: constant."""
     critic_hidden_dims: tuple[int, ...] = (256, 256)
     """Hidden widths of each critic MLP."""
     value_hidden_dims: tuple[int, ...] = (256, 256)
@@ -95,6 +99,9 @@ def config_problems(config: IQLConfig) -> list[str]:
     if not 0.0 < config.expectile < 1.0:
         problems.append(f"--iql.expectile must be in (0, 1), got {config.expectile} (0.7 is the paper's default; "
                         f"0.5 fits the data's average action)")
+    if config.actor_lr_decay_steps < 0:
+        problems.append(f"--iql.actor-lr-decay-steps must be >= 0, got {config.actor_lr_decay_steps} (0: a constant "
+                        f"actor learning rate; else the run's --steps)")
     if not config.inverse_temperature > 0:
         problems.append(f"--iql.inverse-temperature (the paper's beta) must be > 0, got {config.inverse_temperature} "
                         f"(0 would be behaviour cloning: use --algo bc)")
@@ -122,7 +129,9 @@ def _nets(config: IQLConfig, act_dim: int) -> tuple[CriticEnsemble, ValueNetwork
 
 
 def _opts(config: IQLConfig):
-    return optax.adam(config.critic_lr), optax.adam(config.value_lr), optax.adam(config.actor_lr)
+    actor_lr = (optax.cosine_decay_schedule(config.actor_lr, config.actor_lr_decay_steps)
+                if config.actor_lr_decay_steps > 0 else config.actor_lr)
+    return optax.adam(config.critic_lr), optax.adam(config.value_lr), optax.adam(actor_lr)
 
 
 def init(config: IQLConfig, obs_spec: common.ObsSpec, act_dim: int, key: jax.Array) -> IQLState:
