@@ -89,7 +89,7 @@ def test_workflow_auto_end_to_end(tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(tmp_path)
     data = save_dataset(tmp_path / "d.h5", make_dataset(chain_arrays(episodes=10), {"task": "toy"}))
-    assert main(["workflow", "--auto", "--dataset", str(data), "--out", "runs/a", "--steps", "160",
+    assert main(["workflow", "--auto", "--algo", "cql", "--dataset", str(data), "--out", "runs/a", "--steps", "160",
                  "--checkpoint-every", "40", "--eval-episodes", "0", "--agent.critic-hidden-dims", "8",
                  "--agent.actor-hidden-dims", "8", "--agent.bc-steps", "0", "--no-progress"]) == 0
     result = json.loads((tmp_path / "runs/a/auto.json").read_text())

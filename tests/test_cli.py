@@ -76,8 +76,8 @@ def test_workflow_end_to_end_in_the_simulator(tmp_path, monkeypatch, capsys):
     pytest.importorskip("metaworld")
     monkeypatch.chdir(tmp_path)
     # Low noise so that the 4 episodes contain successes (an all-zero-reward dataset is refused).
-    argv = ["workflow", "--episodes", "4", "--horizon", "100", "--regime", "white", "--noise-sigma", "0.2",
-            "--steps", "200", "--checkpoint-every", "40",
+    argv = ["workflow", "--algo", "cql", "--episodes", "4", "--horizon", "100", "--regime", "white",
+            "--noise-sigma", "0.2", "--steps", "200", "--checkpoint-every", "40",
             "--eval-episodes", "2", "--out", "runs/e2e", "--agent.critic-hidden-dims", "16", "16",
             "--agent.actor-hidden-dims", "16", "16", "--agent.bc-steps", "50", "--no-progress"]
     assert main(argv) == 0
@@ -106,7 +106,7 @@ def test_image_workflow_end_to_end_in_the_simulator(tmp_path, monkeypatch, capsy
     if os.environ.get("MUJOCO_GL", "").lower() in ("disable", "disabled", "off"):
         monkeypatch.setenv("MUJOCO_GL", "egl")
     monkeypatch.chdir(tmp_path)
-    argv = ["workflow", "--obs", "image+proprio", "--image-size", "16", "--frame-stack", "2", "--episodes", "4",
+    argv = ["workflow", "--algo", "cql", "--obs", "image+proprio", "--image-size", "16", "--frame-stack", "2", "--episodes", "4",
             "--horizon", "60", "--regime", "white", "--noise-sigma", "0.2", "--steps", "40", "--checkpoint-every", "20",
             "--batch-size", "16", "--eval-episodes", "2", "--out", "runs/img",
             "--agent.critic-hidden-dims", "16", "--agent.actor-hidden-dims", "16", "--agent.bc-steps", "10",
@@ -249,7 +249,7 @@ def _help(argv, monkeypatch, capsys) -> str:
     "argv, shown, hint",
     [
         (["train"], ["--agent.alpha", "--agent.bc-steps"], "offrl train --algo {brac,bc,iql,awac"),
-        (["workflow"], ["--agent.alpha", "--bc.actor-lr"], "offrl workflow --algo {brac,bc,iql,awac"),
+        (["workflow"], ["--iql.expectile", "--bc.actor-lr"], "offrl workflow --algo {cql,brac,bc,awac"),
         (["tune"], ["--train.agent.alpha"], "offrl tune --train.algo brac --help"),
         (["sweep"], ["--train.agent.alpha"], None),
     ],
@@ -261,8 +261,9 @@ def test_help_shows_the_hyperparameters_of_the_chosen_algorithm_only(monkeypatch
     assert len(text.splitlines()) < 240  # each repeated group added about 50 lines (373 with five)
     for flag in shown:
         assert flag in text
-    for group in ("brac", "iql", "awac"):
-        assert f"{group}." not in text.replace("train.", "")  # no --brac.*, --train.iql.*, ...
+    own = "iql" if argv == ["workflow"] else "agent"  # the workflow's default algorithm is IQL
+    for group in {"agent", "brac", "iql", "awac"} - {own}:
+        assert f"--{group}." not in text.replace("train.", "")  # no --brac.*, --train.iql.*, ...
     assert "behavior-run {None}|PATH" not in text  # BRAC's only
     if hint:
         assert hint in text and "--help" in text

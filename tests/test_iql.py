@@ -139,3 +139,23 @@ def test_iql_workflow_shows_the_behaviour_cloning_baseline(tmp_path, monkeypatch
     side = json.loads((tmp_path / "runs/i/diagnosis.json").read_text())["analysis_only"]
     assert side["bc_best"]["episodes"] == 1 and side["bc_selected"]["step"] in (10, 20, 30, 40, 50)
     assert json.loads((tmp_path / "runs/i_bc/config.json").read_text())["algo"] == "bc"
+    # The workflow's IQL (docs/default-job.md, D12): rewards - 1, the sparse-reward expectile and beta, the
+    # actor's cosine schedule over the run's 80 steps, the last checkpoint.
+    cfg = json.loads((tmp_path / "runs/i/config.json").read_text())
+    assert cfg["training"]["reward_shift"] == -1.0 and cfg["dataset"]["q_range"][1] == 0.0
+    assert (cfg["agent"]["expectile"], cfg["agent"]["inverse_temperature"]) == (0.9, 10.0)
+    assert cfg["agent"]["actor_lr_decay_steps"] == 80
+    assert json.loads((tmp_path / "runs/i/diagnosis.json").read_text())["selected_step"] == 80
+
+
+def test_workflow_defaults_follow_the_algorithm():
+    from offrl.workflow.pipeline import WorkflowConfig, resolve_workflow_config
+
+    d = resolve_workflow_config(WorkflowConfig())
+    assert (d.algo, d.regime, d.steps, d.checkpoint_every, d.selector, d.reward_shift) == (
+        "iql", "mixed", 60_000, 6_000, "last", -1.0)
+    assert d.iql.actor_lr_decay_steps == 60_000 and d.iql.expectile == 0.9
+    c = resolve_workflow_config(WorkflowConfig(algo="cql"))
+    assert (c.steps, c.checkpoint_every, c.selector, c.reward_shift) == (15_000, 1_000, "q_peak", 0.0)
+    short = resolve_workflow_config(WorkflowConfig(steps=30_000, selector="q_peak"))
+    assert short.iql.actor_lr_decay_steps == 30_000 and short.selector == "q_peak"  # given values are kept
