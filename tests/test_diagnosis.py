@@ -32,6 +32,15 @@ def test_rise_then_fall_is_overfitting_at_the_right_peak():
     assert after["selected_step"] == d["peak_step"] + 5000
 
 
+def test_a_fall_of_q_under_rewards_at_most_zero_is_propagation_not_overfitting():
+    # IQL on r - 1 (--reward-shift -1): q_data falls from ~0 towards the values' level as returns propagate.
+    q = -60.0 * (1.0 - np.exp(-np.arange(10) / 3.0)) + 1.0
+    d = diagnose_metrics(_records(q), (-100.0, 0.0))
+    assert d["verdict"] != "overfitting" and any("Metric 3.1 is not read" in r for r in d["reasons"])
+    # The same shape on rewards >= 0 is Metric 3.1's fall.
+    assert diagnose_metrics(_records(q / 60.0 + 1.0), (0.0, 1.0))["verdict"] == "overfitting"
+
+
 def test_steady_rise_is_not_overfitting_and_selects_the_last_checkpoint():
     rng = np.random.default_rng(1)
     q = 0.03 * np.arange(15) + 0.01 * rng.normal(size=15)

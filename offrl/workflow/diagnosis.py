@@ -490,7 +490,17 @@ def diagnose_metrics(
             "run is not underfitting: the data or the objective limit it, not the model"
         )
 
-    if dec.declining:
+    # Metric 3.1 reads a fall of Q as memorisation because with rewards >= 0 the values rise from their initial
+    # ~0 as returns propagate. With rewards <= 0 (e.g. IQL's `r - 1`, --reward-shift -1) propagation itself
+    # lowers them, so a fall is what learning looks like and is not read as overfitting.
+    falls_by_propagation = has_q and q_max <= 0.0 and q_min < 0.0
+    if dec.declining and falls_by_propagation:
+        reasons.append(
+            f"{config.metric} falls from step {steps[dec.peak_index]} ({dec.peak_value:.4g}, smoothed) to "
+            f"{dec.end_value:.4g}, but the rewards are <= 0 (Q range [{q_min:.4g}, {q_max:.4g}]): values fall as "
+            f"returns propagate, so Metric 3.1 is not read"
+        )
+    elif dec.declining:
         reasons.append(
             f"{config.metric} peaks at step {steps[dec.peak_index]} ({dec.peak_value:.4g}, smoothed) and falls to "
             f"{dec.end_value:.4g} by the end, a drop of {dec.drop:.3g} > threshold {dec.threshold:.3g} "
@@ -526,7 +536,7 @@ def diagnose_metrics(
         reasons.append(f"only {len(steps)} checkpoint(s); at least {config.min_checkpoints} are needed")
     elif over:
         verdict = "over-estimation"
-    elif dec.declining:
+    elif dec.declining and not falls_by_propagation:
         # Paper Sec. 3: under underfitting the dataset Q-value should not fall with more training, so a material
         # fall is overfitting even when the training error is also large (reported among the reasons).
         verdict = "overfitting"
