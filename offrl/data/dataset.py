@@ -429,6 +429,16 @@ def q_value_range(dataset: Dataset, gamma: float) -> dict[str, Any]:
     }
 
 
+def reward_transform_problems(scale: float, shift: float) -> list[str]:
+    """Why ``scale * r + shift`` cannot be trained on, one sentence per problem (empty when it can)."""
+    problems = []
+    if not (np.isfinite(scale) and scale > 0):
+        problems.append(f"--reward-scale must be a finite number > 0 (got {scale}); 1 keeps the rewards as stored")
+    if not np.isfinite(shift):
+        problems.append(f"--reward-shift must be finite (got {shift}); 0 keeps the rewards as stored")
+    return problems
+
+
 def transform_rewards(dataset: Dataset, scale: float = 1.0, shift: float = 0.0) -> Dataset:
     """The dataset with every reward mapped to ``scale * r + shift`` (a copy; the input is not changed).
 
@@ -451,10 +461,9 @@ def transform_rewards(dataset: Dataset, scale: float = 1.0, shift: float = 0.0) 
     Raises:
         ValueError: ``scale`` is not > 0 or either value is not finite.
     """
-    if not (np.isfinite(scale) and scale > 0):
-        raise ValueError(f"--reward-scale must be a finite number > 0 (got {scale}); 1 keeps the rewards as stored")
-    if not np.isfinite(shift):
-        raise ValueError(f"--reward-shift must be finite (got {shift}); 0 keeps the rewards as stored")
+    problems = reward_transform_problems(scale, shift)
+    if problems:
+        raise ValueError("; ".join(problems))
     if scale == 1.0 and shift == 0.0:
         return dataset
     rewards = (dataset.rewards.astype(np.float64) * scale + shift).astype(np.float32)

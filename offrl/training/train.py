@@ -52,6 +52,7 @@ from offrl.data import (
     split_episodes,
     transform_rewards,
 )
+from offrl.data.dataset import reward_transform_problems
 from offrl.data.images import (
     ObsMode,
     frame_stack_indices,
@@ -509,10 +510,7 @@ def _check_config(config: TrainConfig) -> None:
         problems.append(f"--chunk-steps must be >= 1 (got {config.chunk_steps})")
     if config.batch_size < 1:
         problems.append(f"--batch-size must be >= 1 (got {config.batch_size})")
-    if not (math.isfinite(config.reward_scale) and config.reward_scale > 0):
-        problems.append(f"--reward-scale must be a finite number > 0 (got {config.reward_scale}); 1 keeps the rewards")
-    if not math.isfinite(config.reward_shift):
-        problems.append(f"--reward-shift must be finite (got {config.reward_shift}); 0 keeps the rewards")
+    problems += reward_transform_problems(config.reward_scale, config.reward_shift)
     gamma = getattr(active_agent_config(config), "gamma", 0.99)
     if not 0.0 <= gamma < 1.0:
         problems.append(f"gamma must be in [0, 1) (got {gamma})")
