@@ -4,6 +4,7 @@ success-curve label, the study file's checks, and a tiny study end to end in the
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -336,10 +337,23 @@ def test_a_study_setting_may_run_another_algorithm():
     cql_cell = _cell(q, [0.1, 0.3, 0.5, 0.4, 0.3, 0.2], selected=3000)
     iql_cell = _cell(q, [0.2, 0.4, 0.6, 0.6, 0.6, 0.6], selected=3000, setting="iql")
     iql_cell["algo"] = "iql"
-    a = analyse([cql_cell, iql_cell], type("C", (), {"bootstrap_samples": 200})())
-    assert set(a["per_algorithm"]) == {"cql", "iql"}
-    assert a["per_algorithm"]["iql"]["pick_success"]["mean"] == pytest.approx(0.6)
+    # BC, the reference without a Q-function: its pick is its own diagnosis' (held-out log-likelihood peak).
+    bc_cell = _cell([0.0] * 6, [0.3, 0.3, 0.4, 0.2, 0.2, 0.2], selected=3000, setting="bc", verdict="healthy")
+    bc_cell["algo"] = "bc"
+    for c in bc_cell["checkpoints"]:
+        c["q_data"] = c["td_error"] = c["heldout/td_error"] = c["fqe_value"] = None
+    a = analyse([cql_cell, iql_cell, bc_cell], type("C", (), {"bootstrap_samples": 200})())
+    assert set(a["per_algorithm"]) == {"cql", "iql", "bc"}
+    iql = a["per_algorithm"]["iql"]
+    assert iql["pick_success"]["mean"] == pytest.approx(0.6)
     assert a["per_algorithm"]["cql"]["best_success"]["mean"] == pytest.approx(0.5)
+    # Paired on the same run (task t, seed 0): IQL's pick 0.6 vs CQL's 0.5 and BC's 0.4; best 0.6 vs 0.5, 0.4.
+    assert iql["pick_minus_cql"]["mean"] == pytest.approx(0.1) and iql["best_minus_cql"]["mean"] == pytest.approx(0.1)
+    assert iql["pick_minus_bc"]["mean"] == pytest.approx(0.2) and iql["best_minus_bc"]["mean"] == pytest.approx(0.2)
+    assert a["per_algorithm"]["cql"]["pick_minus_cql"] is None
+    assert a["per_algorithm"]["bc"]["pick_success"]["mean"] == pytest.approx(0.4)
+    # ...and it stays out of the Q-based selector table and the diagnosis accuracy.
+    assert a["runs"] == 2 and a["headline"]["workflow"]["success"]["n"] == 2
     assert a["remedies"]["all"] == []
 
 
@@ -422,3 +436,25 @@ def test_the_default_rule_is_applied_as_pre_registered():
     rule = default_rule(headline)
     assert rule["default"] == "fqe" and rule["qualifying"] == ["q_peak_in_range", "fqe"]
     assert default_rule({"workflow": h(0, 0, 0, 0.5), "last": h(-0.3, -0.5, -0.1, 0.2)})["default"] == "workflow"
+
+
+def test_bc_is_a_study_reference_without_fqe(tmp_path):
+    """A BC cell trains, is diagnosed on its held-out log-likelihood, is rolled out, gets no FQE, and shows up in
+    the per-algorithm table beside CQL, with the paired differences to both."""
+    pytest.importorskip("metaworld")
+    from offrl.cli import main
+
+    out = tmp_path / "study"
+    path = tmp_path / "tiny.toml"
+    text = TINY_STUDY.format(out=out).replace('settings = ["small", "small_vib"]', 'settings = ["small", "bc"]')
+    assert 'settings = ["small", "bc"]' in text
+    path.write_text(text)
+    assert main(["study", str(path)]) == 0
+    bc = json.loads(next((out / "cells").glob("*__bc/cell.json")).read_text())
+    assert bc["algo"] == "bc" and "fqe_s" not in bc["timings_s"] and not (out / "cells" / Path(bc["run_dir"]).name
+                                                                          / "fqe.json").exists()
+    assert all(c["fqe_value"] is None and c["heldout/log_likelihood"] is not None for c in bc["checkpoints"])
+    analysis = json.loads((out / "analysis.json").read_text())
+    assert analysis["runs"] == 1 and set(analysis["per_algorithm"]) == {"bc", "cql"}
+    assert analysis["per_algorithm"]["cql"]["pick_minus_bc"]["n"] == 1
+    assert "| bc | 1 |" in (out / "results.md").read_text()

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from offrl.agents import CONFIGS, warmup_steps
-from offrl.study.config import ALGORITHM_PRESETS, PRESETS, Cell, StudyConfig, algo_for
+from offrl.study.config import ALGORITHM_PRESETS, NO_Q_ALGOS, PRESETS, Cell, StudyConfig, algo_for
 from offrl.study.store import CELL_FILE, archive_cell, lock
 from offrl.training import run_dir as rd
 from offrl.workflow.auto import RemedyConfig, remedy_agent
@@ -81,7 +81,9 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
     warmup = warmup_steps(cfg.get("algo", "cql"), cfg["agent"])
     fqe_steps = [s for s in steps if s > warmup] or steps
     fqe = rd.read_json(run / FQE_FILE) if (run / FQE_FILE).is_file() else None
-    if fqe is None or [r["step"] for r in fqe["results"]] != fqe_steps or fqe["config"]["steps"] != config.fqe_steps:
+    if cfg.get("algo", "cql") in NO_Q_ALGOS:
+        fqe = {"results": []}  # a reference without a Q-based selection; FQE would only cost its time
+    elif fqe is None or [r["step"] for r in fqe["results"]] != fqe_steps or fqe["config"]["steps"] != config.fqe_steps:
         t = time.perf_counter()
         fqe = fqe_run(run, fqe_steps, config=FQEConfig(steps=config.fqe_steps, seed=cell.seed), dataset=dataset)
         timings["fqe_s"] = time.perf_counter() - t
@@ -90,7 +92,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
     fqe_by = {r["step"]: r["value"] for r in fqe["results"]}
     keys = ("q_data", "td_error", "cql_regularizer", "q_error_estimate", "heldout/q_data", "heldout/td_error",
             "heldout/q_error_estimate", "srank", "q_policy", "heldout/q_policy", "td_error_over_target_var",
-            "heldout/td_error_over_target_var")
+            "heldout/td_error_over_target_var", "heldout/log_likelihood")
     checkpoints = [
         {
             "step": s,

@@ -17,8 +17,11 @@ from offrl.envs.behaviour import REGIMES
 
 PRESETS = ("base", "vib", "dropout", "capacity")
 # Settings that run another algorithm with its paper's defaults; a named setting may set ``algo`` too.
-ALGORITHM_PRESETS = ("iql", "awac", "bear", "mopo", "combo")
-STUDY_ALGOS = ("cql", "iql", "awac", "bear", "mopo", "combo")  # BRAC needs a behaviour run per cell, BC has no Q-value to select with
+ALGORITHM_PRESETS = ("iql", "awac", "bear", "mopo", "combo", "bc")
+# BRAC needs a behaviour run per cell. BC is a reference: it has no Q-value, so its pick is its own Guideline (the
+# peak of the held-out log-likelihood, docs/metrics.md), it gets no FQE, and it stays out of the selector tables.
+STUDY_ALGOS = ("cql", "iql", "awac", "bear", "mopo", "combo", "bc")
+NO_Q_ALGOS = ("bc",)
 
 
 @dataclasses.dataclass(frozen=True)

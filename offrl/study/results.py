@@ -229,13 +229,21 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
     algos = analysis.get("per_algorithm") or {}
     if len(algos) > 1:
         L.append("\n## Per algorithm\n")
-        L.append("The workflow's pick (each algorithm's Guideline 3.1 curve, docs/metrics.md), the best checkpoint in "
-                 "hindsight and the last, as success rates (analysis only), with 95% bootstrap intervals over runs.\n")
-        L.append("| algorithm | runs | pick | best | last | normalised regret of the pick |")
-        L.append("|---|---|---|---|---|---|")
+        L.append("The workflow's pick (each algorithm's Guideline 3.1 curve, docs/metrics.md; BC, which has no "
+                 "Q-function: the peak of its held-out log-likelihood), the best checkpoint in hindsight and the last, "
+                 "as success rates (analysis only, scored on half the evaluation episodes as above), and the "
+                 "behaviour data's success, with 95% bootstrap intervals over runs. The last four columns are paired "
+                 "by run (same task, data and seed): the pick's and the best checkpoint's success minus CQL's and "
+                 "minus BC's.\n")
+        L.append("| algorithm | runs | pick | best | last | normalised regret of the pick | data | pick − CQL | "
+                 "best − CQL | pick − BC | best − BC |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for algo, a in algos.items():
+            paired = " | ".join(_ci(a.get(k)) if a.get(k) else "–" for k in
+                                ("pick_minus_cql", "best_minus_cql", "pick_minus_bc", "best_minus_bc"))
             L.append(f"| {algo} | {a['runs']} | {_ci(a['pick_success'])} | {_ci(a['best_success'])} | "
-                     f"{_ci(a['last_success'])} | {_ci(a['pick_regret'])} |")
+                     f"{_ci(a['last_success'])} | {_ci(a['pick_regret'])} | {_ci(a.get('data_success'))} | "
+                     f"{paired} |")
 
     da = analysis["diagnosis_accuracy"]
     L.append("\n## Diagnosis accuracy\n")

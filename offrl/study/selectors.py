@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from offrl.stats import bootstrap_mean, smooth, spearman
+from offrl.study.config import NO_Q_ALGOS
 from offrl.workflow.diagnosis import DiagnosisConfig
 from offrl.workflow.rules import rule_scores
 
@@ -287,12 +288,18 @@ def headline_stats(per_run: list[dict[str, Any]], samples: int) -> dict[str, dic
 def analyse(cells: list[dict[str, Any]], config: Any) -> dict[str, Any]:
     """Every number of the results page from the finished cells (cell.json contents)."""
     samples = int(getattr(config, "bootstrap_samples", 10_000))
-    per_run = []
+    every_run = []
     for cell in cells:
         sel = evaluate_selectors(cell)
-        per_run.append({"name": cell_name(cell), "cell": cell["cell"], "selectors": sel, "algo": cell.get("algo", "cql"),
-                        "verdict": cell["verdict"], "success_label": success_label(cell),
-                        **distinguishable(cell)})
+        every_run.append({"name": cell_name(cell), "cell": cell["cell"], "selectors": sel,
+                          "algo": cell.get("algo", "cql"), "verdict": cell["verdict"],
+                          "success_label": success_label(cell),
+                          "behaviour_success_rate": (cell.get("dataset") or {}).get("behaviour_success_rate"),
+                          **distinguishable(cell)})
+    # The selector tables and the diagnosis accuracy are about Q-based selection; a reference without a Q-function
+    # (BC) appears in the per-algorithm table only.
+    per_run = [r for r in every_run if r["algo"] not in NO_Q_ALGOS]
+    cells = [c for c in cells if c.get("algo", "cql") not in NO_Q_ALGOS]
     headline = headline_stats(per_run, samples)
     apart = [r for r in per_run if r["distinguishable"]]
     best = bootstrap_mean([float(r["selectors"]["last"]["best"]) for r in per_run], samples) if per_run else None
@@ -312,7 +319,7 @@ def analyse(cells: list[dict[str, Any]], config: Any) -> dict[str, Any]:
     }
     return {
         "runs": len(per_run),
-        "per_run": per_run,
+        "per_run": every_run,  # BC too: the per-run tables list every run
         "headline": headline,
         "distinguishable": {"p_below": DISTINGUISHABLE_P, "runs": len(apart),
                             "headline": headline_stats(apart, samples)},
@@ -332,7 +339,7 @@ def analyse(cells: list[dict[str, Any]], config: Any) -> dict[str, Any]:
             "overestimation": [d for c in cells if (d := overestimation_drop(c)) is not None],
         },
         "remedies": _remedies_by_scenario(cells, config),
-        "per_algorithm": per_algorithm(per_run, samples),
+        "per_algorithm": per_algorithm(every_run, samples),
         "default_rule": default_rule(headline),
     }
 
@@ -400,19 +407,44 @@ def _last(cell: dict[str, Any], key: str) -> float | None:
     return None if v is None else float(v)
 
 
+def _paired(rows: list[dict[str, Any]], ref: list[dict[str, Any]], key: str, samples: int) -> dict[str, Any] | None:
+    """Bootstrap mean of ``key``'s success minus the reference algorithm's on the same run (task, regime, dataset
+    size, seed); None when no run is shared."""
+    def run_key(r: dict[str, Any]) -> tuple:
+        c = r["cell"]
+        return c["task"], c.get("regime", "white"), c["episodes"], c["seed"]
+
+    by = {run_key(r): r for r in ref}
+    pick = (lambda r: r["selectors"]["workflow"]["success"]) if key == "pick" else \
+        (lambda r: r["selectors"]["workflow"]["best"])
+    diffs = [pick(r) - pick(by[run_key(r)]) for r in rows if run_key(r) in by
+             and pick(r) is not None and pick(by[run_key(r)]) is not None]
+    return bootstrap_mean(diffs, samples) if diffs else None
+
+
 def per_algorithm(per_run: list[dict[str, Any]], samples: int) -> dict[str, dict[str, Any]]:
     """Per algorithm (cell.json ``algo``): the success of the workflow's pick, of the best checkpoint in hindsight
-    and of the last, and the pick's normalised regret, each a bootstrap mean over that algorithm's runs."""
+    and of the last, the pick's normalised regret, and the behaviour data's success, each a bootstrap mean over
+    that algorithm's runs; and, paired by run (same task, data and seed), the pick's and the best checkpoint's
+    success minus CQL's and minus BC's (``pick_minus_cql``, ``best_minus_cql``, ``pick_minus_bc``,
+    ``best_minus_bc``; None when the study has no such runs)."""
     out = {}
-    for algo in sorted({r.get("algo", "cql") for r in per_run}):
-        rows = [r["selectors"] for r in per_run if r.get("algo", "cql") == algo]
+    groups = {algo: [r for r in per_run if r.get("algo", "cql") == algo]
+              for algo in sorted({r.get("algo", "cql") for r in per_run})}
+    for algo, runs in groups.items():
+        rows = [r["selectors"] for r in runs]
         out[algo] = {
             "runs": len(rows),
             "pick_success": bootstrap_mean([r["workflow"]["success"] for r in rows], samples),
             "best_success": bootstrap_mean([r["workflow"]["best"] for r in rows], samples),
             "last_success": bootstrap_mean([r["last"]["success"] for r in rows], samples),
             "pick_regret": bootstrap_mean([r["workflow"]["regret"] for r in rows], samples),
+            "data_success": bootstrap_mean([r.get("behaviour_success_rate") for r in runs], samples),
         }
+        for ref in ("cql", "bc"):
+            for key in ("pick", "best"):
+                out[algo][f"{key}_minus_{ref}"] = None if ref == algo or ref not in groups else \
+                    _paired(runs, groups[ref], key, samples)
     return out
 
 
