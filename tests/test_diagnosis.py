@@ -37,6 +37,8 @@ def test_a_fall_of_q_under_rewards_at_most_zero_is_propagation_not_overfitting()
     q = -60.0 * (1.0 - np.exp(-np.arange(10) / 3.0)) + 1.0
     d = diagnose_metrics(_records(q), (-100.0, 0.0))
     assert d["verdict"] != "overfitting" and any("Metric 3.1 is not read" in r for r in d["reasons"])
+    assert d["verdict"] == "healthy"  # and its recommendation must not claim a rise the curve does not show
+    assert "does not fall" not in d["recommendation"] and "returns propagate" in d["recommendation"]
     # The same shape on rewards >= 0 is Metric 3.1's fall.
     assert diagnose_metrics(_records(q / 60.0 + 1.0), (0.0, 1.0))["verdict"] == "overfitting"
 

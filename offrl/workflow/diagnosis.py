@@ -171,7 +171,8 @@ def _tail_mean(values: Sequence[float], n: int) -> float:
     return float(v[-n:].mean()) if len(v) else float("nan")
 
 
-def _recommendation(verdict: str, selected_step: int | None, algo: str = "cql") -> str:
+def _recommendation(verdict: str, selected_step: int | None, algo: str = "cql", falls_by_propagation: bool = False
+                    ) -> str:
     if algo == "bc":
         if verdict == "overfitting":
             return (
@@ -242,6 +243,14 @@ def _recommendation(verdict: str, selected_step: int | None, algo: str = "cql") 
             f"sign of too little conservatism (paper App. G). Make it more conservative: a larger CQL alpha (or "
             f"BRAC beta), chosen with `offrl tune`. Until then, prefer a checkpoint whose Q stays within the range "
             f"(evidence in_range_peak_step) over step {selected_step}."
+        )
+    if verdict == "healthy" and falls_by_propagation:
+        # With rewards <= 0 the dataset Q-value falls as returns propagate; Metric 3.1 says nothing here.
+        return (
+            f"No overfitting or underfitting detected: the rewards are <= 0, so the dataset Q-value falls as "
+            f"returns propagate and its fall is not read as overfitting (Metric 3.1 does not apply), and the "
+            f"estimated Q error is small against the Q range. Deploy step {selected_step}; watch held-out "
+            f"TD error for memorisation."
         )
     if verdict == "healthy":
         return (
@@ -561,7 +570,7 @@ def diagnose_metrics(
         out["selected_step"] = select_step(selector, records, (q_min, q_max), config.smoothing_window)
         out["selection_rule"] = f"{RULES[selector]} (--selector {selector}; measured in docs/results.md)"
     out["selector"] = "q_after_peak" if after_peak else selector
-    out["recommendation"] = _recommendation(verdict, out["selected_step"], algo)
+    out["recommendation"] = _recommendation(verdict, out["selected_step"], algo, falls_by_propagation)
     return out
 
 
