@@ -454,6 +454,10 @@ def test_bc_is_a_study_reference_without_fqe(tmp_path):
     assert bc["algo"] == "bc" and "fqe_s" not in bc["timings_s"] and not (out / "cells" / Path(bc["run_dir"]).name
                                                                           / "fqe.json").exists()
     assert all(c["fqe_value"] is None and c["heldout/log_likelihood"] is not None for c in bc["checkpoints"])
+    # Its own terms are archived (the actor's held-out action error), not another algorithm's.
+    assert all(isinstance(c["heldout/action_mse"], float) and "mmd" not in c for c in bc["checkpoints"])
+    small = json.loads(next((out / "cells").glob("*__small/cell.json")).read_text())
+    assert all("heldout/action_mse" not in c for c in small["checkpoints"])
     analysis = json.loads((out / "analysis.json").read_text())
     assert analysis["runs"] == 1 and set(analysis["per_algorithm"]) == {"bc", "cql"}
     assert analysis["per_algorithm"]["cql"]["pick_minus_bc"]["n"] == 1

@@ -29,6 +29,16 @@ def agent_for(setting: str, config: StudyConfig) -> Any:
     return dataclasses.replace(base, **overrides)
 
 
+# Each algorithm's Metric 3.2 term and the actor's fit (docs/metrics.md), kept where the run logs them so that
+# an archived cell holds the curves the workflow reads, not only the shared Q-value keys.
+ALGORITHM_TERMS = ("value_loss", "v_data", "adv_weight", "weighted_nll", "mmd", "alpha", "q_std", "kl_estimate",
+                   "action_mse", "log_likelihood")
+
+
+def _algorithm_keys() -> tuple[str, ...]:
+    return tuple(k for t in ALGORITHM_TERMS for k in (t, f"heldout/{t}"))
+
+
 def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[str, Any]:
     """Collect (if needed), train (resuming), diagnose, evaluate every checkpoint, FQE; write cell.json.
 
@@ -97,6 +107,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
         {
             "step": s,
             **{k: records.get(s, {}).get(k) for k in keys},
+            **{k: records[s][k] for k in _algorithm_keys() if k in records.get(s, {}) and k not in keys},
             "fqe_value": fqe_by.get(s),
             "successes": success[s]["successes"],
             "episodes": success[s]["episodes"],
