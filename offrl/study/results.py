@@ -71,14 +71,25 @@ def _figure_scenario(cells: list[dict[str, Any]], scenario: str, task: str, path
         return
     sizes = sorted({c["cell"]["episodes"] for c in runs})
     settings = sorted({c["cell"]["setting"] for c in runs}, key=lambda s: (s != "base", s))
-    colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(len(sizes), 1)))
+    seeds = sorted({c["cell"]["seed"] for c in runs})
     styles = ["-", "--", ":", "-."]
+    # One dataset size and several settings (the algorithms grid): a colour per setting, a line style per seed;
+    # otherwise a colour per size and a style per setting.
+    by_setting = len(sizes) == 1 and len(settings) > 1
+    if by_setting:
+        colors = plt.get_cmap("tab10")(np.arange(len(settings)) % 10)
+    else:
+        colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(len(sizes), 1)))
     fig, axes = plt.subplots(3, 1, figsize=(7, 8.5), sharex=True)
     for c in runs:
         cps = sorted(c["checkpoints"], key=lambda x: x["step"])
         steps = [x["step"] for x in cps]
-        color = colors[sizes.index(c["cell"]["episodes"])]
-        ls = styles[settings.index(c["cell"]["setting"]) % len(styles)]
+        if by_setting:
+            color = colors[settings.index(c["cell"]["setting"])]
+            ls = styles[seeds.index(c["cell"]["seed"]) % len(styles)]
+        else:
+            color = colors[sizes.index(c["cell"]["episodes"])]
+            ls = styles[settings.index(c["cell"]["setting"]) % len(styles)]
         label = f"{c['cell']['episodes']} ep, {c['cell']['setting']}, s{c['cell']['seed']}"
         axes[0].plot(steps, [x["success_rate"] for x in cps], ls, color=color, label=label, marker=".")
         axes[1].plot(steps, [np.nan if x.get("q_data") is None else x["q_data"] for x in cps], ls, color=color)
