@@ -582,7 +582,8 @@ def run(cmd: object) -> int:
         config = load_study_config(cmd.config, out=cmd.out, results=cmd.results)
         analysis = run_study(config, analyse_only=cmd.analyse_only, source=cmd.config, workers=cmd.workers,
                              ray=ray)
-        print(f"{analysis['runs']} of {analysis['cells_total']} runs finished; results: {config.results_path}")
+        print(f"{analysis.get('cells_finished', analysis['runs'])} of {analysis['cells_total']} runs finished; "
+              f"results: {config.results_path}")
         for f in analysis["failed"]:
             print(f"  failed: {f['cell']}: {f['error']}")
         for name, h in analysis["headline"].items():

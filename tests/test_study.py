@@ -460,5 +460,70 @@ def test_bc_is_a_study_reference_without_fqe(tmp_path):
     assert all("heldout/action_mse" not in c for c in small["checkpoints"])
     analysis = json.loads((out / "analysis.json").read_text())
     assert analysis["runs"] == 1 and set(analysis["per_algorithm"]) == {"bc", "cql"}
+    assert analysis["cells_finished"] == analysis["cells_total"] == 2 and "PARTIAL" not in (out / "results.md").read_text()
     assert analysis["per_algorithm"]["cql"]["pick_minus_bc"]["n"] == 1
     assert "| bc | 1 |" in (out / "results.md").read_text()
+
+
+def test_a_scenario_may_set_its_own_budget_and_conflicts_are_refused():
+    from offrl.study.config import budget, cell_settings
+
+    base = {"steps": 100, "checkpoint_every": 10, "eval_episodes": 4}
+    one = {"name": "a", "tasks": ["reach-v3"], "episodes": [4], "settings": ["base"]}
+    own = {"name": "b", "tasks": ["reach-v3"], "episodes": [4], "settings": ["bc"], "steps": 30, "eval_episodes": 2,
+           "batch_size": 16}
+    config = study_config_from_dict({**base, "scenario": [one, own]})
+    a, b = cells_of(config)
+    assert budget(config, a) == {"steps": 100, "checkpoint_every": 10, "eval_episodes": 4, "batch_size": 256}
+    assert budget(config, b) == {"steps": 30, "checkpoint_every": 10, "eval_episodes": 2, "batch_size": 16}
+    # The default batch is not listed, so cells archived before batches could change still match.
+    assert "batch_size" not in cell_settings(config, a) and cell_settings(config, b)["batch_size"] == 16
+    assert cell_settings(config, b)["steps"] == 30 and cell_settings(config, a)["steps"] == 100
+    # The same run in two scenarios with different budgets, or a budget that cannot work: one-line errors.
+    with pytest.raises(StudyConfigError, match="different budgets"):
+        study_config_from_dict({**base, "scenario": [one, {**one, "name": "c", "steps": 50}]})
+    with pytest.raises(StudyConfigError, match="batch_size must be an integer >= 1"):
+        study_config_from_dict({**base, "scenario": [{**one, "batch_size": 0}]})
+    assert len(cells_of(study_config_from_dict({**base, "scenario": [one, {**one, "name": "d"}]}))) == 1
+
+
+def test_the_trajectory_transformer_is_a_study_reference_with_its_own_budget(tmp_path):
+    """A TT cell trains on its scenario's batch and steps, is picked by its held-out token log-likelihood, is
+    rolled out by its planner, gets no FQE, and keeps its per-modality losses in the archive."""
+    pytest.importorskip("metaworld")
+    from offrl.cli import main
+
+    out = tmp_path / "study"
+    path = tmp_path / "tiny.toml"
+    text = TINY_STUDY.format(out=out).replace('settings = ["small", "small_vib"]', '''settings = ["tiny_tt"]
+steps = 20
+eval_episodes = 1
+batch_size = 8''') + '''
+[settings.tiny_tt]
+algo = "tt"
+num_bins = 8
+context_transitions = 2
+num_layers = 1
+num_heads = 2
+embed_dim = 16
+horizon = 1
+beam_width = 2
+expand = 2
+'''
+    path.write_text(text)
+    assert main(["study", str(path)]) == 0
+    cell = json.loads(next((out / "cells").glob("*__tiny_tt/cell.json")).read_text())
+    assert cell["algo"] == "tt" and "fqe_s" not in cell["timings_s"]
+    assert [c["step"] for c in cell["checkpoints"]] == [10, 20]
+    assert all(c["episodes"] == 1 and c["fqe_value"] is None and c["q_data"] is None
+               and np.isfinite(c["heldout/token_log_likelihood"]) and np.isfinite(c["heldout/loss_actions"])
+               for c in cell["checkpoints"])
+    assert cell["diagnosis"]["selected_step"] in (10, 20)
+    run_cfg = json.loads((Path(cell["run_dir"]) / "config.json").read_text())
+    assert run_cfg["training"]["batch_size"] == 8 and run_cfg["training"]["steps"] == 20
+    page = (out / "results.md").read_text()
+    assert "Scenario `tiny` has its own budget: steps 20, eval episodes 1, batch size 8." in page
+    # A grid of references only is finished when its runs are, though no run has a Q-function.
+    analysis = json.loads((out / "analysis.json").read_text())
+    assert analysis["runs"] == 0 and analysis["cells_finished"] == analysis["cells_total"] == 1
+    assert "PARTIAL" not in page and "Runs finished: **1** of 1 (0 with a Q-function" in page

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from offrl.agents import CONFIGS, warmup_steps
-from offrl.study.config import ALGORITHM_PRESETS, NO_Q_ALGOS, PRESETS, Cell, StudyConfig, algo_for
+from offrl.study.config import ALGORITHM_PRESETS, NO_Q_ALGOS, PRESETS, Cell, StudyConfig, algo_for, budget
 from offrl.study.store import CELL_FILE, archive_cell, lock
 from offrl.training import run_dir as rd
 from offrl.workflow.auto import RemedyConfig, remedy_agent
@@ -32,7 +32,8 @@ def agent_for(setting: str, config: StudyConfig) -> Any:
 # Each algorithm's Metric 3.2 term and the actor's fit (docs/metrics.md), kept where the run logs them so that
 # an archived cell holds the curves the workflow reads, not only the shared Q-value keys.
 ALGORITHM_TERMS = ("value_loss", "v_data", "adv_weight", "weighted_nll", "mmd", "alpha", "q_std", "kl_estimate",
-                   "action_mse", "log_likelihood")
+                   "action_mse", "log_likelihood", "token_log_likelihood", "loss_states", "loss_actions",
+                   "loss_rewards", "loss_values")
 
 
 def _algorithm_keys() -> tuple[str, ...]:
@@ -51,6 +52,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
     from offrl.workflow.fqe import FQE_FILE, FQEConfig, fqe_run
 
     run = config.out / "cells" / cell.name
+    b = budget(config, cell)
     timings: dict[str, float] = {}
     data = config.out / "data" / cell.dataset_name
     with lock(config, data.stem, wait=True):
@@ -68,7 +70,8 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
     t = time.perf_counter()
     try:
         train(TrainConfig(
-            dataset=data, out=run, steps=config.steps, checkpoint_every=config.checkpoint_every, seed=cell.seed,
+            dataset=data, out=run, steps=b["steps"], checkpoint_every=b["checkpoint_every"], seed=cell.seed,
+            batch_size=b["batch_size"],
             progress=progress, resume=resume, algo=algo_for(cell.setting, config),
             **{ALGO_FIELD[algo_for(cell.setting, config)]: agent_for(cell.setting, config)},
         ), dataset)
@@ -82,9 +85,9 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
     steps = rd.checkpoint_steps(run)
     evaluation = rd.read_json(run / EVALUATION_FILE) if (run / EVALUATION_FILE).is_file() else None
     if evaluation is None or [r["step"] for r in evaluation["results"]] != steps or \
-            evaluation["episodes"] != config.eval_episodes:
+            evaluation["episodes"] != b["eval_episodes"]:
         t = time.perf_counter()
-        evaluation = evaluate_run(run, episodes=config.eval_episodes, seed=cell.seed, progress=progress)
+        evaluation = evaluate_run(run, episodes=b["eval_episodes"], seed=cell.seed, progress=progress)
         timings["evaluate_s"] = time.perf_counter() - t
     cfg = rd.read_json(run / rd.CONFIG_FILE)
     # FQE only scores the checkpoints selectors choose among (after the BC warm start): a third less work.

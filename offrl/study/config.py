@@ -17,11 +17,16 @@ from offrl.envs.behaviour import REGIMES
 
 PRESETS = ("base", "vib", "dropout", "capacity")
 # Settings that run another algorithm with its paper's defaults; a named setting may set ``algo`` too.
-ALGORITHM_PRESETS = ("iql", "awac", "bear", "mopo", "combo", "bc")
-# BRAC needs a behaviour run per cell. BC is a reference: it has no Q-value, so its pick is its own Guideline (the
-# peak of the held-out log-likelihood, docs/metrics.md), it gets no FQE, and it stays out of the selector tables.
-STUDY_ALGOS = ("cql", "iql", "awac", "bear", "mopo", "combo", "bc")
-NO_Q_ALGOS = ("bc",)
+ALGORITHM_PRESETS = ("iql", "awac", "bear", "mopo", "combo", "bc", "tt")
+# BRAC needs a behaviour run per cell. BC and the Trajectory Transformer have no Q-value: each is picked by its own
+# Guideline (the peak of the held-out log-likelihood of its actions or tokens, docs/metrics.md), gets no FQE, and
+# stays out of the selector tables, which judge Q-based selectors.
+STUDY_ALGOS = ("cql", "iql", "awac", "bear", "mopo", "combo", "bc", "tt")
+NO_Q_ALGOS = ("bc", "tt")
+# What a scenario may set for its own cells instead of the study's value (the Trajectory Transformer's planner
+# costs ~100x a policy network per action on a CPU, so its block evaluates fewer episodes on a smaller batch).
+BUDGET_KEYS = ("steps", "checkpoint_every", "eval_episodes", "batch_size")
+DEFAULT_BATCH_SIZE = 256  # offrl train's --batch-size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +41,14 @@ class Scenario:
     description: str = ""
     regimes: tuple[str, ...] = ("white",)
     """Behaviour regimes of the collected data (docs/dataset-format.md); each is its own dataset and run."""
+    steps: int | None = None
+    """Gradient steps of this block's runs; None = the study's ``steps`` (so are the three below)."""
+    checkpoint_every: int | None = None
+    """Gradient steps between checkpoints of this block's runs."""
+    eval_episodes: int | None = None
+    """Analysis-only episodes per checkpoint of this block's runs."""
+    batch_size: int | None = None
+    """Minibatch size (transitions or, for the Trajectory Transformer, windows) of this block's runs; None = 256."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +138,12 @@ def study_config_from_dict(
             name=str(s["name"]), tasks=tuple(s["tasks"]), episodes=tuple(int(e) for e in s["episodes"]),
             seeds=tuple(int(x) for x in s.get("seeds", (0,))), settings=tuple(s.get("settings", ("base",))),
             description=str(s.get("description", "")), regimes=tuple(s.get("regimes", ("white",))),
+            **{k: s[k] for k in BUDGET_KEYS if k in s},
         )
+        for k in BUDGET_KEYS:
+            v = getattr(sc, k)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise StudyConfigError(f"{source}: scenario '{sc.name}': {k} must be an integer >= 1, got {v!r}")
         unknown_regimes = [r for r in sc.regimes if r not in REGIMES]
         if unknown_regimes:
             raise StudyConfigError(
@@ -155,6 +173,16 @@ def study_config_from_dict(
     for name in ("steps", "checkpoint_every", "eval_episodes", "horizon", "fqe_steps", "bootstrap_samples"):
         if int(getattr(config, name)) < 1:
             raise StudyConfigError(f"{source}: {name} must be >= 1, got {getattr(config, name)}")
+    # A run two scenarios share is made once: they must agree on its budget.
+    made: dict[str, tuple[str, dict[str, int]]] = {}
+    for sc in config.scenarios:
+        for cell in cells_of(config, sc.name):
+            first = made.setdefault(cell.name, (sc.name, budget(config, cell)))
+            if first[1] != budget(config, cell):
+                raise StudyConfigError(
+                    f"{source}: run {cell.name} is in scenarios '{first[0]}' and '{sc.name}' with different budgets "
+                    f"({first[1]} vs {budget(config, cell)}): give them the same steps, checkpoint_every, "
+                    f"eval_episodes and batch_size, or different settings")
     return config
 
 
@@ -212,14 +240,34 @@ def algo_for(setting: str, config: StudyConfig) -> str:
     return "cql" if setting in PRESETS else config.settings[setting].get("algo", "cql")
 
 
+def scenario_of(config: StudyConfig, cell: Cell) -> Scenario:
+    """The scenario a cell is listed under (its ``scenario`` field)."""
+    return next(sc for sc in config.scenarios if sc.name == cell.scenario)
+
+
+def budget(config: StudyConfig, cell: Cell) -> dict[str, int]:
+    """The cell's ``steps``, ``checkpoint_every``, ``eval_episodes`` and ``batch_size``: its scenario's where
+    set, else the study's (batch size: 256, offrl train's default)."""
+    sc = scenario_of(config, cell)
+    study = {"steps": config.steps, "checkpoint_every": config.checkpoint_every,
+             "eval_episodes": config.eval_episodes, "batch_size": DEFAULT_BATCH_SIZE}
+    return {k: int(getattr(sc, k)) if getattr(sc, k) is not None else v for k, v in study.items()}
+
+
 def cell_settings(config: StudyConfig, cell: Cell) -> dict[str, Any]:
-    """Everything of the study besides the cell's own name that decides its result (compared on archive reads)."""
-    return {
-        "steps": config.steps, "checkpoint_every": config.checkpoint_every, "eval_episodes": config.eval_episodes,
+    """Everything of the study besides the cell's own name that decides its result (compared on archive reads).
+    The batch size is listed only when it is not the default, so that cells archived before it could change
+    still match."""
+    b = budget(config, cell)
+    out = {
+        "steps": b["steps"], "checkpoint_every": b["checkpoint_every"], "eval_episodes": b["eval_episodes"],
         "fqe_steps": config.fqe_steps, "horizon": config.horizon,
         "noise_sigma": config.noise_sigma if cell.regime == "white" else None,
         "setting": config.settings.get(cell.setting, cell.setting),
     }
+    if b["batch_size"] != DEFAULT_BATCH_SIZE:
+        out["batch_size"] = b["batch_size"]
+    return out
 
 
 def json_roundtrip(obj: Any) -> Any:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from offrl.stats import wilson_interval
+from offrl.study.config import BUDGET_KEYS
 from offrl.study.selectors import SELECTORS, candidates, cell_name
 from offrl.training import run_dir as rd
 from offrl.workflow.diagnosis import DiagnosisConfig
@@ -102,7 +103,8 @@ def _figure_scenario(cells: list[dict[str, Any]], scenario: str, task: str, path
     axes[0].set_ylabel("success (analysis only)")
     axes[1].set_ylabel("q_data")
     axes[2].set_ylabel("td_error (train)")
-    axes[2].set_yscale("log")
+    if any(x.get("td_error") is not None and x["td_error"] > 0 for c in runs for x in c["checkpoints"]):
+        axes[2].set_yscale("log")  # runs without a critic (BC, TT alone) leave the panel empty
     axes[2].set_xlabel("gradient steps")
     for ax in axes:
         if warm:
@@ -179,10 +181,10 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
         Path(p).resolve().is_relative_to(out.parent.resolve()) else str(p)  # noqa: E731
     cmd = command or f"offrl study {config.out / 'study.toml'}"
     L: list[str] = []
-    total = analysis.get("cells_total", analysis["runs"])
-    if analysis["runs"] < total:
-        L.append(f"# Does the workflow pick good policies? Validation study (PARTIAL: {analysis['runs']} of {total} "
-                 f"runs)\n")
+    done = analysis.get("cells_finished", analysis["runs"])
+    total = analysis.get("cells_total", done)
+    if done < total:
+        L.append(f"# Does the workflow pick good policies? Validation study (PARTIAL: {done} of {total} runs)\n")
         L.append("**The grid is not finished: nothing on this page decides a default** (the rule of "
                  "docs/selection.md is applied to the complete grid). Run the same command to continue it.\n")
     else:
@@ -190,13 +192,20 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
     L.append(f"Written by `offrl study` on {datetime.date.today().isoformat()} "
              f"({platform.machine()}, {platform.system()}). Reproduce: `{cmd}`.\n")
     L.append(
-        f"Runs finished: **{analysis['runs']}** of {analysis.get('cells_total', analysis['runs'])}. "
+        f"Runs finished: **{done}** of {total}"
+        + (f" ({analysis['runs']} with a Q-function, which the selector tables and the diagnosis accuracy read)"
+           if analysis["runs"] != done else "") + ". "
         f"Budget per run: {config.steps} gradient steps ({_warmup_text(cells)}), a checkpoint every "
         f"{config.checkpoint_every} steps, "
         f"{config.eval_episodes} analysis-only episodes per checkpoint, FQE {config.fqe_steps} steps. Data: "
         f"{_data_text(config)}, horizon {config.horizon}. "
         f"Every hyperparameter is the package default; settings change only what their name says.\n"
     )
+    for sc in config.scenarios:
+        own = {k: getattr(sc, k) for k in BUDGET_KEYS if getattr(sc, k) is not None}
+        if own:
+            L.append(f"Scenario `{sc.name}` has its own budget: "
+                     + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in own.items()) + ".\n")
     for f in analysis.get("failed", []):
         L.append(f"- failed run `{f['cell']}`: {f['error']}")
     L.append("Success rates are measured in the simulator **for analysis only**: no selector reads them.\n")
@@ -217,7 +226,7 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
         L.append(f"| best checkpoint in hindsight | {_ci(analysis['best_in_hindsight'])} | 0 | 0 | 1 |")
     rule = analysis.get("default_rule")
     if rule is not None:
-        finished = analysis["runs"] >= analysis.get("cells_total", analysis["runs"])
+        finished = done >= total
         L.append(f"\n**The pre-registered default rule** (docs/selection.md), applied to these runs: "
                  f"{SELECTOR_TEXT.get(rule['default'], rule['default'])}: {rule['reason']}."
                  + ("" if finished else " The grid is not finished: this decides nothing yet.") + "\n")
@@ -240,12 +249,14 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
     algos = analysis.get("per_algorithm") or {}
     if len(algos) > 1:
         L.append("\n## Per algorithm\n")
-        L.append("The workflow's pick (each algorithm's Guideline 3.1 curve, docs/metrics.md; BC, which has no "
-                 "Q-function: the peak of its held-out log-likelihood), the best checkpoint in hindsight and the last, "
+        L.append("The workflow's pick (each algorithm's Guideline 3.1 curve, docs/metrics.md; BC and the Trajectory "
+                 "Transformer (tt), which have no Q-function: the peak of the held-out log-likelihood of their actions "
+                 "and of their next tokens), the best checkpoint in hindsight and the last, "
                  "as success rates (analysis only, scored on half the evaluation episodes as above), and the "
                  "behaviour data's success, with 95% bootstrap intervals over runs. The last four columns are paired "
                  "by run (same task, data and seed): the pick's and the best checkpoint's success minus CQL's and "
-                 "minus BC's.\n")
+                 "minus BC's. A scenario with its own budget (above) has its own checkpoints: its best is the best "
+                 "of those.\n")
         L.append("| algorithm | runs | pick | best | last | normalised regret of the pick | data | pick − CQL | "
                  "best − CQL | pick − BC | best − BC |")
         L.append("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -318,7 +318,8 @@ def analyse(cells: list[dict[str, Any]], config: Any) -> dict[str, Any]:
         for x in UNDERFIT_THRESHOLDS
     }
     return {
-        "runs": len(per_run),
+        "runs": len(per_run),  # the Q-based runs the selector tables and the diagnosis accuracy read
+        "cells_finished": len(every_run),  # every finished run, references (BC, TT) included
         "per_run": every_run,  # BC too: the per-run tables list every run
         "headline": headline,
         "distinguishable": {"p_below": DISTINGUISHABLE_P, "runs": len(apart),
