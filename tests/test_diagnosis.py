@@ -49,6 +49,8 @@ def test_steady_rise_is_not_overfitting_and_selects_the_last_checkpoint():
     d = diagnose_metrics(_records(q), (0.0, 1.0))
     assert d["verdict"] == "healthy"
     assert d["selected_step"] == 75000
+    # The reason says the pick is the last checkpoint only because no peak was seen.
+    assert any("has not peaked yet" in r and "last checkpoint" in r for r in d["reasons"])
 
 
 @pytest.mark.parametrize("seed", range(10))

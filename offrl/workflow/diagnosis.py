@@ -516,7 +516,13 @@ def diagnose_metrics(
             f"(Metric 3.1)"
         )
     elif len(steps) - 1 - dec.peak_index < config.min_after_peak:
-        reasons.append(f"{config.metric} is highest at the end of training (step {steps[dec.peak_index]})")
+        # Guideline 3.1 then reduces to "the last checkpoint": say so, since it is not evidence that the last
+        # checkpoint is good (IQL's q_data still rose at 15,000 steps on every dev run while success fell).
+        reasons.append(
+            f"{config.metric} is highest at the end of training (step {steps[dec.peak_index]}): it has not peaked "
+            f"yet, so Guideline 3.1's pick is simply the last checkpoint; a longer run (offrl train --resume "
+            f"--steps N) shows whether it falls"
+        )
     else:
         reasons.append(
             f"{config.metric} after its peak at step {steps[dec.peak_index]} changes by {-dec.drop:+.3g}, within "
