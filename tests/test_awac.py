@@ -15,7 +15,10 @@ from conftest import chain_arrays, two_action_bandit
 from offrl.agents import awac, common
 from offrl.cli import main
 from offrl.data import make_dataset, save_dataset
+from offrl.export import load_policy
 from offrl.networks import tanh_gaussian_log_prob
+from offrl.training import run_dir as rd
+from offrl.training.policy import checkpoint_policy
 from offrl.training.train import make_train_chunk
 
 
@@ -74,7 +77,7 @@ def test_bandit_policy_keeps_to_the_data_and_prefers_its_better_action():
     assert a == pytest.approx(0.5, abs=0.1)
 
 
-def test_awac_end_to_end_train_diagnose_export(tmp_path, capsys):
+def test_awac_end_to_end_train_resume_diagnose_select_report_export(tmp_path, capsys):
     data = save_dataset(tmp_path / "d.h5", make_dataset(chain_arrays(episodes=10), {"task": "toy"}))
     run = tmp_path / "awac"
     tiny = ["--checkpoint-every", "40", "--chunk-steps", "20", "--batch-size", "32", "--no-progress",
@@ -82,9 +85,45 @@ def test_awac_end_to_end_train_diagnose_export(tmp_path, capsys):
     assert main(["train", "--algo", "awac", "--dataset", str(data), "--out", str(run), "--steps", "120",
                  "--awac.awac-lambda", "0", *tiny]) == 1
     assert "--awac.awac-lambda" in capsys.readouterr().err and not run.exists()
-    assert main(["train", "--algo", "awac", "--dataset", str(data), "--out", str(run), "--steps", "120",
+    assert main(["train", "--algo", "awac", "--dataset", str(data), "--out", str(run), "--steps", "80",
                  *tiny]) == 0
+    assert main(["train", "--resume", "--out", str(run), "--steps", "120", "--no-progress"]) == 0
+    assert [r["step"] for r in rd.read_metrics(run)] == [40, 80, 120]
     assert main(["diagnose", str(run)]) == 0
     d = json.loads((run / "diagnosis.json").read_text())
     assert d["evidence"]["metric"] == "q_data" and "weighted_nll_end" in d["evidence"]
+    capsys.readouterr()
+    assert main(["select", str(run)]) == 0
+    assert capsys.readouterr().out.strip() == str(d["selected_step"])
+    assert main(["report", str(run)]) == 0
+    assert "weighted_nll" in (run / "report.html").read_text()
     assert main(["export", str(run), "--out", str(tmp_path / "policy")]) == 0
+    obs = np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3)
+    np.testing.assert_array_equal(load_policy(tmp_path / "policy")(obs),
+                                  checkpoint_policy(run, d["selected_step"])(obs))
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("algo, extra", [
+    ("awac", ["--awac.critic-hidden-dims", "16", "--awac.actor-hidden-dims", "16"]),
+    ("bear", ["--bear.critic-hidden-dims", "16", "--bear.actor-hidden-dims", "16", "--bear.vae-hidden-dims", "16",
+              "--bear.warmstart-steps", "40"]),
+])
+def test_the_workflow_runs_awac_and_bear_end_to_end(tmp_path, monkeypatch, capsys, algo, extra):
+    """`offrl workflow --algo awac|bear`: collect, train, diagnose on its own regularizer, evaluate (analysis only)
+    and report, in one command."""
+    pytest.importorskip("metaworld")
+    monkeypatch.chdir(tmp_path)
+    argv = ["workflow", "--algo", algo, "--episodes", "4", "--horizon", "100", "--regime", "white",
+            "--noise-sigma", "0.2", "--steps", "80", "--checkpoint-every", "40", "--eval-episodes", "1",
+            "--bc-baseline-steps", "50", "--bc.actor-hidden-dims", "16", "--out", "runs/a", "--no-progress", *extra]
+    assert main(argv) == 0
+    run = tmp_path / "runs/a"
+    cfg = json.loads((run / "config.json").read_text())
+    d = json.loads((run / "diagnosis.json").read_text())
+    assert cfg["algo"] == algo and d["evidence"]["metric"] == "q_data"
+    assert {"awac": "weighted_nll_end", "bear": "mmd_end"}[algo] in d["evidence"]
+    assert d["selected_step"] in ((40, 80) if algo == "awac" else (80,))  # BEAR's MMD-only start is no candidate
+    ev = json.loads((run / "evaluation.json").read_text())
+    assert [r["step"] for r in ev["results"]] == [40, 80] and all(r["episodes"] == 1 for r in ev["results"])
+    assert (run / "report.html").is_file() and str(d["selected_step"]) in capsys.readouterr().out

@@ -15,6 +15,9 @@ from conftest import chain_arrays
 from offrl.agents import bear
 from offrl.cli import main
 from offrl.data import make_dataset, save_dataset
+from offrl.export import load_policy
+from offrl.training import run_dir as rd
+from offrl.training.policy import checkpoint_policy
 from offrl.training.train import make_train_chunk
 
 
@@ -65,7 +68,7 @@ def test_bandit_policy_keeps_to_the_support_and_prefers_the_better_action():
     assert final_action(epsilon=0.1, log_alpha_max=-5.0) > 0.8
 
 
-def test_bear_end_to_end_train_diagnose_export(tmp_path, capsys):
+def test_bear_end_to_end_train_resume_diagnose_select_report_export(tmp_path, capsys):
     data = save_dataset(tmp_path / "d.h5", make_dataset(chain_arrays(episodes=10), {"task": "toy"}))
     run = tmp_path / "bear"
     tiny = ["--checkpoint-every", "40", "--chunk-steps", "20", "--batch-size", "32", "--no-progress",
@@ -75,10 +78,23 @@ def test_bear_end_to_end_train_diagnose_export(tmp_path, capsys):
     assert main(["train", "--algo", "bear", "--dataset", str(data), "--out", str(run), "--steps", "120",
                  *tiny]) == 1
     assert "--bear.warmstart-steps" in capsys.readouterr().err and not run.exists()
-    assert main(["train", "--algo", "bear", "--dataset", str(data), "--out", str(run), "--steps", "160",
+    assert main(["train", "--algo", "bear", "--dataset", str(data), "--out", str(run), "--steps", "120",
                  "--bear.warmstart-steps", "40", *tiny]) == 0
+    assert main(["train", "--resume", "--out", str(run), "--steps", "160", "--no-progress"]) == 0
+    recs = rd.read_metrics(run)
+    assert [r["step"] for r in recs] == [40, 80, 120, 160]
+    for k in ("q_data", "mmd", "alpha", "q_policy", "q_std", "vae_loss", "heldout/mmd", "heldout/vae_loss"):
+        assert np.isfinite(recs[-1][k]), k
     assert main(["diagnose", str(run)]) == 0
     d = json.loads((run / "diagnosis.json").read_text())
     assert d["evidence"]["metric"] == "q_data" and "mmd_end" in d["evidence"]
     assert d["selected_step"] > 40   # the warm-start checkpoint is not a BEAR policy
+    capsys.readouterr()
+    assert main(["select", str(run)]) == 0
+    assert capsys.readouterr().out.strip() == str(d["selected_step"])
+    assert main(["report", str(run)]) == 0
+    assert "mmd" in (run / "report.html").read_text()
     assert main(["export", str(run), "--out", str(tmp_path / "policy")]) == 0
+    obs = np.linspace(-1, 1, 12, dtype=np.float32).reshape(4, 3)
+    np.testing.assert_array_equal(load_policy(tmp_path / "policy")(obs),
+                                  checkpoint_policy(run, d["selected_step"])(obs))
