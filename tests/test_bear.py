@@ -33,6 +33,18 @@ def test_mmd_by_hand(kernel, k01):
     assert float(bear.mmd(x, x, kernel, 1.0)[0]) == pytest.approx(1e-3, rel=1e-3)
 
 
+def test_the_mmd_estimate_of_one_distribution_has_the_floor_of_its_diagonal():
+    # Points drawn uniformly from {0, 2}, Laplacian kernel, sigma 1: k(0, 2) = e^-1, so for independent draws
+    # kappa = E k = (1 + e^-1) / 2 and the biased estimate's mean is E MMD^2 = 2 (1 - kappa) / n = (1 - e^-1) / n,
+    # although both sets come from one distribution: the floor bear.mmd_floor measures.
+    n, rows = 10, 40_000
+    kx, ky = jax.random.split(jax.random.PRNGKey(0))
+    x = 2.0 * jax.random.bernoulli(kx, 0.5, (rows, n, 1)).astype(jnp.float32)
+    y = 2.0 * jax.random.bernoulli(ky, 0.5, (rows, n, 1)).astype(jnp.float32)
+    mmd2 = np.asarray(bear.mmd(x, y, "laplacian", 1.0), np.float64) ** 2 - 1e-6
+    assert mmd2.mean() == pytest.approx((1 - math.exp(-1)) / n, rel=0.02)
+
+
 @pytest.mark.parametrize("bad, flag", [({"num_samples": 1}, "--bear.num-samples"), ({"epsilon": 0.0}, "--bear.epsilon"),
                                        ({"mmd_sigma": 0.0}, "--bear.mmd-sigma"),
                                        ({"soft_clip_lambda": 1.5}, "--bear.soft-clip-lambda")])
@@ -83,8 +95,10 @@ def test_bear_end_to_end_train_resume_diagnose_select_report_export(tmp_path, ca
     assert main(["train", "--resume", "--out", str(run), "--steps", "160", "--no-progress"]) == 0
     recs = rd.read_metrics(run)
     assert [r["step"] for r in recs] == [40, 80, 120, 160]
-    for k in ("q_data", "mmd", "alpha", "q_policy", "q_std", "vae_loss", "heldout/mmd", "heldout/vae_loss"):
+    for k in ("q_data", "mmd", "alpha", "q_policy", "q_std", "vae_loss", "heldout/mmd", "heldout/vae_loss",
+              "mmd_floor", "heldout/mmd_floor"):
         assert np.isfinite(recs[-1][k]), k
+    assert recs[-1]["mmd_floor"] > 1e-3  # above the estimate's +1e-6: two sample sets of one model still differ
     assert main(["diagnose", str(run)]) == 0
     d = json.loads((run / "diagnosis.json").read_text())
     assert d["evidence"]["metric"] == "q_data" and "mmd_end" in d["evidence"]

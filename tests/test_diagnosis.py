@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -105,6 +107,10 @@ def test_q_falling_far_below_the_range_is_overfitting_not_divergence():
     assert d["verdict"] == "overfitting"
     assert d["selected_step"] == 5000
     assert d["evidence"]["q_data_below_q_range_by"] == pytest.approx(60.0)
+    assert any("CQL is pushing Q down" in r for r in d["reasons"])
+    # The same curve from AWAC names AWAC's own downward bias, not CQL's.
+    a = diagnose_metrics(_records(q), (0.0, 1.0), algo="awac")
+    assert any("AWAC's target" in r for r in a["reasons"]) and not any("CQL" in r for r in a["reasons"])
 
 
 def test_noise_estimate_ignores_linear_trends():
@@ -236,3 +242,24 @@ def test_the_cli_offers_exactly_the_rules():
     from offrl.workflow.rules import RULES
 
     assert typing.get_args(SelectorName) == tuple(RULES)
+
+
+def test_bear_constraint_never_met_at_the_ceiling_and_below_the_estimates_floor():
+    """BEAR with epsilon 0.05 on data whose behaviour model's own MMD floor is 0.15: the MMD stays at 0.2 with
+    alpha at e^10. The diagnosis says the constraint is never met and that no policy could meet this epsilon; a run
+    whose MMD is below epsilon gets no such reason."""
+    q = 0.02 * np.arange(8)
+    agent = {"epsilon": 0.05, "log_alpha_max": 10.0, "num_samples": 10}
+    stuck = [{**r, "mmd": 0.2, "mmd_floor": 0.15, "alpha": math.exp(10.0)} for r in _records(q)]
+    d = diagnose_metrics(stuck, (0.0, 1.0), algo="bear", agent=agent)
+    c = d["evidence"]["bear_constraint"]
+    assert c["alpha_at_ceiling"] and c["mmd_end"] == pytest.approx(0.2) and c["mmd_floor_end"] == pytest.approx(0.15)
+    text = " ".join(d["reasons"])
+    assert "never met" in text and "raise --bear.epsilon above 0.15" in text
+    assert d["verdict"] == diagnose_metrics(_records(q), (0.0, 1.0), algo="bear")["verdict"]  # a reason, not a verdict
+    held = [{**r, "mmd": 0.03, "mmd_floor": 0.01, "alpha": 2.0} for r in _records(q)]
+    assert "bear_constraint" not in diagnose_metrics(held, (0.0, 1.0), algo="bear", agent=agent)["evidence"]
+    # Above epsilon but alpha still climbing and the floor below epsilon: reported, without "never met".
+    climbing = [{**r, "mmd": 0.08, "mmd_floor": 0.02, "alpha": 50.0} for r in _records(q)]
+    c = diagnose_metrics(climbing, (0.0, 1.0), algo="bear", agent=agent)["evidence"]["bear_constraint"]
+    assert not c["alpha_at_ceiling"] and "never met" not in c["reason"] and "no policy" not in c["reason"]

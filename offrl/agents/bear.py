@@ -34,7 +34,8 @@ of 10 sampled actions under Q_1 (the export format holds one deterministic polic
 (256) instead of 100.
 
 Workflow metrics (docs/metrics.md, "BEAR"): ``q_data`` (Metric 3.1 and Guideline 3.1), ``mmd`` (Metric 3.2's
-regularizer) and ``alpha`` (its multiplier), ``q_policy``, ``q_std``, ``vae_loss``, and the TD targets' spread.
+regularizer) and ``alpha`` (its multiplier), ``mmd_floor`` (the estimate's own floor, :func:`mmd_floor`),
+``q_policy``, ``q_std``, ``vae_loss``, and the TD targets' spread.
 """
 
 from __future__ import annotations
@@ -287,15 +288,33 @@ def update(state: BEARState, batch: Batch, key: jax.Array, config: BEARConfig) -
     return new, metrics
 
 
+def mmd_floor(state: BEARState, batch: Batch, key: jax.Array, config: BEARConfig) -> jnp.ndarray:
+    """The MMD estimate between two independent sets of ``num_samples`` behaviour-model actions per state, (B,).
+
+    Both sets come from one distribution, so the true MMD is 0; the estimate is not: the biased V-statistic keeps
+    the diagonal k(x, x) = 1 terms, about 2 (1 - E k(x, x')) / n in MMD^2. A policy that matched the behaviour
+    model exactly would score this, so ``mmd`` cannot be driven below it, and an epsilon below it cannot be met
+    (alpha then climbs to its ceiling and the actor's Q term counts for ~1/alpha)."""
+    _, _, vae = _nets(config, batch["actions"].shape[-1])
+    obs = batch["observations"]
+    latent = 2 * batch["actions"].shape[-1]
+    n, rows = config.num_samples, batch["actions"].shape[0]
+    k1, k2 = jax.random.split(key)
+    z1, z2 = (jnp.clip(jax.random.normal(k, (n, rows, latent)), -0.5, 0.5) for k in (k1, k2))
+    u1, u2 = (vae.apply(state.vae_params, obs, z, method=BehaviorVAE.decode) for z in (z1, z2))
+    return mmd(jnp.swapaxes(u1, 0, 1), jnp.swapaxes(u2, 0, 1), config.kernel, config.mmd_sigma)
+
+
 def evaluate(state: BEARState, batch: Batch, key: jax.Array, config: BEARConfig) -> dict[str, jnp.ndarray]:
     """Per-transition workflow metrics (B,) on a fixed set: those of :func:`vae_terms`, :func:`critic_terms` and
-    :func:`actor_terms`, and ``alpha`` (the multiplier, the same for every transition)."""
-    k_vae, k_critic, k_actor = jax.random.split(key, 3)
+    :func:`actor_terms`, ``mmd_floor`` (:func:`mmd_floor`) and ``alpha`` (the multiplier, the same for every
+    transition)."""
+    k_vae, k_critic, k_actor, k_floor = jax.random.split(key, 4)
     _, v_aux = vae_terms(state.vae_params, state, batch, k_vae, config)
     _, c_aux = critic_terms(state.critic_params, state, batch, k_critic, config)
     _, a_aux = actor_terms(state.actor_params, state, batch, k_actor, config)
     alpha = jnp.full_like(c_aux["q_data"], jnp.exp(state.log_alpha))
-    return {**v_aux, **c_aux, **a_aux, "alpha": alpha}
+    return {**v_aux, **c_aux, **a_aux, "mmd_floor": mmd_floor(state, batch, k_floor, config), "alpha": alpha}
 
 
 def deterministic_action(actor_params: Any, observations: jnp.ndarray, act_dim: int, config: BEARConfig):

@@ -271,6 +271,41 @@ def _recommendation(verdict: str, selected_step: int | None, algo: str = "cql", 
     )
 
 
+def bear_constraint(mmd: np.ndarray, floor: np.ndarray, alpha: np.ndarray, agent: dict[str, Any],
+                    tail: int = 3) -> dict[str, Any] | None:
+    """BEAR's support constraint, read from its checkpoints (Kumar et al. 2019, Alg. 1: MMD <= epsilon through the
+    multiplier alpha): None when it holds, else the evidence and a one-line reason.
+
+    Not met with alpha at its ceiling (``log_alpha_max``, 99 % of it) means the actor minimises alpha x MMD and its
+    Q term counts for about 1/alpha: the policy imitates the behaviour model's samples. When the MMD of two sample
+    sets of the behaviour model itself (``mmd_floor``, :func:`offrl.agents.bear.mmd_floor`) is above epsilon, no
+    policy can meet the constraint: epsilon is below what the estimate resolves with ``num_samples`` samples.
+
+    Args:
+        mmd, floor, alpha: per checkpoint (after the warm start), any may hold NaN (floor is absent in runs made
+            before it was logged).
+        agent: the run's BEAR settings (``epsilon``, ``log_alpha_max``).
+    """
+    epsilon = float(agent.get("epsilon", 0.05))
+    ceiling = math.exp(float(agent.get("log_alpha_max", 10.0)))
+    m, f, a = _tail_mean(mmd, tail), _tail_mean(floor, tail), _tail_mean(alpha, tail)
+    if not np.isfinite(m) or m <= epsilon:
+        return None
+    at_ceiling = bool(np.isfinite(a) and a >= 0.99 * ceiling)
+    out: dict[str, Any] = {"mmd_end": m, "mmd_floor_end": f if np.isfinite(f) else None, "epsilon": epsilon,
+                           "alpha_end": a if np.isfinite(a) else None, "alpha_at_ceiling": at_ceiling}
+    text = f"BEAR's MMD ends at {m:.3g}, above --bear.epsilon {epsilon:g}"
+    if at_ceiling:
+        text += (f", with alpha at its ceiling (e^{math.log(ceiling):g}): the constraint is never met, so the actor "
+                 f"imitates the behaviour model and its Q term counts for ~1/alpha")
+    if np.isfinite(f) and f > epsilon:
+        text += (f"; two sample sets of the behaviour model itself score {f:.3g} (the estimate's floor with "
+                 f"--bear.num-samples {int(agent.get('num_samples', 10))}), so no policy can meet this epsilon: "
+                 f"raise --bear.epsilon above {f:.3g} or --bear.num-samples")
+    out["reason"] = text
+    return out
+
+
 def diagnose_metrics(
     records: list[dict[str, Any]],
     q_range: tuple[float, float],
@@ -282,6 +317,7 @@ def diagnose_metrics(
     warmup_steps: int = 0,
     algo: str = "cql",
     selector: str = "q_peak",
+    agent: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Diagnose a run from its checkpoint records (the lines of metrics.jsonl).
 
@@ -301,6 +337,8 @@ def diagnose_metrics(
         selector: the selection rule (:data:`offrl.workflow.rules.RULES`): ``q_peak`` (Guideline 3.1 on the
             diagnosis's curve, the default) or another rule measured by the study (``fqe`` needs each record's
             ``fqe_value``). It changes the pick only, never the verdict; ``after_peak`` means ``q_after_peak``.
+        agent: the run's agent settings (config.json ``agent``), for checks of an algorithm's own constraint
+            (BEAR: :func:`bear_constraint`); None skips them.
 
     Raises:
         ValueError: an unknown selector, or one whose curve the records lack.
@@ -391,9 +429,11 @@ def diagnose_metrics(
     # Only a Q-value has the reward range as its scale (BRAC's q_regularized adds beta * log pi_beta).
     if config.metric.removeprefix("heldout/") == "q_data" and q[-1] < q_min - width:
         evidence["q_data_below_q_range_by"] = float(q_min - q[-1])
+        why = {"cql": "CQL is pushing Q down on sampled actions harder than the data supports it",
+               "awac": "AWAC's target, the twin critics' minimum at the policy's own actions, is biased down and "
+                       "the bias compounds over the discount"}.get(algo, "the critic's targets are biased down")
         reasons.append(
-            f"{config.metric} ends at {q[-1]:.4g}, below the lowest return the rewards allow ({q_min:.4g}): "
-            f"CQL is pushing Q down on sampled actions harder than the data supports it"
+            f"{config.metric} ends at {q[-1]:.4g}, below the lowest return the rewards allow ({q_min:.4g}): {why}"
         )
     dec = detect_decline(q, config, width)
     out["peak_step"] = steps[dec.peak_index]
@@ -419,6 +459,11 @@ def diagnose_metrics(
     reg_key = REGULARIZER[algo]
     reg = _tail_mean(series(reg_key), tail_n) if reg_key else float("nan")
     evidence.update({"td_error_end": td, f"{reg_key or 'regularizer'}_end": reg, "q_error_estimate_end": q_err})
+    if algo == "bear" and agent is not None:
+        constraint = bear_constraint(series("mmd"), series("mmd_floor"), series("alpha"), agent, tail_n)
+        if constraint is not None:
+            evidence["bear_constraint"] = constraint
+            reasons.append(constraint["reason"])
     if "heldout/td_error" in records[-1]:
         held_td = _tail_mean(series("heldout/td_error"), tail_n)
         evidence["heldout_td_error_end"] = held_td
@@ -701,6 +746,7 @@ def diagnose_run(
         warmup_steps=_warmup(main["config"]),
         algo=main["config"].get("algo", "cql"),
         selector=selector,
+        agent=main["config"].get("agent"),
     )
     result["config"] = dataclasses.asdict(config)
     if main["config"].get("algo") in ("mopo", "combo"):
