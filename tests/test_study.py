@@ -474,6 +474,10 @@ def test_a_scenario_may_set_its_own_budget_and_conflicts_are_refused():
            "batch_size": 16}
     config = study_config_from_dict({**base, "scenario": [one, own]})
     a, b = cells_of(config)
+    from offrl.study.config import DEFAULT_BATCH_SIZE
+    from offrl.training.train import TrainConfig
+
+    assert DEFAULT_BATCH_SIZE == TrainConfig.batch_size  # the study's default is offrl train's
     assert budget(config, a) == {"steps": 100, "checkpoint_every": 10, "eval_episodes": 4, "batch_size": 256}
     assert budget(config, b) == {"steps": 30, "checkpoint_every": 10, "eval_episodes": 2, "batch_size": 16}
     # The default batch is not listed, so cells archived before batches could change still match.

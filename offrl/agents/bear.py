@@ -199,6 +199,14 @@ def _policy_samples(actor: TanhGaussianActor, params: Any, obs: Any, key: jax.Ar
     return u, jnp.tanh(u)
 
 
+def _behaviour_samples(vae: BehaviorVAE, params: Any, obs: Any, key: jax.Array, n: int, act_dim: int):
+    """n pre-tanh actions per state from the behaviour VAE, (n, B, act_dim): the decoder at latents
+    z ~ clip(N(0, I), -0.5, 0.5) (BCQ's and BEAR's clipped prior)."""
+    rows = jax.tree.leaves(obs)[0].shape[0]
+    z = jnp.clip(jax.random.normal(key, (n, rows, 2 * act_dim)), -0.5, 0.5)
+    return vae.apply(params, obs, z, method=BehaviorVAE.decode)
+
+
 def vae_terms(vae_params: Any, state: BEARState, batch: Batch, key: jax.Array, config: BEARConfig):
     """The VAE loss mean(||a - recon||^2 / act_dim) + 0.5 mean(KL) (BCQ's, with the authors' per-element means);
     aux: per-transition ``vae_loss`` (B,)."""
@@ -232,8 +240,8 @@ def actor_terms(actor_params: Any, state: BEARState, batch: Batch, key: jax.Arra
     obs = batch["observations"]
     k_pi, k_beta = jax.random.split(key)
     u_pi, a_pi = _policy_samples(actor, actor_params, obs, k_pi, config.num_samples)
-    z = jnp.clip(jax.random.normal(k_beta, (config.num_samples, a_pi.shape[1], 2 * a_pi.shape[-1])), -0.5, 0.5)
-    u_beta = jax.lax.stop_gradient(vae.apply(state.vae_params, obs, z, method=BehaviorVAE.decode))
+    u_beta = jax.lax.stop_gradient(_behaviour_samples(vae, state.vae_params, obs, k_beta, config.num_samples,
+                                                      a_pi.shape[-1]))
     dist = mmd(jnp.swapaxes(u_beta, 0, 1), jnp.swapaxes(u_pi, 0, 1), config.kernel, config.mmd_sigma)
     qs = jax.vmap(lambda a: critic.apply(state.critic_params, obs, a))(a_pi).mean(axis=0)  # (n_critics, B)
     q_pi, q_std = qs.min(axis=0), qs.std(axis=0)
@@ -295,13 +303,10 @@ def mmd_floor(state: BEARState, batch: Batch, key: jax.Array, config: BEARConfig
     the diagonal k(x, x) = 1 terms, about 2 (1 - E k(x, x')) / n in MMD^2. A policy that matched the behaviour
     model exactly would score this, so ``mmd`` cannot be driven below it, and an epsilon below it cannot be met
     (alpha then climbs to its ceiling and the actor's Q term counts for ~1/alpha)."""
-    _, _, vae = _nets(config, batch["actions"].shape[-1])
-    obs = batch["observations"]
-    latent = 2 * batch["actions"].shape[-1]
-    n, rows = config.num_samples, batch["actions"].shape[0]
-    k1, k2 = jax.random.split(key)
-    z1, z2 = (jnp.clip(jax.random.normal(k, (n, rows, latent)), -0.5, 0.5) for k in (k1, k2))
-    u1, u2 = (vae.apply(state.vae_params, obs, z, method=BehaviorVAE.decode) for z in (z1, z2))
+    act_dim = batch["actions"].shape[-1]
+    _, _, vae = _nets(config, act_dim)
+    u1, u2 = (_behaviour_samples(vae, state.vae_params, batch["observations"], k, config.num_samples, act_dim)
+              for k in jax.random.split(key))
     return mmd(jnp.swapaxes(u1, 0, 1), jnp.swapaxes(u2, 0, 1), config.kernel, config.mmd_sigma)
 
 

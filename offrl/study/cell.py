@@ -32,9 +32,8 @@ def agent_for(setting: str, config: StudyConfig) -> Any:
 # Each algorithm's Metric 3.2 term and the actor's fit (docs/metrics.md), kept where the run logs them so that
 # an archived cell holds the curves the workflow reads, not only the shared Q-value keys.
 ALGORITHM_TERMS = ("value_loss", "v_data", "adv_weight", "weighted_nll", "mmd", "mmd_floor", "alpha", "q_std",
-                   "kl_estimate",
-                   "action_mse", "log_likelihood", "token_log_likelihood", "loss_states", "loss_actions",
-                   "loss_rewards", "loss_values")
+                   "kl_estimate", "action_mse", "log_likelihood", "token_log_likelihood", "loss_states",
+                   "loss_actions", "loss_rewards", "loss_values")
 
 
 def _algorithm_keys() -> tuple[str, ...]:
