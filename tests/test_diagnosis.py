@@ -263,3 +263,37 @@ def test_bear_constraint_never_met_at_the_ceiling_and_below_the_estimates_floor(
     climbing = [{**r, "mmd": 0.08, "mmd_floor": 0.02, "alpha": 50.0} for r in _records(q)]
     c = diagnose_metrics(climbing, (0.0, 1.0), algo="bear", agent=agent)["evidence"]["bear_constraint"]
     assert not c["alpha_at_ceiling"] and "never met" not in c["reason"] and "no policy" not in c["reason"]
+
+
+def _agent_configs():
+    from offrl.agents.awac import AWACConfig
+    from offrl.agents.bear import BEARConfig
+    from offrl.agents.brac import BRACConfig
+    from offrl.agents.combo import COMBOConfig
+    from offrl.agents.iql import IQLConfig
+    from offrl.agents.mopo import MOPOConfig
+
+    return {"iql": IQLConfig, "awac": AWACConfig, "bear": BEARConfig, "brac": BRACConfig, "mopo": MOPOConfig,
+            "combo": COMBOConfig}
+
+
+@pytest.mark.parametrize("algo", ["iql", "awac", "bear", "brac", "mopo", "combo"])
+@pytest.mark.parametrize("verdict", ["overfitting", "underfitting", "over-estimation", "diverged"])
+def test_advice_names_only_settings_the_algorithm_has(algo, verdict):
+    """VIB, dropout and DR3 exist for CQL's critic alone: an IQL, AWAC, BEAR, BRAC, MOPO or COMBO run must not be
+    told to add them, and every flag its advice names must be a field of its own config."""
+    import dataclasses
+    import re
+
+    from offrl.workflow.diagnosis import _recommendation
+
+    text = _recommendation(verdict, 4500, algo)
+    fields = {f.name.replace("_", "-") for f in dataclasses.fields(_agent_configs()[algo])}
+    flags = re.findall(r"--([a-z]+)\.([a-z-]+)", text)
+    assert all(group == algo and name in fields for group, name in flags), (flags, text)
+    # Advice to add CQL's regularizers reads "a variational information bottleneck" / "the DR3 regularizer".
+    assert "information bottleneck" not in text and "DR3 regularizer" not in text, text
+    if verdict in ("overfitting", "over-estimation"):
+        assert "4500" in text
+    if verdict in ("underfitting", "over-estimation") or (verdict == "diverged" and algo != "iql"):
+        assert flags, text  # an actionable setting, not only "train differently"

@@ -171,6 +171,62 @@ def _tail_mean(values: Sequence[float], n: int) -> float:
     return float(v[-n:].mean()) if len(v) else float("nan")
 
 
+# What each verdict means for an actor-critic algorithm whose networks have none of CQL's remedy options (VIB,
+# dropout, DR3 exist for CQL's critic only, offrl.agents.cql): its own flags, so that no advice names a setting
+# the run cannot take (docs/metrics.md, each algorithm's section).
+_WHAT = {
+    "overfitting": "the dataset Q-value peaks, then falls: the critic memorises its training transitions",
+    "underfitting": "the critic does not fit its training objective",
+    "over-estimation": "the dataset Q-value rose above the largest return the rewards allow",
+    "diverged": "the Q-values left the range the rewards allow, or became NaN/inf",
+}
+_LESS_DATA_FIT = ("more data or fewer gradient steps (offrl's VIB and dropout remedies, Guideline 4.1, are built for "
+                  "CQL's critic: --algo cql)")
+_CONFIRM = ("; confirm with Metric 3.2: train the same setup with more capacity and run `offrl diagnose RUN_DIR "
+            "--compare BIGGER_RUN_DIR`")
+_OWN_REMEDIES: dict[str, dict[str, str]] = {
+    "iql": {
+        "underfitting": "wider or deeper critics and V (--iql.critic-hidden-dims, --iql.value-hidden-dims; image "
+                        "runs: --iql.critic-encoder resnet)" + _CONFIRM,
+    },
+    "awac": {
+        "overfitting": _LESS_DATA_FIT,
+        "underfitting": "wider or deeper critics and policy (--awac.critic-hidden-dims, --awac.actor-hidden-dims; "
+                        "image runs: --awac.actor-encoder resnet)" + _CONFIRM,
+    },
+    "bear": {
+        "overfitting": _LESS_DATA_FIT + "; check heldout/vae_loss too: a memorising behaviour model misplaces the "
+                       "support the MMD keeps the policy on",
+        "underfitting": "wider or deeper critics and actor (--bear.critic-hidden-dims, --bear.actor-hidden-dims; "
+                        "image runs: --bear.actor-encoder resnet)" + _CONFIRM,
+        "over-estimation": "tighten the support constraint: a smaller --bear.epsilon or a narrower --bear.mmd-sigma "
+                           "(Kumar et al. 2019, Alg. 1)",
+        "diverged": "lower --bear.critic-lr (1e-3 by default), tighten the constraint (--bear.epsilon, "
+                    "--bear.mmd-sigma), and check the rewards' scale and the terminals",
+    },
+    "brac": {
+        "overfitting": _LESS_DATA_FIT,
+        "underfitting": "wider or deeper critics and actor (--brac.critic-hidden-dims, --brac.actor-hidden-dims; "
+                        "image runs: --brac.actor-encoder resnet)" + _CONFIRM,
+        "over-estimation": "more conservatism: a larger --brac.beta (the behaviour policy's weight, paper App. F), "
+                           "chosen with `offrl tune`",
+        "diverged": "lower --brac.critic-lr, a larger --brac.beta, and check the rewards' scale and the terminals",
+    },
+}
+for _algo, _knob in (("mopo", "a larger --mopo.penalty-coef (lambda of Yu et al. 2020, Eq. 10) or a shorter "
+                              "--mopo.rollout-horizon"),
+                     ("combo", "a larger --combo.conservative-weight (beta of Yu et al. 2021, Eq. 2) or a shorter "
+                               "--combo.rollout-horizon")):
+    _OWN_REMEDIES[_algo] = {
+        "overfitting": _LESS_DATA_FIT,
+        "underfitting": f"wider or deeper critics and actor (--{_algo}.critic-hidden-dims, "
+                        f"--{_algo}.actor-hidden-dims)" + _CONFIRM,
+        "over-estimation": "more pessimism about the model's transitions: " + _knob,
+        "diverged": f"lower --{_algo}.critic-lr, add pessimism ({_knob}), and check the rewards' scale and the "
+                    "terminals",
+    }
+
+
 def _recommendation(verdict: str, selected_step: int | None, algo: str = "cql", falls_by_propagation: bool = False
                     ) -> str:
     if algo == "bc":
@@ -222,6 +278,13 @@ def _recommendation(verdict: str, selected_step: int | None, algo: str = "cql", 
             "over-estimation": "discrete CQL (--dqn.variant cql) or a larger --dqn.cql-alpha",
         }[verdict]
         return f"{verdict.capitalize()} ({algo}): {fix}. Deploy step {selected_step} meanwhile."
+    fix = _OWN_REMEDIES.get(algo, {}).get(verdict)
+    if fix is not None:
+        deploy = {"overfitting": f"Deploy step {selected_step}, the peak before the fall (Guideline 3.1)",
+                  "over-estimation": f"Until then, prefer a checkpoint whose Q stays within the range (evidence "
+                                     f"in_range_peak_step) over step {selected_step}"}.get(
+            verdict, f"Meanwhile the best available checkpoint is step {selected_step}" if selected_step else "")
+        return f"{algo.upper()}: {_WHAT[verdict]}. Remedy: {fix}." + (f" {deploy}." if deploy else "")
     if verdict == "overfitting":
         return (
             f"Deploy the checkpoint at step {selected_step}, at the peak of the dataset Q-value before it falls "
