@@ -177,10 +177,12 @@ def init(config: BEARConfig, obs_spec: common.ObsSpec, act_dim: int, key: jax.Ar
 
 
 def mmd(x: jnp.ndarray, y: jnp.ndarray, kernel: str, sigma: float) -> jnp.ndarray:
-    """sqrt(MMD^2 + 1e-6) between two sample sets per state: x (B, n, d), y (B, m, d) -> (B,).
+    """sqrt(MMD^2 + 1e-6) between two sample sets per state: x (B, n, d), y (B, m, d) float32 -> (B,) float32.
 
-    MMD^2 = mean_{i,i'} k(x_i, x_i') + mean_{j,j'} k(y_j, y_j') - 2 mean_{i,j} k(x_i, y_j) (the biased V-statistic,
-    as BEAR's code), k Laplacian exp(-||.||_1 / (2 sigma)) or Gaussian exp(-||.||_2^2 / (2 sigma))."""
+    MMD^2 = mean_{i,i'} k(x_i, x_i') + mean_{j,j'} k(y_j, y_j') - 2 mean_{i,j} k(x_i, y_j) (the biased V-statistic
+    of Gretton et al. 2012, "A Kernel Two-Sample Test", as BEAR's code; Kumar et al. 2019, the sampled
+    MMD of the constraint), k Laplacian exp(-||.||_1 / (2 sigma)) or Gaussian exp(-||.||_2^2 / (2 sigma)); the
+    1e-6 keeps the square root's gradient finite at 0 (the authors' code)."""
 
     def k(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
         diff = a[:, :, None, :] - b[:, None, :, :]
@@ -208,8 +210,12 @@ def _behaviour_samples(vae: BehaviorVAE, params: Any, obs: Any, key: jax.Array, 
 
 
 def vae_terms(vae_params: Any, state: BEARState, batch: Batch, key: jax.Array, config: BEARConfig):
-    """The VAE loss mean(||a - recon||^2 / act_dim) + 0.5 mean(KL) (BCQ's, with the authors' per-element means);
-    aux: per-transition ``vae_loss`` (B,)."""
+    """The behaviour model's loss: mean(||a - recon||^2 / act_dim) + 0.5 mean(KL(q(z|s, a) || N(0, I))), the
+    conditional VAE of BCQ (Fujimoto et al. 2019) that BEAR samples its behaviour actions from (Kumar et al. 2019,
+    Alg. 1), with the authors' per-element means.
+
+    Args: ``batch`` with ``observations`` (B, obs_dim) float32 (or an image dict) and ``actions`` (B, act_dim)
+    in [-1, 1]. Returns the scalar loss and aux: per-transition ``vae_loss`` (B,)."""
     _, _, vae = _nets(config, batch["actions"].shape[-1])
     recon, mu, log_sigma = vae.apply(vae_params, batch["observations"], batch["actions"], key)
     rec = ((recon - batch["actions"]) ** 2).mean(-1)
@@ -219,8 +225,13 @@ def vae_terms(vae_params: Any, state: BEARState, batch: Batch, key: jax.Array, c
 
 
 def critic_terms(critic_params: Any, state: BEARState, batch: Batch, key: jax.Array, config: BEARConfig):
-    """The soft clipped double-Q target over ``target_samples`` target-actor actions and the critics' squared
-    error; aux (B,): ``q_data``, ``td_error`` (means over critics), ``target_q``, ``target_q_sq``."""
+    """The critics' loss (Kumar et al. 2019, Eq. 5, BCQ's soft clipped double-Q target; module docstring):
+    y = r + gamma (1 - terminal) max_j [lambda min_i Qbar_i(s', a'_j) + (1 - lambda) max_i Qbar_i(s', a'_j)] over
+    ``target_samples`` target-actor actions a'_j, and sum_i mean (Q_i(s, a) - y)^2.
+
+    Args: ``batch`` with ``observations``, ``next_observations`` (B, obs_dim) float32 (or image dicts),
+    ``actions`` (B, act_dim), ``rewards`` and ``terminals`` (B,) float32 (timeouts are not terminals). Returns the
+    scalar loss and aux (B,): ``q_data``, ``td_error`` (means over critics), ``target_q``, ``target_q_sq``."""
     critic, actor, _ = _nets(config, batch["actions"].shape[-1])
     next_obs = batch["next_observations"]
     _, next_act = _policy_samples(actor, state.target_actor_params, next_obs, key, config.target_samples)
@@ -234,8 +245,13 @@ def critic_terms(critic_params: Any, state: BEARState, batch: Batch, key: jax.Ar
 
 
 def actor_terms(actor_params: Any, state: BEARState, batch: Batch, key: jax.Array, config: BEARConfig):
-    """The actor's loss (module docstring; MMD only before ``warmstart_steps``); aux (B,): ``mmd``, ``q_policy``
-    (min over critics of the mean over samples), ``q_std`` (the critics' standard deviation)."""
+    """The actor's loss (Kumar et al. 2019, Alg. 1, line 9; module docstring): mean over states of
+    -min_i mean_j Q_i(s, a_j) + k std_i Q_i + alpha MMD(pi(.|s), beta(.|s)), with alpha held fixed (its own
+    update is the dual step in :func:`update`); the MMD term alone before ``warmstart_steps``.
+
+    Args: ``batch`` with ``observations`` (B, obs_dim) float32 (or an image dict). Returns the scalar loss and aux
+    (B,): ``mmd``, ``q_policy`` (min over critics of the mean over samples), ``q_std`` (the critics' standard
+    deviation)."""
     critic, actor, vae = _nets(config, batch["actions"].shape[-1])
     obs = batch["observations"]
     k_pi, k_beta = jax.random.split(key)
@@ -254,7 +270,13 @@ def actor_terms(actor_params: Any, state: BEARState, batch: Batch, key: jax.Arra
 
 def update(state: BEARState, batch: Batch, key: jax.Array, config: BEARConfig) -> tuple[BEARState, dict]:
     """One gradient step on the VAE, the critics, the actor and log alpha, then the soft target updates (the
-    order of the authors' code). Returns the new state and minibatch means of the losses and terms."""
+    order of the authors' code). The multiplier takes a dual gradient-ascent step on alpha (MMD - epsilon)
+    (Kumar et al. 2019, Alg. 1: the Lagrangian of the constraint MMD <= epsilon), log alpha clipped to
+    [-5, ``log_alpha_max``].
+
+    Args: ``batch`` as for :func:`critic_terms` (B transitions); ``key`` a PRNG key. Returns the new state and the
+    minibatch means (scalars, float32) ``vae_loss``, ``critic_loss``, ``actor_loss``, ``alpha_loss``, ``alpha``,
+    ``q_data``, ``td_error``, ``target_q``, ``mmd``, ``q_policy``, ``q_std``."""
     c_opt, a_opt, v_opt, al_opt = _opts(config)
     k_vae, k_critic, k_actor = jax.random.split(key, 3)
     critic_batch, actor_batch = common.augmented_batches(batch, jax.random.fold_in(key, 7), config.crop_padding)
