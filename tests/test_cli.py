@@ -60,6 +60,21 @@ def test_bad_input_exits_non_zero_with_one_clear_line(tmp_path, monkeypatch, cap
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
 
 
+@pytest.mark.parametrize("argv, flag", [
+    (["--algo", "iql", "--iql.expectile", "1.5"], "--iql.expectile"),
+    (["--algo", "awac", "--awac.awac-lambda", "0"], "--awac.awac-lambda"),
+    (["--algo", "bear", "--bear.num-samples", "1"], "--bear.num-samples"),
+    (["--algo", "bear", "--steps", "4000"], "--bear.warmstart-steps"),
+])
+def test_workflow_refuses_settings_that_cannot_work_before_collecting(tmp_path, monkeypatch, capsys, argv, flag):
+    """A bad flag costs one line and no data collection: nothing is written, not even the dataset."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["workflow", *argv, "--eval-episodes", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("offrl: error:") and flag in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+
+
 def test_malformed_dataset_is_refused_before_a_run_is_written(tmp_path, capsys):
     a = chain_arrays()
     a["rewards"][3] = float("nan")

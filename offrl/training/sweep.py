@@ -55,11 +55,11 @@ from offrl.training.train import (
     TrainConfig,
     TrainingDiverged,
     _calibration_gamma,
-    _check_config,
     _chunk_size,
     _device_arrays,
     _eval_arrays,
     _resolved_config,
+    check_config,
     check_trainable,
     checkpoint_record,
     evaluate_chunks,
@@ -159,7 +159,7 @@ def prepare_sweep(config: SweepConfig) -> tuple[SweepConfig, list[tuple[int, flo
     config = dataclasses.replace(config, train=resolve_train_config(config.train))
     members = check_sweep(config)
     base = config.train
-    _check_config(base)
+    check_config(base)
     if config.param == "gamma":
         raise ValueError("--param gamma changes the Q range each run is diagnosed against: run it separately")
     out = Path(base.out)

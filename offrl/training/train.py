@@ -488,7 +488,13 @@ def _resolved_config(config: TrainConfig, extra: dict[str, Any]) -> dict[str, An
     }
 
 
-def _check_config(config: TrainConfig) -> None:
+def check_config(config: TrainConfig) -> None:
+    """Refuse settings that cannot work before anything is read or written (the run's own flags, the agent's
+    ``config_problems``, a warm start longer than the run, ...).
+
+    Raises:
+        ValueError: every problem found, joined by "; ", each naming its flag and the fix.
+    """
     problems = []
     if config.steps < 1:
         problems.append(f"--steps must be >= 1 (got {config.steps})")
@@ -602,7 +608,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
     """
     config = resolve_train_config(config)
     if not config.resume:
-        _check_config(config)
+        check_config(config)
     out = Path(config.out)
     if config.resume:
         if not (out / rd.CONFIG_FILE).is_file():
@@ -622,7 +628,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
             if k in training:
                 v = training[k]
                 config = dataclasses.replace(config, **{k: tuple(v) if isinstance(v, list) else v})
-        _check_config(config)  # with the run's own settings restored
+        check_config(config)  # with the run's own settings restored
     elif out.exists() and any(out.iterdir()) and not config.overwrite:
         raise FileExistsError(
             f"run directory {out} already exists: choose another --out, pass --resume to continue it, "

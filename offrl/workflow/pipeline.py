@@ -21,7 +21,7 @@ from offrl.data.collect import collect
 from offrl.envs import DEFAULT_HORIZON
 from offrl.training import run_dir as rd
 from offrl.training.timing import compile_timer
-from offrl.training.train import TrainConfig, train
+from offrl.training.train import TrainConfig, check_config, train
 from offrl.workflow.diagnosis import DIAGNOSIS_FILE, DiagnosisConfig, diagnose_run
 
 
@@ -168,6 +168,20 @@ def _run_workflow(config: WorkflowConfig, timings: dict[str, float], t_start: fl
     sigma = "" if config.noise_sigma is None else f"_sigma{config.noise_sigma:g}"
     name = f"{config.task}_{config.regime}{sigma}_{config.episodes}ep_s{config.seed}{suffix}.h5"
     dataset = config.dataset or Path("data") / name
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    tag = f"{config.algo}_{config.obs.replace('+', '_')}" if images else config.algo
+    out = Path(config.out or Path("runs") / f"{config.task}_{tag}_s{config.seed}_{stamp}")
+    base = TrainConfig(
+        dataset=Path(dataset), out=out, steps=config.steps, checkpoint_every=config.checkpoint_every,
+        seed=config.seed, progress=config.progress, algo=config.algo, agent=config.agent, brac=config.brac,
+        bc=config.bc, iql=config.iql, awac=config.awac, bear=config.bear, tt=config.tt, mopo=config.mopo,
+        combo=config.combo, obs=config.obs, frame_stack=config.frame_stack, batch_size=config.batch_size,
+        reward_scale=config.reward_scale, reward_shift=config.reward_shift,
+    )
+    bc_out = out.with_name(out.name + "_bc")
+    # Settings that cannot work are refused before minutes of data collection, not after (BRAC's behaviour run
+    # is the one this workflow trains first).
+    check_config(dataclasses.replace(base, behavior_run=bc_out) if config.algo == "brac" else base)
     if not Path(dataset).exists():
         print(f"[1/5] collecting {config.episodes} episodes of {config.task} -> {dataset}", flush=True)
         t = time.perf_counter()
@@ -183,21 +197,10 @@ def _run_workflow(config: WorkflowConfig, timings: dict[str, float], t_start: fl
         print(f"[1/5] using existing dataset {dataset}", flush=True)
     if images:
         _warn_image_budget(config)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    tag = f"{config.algo}_{config.obs.replace('+', '_')}" if images else config.algo
-    out = Path(config.out or Path("runs") / f"{config.task}_{tag}_s{config.seed}_{stamp}")
     if config.auto:
         return _run_auto(dataclasses.replace(config, dataset=Path(dataset), out=out), timings, t_start)
-    base = TrainConfig(
-        dataset=Path(dataset), out=out, steps=config.steps, checkpoint_every=config.checkpoint_every,
-        seed=config.seed, progress=config.progress, algo=config.algo, agent=config.agent, brac=config.brac,
-        bc=config.bc, iql=config.iql, awac=config.awac, bear=config.bear, tt=config.tt, mopo=config.mopo,
-        combo=config.combo, obs=config.obs, frame_stack=config.frame_stack, batch_size=config.batch_size,
-        reward_scale=config.reward_scale, reward_shift=config.reward_shift,
-    )
     t = time.perf_counter()
     if config.algo == "brac":
-        bc_out = out.with_name(out.name + "_bc")
         print(f"[2/5] training pi_beta (behaviour cloning) for {config.steps} steps -> {bc_out}", flush=True)
         train(dataclasses.replace(base, algo="bc", out=bc_out))
         base = dataclasses.replace(base, behavior_run=bc_out)
