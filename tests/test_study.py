@@ -316,15 +316,18 @@ def test_underfitting_threshold_variants_and_the_over_estimation_drop():
 
 def test_a_study_setting_may_run_another_algorithm():
     from offrl.agents.awac import AWACConfig
+    from offrl.agents.bear import BEARConfig
     from offrl.agents.iql import IQLConfig
     from offrl.study.config import algo_for
 
     raw = {"settings": {"iql_sarsa": {"algo": "iql", "expectile": 0.5}},
            "scenario": [{"name": "a", "tasks": ["reach-v3"], "episodes": [5],
-                         "settings": ["base", "iql", "awac", "iql_sarsa"]}]}
+                         "settings": ["base", "iql", "awac", "bear", "iql_sarsa"]}]}
     config = study_config_from_dict(raw)
-    assert [algo_for(s, config) for s in ("base", "iql", "awac", "iql_sarsa")] == ["cql", "iql", "awac", "iql"]
+    assert [algo_for(s, config) for s in ("base", "iql", "awac", "bear", "iql_sarsa")] == [
+        "cql", "iql", "awac", "bear", "iql"]
     assert agent_for("iql", config) == IQLConfig() and agent_for("awac", config) == AWACConfig()
+    assert agent_for("bear", config) == BEARConfig()
     assert agent_for("iql_sarsa", config) == IQLConfig(expectile=0.5)
     bad = {"settings": {"x": {"algo": "iql", "alpha": 5.0}}, "scenario": raw["scenario"]}
     with pytest.raises(StudyConfigError, match="unknown IQL fields"):
