@@ -88,7 +88,11 @@ def test_awac_end_to_end_train_resume_diagnose_select_report_export(tmp_path, ca
     assert main(["train", "--algo", "awac", "--dataset", str(data), "--out", str(run), "--steps", "80",
                  *tiny]) == 0
     assert main(["train", "--resume", "--out", str(run), "--steps", "120", "--no-progress"]) == 0
-    assert [r["step"] for r in rd.read_metrics(run)] == [40, 80, 120]
+    records = rd.read_metrics(run)
+    assert [r["step"] for r in records] == [40, 80, 120]
+    for key in ("q_data", "advantage", "adv_weight", "weighted_nll", "log_likelihood", "q_policy", "td_error",
+                "td_error_over_target_var"):  # docs/metrics.md, AWAC: on training and held-out episodes
+        assert all(np.isfinite(r[key]) and np.isfinite(r[f"heldout/{key}"]) for r in records), key
     assert main(["diagnose", str(run)]) == 0
     d = json.loads((run / "diagnosis.json").read_text())
     assert d["evidence"]["metric"] == "q_data" and "weighted_nll_end" in d["evidence"]
