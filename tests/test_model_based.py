@@ -121,10 +121,19 @@ def test_rollout_error_by_hand_for_a_model_that_predicts_no_change():
     # The real state grows by 1 per step in both features; the prediction stays put: errors 1, 4, 9.
     obs = jnp.stack([jnp.full((4, 2), float(j)) for j in range(k + 1)], axis=1)
     mask = jnp.ones((4, k + 1)).at[1, 3].set(0.0)  # row 1's episode ends after 2 steps
+    mask = mask.at[3, 1:].set(0.0)  # row 3 is its episode's last transition: nothing to predict
     batch = {"observations": obs[:, 0], "actions": jnp.zeros((4, 1)), "seq_observations": obs,
              "seq_actions": jnp.zeros((4, k + 1, 1)), "seq_mask": mask}
-    err = mb.rollout_mse(params, st.elite_idx, batch, cfg)
-    np.testing.assert_allclose(err, [14 / 3, 5 / 2, 14 / 3, 14 / 3], rtol=1e-6)
+    err, defined = mb.rollout_mse(params, st.elite_idx, batch, cfg)
+    np.testing.assert_allclose(err, [14 / 3, 5 / 2, 14 / 3, 0.0], rtol=1e-6)
+    np.testing.assert_array_equal(defined, [1, 1, 1, 0])
+    # The logged value is the mean over the rows with a step to predict, not over all rows (row 3 is no error).
+    from offrl.agents.common import DEFINED
+    from offrl.training.train import checkpoint_record
+
+    ev = {"model_rollout_mse": float(np.mean(err)), "model_rollout_mse" + DEFINED: float(np.mean(defined))}
+    rec = checkpoint_record(ev, 100.0, "heldout/")
+    assert rec == {"heldout/model_rollout_mse": pytest.approx((14 / 3 * 2 + 5 / 2) / 3)}
 
 
 def test_model_selection_keeps_each_members_best_heldout_snapshot():
@@ -248,7 +257,8 @@ def test_mopo_end_to_end_train_resume_diagnose_select_report_export(tmp_path, ca
     assert d["selected_step"] in (160, 200)  # checkpoints of the model phase are not policies
     assert main(["select", str(run)]) == 0
     assert main(["report", str(run)]) == 0
-    assert "k-step rollout error" in (run / "report.html").read_text()
+    html = (run / "report.html").read_text()
+    assert "k-step rollout error" in html and "The dynamics model: negative log-likelihood" in html
     assert main(["export", str(run), "--out", str(tmp_path / "policy")]) == 0
 
     from offrl.training.policy import checkpoint_policy

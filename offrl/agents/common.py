@@ -54,6 +54,12 @@ class ActorCriticConfig:
     critic, the target and the actor (reference code: 4); 0 turns augmentation off."""
 
 
+DEFINED = "_defined"
+"""Suffix of a per-row companion key in an agent's ``evaluate`` output: ``K + DEFINED`` is 1 on the rows where the
+term ``K`` is defined and 0 where the agent set it to 0; the logged ``K`` is its mean over the defined rows
+(:func:`offrl.training.train.checkpoint_record`)."""
+
+
 def term_on(coef: Any) -> bool:
     """Whether a loss term weighted by ``coef`` is built: yes unless ``coef`` is a concrete number <= 0. A traced
     coefficient (``offrl sweep`` vmaps over it) keeps the term, weighted by its value, so runs with and

@@ -468,7 +468,9 @@ def rollout_mse(model_params: Any, elite_idx: jnp.ndarray, batch: Batch, config:
     """The k-step open-loop error of the model against real trajectories (beyond both papers): from each window's
     first state, the elites' mean prediction is fed back k times under the data's actions; the squared error of the
     predicted states against the real ones (normalised units), averaged over the steps inside the episode and the
-    features. Windows ``seq_observations`` (B, k+1, d), ``seq_actions``, ``seq_mask`` -> (B,)."""
+    features. Windows ``seq_observations`` (B, k+1, d), ``seq_actions``, ``seq_mask`` -> ``(error (B,), defined
+    (B,))``: ``defined`` is 0 for a window whose episode ends at its first state (no step to predict; its error
+    is 0), so that the logged mean is taken over the windows with at least one step (``checkpoint_record``)."""
     model = _networks(config, batch["observations"].shape[-1], batch["actions"].shape[-1])[0]
     obs, acts, mask = batch["seq_observations"], batch["seq_actions"], batch["seq_mask"]
     s = obs[:, 0]
@@ -478,7 +480,7 @@ def rollout_mse(model_params: Any, elite_idx: jnp.ndarray, batch: Batch, config:
         s = s + mean[elite_idx, :, :-1].mean(axis=0)
         err = err + mask[:, j + 1] * ((s - obs[:, j + 1]) ** 2).mean(axis=-1)
         count = count + mask[:, j + 1]
-    return err / jnp.maximum(count, 1.0)
+    return err / jnp.maximum(count, 1.0), (count > 0).astype(err.dtype)
 
 
 def evaluate(state: ModelBasedState, batch: Batch, key: jax.Array, config: ModelBasedConfig) -> Metrics:
@@ -497,7 +499,8 @@ def evaluate(state: ModelBasedState, batch: Batch, key: jax.Array, config: Model
     parts["model_nll"] = dyn.gaussian_nll(mean, log_var, targets).mean(axis=0)
     parts["model_mse"] = ((mean - targets) ** 2).mean(axis=(0, 2))
     if "seq_observations" in batch:
-        parts["model_rollout_mse"] = rollout_mse(params, state.elite_idx, batch, config)
+        parts["model_rollout_mse"], parts["model_rollout_mse" + common.DEFINED] = rollout_mse(
+            params, state.elite_idx, batch, config)
     return parts
 
 

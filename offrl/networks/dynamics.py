@@ -16,7 +16,7 @@ error on held-out episodes (MOPO and MBPO: 7 members, 5 elites); rollouts draw o
 
 MOPO's penalised reward (Yu et al. 2020, Eq. 10 and Sec. 4.3) is ``r~ = r^ - lambda u(s, a)`` with the uncertainty
 ``u(s, a) = max_i ||Sigma_i(s, a)||_F``, the largest Frobenius norm of the elites' predicted covariance (with a
-diagonal covariance, the Euclidean norm of the standard deviations).
+diagonal covariance diag(sigma^2), sqrt(sum_d sigma_d^4): the Euclidean norm of the variances).
 
 Networks: MOPO's 4 hidden layers of 200 units with swish (SiLU) activations, one set of weights per member
 (``nn.vmap`` over the member axis). Shapes: observations (B, obs_dim), actions (B, act_dim), outputs with a leading

@@ -801,6 +801,13 @@ def _build_html(
              "MOPO/COMBO: the model's one-step squared error on training and held-out transitions, at every "
              "checkpoint. Rising held-out error while training error falls is the model overfitting; the policy "
              "rolls out each member's snapshot of lowest held-out error." + verdict),
+            ("The dynamics model: negative log-likelihood",
+             _metric_figure(records, "model_nll", "model_nll: Gaussian NLL per output (nats, up to a constant)",
+                            diagnosis),
+             _missing(records, "model_nll"),
+             "The ensemble's training objective (PETS Eq. 2) on training and held-out transitions: unlike the "
+             "squared error it also scores the predicted variances, which MOPO's penalty is built from. A "
+             "held-out NLL that rises while the training one falls is the variances memorising the data."),
             ("The dynamics model: k-step rollout error",
              _metric_figure(records, "model_rollout_mse", "model_rollout_mse: open-loop k-step error",
                             diagnosis, log_if_positive=True),

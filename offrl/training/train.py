@@ -36,6 +36,7 @@ from offrl.agents.bc import BCConfig
 from offrl.agents.bear import BEARConfig
 from offrl.agents.brac import BRACConfig
 from offrl.agents.combo import COMBOConfig
+from offrl.agents.common import DEFINED
 from offrl.agents.dqn import DQNConfig
 from offrl.agents.iql import IQLConfig
 from offrl.agents.mopo import MOPOConfig
@@ -175,9 +176,16 @@ def checkpoint_record(ev: dict[str, float], horizon: float, prefix: str = "") ->
     target ``target_q_sq``, ``target_q_var = E[y^2] - E[y]^2`` (the spread of the TD targets over the set) and
     ``td_error_over_target_var``: the fraction of that spread the critic leaves unexplained (1 - R^2 of the
     Bellman regression). Unlike ``q_error_estimate`` it does not carry CQL's level offset: shifting every Q-value
-    by a constant changes neither.
+    by a constant changes neither. A key ``K`` with a companion ``K`` + :data:`DEFINED` (1 on the rows where ``K`` is
+    defined, 0 elsewhere, where the agent set ``K`` to 0) is logged as the mean over its defined rows.
     """
-    out = {prefix + k: v for k, v in ev.items() if k != "target_q_sq"}
+    out = {prefix + k: v for k, v in ev.items() if k != "target_q_sq" and not k.endswith(DEFINED)}
+    for k in ev:
+        # A per-row term that exists on some rows only: the agent's mean counted the others as 0, so divide
+        # by the fraction of rows where it is defined (a mean over those rows).
+        if k.endswith(DEFINED) and k[: -len(DEFINED)] in ev:
+            frac = ev[k]
+            out[prefix + k[: -len(DEFINED)]] = ev[k[: -len(DEFINED)]] / frac if frac > 0 else float("nan")
     if "td_error" in ev:
         out[prefix + "q_error_estimate"] = ev["td_error"] * horizon
     if "target_q_sq" in ev and "target_q" in ev:
