@@ -534,3 +534,19 @@ expand = 2
     analysis = json.loads((out / "analysis.json").read_text())
     assert analysis["runs"] == 0 and analysis["cells_finished"] == analysis["cells_total"] == 1
     assert "PARTIAL" not in page and "Runs finished: **1** of 1 (0 with a Q-function" in page
+
+
+def test_the_results_page_shows_the_dynamics_models_verdict_per_model_based_run():
+    from offrl.study.results import _model_section
+
+    model = {"verdict": "underfitting", "best_step": 3000, "reason": "held-out model MSE still fell by 4.0%",
+             "evidence": {"steps": [1000, 2000, 3000], "heldout/model_mse": [0.02, 0.012, 0.0105],
+                          "heldout/model_rollout_mse": [0.3, 0.2, 0.15]}}
+    cells = [{"algo": "cql", "run_dir": "s/cells/a__base", "diagnosis": {}},
+             {"algo": "mopo", "run_dir": "s/cells/a__mopo", "diagnosis": {"model": model}},
+             {"algo": "combo", "run_dir": "s/cells/a__combo", "diagnosis": {}}]
+    text = "\n".join(_model_section(cells))
+    assert "| a__mopo | underfitting | 0.0105 (3000) | 0.0105 | 0.15 | held-out model MSE still fell" in text
+    assert "| a__combo | – |" in text and "a__base" not in text
+    assert "Model verdicts: underfitting 1." in text
+    assert _model_section(cells[:1]) == []

@@ -33,7 +33,7 @@ def agent_for(setting: str, config: StudyConfig) -> Any:
 # an archived cell holds the curves the workflow reads, not only the shared Q-value keys.
 ALGORITHM_TERMS = ("value_loss", "v_data", "adv_weight", "weighted_nll", "mmd", "mmd_floor", "alpha", "q_std",
                    "kl_estimate", "action_mse", "log_likelihood", "token_log_likelihood", "loss_states",
-                   "loss_actions", "loss_rewards", "loss_values")
+                   "loss_actions", "loss_rewards", "loss_values", "model_nll", "model_mse", "model_rollout_mse")
 
 
 def _algorithm_keys() -> tuple[str, ...]:
@@ -134,7 +134,9 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
         "q_range": cfg["dataset"]["q_range"],
         "warmup_steps": warmup,
         "verdict": diagnosis["verdict"],
-        "diagnosis": {k: diagnosis[k] for k in ("verdict", "selected_step", "peak_step", "reasons", "evidence")},
+        # "model": the dynamics model's own verdict and curves (MOPO, COMBO; docs/model-based.md).
+        "diagnosis": {k: diagnosis[k] for k in ("verdict", "selected_step", "peak_step", "reasons", "evidence", "model")
+                      if k in diagnosis},
         "checkpoints": checkpoints,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "offrl_version": rd.offrl_version(),

@@ -172,6 +172,37 @@ def _selector_rows(headline: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _model_section(cells: list[dict[str, Any]]) -> list[str]:
+    """The dynamics model's verdict and held-out errors per model-based run (MOPO, COMBO), from the archived
+    cells' ``diagnosis.model`` (:func:`offrl.workflow.diagnosis.diagnose_model`); empty without such runs."""
+    runs = [c for c in cells if c.get("algo") in ("mopo", "combo")]
+    if not runs:
+        return []
+    L = ["\n## The dynamics model (MOPO, COMBO)\n",
+         "The model's own workflow (docs/model-based.md): its held-out one-step MSE over the checkpoints of the model "
+         "phase is a validation loss, read for over- and underfitting; the k-step open-loop error is the one the "
+         "policy's rollouts compound. Normalised units; no success rate is read here.\n",
+         "| run | model verdict | held-out MSE, best (step) | held-out MSE, end of phase | held-out k-step MSE, end "
+         "of phase | reason |", "|---|---|---|---|---|---|"]
+    verdicts: dict[str, int] = {}
+    for c in sorted(runs, key=lambda c: c["run_dir"]):
+        name = Path(c["run_dir"]).name
+        m = (c.get("diagnosis") or {}).get("model")
+        if not m:
+            L.append(f"| {name} | – | – | – | – | not archived (a cell made before the archive kept the model) |")
+            continue
+        verdicts[m["verdict"]] = verdicts.get(m["verdict"], 0) + 1
+        ev = m.get("evidence") or {}
+        held = [v for v in ev.get("heldout/model_mse") or [] if v is not None]
+        roll = [v for v in ev.get("heldout/model_rollout_mse") or [] if v is not None]
+        best = f"{min(held):.3g} ({m.get('best_step')})" if held else "–"
+        L.append(f"| {name} | {m['verdict']} | {best} | {f'{held[-1]:.3g}' if held else '–'} | "
+                 f"{f'{roll[-1]:.3g}' if roll else '–'} | {m.get('reason', '')} |")
+    if verdicts:
+        L.append("\nModel verdicts: " + ", ".join(f"{k} {n}" for k, n in sorted(verdicts.items())) + ".")
+    return L
+
+
 def write_results(analysis: dict[str, Any], config: Any, command: str | None = None) -> Path:
     """Write the results page (markdown, atomically) and its figures; return its path."""
     out = Path(config.results_path)
@@ -266,6 +297,8 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
             L.append(f"| {algo} | {a['runs']} | {_ci(a['pick_success'])} | {_ci(a['best_success'])} | "
                      f"{_ci(a['last_success'])} | {_ci(a['pick_regret'])} | {_ci(a.get('data_success'))} | "
                      f"{paired} |")
+
+    L.extend(_model_section(cells))
 
     da = analysis["diagnosis_accuracy"]
     L.append("\n## Diagnosis accuracy\n")
