@@ -136,6 +136,28 @@ def test_rollout_error_by_hand_for_a_model_that_predicts_no_change():
     assert rec == {"heldout/model_rollout_mse": pytest.approx((14 / 3 * 2 + 5 / 2) / 3)}
 
 
+def test_combo_pushes_q_up_on_real_rows_only():
+    """COMBO Eq. 2's second term, beta * mean over *real* rows of Q(s, a), by hand on a random critic: marking
+    rows as model rows changes the loss by exactly beta * C * (mean_real_all(Q) - mean_real_subset(Q)), and
+    nothing else (same key: same TD term and log-sum-exp)."""
+    cfg = combo.COMBOConfig(**SMALL, conservative_weight=2.0)
+    st = mb.init(cfg, 3, 2, jax.random.PRNGKey(0))
+    rng = np.random.default_rng(1)
+    b = 8
+    batch = {"observations": jnp.asarray(rng.normal(size=(b, 3)), jnp.float32),
+             "actions": jnp.asarray(rng.uniform(-0.9, 0.9, (b, 2)), jnp.float32),
+             "rewards": jnp.asarray(rng.uniform(0, 1, b), jnp.float32), "terminals": jnp.zeros(b),
+             "next_observations": jnp.asarray(rng.normal(size=(b, 3)), jnp.float32), "weights": jnp.ones(b)}
+    key = jax.random.PRNGKey(5)
+    real = jnp.array([1.0, 1, 1, 0, 0, 1, 0, 0])
+    args = (st.critic_params, st.target_critic_params, st.actor_params, st.log_temperature)
+    loss_all, parts = mb.critic_terms(*args, {**batch, "real": jnp.ones(b)}, key, cfg)
+    loss_mixed, _ = mb.critic_terms(*args, {**batch, "real": real}, key, cfg)
+    q = np.asarray(parts["q_data"])  # (B,), mean over the critics
+    assert np.ptp(q) > 1e-3  # the rows' Q differ, so the mask matters
+    expected = 2.0 * cfg.num_critics * (q.mean() - q[np.asarray(real) == 1].mean())
+    assert float(loss_mixed - loss_all) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
 def test_model_selection_keeps_each_members_best_heldout_snapshot():
     cfg = mopo.MOPOConfig(**SMALL)
     st = mb.init(cfg, 3, 2, jax.random.PRNGKey(0))
