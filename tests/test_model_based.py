@@ -289,12 +289,25 @@ def test_mopo_end_to_end_train_resume_diagnose_select_report_export(tmp_path, ca
     assert act.shape == (4, 2) and np.all(np.abs(act) < 1)
 
 
-def test_combo_end_to_end(tmp_path):
-    data = save_dataset(tmp_path / "d.h5", make_dataset(chain_arrays(episodes=10), {"task": "toy"}))
+def test_combo_end_to_end_train_resume_diagnose_report_export(tmp_path, capsys):
+    one = save_dataset(tmp_path / "one.h5", make_dataset(chain_arrays(episodes=1), {"task": "toy"}))
     run = tmp_path / "combo"
+    # One episode: nothing to hold out for model selection; refused before anything is written.
+    assert main(["train", "--algo", "combo", "--dataset", str(one), "--out", str(run), "--steps", "160",
+                 *TINY, *_tiny("combo")]) == 1
+    assert "held-out episodes" in capsys.readouterr().err and not run.exists()
+    data = save_dataset(tmp_path / "d.h5", make_dataset(chain_arrays(episodes=10), {"task": "toy"}))
     assert main(["train", "--algo", "combo", "--dataset", str(data), "--out", str(run), "--steps", "160",
                  *TINY, *_tiny("combo")]) == 0
+    assert main(["train", "--resume", "--out", str(run), "--steps", "200", "--no-progress"]) == 0
     recs = rd.read_metrics(run)
+    assert [r["step"] for r in recs] == [40, 80, 120, 160, 200]
+    assert recs[-1]["heldout/model_mse"] == pytest.approx(recs[-2]["heldout/model_mse"])  # frozen after the phase
+    assert main(["diagnose", str(run)]) == 0
+    d = json.loads((run / "diagnosis.json").read_text())
+    assert d["model"]["verdict"] in ("overfitting", "underfitting", "healthy") and d["selected_step"] in (160, 200)
+    assert main(["report", str(run)]) == 0 and "k-step rollout error" in (run / "report.html").read_text()
+    assert main(["export", str(run), "--out", str(tmp_path / "policy")]) == 0
     assert recs[-1]["train/cql_regularizer"] != 0 and np.isfinite(recs[-1]["heldout/cql_regularizer"])
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["agent"]["conservative_weight"] == 1.0 and cfg["agent"]["real_ratio"] == 0.5
