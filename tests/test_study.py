@@ -550,3 +550,13 @@ def test_the_results_page_shows_the_dynamics_models_verdict_per_model_based_run(
     assert "| a__combo | – |" in text and "a__base" not in text
     assert "Model verdicts: underfitting 1." in text
     assert _model_section(cells[:1]) == []
+
+
+def test_a_grid_whose_runs_are_no_longer_than_their_warm_start_is_refused_when_loaded():
+    raw = {"steps": 8000, "scenario": [{"name": "a", "tasks": ["reach-v3"], "episodes": [5],
+                                        "settings": ["base", "mopo"]}]}
+    with pytest.raises(StudyConfigError, match="'mopo' 8000 steps, not more than its warm start .model_steps 10000"):
+        study_config_from_dict(raw)
+    raw["settings"] = {"short_model": {"algo": "mopo", "model_steps": 2000}}
+    raw["scenario"][0]["settings"] = ["base", "short_model"]
+    assert study_config_from_dict(raw).scenarios[0].settings == ("base", "short_model")

@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from offrl.agents import CONFIGS
+from offrl.agents import CONFIGS, WARMUP_FIELD
 from offrl.envs import DEFAULT_HORIZON, DEFAULT_NOISE_SIGMA
 from offrl.envs.behaviour import REGIMES
 
@@ -177,6 +177,17 @@ def study_config_from_dict(
     made: dict[str, tuple[str, dict[str, int]]] = {}
     for sc in config.scenarios:
         for cell in cells_of(config, sc.name):
+            # A run no longer than its warm start (the model phase, an MMD or BC start) trains no policy: refuse
+            # the grid now, not after the cell's data collection.
+            algo = algo_for(cell.setting, config)
+            field = WARMUP_FIELD.get(algo)
+            if field is not None:
+                own = config.settings.get(cell.setting, {})
+                warm = int(own.get(field, getattr(CONFIGS[algo](), field)) or 0)
+                if budget(config, cell)["steps"] <= warm:
+                    raise StudyConfigError(
+                        f"{source}: scenario '{sc.name}' gives setting '{cell.setting}' {budget(config, cell)['steps']} "
+                        f"steps, not more than its warm start ({field} {warm}): raise steps or lower {field}")
             first = made.setdefault(cell.name, (sc.name, budget(config, cell)))
             if first[1] != budget(config, cell):
                 raise StudyConfigError(
