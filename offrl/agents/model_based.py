@@ -241,7 +241,12 @@ def _weight_decay(model_params: Any, num_layers: int) -> jnp.ndarray:
 
 
 def model_loss(model_params: Any, batch: Batch, config: ModelBasedConfig) -> tuple[jnp.ndarray, Metrics]:
-    """PETS's NLL with the bound term (:func:`offrl.networks.dynamics.ensemble_loss`) plus MBPO's weight decay."""
+    """PETS's NLL with the bound term (Chua et al. 2018, Eq. 2; :func:`offrl.networks.dynamics.ensemble_loss`) plus
+    MBPO's weight decay, every member on the same minibatch.
+
+    Args: ``batch`` with ``observations``, ``next_observations`` (B, obs_dim) float32 (normalised), ``actions``
+    (B, act_dim) in [-1, 1], ``rewards`` (B,). Returns the scalar loss and scalar ``model_loss``, ``model_nll``,
+    ``model_mse`` (means over members, rows and the obs_dim + 1 outputs ``[s' - s, r]``)."""
     obs_dim = batch["observations"].shape[-1]
     model = _networks(config, obs_dim, batch["actions"].shape[-1])[0]
     loss, parts = dyn.ensemble_loss(model_params, model, batch["observations"], batch["actions"], model_targets(batch))
@@ -359,7 +364,11 @@ def critic_terms(critic_params: Any, target_critic_params: Any, actor_params: An
 
 def actor_loss(actor_params: Any, critic_params: Any, log_temperature: jnp.ndarray, batch: Batch, key: jax.Array,
                config: ModelBasedConfig) -> tuple[jnp.ndarray, Metrics]:
-    """SAC's actor loss ``E_w[temperature log pi(a|s) - min_i Q_i(s, a)]`` over the rows of the mixed batch."""
+    """SAC's actor loss ``E_w[temperature log pi(a|s) - min_i Q_i(s, a)]`` (Haarnoja et al. 2018, Eq. 7, with the
+    clipped double-Q minimum), a ~ pi(.|s), over the rows of the mixed batch.
+
+    Args: ``batch`` with ``observations`` (B, obs_dim) float32 and ``weights`` (B,) (0 after a model termination).
+    Returns the scalar loss and the scalar weighted mean ``log_pi``."""
     _, critic, actor = _networks(config, batch["observations"].shape[-1], batch["actions"].shape[-1])
     mean, log_std = actor.apply(actor_params, batch["observations"])
     act, log_pi = sample_tanh_gaussian(key, mean, log_std)
@@ -486,7 +495,9 @@ def rollout_mse(model_params: Any, elite_idx: jnp.ndarray, batch: Batch, config:
 def evaluate(state: ModelBasedState, batch: Batch, key: jax.Array, config: ModelBasedConfig) -> Metrics:
     """Per-transition workflow metrics: the critic's on dataset transitions (:func:`critic_terms` with every row
     real) and the model's: ``model_nll`` and ``model_mse`` (means over the members) and ``model_rollout_mse``
-    (:func:`rollout_mse`, elites), of the model in training during the model phase and of the selected one after."""
+    (:func:`rollout_mse`, elites, with its ``_defined`` companion), of the model in training during the model phase
+    and of the selected one after. Every value is per transition, (B,) float32, for a batch of B dataset
+    transitions (``observations`` (B, obs_dim), ...; the ``seq_`` windows for the rollout error)."""
     real = {k: batch[k] for k in ("observations", "actions", "rewards", "terminals", "next_observations")}
     ones = jnp.ones_like(batch["rewards"])
     _, parts = critic_terms(state.critic_params, state.target_critic_params, state.actor_params,

@@ -108,7 +108,9 @@ def penalised_reward(reward: jnp.ndarray, log_var: jnp.ndarray, penalty_coef: fl
 def sample_step(key: jax.Array, mean: jnp.ndarray, log_var: jnp.ndarray, elite_idx: jnp.ndarray,
                 observations: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     """One model step for a batch: each row draws one elite uniformly and samples ``[s' - s, r]`` from its
-    Gaussian (MBPO's rollout); returns ``(next_observations (B, obs_dim), rewards (B,))``."""
+    Gaussian (MBPO's rollout). ``mean``, ``log_var`` (E, B, obs_dim + 1) of every member, ``elite_idx``
+    (num_elites,) int32, ``observations`` (B, obs_dim) float32; returns ``(next_observations (B, obs_dim), rewards
+    (B,))``."""
     k_member, k_noise = jax.random.split(key)
     b = observations.shape[0]
     which = elite_idx[jax.random.randint(k_member, (b,), 0, elite_idx.shape[0])]
