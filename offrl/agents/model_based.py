@@ -364,8 +364,9 @@ def critic_terms(critic_params: Any, target_critic_params: Any, actor_params: An
 
 def actor_loss(actor_params: Any, critic_params: Any, log_temperature: jnp.ndarray, batch: Batch, key: jax.Array,
                config: ModelBasedConfig) -> tuple[jnp.ndarray, Metrics]:
-    """SAC's actor loss ``E_w[temperature log pi(a|s) - min_i Q_i(s, a)]`` (Haarnoja et al. 2018, Eq. 7, with the
-    clipped double-Q minimum), a ~ pi(.|s), over the rows of the mixed batch.
+    """SAC's actor loss ``E_w[temperature log pi(a|s) - min_i Q_i(s, a)]`` (Haarnoja et al. 2018, "Soft
+    Actor-Critic Algorithms and Applications", the policy objective, with the clipped double-Q minimum),
+    a ~ pi(.|s), over the rows of the mixed batch.
 
     Args: ``batch`` with ``observations`` (B, obs_dim) float32 and ``weights`` (B,) (0 after a model termination).
     Returns the scalar loss and the scalar weighted mean ``log_pi``."""
