@@ -458,7 +458,9 @@ def select_model(state: ModelBasedState, chunks: Batch, mask: jnp.ndarray, confi
     """Model selection on held-out episodes (called by ``offrl train`` after every chunk of the model phase):
     each member whose held-out MSE (over the padded ``chunks`` (K, C, ...) with ``mask`` (K, C)) fell below its
     best keeps the current weights as its snapshot (MBPO's per-member early stopping); the elites are the
-    ``num_elites`` members of lowest held-out MSE (:func:`offrl.networks.dynamics.elites`)."""
+    ``num_elites`` members of lowest held-out MSE (:func:`offrl.networks.dynamics.elites`). The snapshot holds
+    the member's own layers only; the shared log-variance bounds stay the latest, as in the MOPO and MBPO code
+    (``BNN._save_state`` saves the layers' weights and biases, not ``max_logvar`` / ``min_logvar``)."""
     sums = jax.lax.map(lambda a: (member_mse(state.model_params, a[0], config) * a[1][None]).sum(axis=1),
                        (chunks, mask))  # (K, E)
     mse = sums.sum(axis=0) / jnp.maximum(mask.sum(), 1.0)
