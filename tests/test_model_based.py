@@ -311,3 +311,30 @@ def test_combo_end_to_end_train_resume_diagnose_report_export(tmp_path, capsys):
     assert recs[-1]["train/cql_regularizer"] != 0 and np.isfinite(recs[-1]["heldout/cql_regularizer"])
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["agent"]["conservative_weight"] == 1.0 and cfg["agent"]["real_ratio"] == 0.5
+
+
+def test_mopo_resume_inside_the_model_phase_matches_an_uninterrupted_run(tmp_path):
+    import shutil
+
+    from offrl.training.policy import load_state
+
+    data = save_dataset(tmp_path / "d.h5", make_dataset(chain_arrays(episodes=10), {"task": "toy"}))
+    args = ["train", "--algo", "mopo", "--dataset", str(data), "--steps", "160", *TINY, *_tiny("mopo")]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main([*args, "--out", str(full)]) == 0
+    assert main([*args, "--out", str(part)]) == 0
+    # A crash just after the checkpoint of step 40, inside the 120-step model phase: the members' snapshots,
+    # their best held-out errors and the elites must come back from the checkpoint, not start afresh.
+    for step in (80, 120, 160):
+        shutil.rmtree(part / rd.CHECKPOINT_DIR / str(step))
+    assert main(["train", "--resume", "--out", str(part), "--no-progress"]) == 0
+    a, b = rd.read_metrics(full), rd.read_metrics(part)
+    assert [r["step"] for r in b] == [40, 80, 120, 160]
+    for ra, rb in zip(a, b, strict=True):
+        for k in ("model_mse", "heldout/model_mse", "heldout/model_rollout_mse", "q_data", "train/model_nll"):
+            assert ra[k] == rb[k], (k, ra["step"])
+    sa, _ = load_state(full, 160)
+    sb, _ = load_state(part, 160)
+    np.testing.assert_array_equal(sa.elite_idx, sb.elite_idx)
+    for x, y in zip(jax.tree.leaves(sa), jax.tree.leaves(sb), strict=True):
+        np.testing.assert_array_equal(x, y)
