@@ -12,14 +12,19 @@ likelihood of the *dataset's* actions, so it never needs a model of pi_beta:
         A(s, a) = min_i Q_i(s, a) - min_i Q_i(s, a_pi),  a_pi ~ pi(.|s)   (V(s) by one sample of the policy)
 
 Unlike CQL and BRAC the critic's target still queries the policy's own actions a' ~ pi(s'); only the actor is
-constrained. Unlike IQL there is no V network. Every gradient step updates the actor, then the critics, then the
-target critics (Polyak, ``tau``).
+constrained. Unlike IQL there is no V network. Every gradient step computes the actor's and the critics'
+gradients from the same state (the actor's advantage reads the critics before this step's update, the critics'
+target the policy before its update), applies both, then updates the target critics (Polyak, ``tau``).
 
 Defaults: lambda = 1.0 and the weight clip 100 (CORL's AWAC, which reproduces the paper's MuJoCo results; the
-paper tunes lambda per domain), two critics, 3 x 256 hidden units as offrl's CQL, Adam 3e-4, gamma 0.99,
-tau 0.005. Documented deviations: no entropy term anywhere (as the paper); the batch size is the run's
-(``--batch-size``, 256) where the paper uses 1,024; the policy is offrl's tanh-Gaussian (state-dependent std)
-so that export and evaluation treat AWAC like the other agents.
+paper tunes lambda per domain), two critics, Adam 3e-4, gamma 0.99, tau 0.005. Architecture: 3 hidden layers of
+256 units for each critic and for the policy, as CORL's AWAC (and offrl's CQL); the paper's own network sizes are
+not restated here. Documented deviations, against CORL's AWAC: no entropy term anywhere (as the paper); the
+batch size is the run's (``--batch-size``, 256, as CORL) where the paper uses 1,024; the policy is offrl's
+tanh-Gaussian with a state-dependent std, where CORL's is a Gaussian with a state-independent log std clamped to
+[-20, 2] whose samples are clipped to [-1, 1], so that export and evaluation treat AWAC like the other agents;
+CORL updates the critics first and the actor then reads the updated critics, offrl updates both from the same
+state (one step of staleness in the advantage, the usual simultaneous actor-critic update).
 
 Workflow metrics (docs/metrics.md, "AWAC"): ``q_data`` (Metric 3.1 and Guideline 3.1), ``advantage``,
 ``adv_weight``, ``weighted_nll`` (the actor's objective per transition, the term Metric 3.2 compares across
