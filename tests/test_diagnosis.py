@@ -113,6 +113,20 @@ def test_q_falling_far_below_the_range_is_overfitting_not_divergence():
     assert any("AWAC's target" in r for r in a["reasons"]) and not any("CQL" in r for r in a["reasons"])
 
 
+def test_q_slightly_below_the_range_is_a_reason_and_leaves_the_verdict_alone():
+    # AWAC on 0/1 rewards (docs/metrics.md): q_data settles at -0.3, which no policy's return can reach.
+    base = [0.1, 0.3, 0.5, 0.6, 0.62, 0.63, 0.63]
+    low = diagnose_metrics(_records([x - 0.93 for x in base]), (0.0, 1.0), algo="awac")
+    ok = diagnose_metrics(_records(base), (0.0, 1.0), algo="awac")
+    assert low["evidence"]["q_data_below_q_range_by"] == pytest.approx(0.3)
+    assert any("below the lowest return the rewards allow" in r and "AWAC's target" in r for r in low["reasons"])
+    assert "q_data_below_q_range_by" not in ok["evidence"]
+    assert low["verdict"] == ok["verdict"] and low["selected_step"] == ok["selected_step"]
+    # Within 10 % of the range's width below it (the mirror of the over-estimation tolerance): no reason.
+    near = diagnose_metrics(_records([x - 0.68 for x in base]), (0.0, 1.0), algo="awac")
+    assert "q_data_below_q_range_by" not in near["evidence"]
+
+
 def test_noise_estimate_ignores_linear_trends():
     assert noise_std(np.linspace(0, 10, 30)) == pytest.approx(0.0, abs=1e-9)
     rng = np.random.default_rng(0)

@@ -86,6 +86,11 @@ class DiagnosisConfig:
     """Over-estimation when the smoothed ``q_data`` of a checkpoint after the warm start exceeds the largest
     return the rewards allow by more than this fraction of the Q range's width (paper App. G: too little
     conservatism)."""
+    underestimation_tolerance: float = 0.1
+    """A reason (never a verdict) when ``q_data`` at the last checkpoint ends below the smallest return the
+    rewards allow by more than this fraction of the Q range's width: no policy can score that low, so the critic's
+    targets are biased down (CQL's push on sampled actions, or AWAC's twin minimum at the policy's actions). The
+    same fraction as ``overestimation_tolerance``, mirrored."""
     capacity_improvement: float = 0.1
     """Metric 3.2: the run with more capacity fits better when its TD error drops by this fraction (or its
     regularizer by this fraction of max(|R|, |R'|, 1)) and the other error does not rise by as much."""
@@ -490,7 +495,8 @@ def diagnose_metrics(
         return out
 
     # Only a Q-value has the reward range as its scale (BRAC's q_regularized adds beta * log pi_beta).
-    if config.metric.removeprefix("heldout/") == "q_data" and q[-1] < q_min - width:
+    below = q_min - config.underestimation_tolerance * width
+    if config.metric.removeprefix("heldout/") == "q_data" and q[-1] < below:
         evidence["q_data_below_q_range_by"] = float(q_min - q[-1])
         why = {"cql": "CQL is pushing Q down on sampled actions harder than the data supports it",
                "awac": "AWAC's target, the twin critics' minimum at the policy's own actions, is biased down and "
