@@ -111,6 +111,11 @@ def test_q_falling_far_below_the_range_is_overfitting_not_divergence():
     # The same curve from AWAC names AWAC's own downward bias, not CQL's.
     a = diagnose_metrics(_records(q), (0.0, 1.0), algo="awac")
     assert any("AWAC's target" in r for r in a["reasons"]) and not any("CQL" in r for r in a["reasons"])
+    # COMBO's own cause and flags (its model states have no floor), MOPO's penalty.
+    c = diagnose_metrics(_records(q), (0.0, 1.0), algo="combo")
+    assert any("COMBO pushes Q down on the model's states" in r and "--combo.real-ratio" in r for r in c["reasons"])
+    m = diagnose_metrics(_records(q), (0.0, 1.0), algo="mopo")
+    assert any("penalised model rewards" in r for r in m["reasons"])
 
 
 def test_q_slightly_below_the_range_is_a_reason_and_leaves_the_verdict_alone():

@@ -500,7 +500,13 @@ def diagnose_metrics(
         evidence["q_data_below_q_range_by"] = float(q_min - q[-1])
         why = {"cql": "CQL is pushing Q down on sampled actions harder than the data supports it",
                "awac": "AWAC's target, the twin critics' minimum at the policy's own actions, is biased down and "
-                       "the bias compounds over the discount"}.get(algo, "the critic's targets are biased down")
+                       "the bias compounds over the discount",
+               "combo": "COMBO pushes Q down on the model's states, which no dataset action anchors, and its "
+                        "regularizer has no floor (offrl's CQL is calibrated, COMBO is not): a smaller "
+                        "--combo.conservative-weight or a larger --combo.real-ratio",
+               "mopo": "MOPO's penalised model rewards sit below the data's (train/model_reward against the "
+                       "rewards): the uncertainty penalty outweighs the task's reward"}.get(
+                           algo, "the critic's targets are biased down")
         reasons.append(
             f"{config.metric} ends at {q[-1]:.4g}, below the lowest return the rewards allow ({q_min:.4g}): {why}"
         )
