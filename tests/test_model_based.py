@@ -134,6 +134,29 @@ def test_rollout_error_by_hand_for_a_model_that_predicts_no_change():
     ev = {"model_rollout_mse": float(np.mean(err)), "model_rollout_mse" + DEFINED: float(np.mean(defined))}
     rec = checkpoint_record(ev, 100.0, "heldout/")
     assert rec == {"heldout/model_rollout_mse": pytest.approx((14 / 3 * 2 + 5 / 2) / 3)}
+    # Defined on no row: absent (None), not NaN, which the training loop would take for a divergence.
+    assert checkpoint_record({"model_rollout_mse": 0.0, "model_rollout_mse" + DEFINED: 0.0}, 100.0) == {
+        "model_rollout_mse": None}
+
+
+def test_reward_error_on_rewarded_transitions_by_hand_for_a_model_that_predicts_zero():
+    from offrl.agents.common import DEFINED
+    from offrl.training.train import checkpoint_record
+
+    cfg = mopo.MOPOConfig(**SMALL)
+    st = mb.init(cfg, 2, 1, jax.random.PRNGKey(0))
+    zero = _zeros(st.model_params)  # predicts reward 0 everywhere
+    st = st.replace(model_params=zero, selected_model_params=zero)
+    r = jnp.array([0.0, 1.0, 0.0, 0.0, 0.5])
+    batch = {"observations": jnp.ones((5, 2)), "actions": jnp.zeros((5, 1)), "rewards": r,
+             "terminals": jnp.zeros(5), "next_observations": jnp.ones((5, 2))}
+    parts = mb.evaluate(st, batch, jax.random.PRNGKey(1), cfg)
+    np.testing.assert_allclose(parts["model_reward_mse"], r**2, atol=1e-7)
+    np.testing.assert_array_equal(parts["model_reward_mse_rewarded" + DEFINED], [0, 1, 0, 0, 1])
+    ev = {k: float(np.mean(v)) for k, v in parts.items() if k.startswith("model_reward")}
+    rec = checkpoint_record(ev, 100.0)
+    assert rec["model_reward_mse"] == pytest.approx((1 + 0.25) / 5)
+    assert rec["model_reward_mse_rewarded"] == pytest.approx((1 + 0.25) / 2)  # over the two rewarded rows only
 
 
 def test_combo_pushes_q_up_on_real_rows_only():
@@ -267,7 +290,7 @@ def test_mopo_end_to_end_train_resume_diagnose_select_report_export(tmp_path, ca
     recs = rd.read_metrics(run)
     assert [r["step"] for r in recs] == [40, 80, 120, 160, 200]
     for k in ("model_nll", "model_mse", "model_rollout_mse", "heldout/model_mse", "heldout/model_rollout_mse",
-              "q_data", "td_error", "heldout/q_data"):
+              "model_reward_mse", "heldout/model_reward_mse", "q_data", "td_error", "heldout/q_data"):
         assert np.isfinite(recs[-1][k]), k
     assert recs[-1]["train/model_penalty"] > 0 and recs[0]["train/model_mse"] > 0
     # The selected model is frozen after the model phase.
@@ -281,6 +304,7 @@ def test_mopo_end_to_end_train_resume_diagnose_select_report_export(tmp_path, ca
     assert main(["report", str(run)]) == 0
     html = (run / "report.html").read_text()
     assert "k-step rollout error" in html and "The dynamics model: negative log-likelihood" in html
+    assert "reward error where the data is rewarded" in html
     assert main(["export", str(run), "--out", str(tmp_path / "policy")]) == 0
 
     from offrl.training.policy import checkpoint_policy

@@ -500,7 +500,9 @@ def evaluate(state: ModelBasedState, batch: Batch, key: jax.Array, config: Model
     real) and the model's: ``model_nll`` and ``model_mse`` (means over the members) and ``model_rollout_mse``
     (:func:`rollout_mse`, elites, with its ``_defined`` companion), of the model in training during the model phase
     and of the selected one after. Every value is per transition, (B,) float32, for a batch of B dataset
-    transitions (``observations`` (B, obs_dim), ...; the ``seq_`` windows for the rollout error)."""
+    transitions (``observations`` (B, obs_dim), ...; the ``seq_`` windows for the rollout error). Also
+    ``model_reward_mse``, the reward output's squared error, and ``model_reward_mse_rewarded``, the same on the
+    transitions whose reward is not 0 (with its ``_defined`` companion; logged as None on a set without one)."""
     real = {k: batch[k] for k in ("observations", "actions", "rewards", "terminals", "next_observations")}
     ones = jnp.ones_like(batch["rewards"])
     _, parts = critic_terms(state.critic_params, state.target_critic_params, state.actor_params,
@@ -512,6 +514,13 @@ def evaluate(state: ModelBasedState, batch: Batch, key: jax.Array, config: Model
     targets = model_targets(batch)[None]
     parts["model_nll"] = dyn.gaussian_nll(mean, log_var, targets).mean(axis=0)
     parts["model_mse"] = ((mean - targets) ** 2).mean(axis=(0, 2))
+    # The reward head alone, and on the rare rewarded transitions: with sparse 0/1 rewards a Gaussian fit to
+    # [s' - s, r] can score a low MSE while predicting a fraction of the success reward (docs/model-based.md).
+    reward_se = ((mean[..., -1] - batch["rewards"][None]) ** 2).mean(axis=0)
+    rewarded = (batch["rewards"] != 0).astype(reward_se.dtype)
+    parts["model_reward_mse"] = reward_se
+    parts["model_reward_mse_rewarded"] = reward_se * rewarded
+    parts["model_reward_mse_rewarded" + common.DEFINED] = rewarded
     if "seq_observations" in batch:
         parts["model_rollout_mse"], parts["model_rollout_mse" + common.DEFINED] = rollout_mse(
             params, state.elite_idx, batch, config)

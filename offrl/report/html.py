@@ -704,8 +704,8 @@ def _missing(records: list[dict], key: str) -> str:
     """Why there is no figure for ``key``: never recorded, or recorded without a finite value."""
     if any(k in rec for rec in records for k in (key, HELDOUT + key)):
         return (
-            f"{key} is in metrics.jsonl but has no finite value (all NaN, null or infinite), "
-            "as happens when training diverges."
+            f"{key} is in metrics.jsonl but has no finite value (all NaN, null or infinite), as happens when "
+            "training diverges, or (null) when no transition of the evaluation sets is one it is defined on."
         )
     return f"No {key} recorded in metrics.jsonl."
 
@@ -814,6 +814,13 @@ def _build_html(
              _missing(records, "model_rollout_mse"),
              "The elites' mean prediction fed back k times under the data's actions, against the real "
              "trajectory: the compounding error the policy's rollouts see."),
+            ("The dynamics model: reward error where the data is rewarded",
+             _metric_figure(records, "model_reward_mse_rewarded", "model_reward_mse_rewarded: squared error of "
+                            "the predicted reward on transitions with a non-zero reward", diagnosis),
+             _missing(records, "model_reward_mse_rewarded"),
+             "With sparse rewards the model's error on the few rewarded transitions is what decides whether its "
+             "rollouts pay for success: a value near the reward squared (1 for 0/1 rewards) means the model "
+             "predicts almost none of it, however low the one-step error on all transitions is."),
         ]
 
     out = [

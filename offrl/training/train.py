@@ -169,7 +169,7 @@ class TrainingDiverged(RuntimeError):
     """Losses or Q-values became NaN/inf; the last good checkpoint is kept."""
 
 
-def checkpoint_record(ev: dict[str, float], horizon: float, prefix: str = "") -> dict[str, float]:
+def checkpoint_record(ev: dict[str, float], horizon: float, prefix: str = "") -> dict[str, float | None]:
     """The logged workflow metrics of one evaluation set from the agent's means ``ev`` (docs/metrics.md).
 
     Adds ``q_error_estimate = td_error * horizon`` (paper Sec. 3) and, when the agent reports the mean squared
@@ -177,7 +177,8 @@ def checkpoint_record(ev: dict[str, float], horizon: float, prefix: str = "") ->
     ``td_error_over_target_var``: the fraction of that spread the critic leaves unexplained (1 - R^2 of the
     Bellman regression). Unlike ``q_error_estimate`` it does not carry CQL's level offset: shifting every Q-value
     by a constant changes neither. A key ``K`` with a companion ``K`` + :data:`DEFINED` (1 on the rows where ``K`` is
-    defined, 0 elsewhere, where the agent set ``K`` to 0) is logged as the mean over its defined rows.
+    defined, 0 elsewhere, where the agent set ``K`` to 0) is logged as the mean over its defined rows, None when
+    no row defines it.
     """
     out = {prefix + k: v for k, v in ev.items() if k != "target_q_sq" and not k.endswith(DEFINED)}
     for k in ev:
@@ -185,7 +186,9 @@ def checkpoint_record(ev: dict[str, float], horizon: float, prefix: str = "") ->
         # by the fraction of rows where it is defined (a mean over those rows).
         if k.endswith(DEFINED) and k[: -len(DEFINED)] in ev:
             frac = ev[k]
-            out[prefix + k[: -len(DEFINED)]] = ev[k[: -len(DEFINED)]] / frac if frac > 0 else float("nan")
+            # None, not NaN, where no row defines it: an absent quantity, which the NaN check must not call
+            # a divergence.
+            out[prefix + k[: -len(DEFINED)]] = ev[k[: -len(DEFINED)]] / frac if frac > 0 else None
     if "td_error" in ev:
         out[prefix + "q_error_estimate"] = ev["td_error"] * horizon
     if "target_q_sq" in ev and "target_q" in ev:
