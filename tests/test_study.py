@@ -543,10 +543,13 @@ def test_the_results_page_shows_the_dynamics_models_verdict_per_model_based_run(
              "evidence": {"steps": [1000, 2000, 3000], "heldout/model_mse": [0.02, 0.012, 0.0105],
                           "heldout/model_rollout_mse": [0.3, 0.2, 0.15]}}
     cells = [{"algo": "cql", "run_dir": "s/cells/a__base", "diagnosis": {}},
-             {"algo": "mopo", "run_dir": "s/cells/a__mopo", "diagnosis": {"model": model}},
+             {"algo": "mopo", "run_dir": "s/cells/a__mopo", "diagnosis": {"model": model},
+              "checkpoints": [{"heldout/model_reward_mse_rewarded": 0.9}, {"heldout/model_reward_mse_rewarded": 0.81},
+                              {"heldout/model_reward_mse_rewarded": None}]},
              {"algo": "combo", "run_dir": "s/cells/a__combo", "diagnosis": {}}]
     text = "\n".join(_model_section(cells))
-    assert "| a__mopo | underfitting | 0.0105 (3000) | 0.0105 | 0.15 | held-out model MSE still fell" in text
+    # The reward column: the last checkpoint that has a value (a set without a rewarded transition logs None).
+    assert "| a__mopo | underfitting | 0.0105 (3000) | 0.0105 | 0.15 | 0.81 | held-out model MSE still fell" in text
     assert "| a__combo | – |" in text and "a__base" not in text
     assert "Model verdicts: underfitting 1." in text
     assert _model_section(cells[:1]) == []

@@ -182,22 +182,28 @@ def _model_section(cells: list[dict[str, Any]]) -> list[str]:
          "The model's own workflow (docs/model-based.md): its held-out one-step MSE over the checkpoints of the model "
          "phase is a validation loss, read for over- and underfitting; the k-step open-loop error is the one the "
          "policy's rollouts compound. Normalised units; no success rate is read here.\n",
+         "The reward column is the reward head's squared error on the held-out transitions with a non-zero reward "
+         "(`model_reward_mse_rewarded`, last checkpoint; logged from 2026-12-04): with 0/1 rewards, near 1 means "
+         "the model's rollouts pay almost none of a success.\n",
          "| run | model verdict | held-out MSE, best (step) | held-out MSE, end of phase | held-out k-step MSE, end "
-         "of phase | reason |", "|---|---|---|---|---|---|"]
+         "of phase | held-out reward MSE where rewarded | reason |", "|---|---|---|---|---|---|---|"]
     verdicts: dict[str, int] = {}
     for c in sorted(runs, key=lambda c: c["run_dir"]):
         name = Path(c["run_dir"]).name
         m = (c.get("diagnosis") or {}).get("model")
         if not m:
-            L.append(f"| {name} | – | – | – | – | not archived (a cell made before the archive kept the model) |")
+            L.append(f"| {name} | – | – | – | – | – | not archived (a cell made before the archive kept the model) |")
             continue
         verdicts[m["verdict"]] = verdicts.get(m["verdict"], 0) + 1
         ev = m.get("evidence") or {}
         held = [v for v in ev.get("heldout/model_mse") or [] if v is not None]
         roll = [v for v in ev.get("heldout/model_rollout_mse") or [] if v is not None]
         best = f"{min(held):.3g} ({m.get('best_step')})" if held else "–"
+        rew = [r.get("heldout/model_reward_mse_rewarded") for r in c.get("checkpoints") or []]
+        rew = [v for v in rew if v is not None]
         L.append(f"| {name} | {m['verdict']} | {best} | {f'{held[-1]:.3g}' if held else '–'} | "
-                 f"{f'{roll[-1]:.3g}' if roll else '–'} | {m.get('reason', '')} |")
+                 f"{f'{roll[-1]:.3g}' if roll else '–'} | {f'{rew[-1]:.3g}' if rew else '–'} | "
+                 f"{m.get('reason', '')} |")
     if verdicts:
         L.append("\nModel verdicts: " + ", ".join(f"{k} {n}" for k, n in sorted(verdicts.items())) + ".")
     return L
