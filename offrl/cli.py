@@ -474,6 +474,8 @@ def _print_diagnosis(d: dict) -> None:
         m = d["model"]
         print(f"model:          {m['verdict']} ({m['reason']})")
         print(f"  model recommendation: {m['recommendation']}")
+        if m.get("reward_warning"):
+            print(f"  model reward: {m['reward_warning']}")
 
 
 def run(cmd: object) -> int:

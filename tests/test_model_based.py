@@ -157,6 +157,16 @@ def test_reward_error_on_rewarded_transitions_by_hand_for_a_model_that_predicts_
     rec = checkpoint_record(ev, 100.0)
     assert rec["model_reward_mse"] == pytest.approx((1 + 0.25) / 5)
     assert rec["model_reward_mse_rewarded"] == pytest.approx((1 + 0.25) / 2)  # over the two rewarded rows only
+    assert rec["model_reward_share_rewarded"] == 0.0  # a model that predicts 0 pays none of either reward
+    # A model that predicts 0.25 everywhere (the reward head's bias; every other output 0): 0.25 / 1 and 0.25 / 0.5.
+    last = jax.tree_util.tree_leaves_with_path(zero)
+    bias = [p for p, _ in last if "bias" in jax.tree_util.keystr(p)][-1]
+    quarter = jax.tree_util.tree_map_with_path(
+        lambda p, v: v.at[..., 2].set(0.25) if p == bias else v, zero)  # outputs: [ds (2), r] means, then log-vars
+    st = st.replace(model_params=quarter, selected_model_params=quarter)
+    parts = mb.evaluate(st, batch, jax.random.PRNGKey(1), cfg)
+    ev = {k: float(np.mean(v)) for k, v in parts.items() if k.startswith("model_reward")}
+    assert checkpoint_record(ev, 100.0)["model_reward_share_rewarded"] == pytest.approx((0.25 + 0.5) / 2)
 
 
 def test_combo_pushes_q_up_on_real_rows_only():
@@ -261,6 +271,19 @@ def test_model_diagnosis_on_synthetic_curves():
     assert under["verdict"] == "underfitting" and "model-steps" in under["recommendation"]
     flat = diagnose_model(_records(train, [1.0, 0.6, 0.4, 0.3] + [0.3] * 8), 1200)
     assert flat["verdict"] == "healthy"
+    assert flat["reward_share"] is None and flat["reward_warning"] is None  # not logged: nothing said
+    # The reward head's share on the rewarded transitions: the last checkpoint's, held-out where it is defined.
+    recs = _records(train, [1.0, 0.6, 0.4, 0.3] + [0.3] * 8)
+    for r, share in zip(recs, np.linspace(0.9, 0.05, n), strict=True):
+        r["model_reward_share_rewarded"], r["heldout/model_reward_share_rewarded"] = 0.9, float(share)
+    low = diagnose_model(recs, 1200)
+    assert low["verdict"] == "healthy" and low["reward_share"] == pytest.approx(0.05)
+    assert "5% of the reward on the held-out transitions" in low["reward_warning"]
+    recs[-1]["heldout/model_reward_share_rewarded"] = None  # no rewarded held-out transition at the last one
+    assert diagnose_model(recs, 1200)["reward_share"] == pytest.approx(0.9 - 0.85 * 10 / 11)
+    for r in recs:
+        r["heldout/model_reward_share_rewarded"] = None
+    assert diagnose_model(recs, 1200)["reward_warning"] is None  # training share 0.9 >= 0.5
     # Checkpoints after the model phase do not count; too few in it is inconclusive.
     assert diagnose_model(_records(train, list(np.linspace(1.0, 0.3, n))), 200)["verdict"] == "inconclusive"
 
@@ -300,6 +323,9 @@ def test_mopo_end_to_end_train_resume_diagnose_select_report_export(tmp_path, ca
     d = json.loads((run / "diagnosis.json").read_text())
     assert d["model"]["verdict"] in ("overfitting", "underfitting", "healthy") and "model:" in out
     assert d["selected_step"] in (160, 200)  # checkpoints of the model phase are not policies
+    m = d["model"]  # the toy data rewards 1 at the end of some episodes: the reward head's share is defined
+    assert m["reward_share"] is not None and (m["reward_warning"] is not None) == (m["reward_share"] < 0.5)
+    assert m["reward_warning"] is None or (m["reward_warning"] in d["reasons"] and "model reward:" in out)
     assert main(["select", str(run)]) == 0
     assert main(["report", str(run)]) == 0
     html = (run / "report.html").read_text()

@@ -502,7 +502,10 @@ def evaluate(state: ModelBasedState, batch: Batch, key: jax.Array, config: Model
     and of the selected one after. Every value is per transition, (B,) float32, for a batch of B dataset
     transitions (``observations`` (B, obs_dim), ...; the ``seq_`` windows for the rollout error). Also
     ``model_reward_mse``, the reward output's squared error, and ``model_reward_mse_rewarded``, the same on the
-    transitions whose reward is not 0 (with its ``_defined`` companion; logged as None on a set without one)."""
+    transitions whose reward is not 0 (with its ``_defined`` companion; logged as None on a set without one), and
+    ``model_reward_share_rewarded``, on those transitions the reward the members predict (their mean) as a share
+    of the data's, r_hat / r (1: the model pays each reward in full; 0: none of it), which
+    :func:`offrl.workflow.diagnosis.diagnose_model` reads."""
     real = {k: batch[k] for k in ("observations", "actions", "rewards", "terminals", "next_observations")}
     ones = jnp.ones_like(batch["rewards"])
     _, parts = critic_terms(state.critic_params, state.target_critic_params, state.actor_params,
@@ -521,6 +524,9 @@ def evaluate(state: ModelBasedState, batch: Batch, key: jax.Array, config: Model
     parts["model_reward_mse"] = reward_se
     parts["model_reward_mse_rewarded"] = reward_se * rewarded
     parts["model_reward_mse_rewarded" + common.DEFINED] = rewarded
+    safe_r = jnp.where(rewarded > 0, batch["rewards"], 1.0)
+    parts["model_reward_share_rewarded"] = mean[..., -1].mean(axis=0) / safe_r * rewarded
+    parts["model_reward_share_rewarded" + common.DEFINED] = rewarded
     if "seq_observations" in batch:
         parts["model_rollout_mse"], parts["model_rollout_mse" + common.DEFINED] = rollout_mse(
             params, state.elite_idx, batch, config)

@@ -793,6 +793,8 @@ def _build_html(
     if "model" in (diagnosis or {}) or any("model_mse" in r for r in records):
         m = (diagnosis or {}).get("model") or {}
         verdict = f" Model verdict: {m['verdict']}: {m['reason']}. {m['recommendation']}." if m else ""
+        if m.get("reward_warning"):
+            verdict += f" Warning: {m['reward_warning']}."
         figs += [
             ("The dynamics model: held-out error (its validation loss)",
              _metric_figure(records, "model_mse", "model_mse: one-step error of the ensemble's means (normalised "

@@ -34,7 +34,8 @@ def agent_for(setting: str, config: StudyConfig) -> Any:
 ALGORITHM_TERMS = ("value_loss", "v_data", "adv_weight", "weighted_nll", "mmd", "mmd_floor", "alpha", "q_std",
                    "kl_estimate", "action_mse", "log_likelihood", "token_log_likelihood", "loss_states",
                    "loss_actions", "loss_rewards", "loss_values", "model_nll", "model_mse", "model_rollout_mse",
-                   "model_reward_mse", "model_reward_mse_rewarded")
+                   "model_reward_mse", "model_reward_mse_rewarded",
+                   "model_reward_share_rewarded")
 
 
 def _algorithm_keys() -> tuple[str, ...]:

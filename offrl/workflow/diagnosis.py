@@ -701,6 +701,10 @@ def diagnose_metrics(
 
 
 MODEL_VERDICTS = ("overfitting", "underfitting", "healthy", "inconclusive")
+REWARD_SHARE_FLOOR = 0.5
+"""Below this share of the data's rewards, on the transitions it rewards, the model's rollouts are said not to pay
+for success (``diagnose_model``'s ``reward_warning``): the midpoint, as the termination rule's (docs/model-based.md,
+pre-registered 2026-12-04 on the measured cause of MOPO's failure; not fitted to any run)."""
 
 
 def diagnose_model(records: Sequence[dict[str, Any]], model_steps: int, config: DiagnosisConfig = DiagnosisConfig(),
@@ -715,12 +719,18 @@ def diagnose_model(records: Sequence[dict[str, Any]], model_steps: int, config: 
       criterion of 1 %) over the last checkpoints (up to 3) of the model phase: the model phase was too short.
     - ``healthy``: neither; ``inconclusive``: fewer than 3 checkpoints in the model phase.
 
+    Beside the verdict, ``reward_warning`` (a sentence, or None) when the model predicts less than
+    :data:`REWARD_SHARE_FLOOR` of the data's reward on the transitions the data rewards (the last checkpoint's
+    ``model_reward_share_rewarded``, held-out where defined): the sparse-reward failure docs/model-based.md
+    measured, which the one-step MSE hides.
+
     Args:
         records: metrics.jsonl records with ``model_mse`` and ``heldout/model_mse`` (and ``model_rollout_mse``).
         model_steps: the model phase's length in gradient steps (the agent's ``model_steps``).
 
     Returns:
-        ``{"verdict", "reason", "recommendation", "best_step", "evidence"}``; the evidence holds the curves.
+        ``{"verdict", "reason", "recommendation", "best_step", "evidence", "reward_share", "reward_warning"}``;
+        the evidence holds the curves; ``reward_share`` is None where no checkpoint logged it.
     """
     phase = [r for r in _by_step_model(records) if r["step"] <= model_steps]
     evidence: dict[str, Any] = {
@@ -756,8 +766,27 @@ def diagnose_model(records: Sequence[dict[str, Any]], model_steps: int, config: 
         reason = (f"held-out model MSE levelled off at {held[best]:.4g} (step {best_step}; last {held[-1]:.4g}, "
                   f"training {train[-1]:.4g})")
         rec = "none for the model; read the policy's diagnosis"
+    share, where = _reward_share(records)
     return {"verdict": verdict, "reason": reason, "recommendation": rec, "best_step": best_step,
-            "evidence": evidence}
+            "evidence": evidence, "reward_share": share, "reward_warning": _reward_warning(share, where)}
+
+
+def _reward_share(records: Sequence[dict[str, Any]]) -> tuple[float | None, str]:
+    """The last checkpoint's ``model_reward_share_rewarded``, held-out when its set has a rewarded transition."""
+    for key, where in (("heldout/model_reward_share_rewarded", "held-out"), ("model_reward_share_rewarded", "training")):
+        values = [r[key] for r in _by_step_model(records) if r.get(key) is not None]
+        if values:
+            return float(values[-1]), where
+    return None, ""
+
+
+def _reward_warning(share: float | None, where: str) -> str | None:
+    if share is None or share >= REWARD_SHARE_FLOOR:
+        return None
+    return (f"the model predicts {100 * share:.0f}% of the reward on the {where} transitions the data rewards "
+            f"(below {100 * REWARD_SHARE_FLOOR:.0f}%): its rollouts barely pay for success, so a critic trained "
+            f"mostly on them learns the model's reward, not the task's; its q_data says little about the task "
+            f"(docs/model-based.md); compare with CQL on the same data")
 
 
 def _by_step_model(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -826,6 +855,8 @@ def diagnose_run(
     result["config"] = dataclasses.asdict(config)
     if main["config"].get("algo") in ("mopo", "combo"):
         result["model"] = diagnose_model(records, _warmup(main["config"]), config)
+        if result["model"].get("reward_warning"):
+            result["reasons"] = [*result["reasons"], result["model"]["reward_warning"]]
     from offrl.workflow.trust import trust_statement
 
     result["trust"] = trust_statement(result["selector"], main["config"])
