@@ -388,3 +388,21 @@ def test_mopo_resume_inside_the_model_phase_matches_an_uninterrupted_run(tmp_pat
     np.testing.assert_array_equal(sa.elite_idx, sb.elite_idx)
     for x, y in zip(jax.tree.leaves(sa), jax.tree.leaves(sb), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("algo", ["mopo", "combo"])
+def test_the_workflow_command_runs_model_based_algorithms_end_to_end(algo, tmp_path, monkeypatch, capsys):
+    """`offrl workflow --algo mopo|combo`: collect, train (model phase, then policy), diagnose with the model's
+    verdict, select after the model phase, evaluate (analysis only)."""
+    pytest.importorskip("metaworld")
+    monkeypatch.chdir(tmp_path)
+    argv = ["workflow", "--algo", algo, "--episodes", "6", "--horizon", "60", "--regime", "white",
+            "--noise-sigma", "0.2", "--steps", "160", "--checkpoint-every", "40", "--eval-episodes", "1",
+            "--bc-baseline-steps", "0", "--out", f"runs/{algo}", *_tiny(algo), "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    d = json.loads((tmp_path / f"runs/{algo}/diagnosis.json").read_text())
+    assert d["model"]["verdict"] in ("overfitting", "underfitting", "healthy") and "model:" in out
+    assert d["selected_step"] == 160  # 40, 80 and 120 are the model phase: never a policy
+    assert "successes" in json.dumps(json.loads((tmp_path / f"runs/{algo}/evaluation.json").read_text()))

@@ -338,6 +338,10 @@ def summarize(
         "report": str(report),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
     }
+    if diagnosis.get("model"):  # MOPO/COMBO: the dynamics model's own verdict, and its reward warning
+        m = diagnosis["model"]
+        summary["model"] = {"verdict": m["verdict"], "reason": m["reason"], "recommendation": m["recommendation"],
+                            "reward_warning": m.get("reward_warning")}
     if evaluation and diagnosis.get("analysis_only"):
         summary["analysis_only_success"] = diagnosis["analysis_only"]
     return summary
@@ -363,6 +367,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     if summary.get("trust"):
         lines.append(f"trust:              {summary['trust']}")
+    m = summary.get("model")
+    if m:
+        lines.append(f"model:              {m['verdict']} ({m['reason']}); {m['recommendation']}")
+        if m.get("reward_warning"):
+            lines.append(f"model reward:       {m['reward_warning']}")
     s = summary.get("analysis_only_success")
     if s:
         from offrl.workflow.comparison import format_comparison
