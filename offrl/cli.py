@@ -129,13 +129,14 @@ def _tune_train_default() -> TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Tune:
-    """Choose CQL's alpha (or BRAC's beta) offline: one short run per value, read through the diagnostics;
-    the least conservative value whose Q stays within what the rewards allow (docs/metrics.md)."""
+    """Choose the conservatism offline (CQL's alpha, BRAC's beta, MOPO's penalty_coef, COMBO's
+    conservative_weight): one short run per value, read through the diagnostics; the least conservative value
+    whose Q stays within what the rewards allow (docs/metrics.md)."""
 
     out: Path
     """Folder for the runs (one per value) and tuning.json."""
     values: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0)
-    """Values of alpha (cql) or beta (brac) to try."""
+    """Values to try of alpha (cql), beta (brac), penalty_coef (mopo) or conservative_weight (combo)."""
     tolerance: float = 0.1
     """Slack above the largest return the rewards allow, as a fraction of the Q range's width."""
     train: TrainConfig = dataclasses.field(default_factory=_tune_train_default)
@@ -292,7 +293,7 @@ _DESCRIPTIONS = {
 
 # Commands whose help shows the hyperparameters of the chosen algorithm only, with the prefix of their --algo.
 _ALGO_FLAG_PREFIX = {"train": "", "workflow": "", "tune": "train.", "sweep": "train."}
-_TUNABLE = ("cql", "brac")  # offrl.workflow.tuning
+_TUNABLE = ("cql", "brac", "mopo", "combo")  # offrl.workflow.tuning.KNOBS (not imported here: it loads jax)
 _BRAC_ONLY = ("behavior_run", "behavior_step")  # TrainConfig fields that only --algo brac reads
 
 

@@ -266,7 +266,7 @@ def _help(argv, monkeypatch, capsys) -> str:
     [
         (["train"], ["--agent.alpha", "--agent.bc-steps"], "offrl train --algo {brac,bc,iql,awac"),
         (["workflow"], ["--iql.expectile", "--bc.actor-lr"], "offrl workflow --algo {cql,brac,bc,awac"),
-        (["tune"], ["--train.agent.alpha"], "offrl tune --train.algo brac --help"),
+        (["tune"], ["--train.agent.alpha"], "offrl tune --train.algo {brac,mopo,combo} --help"),
         (["sweep"], ["--train.agent.alpha"], None),
     ],
 )
@@ -372,4 +372,4 @@ def test_top_level_help_lists_every_command(monkeypatch, capsys):
     for name in ("collect", "train", "diagnose", "select", "evaluate", "report", "tune", "import", "inspect",
                  "export", "study", "sweep", "workflow"):
         assert f"• {name} " in text
-    assert "Train an agent on a dataset" in text and "Choose CQL's alpha (or BRAC's beta) offline" in text
+    assert "Train an agent on a dataset" in text and "Choose the conservatism offline (CQL's alpha" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -12,6 +13,7 @@ from conftest import chain_arrays
 from offrl.agents.cql import CQLConfig
 from offrl.cli import main
 from offrl.data import make_dataset, save_dataset
+from offrl.training import run_dir as rd
 from offrl.training.train import TrainConfig
 from offrl.workflow.tuning import judge, tune_conservatism
 
@@ -28,6 +30,11 @@ def test_judge_flags_overestimation_and_divergence():
     assert judge(_recs([0.5, 1.05]), (0.0, 1.0))["sound"]  # within the 10% tolerance
     assert judge(_recs([0.5, float("nan")]), (0.0, 1.0))["diverged"]
     assert judge(_recs([0.5]) + [{"step": 20, "diverged": True}], (0.0, 1.0))["diverged"]
+    # A warm start's checkpoints (MOPO's and COMBO's model phase: no policy yet) are not read; divergence is.
+    warm = judge(_recs([5.0, 0.2, 0.4]), (0.0, 1.0), after_step=10)
+    assert warm["sound"] and warm["max_q_data"] == 0.4
+    assert not judge(_recs([0.2, 5.0]), (0.0, 1.0), after_step=10)["sound"]
+    assert judge(_recs([0.2, 0.3]) + [{"step": 5, "diverged": True}], (0.0, 1.0), after_step=10)["diverged"]
 
 
 def test_tuning_runs_every_value_and_picks_the_least_conservative_sound_one(tmp_path):
@@ -50,8 +57,31 @@ def test_tuning_runs_every_value_and_picks_the_least_conservative_sound_one(tmp_
     assert all(math.isfinite(r["max_q_data"]) for r in again["runs"])
 
 
-def test_tuning_refuses_bc(tmp_path):
-    with pytest.raises(ValueError, match="cql .alpha. or brac .beta."):
+@pytest.mark.parametrize("algo, knob, default", [("mopo", "penalty_coef", 1.0), ("combo", "conservative_weight", 1.0)])
+def test_tuning_model_based_algorithms_sets_their_knob_and_skips_the_model_phase(algo, knob, default, tmp_path):
+    data = save_dataset(tmp_path / "d.h5", make_dataset(chain_arrays(episodes=10), {"task": "toy"}))
+    small = dict(model_hidden_dims=(16,), critic_hidden_dims=(16,), actor_hidden_dims=(16,), num_members=3,
+                 num_elites=2, model_steps=80, rollout_horizon=2, rollout_error_steps=2)
+    base = TrainConfig(dataset=data, out=Path("unused"), algo=algo, steps=160, checkpoint_every=40, chunk_steps=20,
+                       batch_size=32, progress=False)
+    base = dataclasses.replace(base, **{algo: dataclasses.replace(getattr(base, algo), **small)})
+    result = tune_conservatism(base, tmp_path / "tune", values=(0.0, 3.0))
+    assert result["parameter"] == knob and result["algo"] == algo
+    for r in result["runs"]:
+        run = Path(r["run_dir"])
+        assert run.name == f"{knob}_{r['value']:g}"
+        assert json.loads((run / "config.json").read_text())["agent"][knob] == r["value"]
+        # max q_data is read after the model phase (steps 40, 80) only
+        policy_qs = [m["q_data"] for m in rd.read_metrics(run) if m["step"] > 80]
+        assert len(policy_qs) == 2 and r["max_q_data"] == pytest.approx(max(policy_qs))
+    sound = [r["value"] for r in result["runs"] if r["sound"]]
+    assert result["chosen"] == (min(sound) if sound else None)
+    if "advice" in result and sound:
+        assert f"{knob} = {default:g}" in result["advice"]
+
+
+def test_tuning_refuses_an_algorithm_without_a_conservatism_knob(tmp_path):
+    with pytest.raises(ValueError, match=r"cql \(alpha\), brac \(beta\), mopo \(penalty_coef\), combo"):
         tune_conservatism(TrainConfig(dataset=Path("x"), out=Path("y"), algo="bc"), tmp_path)
 
 
