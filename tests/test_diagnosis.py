@@ -156,6 +156,7 @@ def test_behaviour_cloning_warm_start_checkpoints_are_left_out():
     assert d["verdict"] == "healthy"
     assert d["selected_step"] == 55000
     assert d["evidence"]["warmup_checkpoints_ignored"] == [5000, 10000, 15000, 20000, 25000]
+    assert d["evidence"]["warmup_phase"] == "the actor's behaviour-cloning warm start"
     assert any("behaviour-cloning warm start, not CQL policies" in r for r in d["reasons"])
     # A model-based run's first checkpoints are its model phase, and the reason says so, not "behaviour cloning".
     mb = diagnose_metrics(_records(q), (0.0, 1.0), warmup_steps=25000, algo="mopo")

@@ -323,6 +323,7 @@ def test_mopo_end_to_end_train_resume_diagnose_select_report_export(tmp_path, ca
     d = json.loads((run / "diagnosis.json").read_text())
     assert d["model"]["verdict"] in ("overfitting", "underfitting", "healthy") and "model:" in out
     assert d["selected_step"] in (160, 200)  # checkpoints of the model phase are not policies
+    assert d["evidence"]["warmup_phase"] == rd.WARMUP_PHASE["mopo"]  # the report's grey band is named by it
     m = d["model"]  # the toy data rewards 1 at the end of some episodes: the reward head's share is defined
     assert m["reward_share"] is not None and (m["reward_warning"] is not None) == (m["reward_share"] < 0.5)
     assert m["reward_warning"] is None or (m["reward_warning"] in d["reasons"] and "model reward:" in out)

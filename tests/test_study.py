@@ -555,6 +555,29 @@ def test_the_results_page_shows_the_dynamics_models_verdict_per_model_based_run(
     assert _model_section(cells[:1]) == []
 
 
+def test_the_results_page_draws_each_model_once_over_its_training_phase(tmp_path):
+    from offrl.study.results import _figure_model, _model_lines
+
+    def cell(algo, seed, mse, task="t"):
+        cps = [{"step": s, "heldout/model_mse": m, "heldout/model_rollout_mse": 2 * m,
+                "heldout/model_reward_mse_rewarded": None if s == 10 else 0.9}
+               for s, m in zip((10, 20, 30), mse, strict=True)]
+        cps.append({"step": 40, "heldout/model_mse": mse[-1], "q_data": 0.5})  # after the model phase: not drawn
+        return {"algo": algo, "warmup_steps": 30, "checkpoints": cps,
+                "cell": {"task": task, "seed": seed, "setting": algo}}
+
+    cells = [cell("mopo", 0, [0.3, 0.2, 0.1]), cell("combo", 0, [0.3, 0.2, 0.1]), cell("combo", 1, [0.4, 0.2, 0.2]),
+             cell("mopo", 0, [9.0, 9.0, 9.0], task="other"), {"algo": "cql", "checkpoints": [],
+                                                             "cell": {"task": "t", "seed": 0, "setting": "base"}}]
+    lines = _model_lines(cells, "t")
+    # MOPO and COMBO trained the same model on seed 0: one line, named by both
+    assert sorted(lines.values()) == [["combo s0", "mopo s0"], ["combo s1"]]
+    for key in lines:
+        assert [row[0] for row in key] == [10, 20, 30] and key[0][3] is None
+    assert _figure_model(cells, "t", tmp_path / "m.png") and (tmp_path / "m.png").stat().st_size > 0
+    assert not _figure_model(cells[-1:], "t", tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+
+
 def test_a_grid_whose_runs_are_no_longer_than_their_warm_start_is_refused_when_loaded():
     raw = {"steps": 8000, "scenario": [{"name": "a", "tasks": ["reach-v3"], "episodes": [5],
                                         "settings": ["base", "mopo"]}]}

@@ -193,7 +193,9 @@ def _mark_steps(ax: Any, diagnosis: dict | None) -> None:
         return
     warmup = (diagnosis.get("evidence") or {}).get("warmup_checkpoints_ignored") or []
     if warmup:
-        ax.axvspan(0, max(warmup), color="#999999", alpha=0.12, label="BC warm start (not diagnosed)")
+        # The phase's name: "BC warm start" was the label for MOPO's and COMBO's model phase too until 2026-12-04.
+        phase = (diagnosis.get("evidence") or {}).get("warmup_phase") or "the BC warm start"
+        ax.axvspan(0, max(warmup), color="#999999", alpha=0.12, label=f"{phase}: not diagnosed")
     peak, selected = _step(diagnosis.get("peak_step")), _step(diagnosis.get("selected_step"))
     if selected is not None:
         ax.axvline(

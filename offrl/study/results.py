@@ -82,6 +82,7 @@ def _figure_scenario(cells: list[dict[str, Any]], scenario: str, task: str, path
     else:
         colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(len(sizes), 1)))
     fig, axes = plt.subplots(3, 1, figsize=(7, 8.5), sharex=True)
+    warm_by_algo: dict[str, int] = {}
     for c in runs:
         cps = sorted(c["checkpoints"], key=lambda x: x["step"])
         steps = [x["step"] for x in cps]
@@ -99,23 +100,83 @@ def _figure_scenario(cells: list[dict[str, Any]], scenario: str, task: str, path
         if pick is not None:
             for ax in axes:
                 ax.axvline(pick, color=color, ls=(0, (2, 3)), lw=0.8, alpha=0.8)
-        warm = c.get("warmup_steps", 0)
+        if c.get("warmup_steps"):
+            warm_by_algo.setdefault(c.get("algo", "cql"), int(c["warmup_steps"]))
     axes[0].set_ylabel("success (analysis only)")
     axes[1].set_ylabel("q_data")
     axes[2].set_ylabel("td_error (train)")
     if any(x.get("td_error") is not None and x["td_error"] > 0 for c in runs for x in c["checkpoints"]):
         axes[2].set_yscale("log")  # runs without a critic (BC, TT alone) leave the panel empty
     axes[2].set_xlabel("gradient steps")
-    for ax in axes:
-        if warm:
+    # Grey: the warm start of the runs that have one (CQL's behaviour cloning, MOPO's and COMBO's model phase),
+    # named by algorithm; it was labelled "BC warm start" whatever the algorithm until 2026-12-04.
+    for warm in warm_by_algo.values():
+        for ax in axes:
             ax.axvspan(0, warm, color="0.9", zorder=0)
+    phases: dict[tuple[int, str], list[str]] = {}
+    for a, w in sorted(warm_by_algo.items()):
+        phases.setdefault((w, rd.WARMUP_PHASE.get(a, "a warm start")), []).append(a.upper())
+    grey = "; ".join(f"{', '.join(algos)}: the first {w} steps, {phase}" for (w, phase), algos in phases.items())
     axes[0].legend(fontsize=7, ncol=2)
-    axes[0].set_title(f"{scenario}: {task} (dashed verticals: the workflow's pick; grey: BC warm start)",
-                      fontsize=9)
+    axes[0].set_title(f"{scenario}: {task} (dashed verticals: the workflow's pick)"
+                      + (f"\ngrey: {grey}" if grey else ""), fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+MODEL_CURVES = (("heldout/model_mse", "held-out one-step MSE", True),
+                ("heldout/model_rollout_mse", "held-out k-step MSE", True),
+                ("heldout/model_reward_mse_rewarded", "held-out reward MSE\nwhere rewarded", False))
+
+
+def _model_lines(cells: list[dict[str, Any]], task: str) -> dict[tuple, list[str]]:
+    """The model-phase curves of ``task``'s MOPO and COMBO runs, each once: ``{((step, *MODEL_CURVES values),
+    ...): ["combo s0", "mopo s0"]}``, the names of the runs that have exactly those curves."""
+    lines: dict[tuple, list[str]] = {}
+    runs = [c for c in cells if c.get("algo") in ("mopo", "combo") and c["cell"]["task"] == task]
+    for c in sorted(runs, key=lambda c: (c["cell"]["seed"], c["cell"]["setting"])):
+        warm = int(c.get("warmup_steps") or 0)
+        cps = sorted((x for x in c["checkpoints"] if not warm or x["step"] <= warm), key=lambda x: x["step"])
+        key = tuple((x["step"], *(x.get(k) for k, _, _ in MODEL_CURVES)) for x in cps)
+        lines.setdefault(key, []).append(f"{c['cell']['setting']} s{c['cell']['seed']}")
+    return lines
+
+
+def _figure_model(cells: list[dict[str, Any]], task: str, path: Path) -> bool:
+    """The dynamics model's held-out error curves over its training phase (the issue's "model error curves"):
+    one-step MSE, k-step open-loop MSE and the reward head's error on rewarded transitions, one line per run of
+    ``task``; runs whose curves are identical (MOPO and COMBO share the model on the same data and seed) are drawn
+    once and labelled together. Returns whether a figure was written (False: no model-based run of the task)."""
+    lines = _model_lines(cells, task)
+    if not lines:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(MODEL_CURVES), 1, figsize=(7, 7), sharex=True)
+    colors = plt.get_cmap("tab10")(np.arange(len(lines)) % 10)
+    for color, (key, names) in zip(colors, lines.items(), strict=True):
+        steps = [row[0] for row in key]
+        for i, (ax, (_, label, log)) in enumerate(zip(axes, MODEL_CURVES, strict=True)):
+            ys = [np.nan if row[i + 1] is None else row[i + 1] for row in key]
+            ax.plot(steps, ys, marker=".", color=color, label=" = ".join(names) if i == 0 else None)
+            ax.set_ylabel(label, fontsize=8)
+            if log and any(np.isfinite(y) and y > 0 for y in ys):
+                ax.set_yscale("log")
+    axes[-1].axhline(1.0, color="0.5", ls=":", lw=0.8)  # a model that predicts no reward, for 0/1 rewards
+    axes[-1].set_xlabel("gradient steps (the model phase)")
+    axes[0].legend(fontsize=7, ncol=2)
+    axes[0].set_title(f"the dynamics model, {task}: held-out errors over its training phase (normalised units)\n"
+                      f"dotted: the reward error of a head that predicts 0", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def _figure_selectors(analysis: dict[str, Any], path: Path) -> None:
@@ -305,6 +366,10 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
                      f"{paired} |")
 
     L.extend(_model_section(cells))
+    for task in sorted({c["cell"]["task"] for c in cells if c.get("algo") in ("mopo", "combo")}):
+        path = fig_dir / f"model_{task.replace('+', '_')}.png"
+        if _figure_model(cells, task, path):
+            L.append(f"\n![the dynamics model's held-out errors, {task}]({rel(path)})\n")
 
     da = analysis["diagnosis_accuracy"]
     L.append("\n## Diagnosis accuracy\n")

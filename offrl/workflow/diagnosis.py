@@ -477,6 +477,7 @@ def diagnose_metrics(
     if warmup:
         evidence["warmup_checkpoints_ignored"] = warmup
         phase = WARMUP_PHASE.get(algo, WARMUP_PHASE["cql"])
+        evidence["warmup_phase"] = phase
         reasons.append(
             f"{len(warmup)} checkpoint(s) at or before step {warmup_steps} are {phase}, not "
             f"{(algo or 'cql').upper()} policies: left out of the diagnosis and the selection"
