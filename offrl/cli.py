@@ -286,8 +286,8 @@ _ON_DEMAND = ("train", "tune", "sweep", "workflow")
 _DESCRIPTIONS = {
     "train": "Train an agent on a dataset: CQL, or another algorithm with --algo.",
     "tune": " ".join((Tune.__doc__ or "").split()),
-    "sweep": "Train K CQL runs (seeds x values of one float hyperparameter) together, vectorised in one process; "
-    "each run is an ordinary run directory under --train.out.",
+    "sweep": "Train K runs (seeds x values of one float hyperparameter): CQL's together, vectorised in one "
+    "process; another --train.algo's one after another; each run is an ordinary run directory under --train.out.",
     "workflow": "Collect (if needed), train, diagnose, select, evaluate and report.",
 }
 
@@ -451,8 +451,6 @@ def _algo_help(command: str, args: list[str]) -> tuple[Any, dict[str, str]] | st
             )
 
     registry = _help_registry(cls, hidden)
-    if command == "sweep":  # CQL only (offrl.training.sweep.check_sweep): nothing else to point to
-        return registry, {}
     others = [a for a in (_TUNABLE if command == "tune" else algos) if a != algo]
     groups = ", ".join(f"--{prefix}{g}.*" for g in _algo_groups(command, algo))
     choices = "{" + ",".join(others) + "}" if len(others) > 1 else others[0]

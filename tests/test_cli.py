@@ -267,7 +267,7 @@ def _help(argv, monkeypatch, capsys) -> str:
         (["train"], ["--agent.alpha", "--agent.bc-steps"], "offrl train --algo {brac,bc,iql,awac"),
         (["workflow"], ["--iql.expectile", "--bc.actor-lr"], "offrl workflow --algo {cql,brac,bc,awac"),
         (["tune"], ["--train.agent.alpha"], "offrl tune --train.algo {brac,mopo,combo} --help"),
-        (["sweep"], ["--train.agent.alpha"], None),
+        (["sweep"], ["--train.agent.alpha"], "offrl sweep --train.algo {brac,bc,iql,awac"),
     ],
 )
 def test_help_shows_the_hyperparameters_of_the_chosen_algorithm_only(monkeypatch, capsys, argv, shown, hint):

@@ -100,6 +100,26 @@ def test_sweep_members_are_ordinary_runs(tmp_path, dataset_path):
     assert CQLConfig().alpha == json.loads((runs[0] / "config.json").read_text())["agent"]["alpha"]
 
 
+def test_other_algorithms_are_swept_one_run_after_another(tmp_path, dataset_path):
+    from offrl.agents.mopo import MOPOConfig
+
+    mopo = MOPOConfig(model_hidden_dims=(16,), critic_hidden_dims=(16,), actor_hidden_dims=(16,), num_members=3,
+                      num_elites=2, model_steps=20, rollout_horizon=2, rollout_error_steps=2)
+    base = dataclasses.replace(_base(dataset_path, tmp_path / "sweep"), algo="mopo", mopo=mopo, steps=40)
+    with pytest.raises(ValueError, match="not a float hyperparameter of MOPO; one of: .*penalty_coef"):
+        check_sweep(SweepConfig(base, param="num_members", values=(2.0,)))
+    runs = sweep(SweepConfig(base, seeds=(0,), param="penalty_coef", values=(0.0, 2.0)))
+    assert [r.name for r in runs] == ["penalty_coef=0_s0", "penalty_coef=2_s0"]
+    for run, value in zip(runs, (0.0, 2.0), strict=True):
+        cfg = json.loads((run / "config.json").read_text())
+        assert cfg["algo"] == "mopo" and cfg["agent"]["penalty_coef"] == value and cfg["sweep"]["members"] == 2
+        assert rd.checkpoint_steps(run) == [20, 40]
+    # the penalty is what differs: the model phase (steps <= 20) is the same, the penalised rewards are not
+    r0, r2 = _records(runs[0]), _records(runs[1])
+    assert r0[20]["heldout/model_mse"] == r2[20]["heldout/model_mse"]
+    assert r2[40]["train/model_reward"] < r0[40]["train/model_reward"]
+
+
 def test_offrl_sweep_command(tmp_path, dataset_path, capsys):
     from offrl.cli import main
 

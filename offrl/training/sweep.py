@@ -1,4 +1,4 @@
-"""`offrl sweep`: K CQL runs (seeds, and values of one hyperparameter) trained in one process, vectorised.
+"""`offrl sweep`: K runs (seeds, and values of one hyperparameter) in one command; CQL's vectorised in one process.
 
 The workflow's remedies call for small sweeps (the CQL weight alpha, the DR3 or VIB coefficients, seeds). On a
 machine whose cores one small MLP step does not fill, running the K runs as one ``jax.vmap``-ed program does
@@ -14,6 +14,13 @@ What can be swept: any float field of :class:`offrl.agents.cql.CQLConfig` that e
 arithmetically (alpha, vib_beta, dr3_coef, l2_coef, l1_coef, gamma, tau, learning rates, ...). Fields that change
 the networks' shapes or the program (hidden sizes, vib_dim, num_action_samples, lagrange) cannot share one
 compiled program: run them separately (:func:`sweep` says so). State observations only.
+
+Every other algorithm (``--train.algo brac|bc|iql|awac|bear|tt|dqn|mopo|combo``) is swept **one run after
+another** in this process: each member is exactly the `offrl train` run of its seed and value (same split of
+``train.seed``), so any float hyperparameter of that algorithm can be varied (MOPO's ``penalty_coef``, IQL's
+``expectile``, ...). Not vectorised: MOPO's and COMBO's model phase selects the model on the host between
+compiled chunks, and on a 2-core machine K runs in sequence match a vmapped sweep's throughput anyway
+(docs/speed.md, "Many runs at once").
 
 On a Ray cluster (``--ray ADDRESS``, :mod:`offrl.cluster`) every run is a task of its own, trained as the separate
 `offrl train` run above (seed, value, and the split of ``train.seed``): the same run directories, with metrics
@@ -51,6 +58,7 @@ from offrl.data.images import obs_spec, resolve_obs_mode, state_columns
 from offrl.training import run_dir as rd
 from offrl.training.loggers import MetricsLogger
 from offrl.training.train import (
+    ALGO_FIELD,
     Inputs,
     TrainConfig,
     TrainingDiverged,
@@ -79,11 +87,13 @@ class SweepConfig:
     """What `offrl sweep` does: the runs are every (seed, value) pair, trained together."""
 
     train: TrainConfig
-    """The base run (dataset, steps, checkpoints, CQL hyperparameters); ``train.out`` is the sweep directory."""
+    """The base run (dataset, steps, checkpoints, the hyperparameters of ``train.algo``); ``train.out`` is the
+    sweep directory."""
     seeds: tuple[int, ...] = (0,)
     """Seeds of the runs."""
     param: str | None = None
-    """A float CQL hyperparameter to vary (e.g. alpha, dr3_coef, vib_beta); None: seeds only."""
+    """A float hyperparameter of ``train.algo`` to vary (e.g. CQL's alpha, dr3_coef, vib_beta; MOPO's
+    penalty_coef); None: seeds only."""
     values: tuple[float, ...] = ()
     """Values of ``param``."""
     ray: str | None = None
@@ -108,23 +118,32 @@ def _with_value(agent: cql.CQLConfig, param: str | None, value: Any) -> cql.CQLC
     return dataclasses.replace(agent, **{param: value})
 
 
+def vectorised(config: SweepConfig) -> bool:
+    """Whether the sweep trains its runs as one vmapped program (CQL, without --ray) rather than one by one."""
+    return config.train.algo == "cql" and config.ray is None
+
+
 def check_sweep(config: SweepConfig) -> list[tuple[int, float | None]]:
     """The (seed, value) members, or a ValueError naming the problem and the fix."""
-    if config.train.algo != "cql":
-        raise ValueError(f"offrl sweep trains CQL runs; --train.algo {config.train.algo} is not supported")
+    algo = config.train.algo
+    agent = getattr(config.train, ALGO_FIELD[algo])
     if not config.seeds:
         raise ValueError("--seeds needs at least one seed")
     if len(set(config.seeds)) != len(config.seeds):
         raise ValueError(f"--seeds repeats a seed: {config.seeds}")
     if config.param is None:
         if config.values:
-            raise ValueError("--values needs --param (the CQL hyperparameter they are values of)")
+            raise ValueError(f"--values needs --param (the {algo.upper()} hyperparameter they are values of)")
         return [(s, None) for s in config.seeds]
+    floats = [f.name for f in dataclasses.fields(agent) if isinstance(getattr(agent, f.name), float)]
+    if algo != "cql" and config.param not in floats:
+        raise ValueError(f"--param {config.param!r} is not a float hyperparameter of {algo.upper()}; one of: "
+                         f"{', '.join(floats)}")
     fields = {f.name: f for f in dataclasses.fields(cql.CQLConfig)}
-    if config.param not in fields:
+    if algo == "cql" and config.param not in fields:
         raise ValueError(f"--param {config.param!r} is not a CQL hyperparameter; floats such as alpha, vib_beta, "
                          f"dr3_coef, l2_coef can be swept")
-    if config.param in _STRUCTURAL or not isinstance(getattr(config.train.agent, config.param), float):
+    if algo == "cql" and (config.param in _STRUCTURAL or not isinstance(getattr(agent, config.param), float)):
         raise ValueError(
             f"--param {config.param} changes the networks or the program, so its runs cannot share one compiled "
             f"program: run `offrl train` once per value instead (a sweep varies float hyperparameters such as "
@@ -146,8 +165,10 @@ def _member(tree: Any, k: int) -> Any:
 def member_train_config(config: SweepConfig, seed: int, value: float | None) -> TrainConfig:
     """The `offrl train` run a member matches: its seed and value, the held-out split of ``train.seed``."""
     base = config.train
+    field = ALGO_FIELD[base.algo]
     return dataclasses.replace(base, out=Path(base.out) / member_name(seed, config.param, value), seed=seed,
-                               agent=_with_value(base.agent, config.param, value), split_seed=base.seed)
+                               split_seed=base.seed,
+                               **{field: _with_value(getattr(base, field), config.param, value)})
 
 
 def prepare_sweep(config: SweepConfig) -> tuple[SweepConfig, list[tuple[int, float | None]], Any]:
@@ -174,8 +195,8 @@ def prepare_sweep(config: SweepConfig) -> tuple[SweepConfig, list[tuple[int, flo
     check_trainable(dataset, base)
     dataset = transform_rewards(dataset, base.reward_scale, base.reward_shift)
     mode = resolve_obs_mode(base.obs, dataset)
-    if mode != "state":
-        raise ValueError("offrl sweep trains on state observations; image runs: use `offrl train` per run")
+    if mode != "state" and vectorised(config):
+        raise ValueError("offrl sweep vectorises CQL on state observations; image runs: use `offrl train` per run")
     return config, members, dataset
 
 
@@ -197,6 +218,9 @@ def sweep(config: SweepConfig) -> list[Path]:
     if config.ray is not None:
         del dataset
         return sweep_on_ray(config, members, options)
+    if not vectorised(config):
+        del dataset
+        return sweep_in_turn(config, members)
     base = config.train
     out = Path(base.out)
     mode = resolve_obs_mode(base.obs, dataset)
@@ -322,6 +346,41 @@ def sweep(config: SweepConfig) -> list[Path]:
     return run_dirs
 
 
+def sweep_in_turn(config: SweepConfig, members: list[tuple[int, float | None]]) -> list[Path]:
+    """Train every member of a checked sweep (:func:`prepare_sweep`) one after another, each the `offrl train` run
+    of its seed and value; returns the run directories, in the order of the members. A member that diverges stops
+    there (its earlier checkpoints stay) and the others go on, as in the vectorised sweep.
+
+    Raises:
+        TrainingDiverged: a member diverged before its first checkpoint (nothing of it to keep).
+        Any error of :func:`offrl.training.train.train` (the same for every member: raised at the first).
+    """
+    out = Path(config.train.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for i, (seed, value) in enumerate(members):
+        member = member_train_config(config, seed, value)
+        run = Path(member.out)
+        tqdm.write(f"[sweep {i + 1}/{len(members)}] {run.name}")
+        try:
+            train(member)
+        except TrainingDiverged as e:
+            if not rd.checkpoint_steps(run):
+                raise
+            tqdm.write(f"offrl: {run.name} diverged: {e}; its earlier checkpoints are kept")
+        _record_sweep(run, config, len(members))
+        runs.append(run)
+    return runs
+
+
+def _record_sweep(run: Path, config: SweepConfig, members: int) -> None:
+    """Add the ``sweep`` entry the vectorised sweep writes to a member's config.json."""
+    cfg = rd.read_json(run / rd.CONFIG_FILE)
+    if "sweep" not in cfg:
+        cfg["sweep"] = {"dir": str(config.train.out), "members": members, "param": config.param}
+        rd.write_json(run / rd.CONFIG_FILE, cfg)
+
+
 # -------------------------------------------------------------------------------------------- on a Ray cluster
 
 
@@ -356,10 +415,7 @@ def _member_attempt(config: SweepConfig, seed: int, value: float | None, members
     except Exception as e:
         traceback.print_exc()
         return {**result, "status": "failed", "error": cluster.message(e)}
-    cfg = rd.read_json(run / rd.CONFIG_FILE)
-    if "sweep" not in cfg:  # what the local sweep records
-        cfg["sweep"] = {"dir": str(config.train.out), "members": members, "param": config.param}
-        rd.write_json(run / rd.CONFIG_FILE, cfg)
+    _record_sweep(run, config, members)  # what the local sweep records
     return {**result, "status": "done", "cell_s": time.perf_counter() - t}
 
 
