@@ -84,7 +84,7 @@ _STRUCTURAL = {"critic_hidden_dims", "actor_hidden_dims", "num_critics", "vib_di
 
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
-    """What `offrl sweep` does: the runs are every (seed, value) pair, trained together."""
+    """What `offrl sweep` does: the runs are every (seed, value) pair, trained together (CQL) or in turn."""
 
     train: TrainConfig
     """The base run (dataset, steps, checkpoints, the hyperparameters of ``train.algo``); ``train.out`` is the
