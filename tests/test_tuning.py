@@ -83,6 +83,11 @@ def test_tuning_model_based_algorithms_sets_their_knob_and_skips_the_model_phase
 def test_tuning_refuses_an_algorithm_without_a_conservatism_knob(tmp_path):
     with pytest.raises(ValueError, match=r"cql \(alpha\), brac \(beta\), mopo \(penalty_coef\), combo"):
         tune_conservatism(TrainConfig(dataset=Path("x"), out=Path("y"), algo="bc"), tmp_path)
+    # `offrl tune --help` names the tunable algorithms without importing this module: the two lists agree
+    from offrl import cli
+    from offrl.workflow.tuning import KNOBS
+
+    assert set(cli._TUNABLE) == set(KNOBS)
 
 
 @pytest.mark.sim

@@ -112,7 +112,7 @@ def member_name(seed: int, param: str | None, value: float | None) -> str:
     return f"s{seed}" if param is None else f"{param}={value:g}_s{seed}"
 
 
-def _with_value(agent: cql.CQLConfig, param: str | None, value: Any) -> cql.CQLConfig:
+def _with_value(agent: Any, param: str | None, value: Any) -> Any:
     if param is None:
         return agent
     return dataclasses.replace(agent, **{param: value})

@@ -28,15 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from offrl.training import run_dir as rd
-from offrl.training.train import TrainConfig, TrainingDiverged, train
+from offrl.training.train import ALGO_FIELD, TrainConfig, TrainingDiverged, train
 from offrl.workflow.diagnosis import diagnose_run
 
 TUNING_FILE = "tuning.json"
 
-# Each tunable algorithm's conservatism knob: the TrainConfig field that holds its hyperparameters and the
-# knob's name there. Larger is more conservative for all four.
-KNOBS = {"cql": ("agent", "alpha"), "brac": ("brac", "beta"), "mopo": ("mopo", "penalty_coef"),
-         "combo": ("combo", "conservative_weight")}
+# Each tunable algorithm's conservatism knob, a field of its hyperparameters (TrainConfig's ALGO_FIELD group).
+# Larger is more conservative for all four.
+KNOBS = {"cql": "alpha", "brac": "beta", "mopo": "penalty_coef", "combo": "conservative_weight"}
 
 
 def judge(
@@ -81,11 +80,11 @@ def tune_conservatism(
         ValueError: ``base.algo`` has no conservatism knob (bc, iql, ...), or no value is given.
     """
     if base.algo not in KNOBS:
-        knobs = ", ".join(f"{a} ({n})" for a, (_, n) in KNOBS.items())
+        knobs = ", ".join(f"{a} ({n})" for a, n in KNOBS.items())
         raise ValueError(f"tuning applies to {knobs}, not {base.algo!r}")
     if not values:
         raise ValueError("give at least one value to try")
-    field, name = KNOBS[base.algo]
+    field, name = ALGO_FIELD[base.algo], KNOBS[base.algo]
     default = getattr(type(getattr(base, field))(), name)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
