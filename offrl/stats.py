@@ -56,3 +56,47 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     for i in range(n):
         out[i] = values[max(0, i - half) : i + half + 1].mean()
     return out
+
+
+def cluster_bootstrap_mean(
+    values: list[float | None], clusters: list[Any], samples: int = 10_000, seed: int = 0, confidence: float = 0.95
+) -> dict[str, Any]:
+    """Mean with a two-stage (cluster) percentile bootstrap interval: resample the clusters with replacement, then
+    the values within each drawn cluster (Davison & Hinkley 1997, Sec. 3.8, "strategy 2"). Runs of one task are
+    not independent (../shared/reference/validation.md): resampling runs alone gives intervals too narrow.
+
+    Args:
+        values: one number per run (None or non-finite: left out, with its cluster label).
+        clusters: the cluster (e.g. the task) of each run, same length as ``values``.
+        samples: bootstrap resamples.
+        seed: seeds the resampling.
+        confidence: the interval's coverage.
+
+    Returns:
+        ``{"mean", "n" (runs), "clusters" (distinct clusters), "ci" ([lo, hi] or None under 2 runs)}``; ``mean``
+        None without values. With one cluster the interval resamples runs only (said by ``clusters`` = 1).
+
+    Raises:
+        ValueError: ``values`` and ``clusters`` differ in length.
+    """
+    if len(values) != len(clusters):
+        raise ValueError(f"{len(values)} values but {len(clusters)} cluster labels")
+    keep = [(float(v), c) for v, c in zip(values, clusters, strict=True)
+            if v is not None and math.isfinite(float(v))]
+    out: dict[str, Any] = {"mean": None, "n": len(keep), "clusters": len({c for _, c in keep}), "ci": None}
+    if not keep:
+        return out
+    v = np.array([x for x, _ in keep])
+    out["mean"] = float(v.mean())
+    if len(v) < 2:
+        return out
+    groups = [v[[i for i, (_, c) in enumerate(keep) if c == label]] for label in dict.fromkeys(c for _, c in keep)]
+    rng = np.random.default_rng(seed)
+    means = np.empty(samples)
+    for s in range(samples):
+        drawn = groups if len(groups) == 1 else [groups[i] for i in rng.integers(0, len(groups), len(groups))]
+        total = sum(float(g[rng.integers(0, len(g), len(g))].sum()) for g in drawn)
+        means[s] = total / sum(len(g) for g in drawn)
+    tail = (1 - confidence) / 2 * 100
+    out["ci"] = [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
+    return out

@@ -103,39 +103,56 @@ def test_a_recorded_bc_baseline_survives_a_later_diagnosis(tmp_path):
     assert again["analysis_only"]["bc_run"] == str(bc)
 
 
-def test_trust_statement_names_what_lies_outside_the_grid(tmp_path, monkeypatch):
+def _cell(task: str, seed: int, q: list[float], success: list[float], algo: str = "cql") -> dict:
+    """An archived study cell whose checkpoints succeed in exactly the given share of 20 episodes (alternating
+    outcomes, so that both halves see the same rate)."""
+    def episodes(p: float) -> list[int]:
+        k = round(p * 10)
+        return [1 if i < k else 0 for i in range(10) for _ in (0, 1)]
+
+    return {"cell": {"task": task, "regime": "mixed", "episodes": 300, "seed": seed}, "algo": algo,
+            "agent": {"calibrated": True}, "q_range": [0.0, 1.0], "warmup_steps": 0,
+            "diagnosis": {"selected_step": 1000 * (1 + max(range(len(q)), key=q.__getitem__))},
+            "checkpoints": [{"step": 1000 * (i + 1), "q_data": qi, "td_error": 0.1, "success_rate": p,
+                             "episode_successes": episodes(p)} for i, (qi, p) in enumerate(zip(q, success, strict=True))]}
+
+
+def test_trust_records_per_method_with_random_and_noise_floor(tmp_path):
     from offrl.workflow import trust
 
-    monkeypatch.setattr(trust, "MEASURED", {})
-    monkeypatch.setattr(trust, "SOURCE", {})
-    inside = {"algo": "cql", "dataset": {"obs_mode": "state", "num_episodes": 300,
-                                         "metadata": {"regime": "mixed", "task": "lever-pull-v3"}}}
-    t = trust.trust_statement("q_peak", inside)
-    assert t["outside_grid"] == [] and t["measured"] is None and "not yet been measured" in t["statement"]
-    outside = {"algo": "brac", "dataset": {"obs_mode": "state", "num_episodes": 1000,
-                                           "metadata": {"task": "door-open-v3"}}}
-    t = trust.trust_statement("q_peak", outside)
+    archive = tmp_path / "dev"
+    archive.mkdir()
+    # The (smoothed) Q peak picks the best checkpoint on every run (regret 0), the last the worst (1); a random
+    # pick's regret is (0.8 - mean success 0.38) / 0.8.
+    for task in ("a", "b"):
+        for seed in (0, 1):
+            cell = _cell(task, seed, [0.1, 0.5, 0.9, 0.5, 0.1], [0.2, 0.5, 0.8, 0.4, 0.0])
+            (archive / f"{task}_{seed}.json").write_text(json.dumps(cell))
+    (archive / f"bc_{task}.json").write_text(json.dumps(_cell("a", 0, [0, 0, 0], [0, 1, 0], algo="bc")))
+    [record] = trust.grid_records(archive, samples=200)
+    assert record["method"] == "Cal-QL" and record["runs"] == 4 and record["tasks"] == ["a", "b"]
+    assert record["rules"]["q_peak"]["regret"] == 0 and record["rules"]["last"]["regret"] == 1
+    assert record["random"]["mean"] == pytest.approx(0.525) and record["noise_floor"]["mean"] == 0
+    assert record["rules"]["q_peak"]["minus_random"] == pytest.approx(-0.525)
+    inside = {"algo": "cql", "agent": {"calibrated": True}, "training": {"reward_shift": 0.0},
+              "dataset": {"obs_mode": "state", "num_episodes": 300, "metadata": {"regime": "mixed", "task": "a"}}}
+    t = trust.trust_statement("q_peak", inside, [record])
+    assert t["outside_grid"] == [] and t["measured"]["regret"] == 0
+    assert "a random checkpoint 0.53" in t["statement"] and "noise floor" in t["statement"]
+    assert "better than a random pick" in t["statement"]
+    assert "worse than a random pick" in trust.trust_statement("last", inside, [record])["statement"]
+    # Another method, or another rule, is "not measured", never quoted from Cal-QL's record.
+    iql = {**inside, "algo": "iql", "agent": {"expectile": 0.9, "inverse_temperature": 10.0},
+           "training": {"reward_shift": -1.0}}
+    t = trust.trust_statement("last", iql, [record])
+    assert t["measured"] is None and t["statement"].startswith("Not measured") and "rewards -1" in t["statement"]
+    assert trust.trust_statement("fqe", inside, [record])["measured"] is None
+    outside = {**inside, "dataset": {"obs_mode": "image", "num_episodes": 1000, "metadata": {"task": "door"}}}
+    t = trust.trust_statement("q_peak", outside, [record])
     assert len(t["outside_grid"]) == 4 and "outside what was measured" in t["statement"]
-    trust.MEASURED["q_peak"] = {"regret": 0.31, "regret_ci": [0.2, 0.42], "within_0_1": 0.5, "n": 48}
-    assert "0.31 [0.20, 0.42]" in trust.trust_statement("q_peak", inside)["statement"]
-    assert "50% of 48 runs" in trust.trust_statement("q_peak", inside)["statement"]
-    assert "provisional" not in trust.trust_statement("q_peak", inside)["statement"]
-    # measured.json from a study's analysis: the study's selector names become the diagnosis's; a grid not
-    # finished is said to be provisional.
-    analysis = {"runs": 12, "cells_total": 48, "headline": {
-        "workflow": {"regret": {"mean": 0.5, "ci": [0.3, 0.7], "n": 11}, "within_0.1": {"mean": 0.25}},
-        "fqe": {"regret": {"mean": 0.4, "ci": None, "n": 1}, "within_0.1": {"mean": 1.0}},
-        "random": {"regret": {"mean": None, "ci": None, "n": 0}}}}
-    (tmp_path / "analysis.json").write_text(json.dumps(analysis))
-    assert trust.main([str(tmp_path / "analysis.json"), str(tmp_path / "measured.json")]) == 0
-    measured, source = trust.load_measured(tmp_path / "measured.json")
-    assert set(measured) == {"q_peak", "fqe"} and measured["fqe"]["regret_ci"] == [0.4, 0.4]
-    assert source["runs"] == 12 and source["cells_total"] == 48
-    monkeypatch.setattr(trust, "MEASURED", measured)
-    monkeypatch.setattr(trust, "SOURCE", source)
-    t = trust.trust_statement("q_peak", inside)["statement"]
-    assert "0.50 [0.30, 0.70]" in t and "25% of 11 runs" in t and "not finished (12 of 48 runs)" in t and "provisional" in t
-    assert trust.main([str(tmp_path / "missing.json")]) == 2
+    assert trust.main([str(archive), "--out", str(tmp_path / "measured.json")]) == 0
+    assert trust.load_measured(tmp_path / "measured.json")[0]["method"] == "Cal-QL"
+    assert trust.main([str(tmp_path / "missing")]) == 2
     # diagnose writes it beside the verdict
     run = _run(tmp_path, [1, 2, 3, 4, 5, 6, 7, 8])
     assert "statement" in diagnose_run(run)["trust"]

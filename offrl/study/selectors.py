@@ -89,8 +89,11 @@ def selector_scores(cell: dict[str, Any]) -> dict[str, dict[str, Any]]:
                                 "scores": np.concatenate([[-np.inf], qs[:-1]])},
         "random": {"step": None, "scores": None},
     }
+    # q_peak and q_after_peak are the rules as `offrl select` runs them on any run; ``workflow`` is the pick the
+    # run's own diagnosis made (the same on CQL runs selected by Guideline 3.1, another rule where the run's
+    # recorded selector is another, e.g. the default job's ``last``).
     for name in ("last", "heldout_td", "fqe", "q_peak_in_range", "heldout_q_peak", "heldout_q_policy_peak",
-                 "q_peak_fitted"):
+                 "q_peak_fitted", "q_peak", "q_after_peak"):
         step, scores = rules[name]
         out[name] = {"step": step, "scores": scores}
     return out
