@@ -116,33 +116,37 @@ def hyper_posterior(arms: Arms) -> np.ndarray:
     arms, ``prod_k B(a + s_k, b + f_k) / B(a, b)`` (s, f: successes, failures), under a flat hyperprior on the
     grid (Gelman et al. 2013, Bayesian Data Analysis, Sec. 5.3). Integrating over (a, b), rather than plugging in
     a point estimate, keeps the interval honest when few episodes say little about how much the arms differ."""
-    from scipy.special import betaln
+    from scipy.special import gammaln
 
     s = arms.sums[:, None, :]
     f = (arms.counts - arms.sums)[:, None, :]
     a, b = GRID_A[None, :, None], GRID_B[None, :, None]
-    loglik = (betaln(a + s, b + f) - betaln(a, b)).sum(axis=2)  # (B, G)
+    # log B(a + s, b + f) - log B(a, b), with log B(x, y) = lgamma(x) + lgamma(y) - lgamma(x + y); the log B(a, b)
+    # of the grid is computed once.
+    log_b0 = gammaln(GRID_A) + gammaln(GRID_B) - gammaln(GRID_A + GRID_B)
+    loglik = (gammaln(a + s) + gammaln(b + f) - gammaln(a + b + s + f)).sum(axis=2) - arms.counts.shape[1] * log_b0
     w = np.exp(loglik - loglik.max(axis=1, keepdims=True))
     return w / w.sum(axis=1, keepdims=True)
 
 
-def posterior_mean(arms: Arms) -> np.ndarray:
+def posterior_mean(arms: Arms, weights: np.ndarray | None = None) -> np.ndarray:
     """``(B, K)``: each arm's posterior mean success under the hierarchical prior (:func:`hyper_posterior`).
 
     Every arm is shrunk toward what the check's other arms say, by as much as their spread allows: the
     winner's-curse correction (Efron 2011, "Tweedie's formula and selection bias"; a Bayesian posterior under a
     prior that fits the arms is unaffected by selecting the largest, Dawid 1994, "Selection paradoxes of Bayesian
-    inference")."""
-    w = hyper_posterior(arms)
+    inference"). ``weights``: :func:`hyper_posterior`'s, when the caller has them."""
+    w = hyper_posterior(arms) if weights is None else weights
     a, b = GRID_A[None, :, None], GRID_B[None, :, None]
     means = (a + arms.sums[:, None, :]) / (a + b + arms.counts[:, None, :])  # (B, G, K)
     return np.einsum("bg,bgk->bk", w, means)
 
 
-def posterior_draws(arms: Arms, rng: np.random.Generator, samples: int) -> np.ndarray:
+def posterior_draws(arms: Arms, rng: np.random.Generator, samples: int,
+                    weights: np.ndarray | None = None) -> np.ndarray:
     """``(S, B, K)`` joint draws of the arms' success rates from the hierarchical posterior: a hyperparameter pair
     per draw and check (shared by the arms), then each arm's Beta(a + s, b + f)."""
-    w = hyper_posterior(arms)
+    w = hyper_posterior(arms) if weights is None else weights
     cum = np.cumsum(w, axis=1)
     u = rng.random((samples, w.shape[0], 1))
     g = np.minimum((u > cum[None]).sum(axis=2), len(GRID_A) - 1)  # (S, B): inverse-CDF draws of the grid index
@@ -362,12 +366,13 @@ def summarise(arms: Arms, arm: np.ndarray, rng: np.random.Generator, level: floa
         the interval, P(best), the arm's plain mean (NaN untried) and its number of trials.
     """
     rows = np.arange(len(arm))
-    draws = posterior_draws(arms, rng, samples)  # (S, B, K)
+    w = hyper_posterior(arms)
+    draws = posterior_draws(arms, rng, samples, w)  # (S, B, K)
     mine = draws[:, rows, arm]  # (S, B)
     tail = (1 - level) / 2
     n = arms.counts[rows, arm]
     return {
-        "estimate": posterior_mean(arms)[rows, arm],
+        "estimate": posterior_mean(arms, w)[rows, arm],
         "low": np.quantile(mine, tail, axis=0),
         "high": np.quantile(mine, 1 - tail, axis=0),
         "prob_best": (np.argmax(draws, axis=2) == arm[None]).mean(axis=0),
