@@ -263,6 +263,46 @@ class Study:
     """With --ray: GPUs each cell reserves; a fraction shares a GPU (0.25: four cells per GPU); 0: CPU only."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """The robot check: after the offline diagnosis, try the candidate checkpoints on the robot for a small budget
+    of episodes, recorded one by one (or answered by a simulator with --env/--simulate), and get the checkpoint to
+    deploy with its success estimate, a winner's-curse-corrected interval and P(best). Resumable: the trial log
+    (RUN/check/trials.jsonl) is append-only; run the command again to continue (docs/selection.md)."""
+
+    runs: tyro.conf.Positional[tuple[Path, ...]]
+    """Run directories made by `offrl train`; their candidate checkpoints (after the warm start) are the arms."""
+    record: str | None = None
+    """Record one episode's outcome: success, failure, 1, 0, or a number within --outcome-range."""
+    checkpoint: str | None = None
+    """With --record: the checkpoint the episode ran (STEP, or RUN:STEP for several runs); default: the proposed."""
+    operator: str | None = None
+    """With --record: who ran the episode (kept in the log)."""
+    note: str | None = None
+    """With --record: a note kept in the log."""
+    budget: int | None = None
+    """Episodes in all (default 50); fixed by the log once the check has started."""
+    rule: Literal["uniform", "successive_halving", "thompson", "top_two_thompson", "offline_prior"] | None = None
+    """Allocation rule (default thompson; docs/results-check.md); fixed by the log once started."""
+    confidence: float | None = None
+    """Stop early once P(the pick is the best tried) reaches this (default 0.95)."""
+    seed: int | None = None
+    """Seeds the proposals (default 0); with the log it makes a resumed check propose the same checkpoints."""
+    outcome_range: tuple[float, float] | None = None
+    """For returns instead of successes: LOW HIGH, the range an outcome can take (default 0 1)."""
+    log: Path | None = None
+    """Trial log (JSONL); default RUN/check/trials.jsonl of the first run."""
+    env: str | None = None
+    """Rehearse: a simulator answers every episode until the check stops, a gymnasium id or 'module:factory'
+    (as `offrl evaluate --env`)."""
+    simulate: bool = False
+    """Rehearse in MetaWorld on the dataset's task (no --env needed)."""
+    success_key: str = "success"
+    """With --env: the info key of the success flag."""
+    horizon: int | None = None
+    """With --env/--simulate: maximum steps per episode; default: the dataset's."""
+
+
 # The subcommands, in the order of `offrl --help`. The config classes of train, sweep and workflow (and Tune's
 # `train` field) import jax, flax, optax and orbax (offrl.agents, offrl.training.train): they are loaded only
 # when that command runs (_load_config), so `offrl --help`, `offrl select RUN`, ... start without them.
@@ -279,6 +319,7 @@ _SUBCOMMANDS: dict[str, type | tuple[str, str]] = {
     "inspect": Inspect,
     "export": Export,
     "study": Study,
+    "check": Check,
     "sweep": ("offrl.training.sweep", "SweepConfig"),
     "workflow": ("offrl.workflow.pipeline", "WorkflowConfig"),
 }
@@ -591,6 +632,8 @@ def run(cmd: object) -> int:
             r, rho = h["regret"], h["spearman"]
             print(f"  {name:20s} normalised regret {r['mean'] if r['mean'] is not None else float('nan'):.2f} "
                   f"(n={r['n']}), Spearman {rho['mean'] if rho['mean'] is not None else float('nan'):.2f}")
+    elif isinstance(cmd, Check):
+        _run_check(cmd)
     elif _is_config(cmd, "sweep"):
         from offrl.training.sweep import sweep
         from offrl.workflow.diagnosis import diagnose_run
@@ -603,6 +646,33 @@ def run(cmd: object) -> int:
 
         print(format_summary(run_workflow(cmd)))
     return 0
+
+
+def _run_check(cmd: Check) -> None:
+    """`offrl check`: record an outcome, let a simulator answer, or say what to try next; the answer once done."""
+    from offrl.workflow.check import Check as RobotCheck
+    from offrl.workflow.check import format_answer, next_hint, run_simulated, simulator
+
+    check = RobotCheck(cmd.runs, cmd.log, cmd.rule, cmd.budget, cmd.confidence, cmd.seed, cmd.outcome_range)
+    for note in check.notes:
+        print(note, file=sys.stderr)
+    if cmd.record is not None and (cmd.env is not None or cmd.simulate):
+        raise ValueError("pass either --record or a simulator (--env/--simulate), not both")
+    if cmd.record is not None:
+        rec = check.record(cmd.record, cmd.checkpoint, cmd.operator, cmd.note)
+        print(f"recorded episode {rec['n']}: checkpoint {rec['checkpoint']}, outcome {rec['outcome']:g} "
+              f"(log {check.log})")
+    elif cmd.checkpoint is not None:
+        raise ValueError("--checkpoint goes with --record (the checkpoint an episode ran)")
+    elif cmd.env is not None or cmd.simulate:
+        run_simulated(check, simulator(check, cmd.env, cmd.success_key, cmd.horizon))
+    if check.status() == "running":
+        check.start()  # the settings are fixed from the first call on
+        print(next_hint(check, check.propose()))
+        return
+    path, ans = check.write_answer()
+    print(format_answer(ans))
+    print(f"wrote {path}")
 
 
 def _bare_ray(args: list[str]) -> list[str]:
