@@ -41,8 +41,12 @@ def test_a_fall_of_q_under_rewards_at_most_zero_is_propagation_not_overfitting()
     assert d["verdict"] != "overfitting" and any("Metric 3.1 is not read" in r for r in d["reasons"])
     assert d["verdict"] == "healthy"  # and its recommendation must not claim a rise the curve does not show
     assert "does not fall" not in d["recommendation"] and "returns propagate" in d["recommendation"]
-    # The same shape on rewards >= 0 is Metric 3.1's fall.
-    assert diagnose_metrics(_records(q / 60.0 + 1.0), (0.0, 1.0))["verdict"] == "overfitting"
+    # The same shape on rewards >= 0 falls from its first checkpoint: it never rose, so Metric 3.1 as written
+    # ("first increases, then decreases") does not call it overfitting; the rule before require_rise did.
+    pos = diagnose_metrics(_records(q / 60.0 + 1.0), (0.0, 1.0))
+    assert pos["verdict"] != "overfitting" and any("never rose" in r for r in pos["reasons"])
+    old = diagnose_metrics(_records(q / 60.0 + 1.0), (0.0, 1.0), DiagnosisConfig(require_rise=False))
+    assert old["verdict"] == "overfitting"
 
 
 def test_steady_rise_is_not_overfitting_and_selects_the_last_checkpoint():
@@ -100,11 +104,15 @@ def test_q_far_above_the_reward_range_is_divergence():
     assert diagnose_metrics(_records([0.1, 0.2, float("nan"), 0.3]), (0.0, 1.0))["verdict"] == "diverged"
 
 
-def test_q_falling_far_below_the_range_is_overfitting_not_divergence():
-    # CQL's over-minimisation on sampled actions: q_data falls far below the lowest possible return.
+def test_q_falling_far_below_the_range_is_not_divergence():
+    # CQL's over-minimisation on sampled actions: q_data falls far below the lowest possible return. Not a
+    # divergence (only over-estimation is), and, falling from its first checkpoint without a rise, not Metric
+    # 3.1's overfitting either (it was, before require_rise: the old rule read any fall after the maximum).
     q = [-1.0, -2.0, -5.0, -12.0, -25.0, -40.0, -60.0]
     d = diagnose_metrics(_records(q), (0.0, 1.0))
-    assert d["verdict"] == "overfitting"
+    assert d["verdict"] not in ("diverged", "overfitting")
+    assert diagnose_metrics(
+        _records(q), (0.0, 1.0), DiagnosisConfig(require_rise=False))["verdict"] == "overfitting"
     assert d["selected_step"] == 5000
     assert d["evidence"]["q_data_below_q_range_by"] == pytest.approx(60.0)
     assert any("CQL is pushing Q down" in r for r in d["reasons"])
@@ -150,8 +158,12 @@ def test_behaviour_cloning_warm_start_checkpoints_are_left_out():
     # Q falls during the BC warm start (steps <= 25000), then rises once the actor maximises Q: the run is
     # not overfitting, and no BC checkpoint may be selected.
     q = [-8.0, -25.0, -53.0, -91.0, -136.0, -111.0, -95.0, -79.0, -64.0, -54.0, -45.0]
+    # What ignoring BC gets wrong: the Q peak is the first (behaviour-cloned) checkpoint. Under the old rule it was
+    # also "overfitting"; Metric 3.1 as written asks for a rise first, and this curve starts at its maximum.
     plain = diagnose_metrics(_records(q), (0.0, 1.0))
-    assert plain["verdict"] == "overfitting" and plain["selected_step"] <= 10000  # what ignoring BC gets wrong
+    assert plain["selected_step"] <= 10000 and plain["verdict"] != "overfitting"
+    old = diagnose_metrics(_records(q), (0.0, 1.0), DiagnosisConfig(require_rise=False))
+    assert old["verdict"] == "overfitting"
     d = diagnose_metrics(_records(q), (0.0, 1.0), warmup_steps=25000)
     assert d["verdict"] == "healthy"
     assert d["selected_step"] == 55000
@@ -317,3 +329,29 @@ def test_advice_names_only_settings_the_algorithm_has(algo, verdict):
         assert "4500" in text
     if verdict in ("underfitting", "over-estimation") or (verdict == "diverged" and algo != "iql"):
         assert flags, text  # an actionable setting, not only "train differently"
+
+
+# Metric 3.1 as written (Kumar et al. 2021): "Q first increases, then decreases"; the rise must exceed the noise.
+def test_metric_3_1_rise_then_fall_is_detected():
+    rng = np.random.default_rng(3)
+    q = np.concatenate([np.linspace(0.0, 10.0, 8), np.linspace(9.0, 3.0, 8)]) + rng.normal(0, 0.2, 16)
+    dec = detect_decline(q, DiagnosisConfig(), 40.0)
+    assert dec.declining and dec.rose and dec.falls and 5 <= dec.peak_index <= 9
+    assert dec.rise > dec.rise_threshold
+
+
+def test_metric_3_1_monotone_fall_is_not_overfitting():
+    rng = np.random.default_rng(4)
+    q = np.linspace(10.0, 0.0, 16) + rng.normal(0, 0.2, 16)
+    dec = detect_decline(q, DiagnosisConfig(), 40.0)
+    assert dec.falls and not dec.rose and not dec.declining
+    d = diagnose_metrics(_records(q), (0.0, 40.0))
+    assert d["verdict"] != "overfitting" and d["evidence"]["rose_before_peak"] is False
+
+
+def test_metric_3_1_noise_only_curves_are_not_called():
+    # Flat curves of pure noise: neither the old nor the new rule should call them (the thresholds cover the
+    # maximum's bias); with the rise required, not one of 200 is called.
+    rng = np.random.default_rng(5)
+    called = sum(detect_decline(rng.normal(5.0, 1.0, 18), DiagnosisConfig(), 40.0).declining for _ in range(200))
+    assert called == 0

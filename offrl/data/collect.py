@@ -16,7 +16,7 @@ def collect(
     task: str,
     episodes: int,
     out: str | Path,
-    horizon: int = DEFAULT_HORIZON,
+    horizon: int | None = DEFAULT_HORIZON,
     noise_sigma: float | None = None,
     seed: int = 0,
     terminate_on_success: bool = True,
@@ -24,6 +24,7 @@ def collect(
     progress: bool = True,
     render: RenderConfig | None = None,
     regime: str = DEFAULT_REGIME,
+    reward_mode: str | None = None,
 ) -> Dataset:
     """Collect ``episodes`` episodes of a MetaWorld task and save them as an HDF5 dataset (atomically).
 
@@ -34,6 +35,13 @@ def collect(
 
     Reward 1 on a step where the task's success flag is set, else 0; with
     ``terminate_on_success`` the episode ends there (terminal), so Q-values lie in [0, 1].
+
+    ``reward_mode`` (:mod:`offrl.envs.reward_modes`) names the reward structure and overrides
+    ``terminate_on_success``: ``terminal`` (1 at the first success, episode ends) or ``success-every-step`` (the
+    workflow paper's: 1 on every step the success condition holds, never terminal, a fixed horizon). None: the
+    mode ``terminate_on_success`` gives. ``horizon`` None: :data:`offrl.envs.DEFAULT_HORIZON` for ``terminal``,
+    the task's rule-based horizon (:func:`offrl.envs.reward_modes.task_horizon`) for ``success-every-step``. The
+    metadata records ``reward_mode`` and ``horizon_rule`` (the rule's description, or "given").
 
     With ``render`` the dataset also holds a camera image of every state: ``images`` uint8 (M, size, size, 3),
     each state once, and ``image_index``/``next_image_index`` (N,) int64 pointing at the frames of s and s'
@@ -47,14 +55,28 @@ def collect(
         RuntimeError: MetaWorld is not installed, or ``render`` is given and rendering is impossible
             (MUJOCO_GL=disable, no EGL); the message says what to set and install.
     """
+    from offrl.envs.reward_modes import HORIZON_FACTOR, HORIZON_ROUND, check_reward_mode, task_horizon
+
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists: choose another --out, or pass --overwrite to replace it")
+    mode = check_reward_mode(reward_mode) if reward_mode is not None else (
+        "terminal" if terminate_on_success else "success-every-step")
+    rule = "given"
+    if horizon is None:
+        if mode == "success-every-step":
+            horizon = task_horizon(task)
+            rule = (f"ceil({HORIZON_FACTOR:g} x median first-success step of the noise-free scripted policy / "
+                    f"{HORIZON_ROUND}) x {HORIZON_ROUND} (offrl.envs.reward_modes)")
+        else:
+            horizon = DEFAULT_HORIZON
+            rule = "offrl's default time limit (DEFAULT_HORIZON)"
     arrays, info = collect_episodes(
         task, episodes, horizon=horizon, noise_sigma=noise_sigma, seed=seed,
-        terminate_on_success=terminate_on_success, progress=progress, render=render, regime=regime,
+        terminate_on_success=mode == "terminal", progress=progress, render=render, regime=regime,
     )
-    dataset = make_dataset(arrays, {**info, "source": "offrl collect", "offrl_version": offrl.__version__})
+    dataset = make_dataset(arrays, {**info, "reward_mode": mode, "horizon_rule": rule, "source": "offrl collect",
+                                    "offrl_version": offrl.__version__})
     save_dataset(out, dataset, overwrite=overwrite)
     return dataset
 

@@ -405,20 +405,37 @@ def q_value_range(dataset: Dataset, gamma: float) -> dict[str, Any]:
     over the effective horizon ``H = min(longest episode, 1 / (1 - gamma))`` (the paper uses the task horizon,
     30, in Scenario #2): ``Q in [min(0, r_min) * H, max(0, r_max) * H]``.
 
+    Data collected with the paper's reward structure (metadata ``reward_mode`` ``"success-every-step"``,
+    :mod:`offrl.envs.reward_modes`: a reward on every step the success condition holds, never terminal, a fixed
+    horizon ``H``, metadata ``horizon``) get the exact discounted bound instead: a return over at most ``H``
+    steps collects at most ``sum_{t<H} gamma^t = (1 - gamma^H) / (1 - gamma)`` rewards of ``r_max`` (Kumar et al.
+    2021 Sec. 3 states the undiscounted "at most the horizon"; offrl's Q is discounted). Caveat: timeouts
+    bootstrap, so a critic's own fixed point for a state that holds success can approach ``r_max / (1 - gamma)``;
+    the bound is that of the data's returns, which the diagnosis compares Q with.
+
     Args:
         dataset: the training data.
         gamma: discount factor in [0, 1).
 
     Returns:
-        ``{"q_min", "q_max", "effective_horizon", "reward_only_at_terminals", "r_min", "r_max"}`` (floats;
-        effective_horizon in steps).
+        ``{"q_min", "q_max", "effective_horizon", "reward_only_at_terminals", "r_min", "r_max", "reward_mode",
+        "q_bound"}`` (floats; effective_horizon in steps; ``reward_mode`` the metadata's or None; ``q_bound`` how
+        q_max was computed: ``"one terminal reward"``, ``"discounted sum over the horizon"`` or ``"reward x
+        effective horizon"``).
     """
     r_min, r_max = float(dataset.rewards.min()), float(dataset.rewards.max())
     lengths = np.diff(np.concatenate([[-1], dataset.episode_ends]))
     horizon = float(min(lengths.max(), 1.0 / (1.0 - gamma)))
     nonzero = dataset.rewards != 0
     only_terminal = bool(nonzero.any() and not (nonzero & ~dataset.terminals).any())
-    scale = 1.0 if only_terminal else horizon
+    mode = dataset.metadata.get("reward_mode")
+    if mode == "success-every-step":
+        h = int(dataset.metadata.get("horizon") or lengths.max())
+        scale, bound = float(sum(gamma**t for t in range(h))), "discounted sum over the horizon"
+    elif only_terminal:
+        scale, bound = 1.0, "one terminal reward"
+    else:
+        scale, bound = horizon, "reward x effective horizon"
     return {
         "q_min": min(0.0, r_min) * scale,
         "q_max": max(0.0, r_max) * scale,
@@ -426,6 +443,8 @@ def q_value_range(dataset: Dataset, gamma: float) -> dict[str, Any]:
         "reward_only_at_terminals": only_terminal,
         "r_min": r_min,
         "r_max": r_max,
+        "reward_mode": mode,
+        "q_bound": bound,
     }
 
 

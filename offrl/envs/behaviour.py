@@ -25,6 +25,12 @@ Every regime draws all its randomness from the collection's ``numpy.random.Gener
     exploration from the first step). Exploration is the same AR(1) process on its own, without the expert,
     clipped to the bounds: ``a_t = clip(x_t)`` with ``sigma_explore``, ``rho`` — the arm wanders smoothly, as in
     play data. The kind of each episode is recorded in the dataset metadata (``episode_kinds``, one letter each).
+``paper``
+    The workflow paper's simulated data (Kumar et al. 2021, Sec. 5 and the reference code's scripted collection,
+    ../shared/reference/implementation-notes.md): ``a_t = clip(a*(s_t) + eps_t, -0.9, 0.9)``,
+    ``eps_t ~ N(0, 0.1^2 I)`` i.i.d. per step. ``white`` with ``noise_sigma`` 0.1 is not the same data: it clips to
+    the action bounds, +-1, not to +-0.9. The paper's scripted policies reach 35-40 % success under this noise;
+    MetaWorld's experts are more robust, so the rate here is what it is (recorded in the metadata), not tuned.
 
 The parameters below were chosen once, on the dev tasks (pick-place-v3, drawer-open-v3, button-press-v3,
 lever-pull-v3), for behaviour success between 20 % and 70 % on each with one setting; docs/dataset-format.md
@@ -38,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-REGIMES = ("white", "correlated", "mixed")
+REGIMES = ("white", "correlated", "mixed", "paper")
 """The regime names `offrl collect --regime` accepts."""
 DEFAULT_REGIME = "correlated"
 """The regime of `offrl collect`, `offrl workflow` and ``offrl.collect`` when none is named."""
@@ -62,6 +68,10 @@ EXPLORE_SIGMA = 0.6
 """``mixed``: stationary std of the exploratory actions."""
 MIXED_PROPORTIONS = (0.3, 0.35, 0.35)
 """``mixed``: probabilities of an ``expert``, ``partial`` and ``exploratory`` episode."""
+PAPER_SIGMA = 0.1
+"""``paper``: std of the i.i.d. action noise (the workflow paper's simulated data: N(0, 0.1^2))."""
+PAPER_ACTION_CLIP = 0.9
+"""``paper``: executed actions are clipped to [-0.9, 0.9] (the paper's collection), inside the bounds [-1, 1]."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +85,8 @@ class Regime:
         jitter: Std of the extra white noise of ``correlated`` and of ``mixed``'s expert attempts.
         explore_sigma: ``mixed``: std of the exploratory actions.
         proportions: ``mixed``: probabilities of the kinds in `KINDS` (they sum to 1).
+        action_clip: ``paper``: executed actions are clipped to [-action_clip, action_clip] (inside the action
+            bounds); None: to the bounds only.
     """
 
     name: str
@@ -83,11 +95,14 @@ class Regime:
     jitter: float = JITTER_SIGMA
     explore_sigma: float = EXPLORE_SIGMA
     proportions: tuple[float, float, float] = MIXED_PROPORTIONS
+    action_clip: float | None = None
 
     def to_info(self) -> dict[str, Any]:
         """The parameters that define the data, for the dataset metadata (``behaviour``)."""
         if self.name == "white":
             return {"regime": "white", "sigma": self.sigma}
+        if self.name == "paper":
+            return {"regime": "paper", "sigma": self.sigma, "action_clip": self.action_clip}
         info: dict[str, Any] = {"regime": self.name, "sigma": self.sigma, "rho": self.rho, "jitter": self.jitter}
         if self.name == "mixed":
             proportions = dict(zip(KINDS, self.proportions, strict=True))
@@ -101,7 +116,8 @@ def make_regime(name: str, sigma: float | None = None) -> Regime:
     Args:
         name: One of `REGIMES`.
         sigma: ``white``: the noise std (default 0.8); ``correlated``: the mean OU std (default 0.4);
-            ``mixed``: the expert attempts' OU std (default 0.1). None keeps the default. Finite and >= 0.
+            ``mixed``: the expert attempts' OU std (default 0.1); ``paper``: the noise std (default 0.1). None keeps
+            the default. Finite and >= 0.
 
     Returns:
         The `Regime`.
@@ -113,11 +129,11 @@ def make_regime(name: str, sigma: float | None = None) -> Regime:
         raise ValueError(
             f"Unknown behaviour regime {name!r}: use one of {', '.join(REGIMES)} (docs/dataset-format.md)."
         )
-    default = {"white": WHITE_SIGMA, "correlated": CORRELATED_SIGMA, "mixed": EXPERT_SIGMA}[name]
+    default = {"white": WHITE_SIGMA, "correlated": CORRELATED_SIGMA, "mixed": EXPERT_SIGMA, "paper": PAPER_SIGMA}[name]
     sigma = default if sigma is None else float(sigma)
     if not np.isfinite(sigma) or sigma < 0:
         raise ValueError(f"noise_sigma must be a finite number >= 0, got {sigma!r}.")
-    return Regime(name, sigma)
+    return Regime(name, sigma, action_clip=PAPER_ACTION_CLIP if name == "paper" else None)
 
 
 def ar1_step(x: np.ndarray, rho: float, sigma: float, rng: np.random.Generator) -> np.ndarray:
@@ -158,7 +174,7 @@ class EpisodeBehaviour:
         if regime.name == "correlated":
             # Operators of varying skill: each episode's deviation has its own std, uniform on [0, 2 sigma].
             self._sigma = float(rng.uniform(0.0, 2.0 * regime.sigma))
-        if regime.name != "white":
+        if regime.name not in ("white", "paper"):
             self._x = rng.standard_normal(act_dim) * self._sigma  # stationary from the first step
             self._explore = rng.standard_normal(act_dim) * regime.explore_sigma
 
@@ -174,7 +190,7 @@ class EpisodeBehaviour:
             t: Step of the episode, 0-based; called once per step, in order.
         """
         r, rng = self._regime, self._rng
-        if r.name == "white":
+        if r.name in ("white", "paper"):
             # One draw per step exactly as offrl's first collector did, so old seeds reproduce old data.
             return expert_action + (rng.normal(0.0, r.sigma, self._act_dim) if r.sigma > 0 else 0.0)
         # Both processes advance every step, so a partial episode's exploration starts from a stationary value.

@@ -176,6 +176,8 @@ def _collect(
         for t in range(horizon):
             executed = episode_behaviour.act(expert(obs), t)
             action = np.clip(executed, env.action_low, env.action_high).astype(np.float32)
+            if behaviour.action_clip is not None:  # the paper's collection clips inside the bounds (behaviour.py)
+                action = np.clip(action, -behaviour.action_clip, behaviour.action_clip)
             next_obs, success = env.step(action)
             observations[n], actions[n], next_observations[n] = obs, action, next_obs
             if renderer is not None:

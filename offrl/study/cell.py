@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from offrl.agents import CONFIGS, warmup_steps
+from offrl.presets import PRESETS as NAMED_PRESETS
 from offrl.study.config import ALGORITHM_PRESETS, NO_Q_ALGOS, PRESETS, Cell, StudyConfig, algo_for, budget
 from offrl.study.store import CELL_FILE, archive_cell, lock
 from offrl.training import run_dir as rd
@@ -20,6 +21,8 @@ def agent_for(setting: str, config: StudyConfig) -> Any:
     algorithm's defaults (``iql``, ``awac``, ``bear``), or a named override of the config of :func:`algo_for`'s algorithm."""
     algo = algo_for(setting, config)
     base = CONFIGS[algo]()
+    if setting in NAMED_PRESETS:
+        return NAMED_PRESETS[setting].agent_config(base)
     if setting in ("base", *ALGORITHM_PRESETS):
         return base
     if setting in PRESETS:
@@ -27,6 +30,15 @@ def agent_for(setting: str, config: StudyConfig) -> Any:
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in config.settings[setting].items()
                  if k != "algo"}
     return dataclasses.replace(base, **overrides)
+
+
+def _preset_training(setting: str) -> dict[str, Any]:
+    """The TrainConfig fields besides the agent that a named preset sets (its name and reward transform); the
+    study's own budget keys (steps, checkpoint_every) stay the study's."""
+    if setting not in NAMED_PRESETS:
+        return {}
+    p = NAMED_PRESETS[setting]
+    return {"preset": p.name, "reward_scale": p.reward_scale, "reward_shift": p.reward_shift}
 
 
 # Each algorithm's Metric 3.2 term and the actor's fit (docs/metrics.md), kept where the run logs them so that
@@ -60,8 +72,10 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
     with lock(config, data.stem, wait=True):
         if not data.is_file():
             t = time.perf_counter()
-            collect(cell.task, cell.episodes, data, horizon=config.horizon, seed=cell.seed, progress=progress,
-                    regime=cell.regime, noise_sigma=config.noise_sigma if cell.regime == "white" else None)
+            every_step = config.reward_mode == "success-every-step"  # the task's rule-based horizon
+            collect(cell.task, cell.episodes, data, horizon=None if every_step else config.horizon, seed=cell.seed,
+                    progress=progress, regime=cell.regime, reward_mode=config.reward_mode,
+                    noise_sigma=config.noise_sigma if cell.regime == "white" else None)
             timings["collect_s"] = time.perf_counter() - t
     dataset = load_dataset(data)
     resume = (run / rd.CONFIG_FILE).is_file()
@@ -76,6 +90,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
             batch_size=b["batch_size"],
             progress=progress, resume=resume, algo=algo_for(cell.setting, config),
             **{ALGO_FIELD[algo_for(cell.setting, config)]: agent_for(cell.setting, config)},
+            **_preset_training(cell.setting),
         ), dataset)
     except TrainingDiverged as e:
         # A diverged run is a result too: its checkpoints before the divergence are diagnosed and evaluated.
@@ -98,9 +113,11 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
     fqe = rd.read_json(run / FQE_FILE) if (run / FQE_FILE).is_file() else None
     if cfg.get("algo", "cql") in NO_Q_ALGOS:
         fqe = {"results": []}  # a reference without a Q-based selection; FQE would only cost its time
-    elif fqe is None or [r["step"] for r in fqe["results"]] != fqe_steps or fqe["config"]["steps"] != config.fqe_steps:
+    elif fqe is None or [r["step"] for r in fqe["results"]] != fqe_steps or fqe["config"]["steps"] != config.fqe_steps \
+            or fqe["config"].get("tolerance") != config.fqe_tolerance:
         t = time.perf_counter()
-        fqe = fqe_run(run, fqe_steps, config=FQEConfig(steps=config.fqe_steps, seed=cell.seed), dataset=dataset)
+        fqe = fqe_run(run, fqe_steps, config=FQEConfig(steps=config.fqe_steps, seed=cell.seed,
+                                                       tolerance=config.fqe_tolerance), dataset=dataset)
         timings["fqe_s"] = time.perf_counter() - t
     records = {int(r["step"]): r for r in rd.read_metrics(run)}
     success = {r["step"]: r for r in evaluation["results"]}
@@ -140,6 +157,10 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
         "diagnosis": {k: diagnosis[k] for k in ("verdict", "selected_step", "peak_step", "reasons", "evidence", "model")
                       if k in diagnosis},
         "checkpoints": checkpoints,
+        # FQE's stopping rule and bounds check (offrl.workflow.fqe), so an archived cell says whether its FQE
+        # estimates are fair competitors.
+        "fqe": {k: fqe.get(k) for k in ("steps_taken", "converged", "stopping_rule", "value_bounds", "out_of_bounds")
+                if k in fqe},
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "offrl_version": rd.offrl_version(),
     }

@@ -14,6 +14,8 @@ from typing import Any
 from offrl.agents import CONFIGS, WARMUP_FIELD
 from offrl.envs import DEFAULT_HORIZON, DEFAULT_NOISE_SIGMA
 from offrl.envs.behaviour import REGIMES
+from offrl.envs.reward_modes import REWARD_MODES
+from offrl.presets import PRESETS as NAMED_PRESETS
 
 PRESETS = ("base", "vib", "dropout", "capacity")
 # Settings that run another algorithm with its paper's defaults; a named setting may set ``algo`` too.
@@ -69,8 +71,17 @@ class StudyConfig:
     """A folder (committed, e.g. ``studies/archive/dev``) that keeps a copy of every finished cell's cell.json:
     cells found there are done, so a grid can run across machines and sessions whose study directories are lost.
     """
+    reward_mode: str = "terminal"
+    """Reward structure of the collected data (offrl.envs.reward_modes): ``terminal``, or the workflow paper's
+    ``success-every-step``, whose horizon is each task's rule-based one (``horizon`` is then not read)."""
+    fqe_tolerance: float | None = None
+    """FQE's stopping rule (offrl.workflow.fqe.FQEConfig.tolerance): None trains every checkpoint's FQE critic
+    ``fqe_steps`` steps; a number stops once its estimates settle, ``fqe_steps`` being the cap."""
     settings: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    """Named agent settings beyond the presets: ``{"name": {field: value}}``, fields of CQLConfig, or with
+    """A setting may also be a named preset of offrl/presets.py (``paper``, ``iql-sparse``): its algorithm, agent
+    settings and reward transform.
+
+    Named agent settings beyond the presets: ``{"name": {field: value}}``, fields of CQLConfig, or with
     ``algo = "iql"`` / ``"awac"`` / ``"bear"`` of that algorithm's config (so that selection can be compared across
     algorithms on one grid)."""
 
@@ -112,7 +123,7 @@ def study_config_from_dict(
     if not isinstance(settings, dict):
         raise StudyConfigError(f"{source}: [settings] must be a table of tables of CQL hyperparameters")
     for name, overrides in settings.items():
-        if name in PRESETS + ALGORITHM_PRESETS:
+        if name in PRESETS + ALGORITHM_PRESETS + tuple(NAMED_PRESETS):
             raise StudyConfigError(f"{source}: setting '{name}' is a preset "
                                    f"({', '.join(PRESETS + ALGORITHM_PRESETS)}); rename it")
         algo = overrides.get("algo", "cql")
@@ -150,7 +161,7 @@ def study_config_from_dict(
                 f"{source}: scenario '{sc.name}' has unknown regimes {unknown_regimes}; use {', '.join(REGIMES)}"
             )
         for st in sc.settings:
-            if st not in PRESETS + ALGORITHM_PRESETS and st not in settings:
+            if st not in PRESETS + ALGORITHM_PRESETS + tuple(NAMED_PRESETS) and st not in settings:
                 raise StudyConfigError(
                     f"{source}: scenario '{sc.name}' uses setting '{st}', which is neither a preset "
                     f"({', '.join(PRESETS + ALGORITHM_PRESETS)}) nor defined under [settings.{st}]"
@@ -170,6 +181,10 @@ def study_config_from_dict(
     if results is not None:
         kw["results"] = Path(results)
     config = StudyConfig(scenarios=tuple(scenarios), settings=settings, **kw)
+    if config.reward_mode not in REWARD_MODES:
+        raise StudyConfigError(f"{source}: reward_mode {config.reward_mode!r}: use one of {', '.join(REWARD_MODES)}")
+    if config.fqe_tolerance is not None and not float(config.fqe_tolerance) > 0:
+        raise StudyConfigError(f"{source}: fqe_tolerance must be > 0 (or left out), got {config.fqe_tolerance}")
     for name in ("steps", "checkpoint_every", "eval_episodes", "horizon", "fqe_steps", "bootstrap_samples"):
         if int(getattr(config, name)) < 1:
             raise StudyConfigError(f"{source}: {name} must be >= 1, got {getattr(config, name)}")
@@ -248,6 +263,8 @@ def algo_for(setting: str, config: StudyConfig) -> str:
     """The algorithm a setting runs: ``cql`` unless it is an algorithm preset or names ``algo``."""
     if setting in ALGORITHM_PRESETS:
         return setting
+    if setting in NAMED_PRESETS:
+        return NAMED_PRESETS[setting].algo
     return "cql" if setting in PRESETS else config.settings[setting].get("algo", "cql")
 
 
@@ -278,6 +295,14 @@ def cell_settings(config: StudyConfig, cell: Cell) -> dict[str, Any]:
     }
     if b["batch_size"] != DEFAULT_BATCH_SIZE:
         out["batch_size"] = b["batch_size"]
+    # Listed only when not the default, so that cells archived before these keys existed still match.
+    if config.reward_mode != "terminal":
+        out["reward_mode"] = config.reward_mode
+        out["horizon"] = "the task's rule (offrl.envs.reward_modes.task_horizon)"
+    if config.fqe_tolerance is not None:
+        out["fqe_tolerance"] = config.fqe_tolerance
+    if cell.setting in NAMED_PRESETS:
+        out["setting"] = {"preset": cell.setting, **NAMED_PRESETS[cell.setting].agent}
     return out
 
 

@@ -74,6 +74,13 @@ class DiagnosisConfig:
     of taking the maximum of a noisy curve."""
     min_drop_of_q_range: float = 0.01
     """... and at least this fraction of the width of the Q range the rewards allow."""
+    require_rise: bool = True
+    """Metric 3.1 as the paper writes it (Kumar et al. 2021, Metric 3.1: "the average dataset Q-value first
+    increases, then decreases"): a decline counts only after a rise beyond the curve's noise, i.e. the smoothed
+    peak lies above the lowest smoothed value before it by more than the rise threshold (``detect_decline``). A
+    curve that falls from its first checkpoint on is then not overfitting. False: the rule before 2026-12 (any
+    material fall after the highest point), kept to reproduce archived verdicts. Pre-registered in
+    docs/selection.md ("The paper's regime") and docs/metrics.md."""
     underfit_unexplained: float = 0.5
     """Underfitting when ``td_error_over_target_var`` at the end (mean of the last ``tail`` checkpoints) exceeds
     this: the critic leaves more than this fraction of its targets' spread unexplained. Scale-free and blind to
@@ -114,6 +121,14 @@ class Decline:
     threshold: float
     noise_std: float
     smoothed: np.ndarray
+    rise: float = 0.0
+    """Smoothed peak minus the lowest smoothed value at or before it (0 when the peak is the first point)."""
+    rise_threshold: float = 0.0
+    """What ``rise`` must exceed for the peak to count as one the curve rose to (``detect_decline``)."""
+    rose: bool = True
+    """Whether the curve rose to its peak beyond the noise (always True with ``require_rise`` off)."""
+    falls: bool = False
+    """Whether it falls materially after its peak, risen to or not (``declining`` is ``falls and rose``)."""
 
 
 def noise_std(values: np.ndarray) -> float:
@@ -135,6 +150,15 @@ def detect_decline(values: Sequence[float], config: DiagnosisConfig, q_range_wid
     the peak's size; ``sigma * (noise_z * sqrt(1/w + 1/t) + sqrt(2 ln n / w))`` with sigma the curve's noise,
     w the smoothing window, t the tail length and n the number of checkpoints (the drop's noise plus the bias
     of a maximum); and ``min_drop_of_q_range`` of the Q range.
+
+    With ``config.require_rise`` (Metric 3.1 as written: "first increases, then decreases") the curve must also
+    have risen to its peak: ``rise = s[peak] - min(s[:peak + 1])`` (s the smoothed curve) must exceed
+    ``rise_threshold = max(sigma * (noise_z * sqrt(2 / w) + sqrt(2 ln n / w)), min_drop_of_q_range * width)``:
+    the difference of two w-point means has std ``sigma * sqrt(2 / w)``, and the maximum's upward bias is the
+    same as for the drop. Sigma is the curve's noise, the robust scale of its second differences
+    (:func:`noise_std`: linear trends cancel, so a steady fall or rise is not counted as noise). A monotone
+    fall has its peak at the first checkpoint (rise 0) and is never a decline; a flat noisy curve rarely passes
+    both the rise and the drop thresholds.
 
     Args:
         values: (n,) the metric at each checkpoint, in step order.
@@ -167,7 +191,18 @@ def detect_decline(values: Sequence[float], config: DiagnosisConfig, q_range_wid
     # "Stays down": enough checkpoints after the peak lie below it by the threshold, not one low point at the end.
     below = int(np.sum(after < s[peak] - threshold))
     declining = below >= config.min_after_peak and drop > threshold
-    return Decline(bool(declining), peak, float(s[peak]), end, drop, threshold, sigma, s)
+    # "First increases": the peak must sit above the lowest point before it by more than the noise of a
+    # difference of two smoothed values plus the maximum's bias (docstring). Without it, a curve that only falls
+    # (CQL's regularizer relaxing from its first push) reads as overfitting with its peak at the first checkpoint.
+    rise = float(s[peak] - s[: peak + 1].min())
+    rise_threshold = max(
+        sigma * (config.noise_z * math.sqrt(2.0 / w) + math.sqrt(2.0 * math.log(max(len(x), 2)) / w)),
+        config.min_drop_of_q_range * q_range_width,
+        1e-12,
+    )
+    rose = rise > rise_threshold if config.require_rise else True
+    return Decline(bool(declining and rose), peak, float(s[peak]), end, drop, threshold, sigma, s, rise,
+                   rise_threshold, bool(rose), bool(declining))
 
 
 def _tail_mean(values: Sequence[float], n: int) -> float:
@@ -521,6 +556,9 @@ def diagnose_metrics(
             "q_data_drop": dec.drop,
             "drop_threshold": dec.threshold,
             "q_data_noise_std": dec.noise_std,
+            "q_data_rise": dec.rise,
+            "rise_threshold": dec.rise_threshold,
+            "rose_before_peak": dec.rose,
             "checkpoints_after_peak": len(steps) - 1 - dec.peak_index,
         }
     )
@@ -624,7 +662,7 @@ def diagnose_metrics(
     # ~0 as returns propagate. With rewards <= 0 (e.g. IQL's `r - 1`, --reward-shift -1) propagation itself
     # lowers them, so a fall is what learning looks like and is not read as overfitting.
     falls_by_propagation = has_q and q_max <= 0.0 and q_min < 0.0
-    if dec.declining and falls_by_propagation:
+    if dec.falls and falls_by_propagation:
         reasons.append(
             f"{config.metric} falls from step {steps[dec.peak_index]} ({dec.peak_value:.4g}, smoothed) to "
             f"{dec.end_value:.4g}, but the rewards are <= 0 (Q range [{q_min:.4g}, {q_max:.4g}]): values fall as "
@@ -643,6 +681,12 @@ def diagnose_metrics(
             f"{config.metric} is highest at the end of training (step {steps[dec.peak_index]}): it has not peaked "
             f"yet, so Guideline 3.1's pick is simply the last checkpoint; a longer run (offrl train --resume "
             f"--steps N) shows whether it falls"
+        )
+    elif dec.falls and not dec.rose:
+        reasons.append(
+            f"{config.metric} falls after step {steps[dec.peak_index]} ({dec.peak_value:.4g} -> {dec.end_value:.4g}) "
+            f"but never rose to that point beyond its noise (rise {dec.rise:.3g} <= {dec.rise_threshold:.3g}): "
+            f"Metric 3.1 asks for a rise, then a fall, so this is not read as overfitting"
         )
     else:
         reasons.append(
@@ -821,20 +865,29 @@ def diagnose_run(
 
     `offrl diagnose` and `offrl select` are this one computation. Without ``compare``, the runs an earlier
     diagnosis compared with (``compared_runs`` of diagnosis.json) are compared again, and without ``selector``
-    the rule an earlier diagnosis used (else ``q_peak``), so a later command never silently drops a Metric 3.2
-    result or changes the pick. The ``fqe`` selector reads RUN_DIR/fqe.json (:mod:`offrl.workflow.fqe`).
+    the rule an earlier diagnosis used, else the one the run recorded when it was trained (config.json
+    ``deployment.selector``, :func:`offrl.workflow.rules.run_selector`), so a later command never silently drops
+    a Metric 3.2 result or changes the pick, and `offrl select RUN` picks what `offrl workflow` picked. The ``fqe`` selector reads RUN_DIR/fqe.json (:mod:`offrl.workflow.fqe`).
 
     Raises:
         FileNotFoundError: a run directory lacks config.json or metrics.jsonl, or a compared run is gone.
-        ValueError: an unknown selector, or one whose curve the run lacks (``fqe`` without fqe.json).
+        ValueError: an unknown selector, one whose curve the run lacks (``fqe`` without fqe.json), or
+            ``after_peak`` with another selector than the Q peak's.
     """
     run_dir = Path(run_dir)
     main = _run_inputs(run_dir)
     previous = rd.read_json(run_dir / DIAGNOSIS_FILE) if (run_dir / DIAGNOSIS_FILE).is_file() else {}
     if not compare and previous.get("compared_runs"):
         compare = [Path(c) for c in previous["compared_runs"] if c]
+    if after_peak and selector not in (None, "q_peak", "q_after_peak"):
+        raise ValueError(f"--after-peak is the rule q_after_peak and cannot be combined with --selector {selector}: "
+                         f"pass one of the two")
     if selector is None:
-        selector = "q_after_peak" if after_peak else previous.get("selector", "q_peak")
+        from offrl.workflow.rules import run_selector
+
+        # The user's choice at an earlier diagnose/select, else the rule the run recorded when it was trained:
+        # the pick by hand is then the workflow's.
+        selector = "q_after_peak" if after_peak else previous.get("selector") or run_selector(main["config"])
     others = [_run_inputs(Path(c)) for c in compare]
     q_range = main["config"]["dataset"]["q_range"]
     records = main["records"]

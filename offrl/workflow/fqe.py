@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 from offrl.agents import config_from_dict, get_agent
-from offrl.data import Dataset, Normalizer, load_dataset
+from offrl.data import Dataset, Normalizer, load_dataset, q_value_range
 from offrl.networks.mlp import MLP
 from offrl.training import run_dir as rd
 from offrl.training.policy import load_state
@@ -60,11 +60,24 @@ class FQEConfig:
     """Gradient steps per compiled call (lax.scan); ``steps`` is rounded up to a multiple of min(chunk, steps)."""
     seed: int = 0
     """Seeds the Q-networks' initialisation and the minibatches."""
+    tolerance: float | None = None
+    """Stopping rule (None: train exactly ``steps`` steps, the dev grid's setting). Otherwise FQE trains until its
+    estimates settle, with ``steps`` as the cap: after every chunk, each policy's start-state estimate is compared
+    with its value ``window`` steps earlier; training stops once every policy's change is at most ``tolerance``
+    times the width of the value range the rewards allow (``value_range``; 1 / (1 - gamma) when not given), on
+    ``patience`` consecutive checks. Pre-registered in docs/selection.md ("The paper's regime"): 0.005."""
+    window: int = 2_000
+    """Stopping rule: steps between the two estimates compared (several target-network time constants, 1 / tau
+    = 100 steps, so that a value still propagating shows as a change)."""
+    patience: int = 2
+    """Stopping rule: consecutive checks that must pass."""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "chunk"):
+        for name in ("steps", "batch_size", "chunk", "window", "patience"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"FQEConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.tolerance is not None and not self.tolerance > 0:
+            raise ValueError(f"FQEConfig.tolerance must be > 0 or None, got {self.tolerance}")
         if not 0 < self.tau <= 1:
             raise ValueError(f"FQEConfig.tau must be in (0, 1], got {self.tau}")
         if self.gamma is not None and not 0 <= self.gamma < 1:
@@ -79,7 +92,8 @@ def fqe_scores(
     columns: Sequence[int],
     gamma: float,
     config: FQEConfig = FQEConfig(),
-) -> dict[str, np.ndarray]:
+    value_range: tuple[float, float] | None = None,
+) -> dict[str, Any]:
     """Fit one FQE Q-network per policy, vectorised over K policies, and return their value estimates.
 
     Args:
@@ -91,12 +105,19 @@ def fqe_scores(
             the Q-networks read the same normalised states.
         columns: the observation columns the policies read.
         gamma: discount in [0, 1).
-        config: FQE hyperparameters.
+        config: FQE hyperparameters (``tolerance``: the stopping rule).
+        value_range: ``(q_min, q_max)`` the rewards allow (:func:`offrl.data.q_value_range`), reward units: the
+            scale of the stopping rule and the bounds every estimate is checked against; None: the stopping rule
+            uses 1 / (1 - gamma) and nothing is checked.
 
     Returns:
         ``value``: (K,) float64, the mean over the dataset's episode start states of Q_k(s_0, pi_k(s_0)), an
         estimate of J(pi_k) in reward units; ``td_error``: (K,) float64, the mean squared Bellman residual over
-        the last compiled chunk of steps; ``seconds``: wall time of the fit.
+        the last compiled chunk of steps; ``seconds``: wall time of the fit; ``steps_taken`` (int);
+        ``converged`` (bool: the stopping rule passed; always False without ``tolerance``); ``settled``: (K,)
+        bool, each policy's own last check passed; ``last_change``: (K,) float64, each estimate's change over
+        the last ``window`` steps (NaN if fewer were taken); ``in_bounds``: (K,) bool, the estimate lies in
+        ``value_range`` (all True without it).
 
     Raises:
         ValueError: an empty dataset, or ``gamma`` outside [0, 1).
@@ -162,13 +183,6 @@ def fqe_scores(
         carry, losses = jax.lax.scan(body, carry, jax.random.split(key, chunk))
         return carry, losses.mean(0)
 
-    carry = (params, opt_state, target)
-    done, losses = 0, jnp.zeros(num_policies)
-    while done < config.steps:
-        key, k = jax.random.split(key)
-        carry, losses = run_chunk(carry, actor_params, arrays, k)
-        done += chunk
-
     @jax.jit
     def start_values(p, policies, s0):
         def one(pk, pi):
@@ -176,8 +190,43 @@ def fqe_scores(
 
         return jax.vmap(one)(p, policies)
 
+    # The stopping rule's scale: the width of the value range (reward units); the discounted sum of a reward of
+    # 1 on every step when the range is unknown.
+    width = float(value_range[1] - value_range[0]) if value_range is not None else 1.0 / (1.0 - gamma)
+    width = width if width > 0 else 1.0 / (1.0 - gamma)
+    lag = max(1, -(-config.window // chunk))  # checks (chunks) between the compared estimates
+    carry = (params, opt_state, target)
+    done, losses, passed = 0, jnp.zeros(num_policies), 0
+    history: list[np.ndarray] = []
+    change = np.full(num_policies, np.nan)
+    converged = False
+    while done < config.steps:
+        key, k = jax.random.split(key)
+        carry, losses = run_chunk(carry, actor_params, arrays, k)
+        done += chunk
+        if config.tolerance is None:
+            continue
+        history.append(np.asarray(start_values(carry[0], actor_params, start_obs), np.float64))
+        if len(history) <= lag:
+            continue
+        change = np.abs(history[-1] - history[-1 - lag])
+        passed = passed + 1 if bool(np.all(change <= config.tolerance * width)) else 0
+        if passed >= config.patience:
+            converged = True
+            break
+
     values = np.asarray(start_values(carry[0], actor_params, start_obs), np.float64)
-    return {"value": values, "td_error": np.asarray(losses, np.float64), "seconds": time.perf_counter() - t0}
+    settled = (change <= config.tolerance * width) if config.tolerance is not None else np.zeros(num_policies, bool)
+    if value_range is not None:
+        # A value is an expected discounted return: it cannot leave the range the rewards allow. A small slack for
+        # float rounding only; an estimate outside is flagged, not clipped.
+        slack = 1e-6 * max(width, 1.0)
+        in_bounds = (values >= value_range[0] - slack) & (values <= value_range[1] + slack)
+    else:
+        in_bounds = np.ones(num_policies, bool)
+    return {"value": values, "td_error": np.asarray(losses, np.float64), "seconds": time.perf_counter() - t0,
+            "steps_taken": int(done), "converged": converged, "settled": np.asarray(settled, bool),
+            "last_change": change, "in_bounds": np.asarray(in_bounds, bool)}
 
 
 def fqe_run(
@@ -193,8 +242,11 @@ def fqe_run(
     episodes, training and held-out.
 
     Returns:
-        ``{"results": [{"step", "value", "td_error"}], "config", "gamma", "seconds"}``; ``value`` is the
-        estimated expected discounted return from the dataset's start states (reward units).
+        ``{"results": [{"step", "value", "td_error", "in_bounds", "settled", "last_change"}], "config", "gamma",
+        "seconds", "steps_taken", "converged", "stopping_rule", "value_bounds", "out_of_bounds"}``; ``value`` is
+        the estimated expected discounted return from the dataset's start states (reward units), ``in_bounds``
+        whether it lies in ``value_bounds`` (the range the dataset's rewards allow, :func:`q_value_range`),
+        ``out_of_bounds`` how many do not.
 
     Raises:
         FileNotFoundError: not a run directory, no checkpoints, or the dataset file is missing.
@@ -227,16 +279,29 @@ def fqe_run(
     def act_fn(pi: Any, s: jnp.ndarray) -> jnp.ndarray:
         return module.deterministic_action(pi, s, act_dim, agent)
 
-    res = fqe_scores(stacked, act_fn, dataset, Normalizer.from_dict(cfg["normalizer"]), columns, gamma, config)
+    # The bounds of FQE's own rewards (the dataset's as stored: FQE does not apply the run's reward transform).
+    bounds = q_value_range(dataset, gamma)
+    value_range = (float(bounds["q_min"]), float(bounds["q_max"]))
+    res = fqe_scores(stacked, act_fn, dataset, Normalizer.from_dict(cfg["normalizer"]), columns, gamma, config,
+                     value_range=value_range)
     out = {
         "note": "fitted Q evaluation (Le et al. 2019): offline estimate of each checkpoint's discounted return "
                 "from the dataset's start states",
         "config": dataclasses.asdict(config),
         "gamma": gamma,
         "seconds": res["seconds"],
+        "steps_taken": res["steps_taken"],
+        "converged": res["converged"],
+        "stopping_rule": ("fixed number of steps" if config.tolerance is None else
+                          f"every estimate changes by <= {config.tolerance:g} x the value range's width over "
+                          f"{config.window} steps, {config.patience} checks in a row; cap {config.steps} steps"),
+        "value_bounds": list(value_range),
+        "out_of_bounds": int((~res["in_bounds"]).sum()),
         "results": [
-            {"step": int(s), "value": float(v), "td_error": float(e)}
-            for s, v, e in zip(steps, res["value"], res["td_error"], strict=True)
+            {"step": int(s), "value": float(v), "td_error": float(e), "in_bounds": bool(b), "settled": bool(st),
+             "last_change": None if not np.isfinite(c) else float(c)}
+            for s, v, e, b, st, c in zip(steps, res["value"], res["td_error"], res["in_bounds"], res["settled"],
+                                         res["last_change"], strict=True)
         ],
     }
     if write:

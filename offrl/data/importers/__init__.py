@@ -67,6 +67,7 @@ def import_dataset(
     terminate_on_success: bool = False,
     target_success_rate: float | None = None,
     seed: int = 0,
+    reward_mode: str | None = None,
 ) -> Dataset:
     """Import an offline dataset from another format, relabel and filter it, and validate it.
 
@@ -105,6 +106,11 @@ def import_dataset(
             until the fraction of successful episodes is as close as possible to it, dropping as few as
             possible. Before/after counts go to ``metadata["success_filter"]``.
         seed: seeds the choice of dropped episodes; same seed and data, same result.
+        reward_mode: the reward structure to record (offrl.envs.reward_modes), None for none: ``terminal``
+            cuts each episode at its first success (as ``terminate_on_success``); ``success-every-step`` (the
+            workflow paper's) keeps every success step rewarded 1 and needs sparse 0/1 rewards after relabelling
+            (a ``success_key``, or such rewards in the source); its Q bound (offrl.data.q_value_range) reads the
+            longest episode as the horizon (metadata ``horizon``) unless the source's metadata has one.
 
     Returns:
         The validated dataset. ``metadata`` holds the source's own metadata plus ``source_format``,
@@ -150,6 +156,15 @@ def import_dataset(
         )
 
     reward_desc = _relabel_rewards(episodes, reward_key, success_key, fn, fn_name)
+    if reward_mode is not None:
+        from offrl.envs.reward_modes import REWARD_MODES
+
+        if reward_mode not in REWARD_MODES:
+            raise DatasetError(f"unknown reward mode {reward_mode!r}: use one of {', '.join(REWARD_MODES)}")
+        if reward_mode == "success-every-step" and terminate_on_success:
+            raise DatasetError("--reward-mode success-every-step keeps rewarding after the first success: drop "
+                               "--terminate-on-success")
+        terminate_on_success = terminate_on_success or reward_mode == "terminal"
     if terminate_on_success:
         episodes = [_cut_at_first_success(ep, dropped) for ep in episodes]
 
@@ -189,6 +204,13 @@ def import_dataset(
         metadata["skipped_image_keys"] = source.skipped_image_keys
     if terminate_on_success:
         metadata["terminate_on_success"] = True
+    if reward_mode is not None:
+        if reward_mode == "success-every-step" and not sparse:
+            raise DatasetError(f"{src}: --reward-mode success-every-step needs 0/1 rewards after relabelling (got "
+                               f"values outside {{0, 1}}): relabel them with --success-key")
+        metadata["reward_mode"] = reward_mode
+        if reward_mode == "success-every-step" and not metadata.get("horizon"):
+            metadata["horizon"] = int(max(len(ep.rewards) for ep in episodes))
     if successes_known:
         metadata["behaviour_success_rate"] = float(successful.mean())
     else:
