@@ -38,17 +38,19 @@ def train(dataset: str | Path, out: str | Path, **kwargs: Any) -> Path:
 
 
 def diagnose(run_dir: str | Path, compare: Sequence[str | Path] = (), after_peak: bool = False,
-             **thresholds: Any) -> dict[str, Any]:
-    """Diagnose a run and write its diagnosis.json; ``thresholds`` are fields of
-    :class:`offrl.workflow.diagnosis.DiagnosisConfig`."""
+             selector: str | None = None, **thresholds: Any) -> dict[str, Any]:
+    """Diagnose a run and write its diagnosis.json; ``selector`` is a rule of :data:`offrl.workflow.rules.RULES`
+    (None: the rule the run recorded when it was trained, as `offrl diagnose` does); ``thresholds`` are fields of
+    :class:`offrl.workflow.diagnosis.DiagnosisConfig`. Raises what `offrl diagnose` raises."""
     from offrl.workflow.diagnosis import DiagnosisConfig, diagnose_run
 
-    return diagnose_run(run_dir, compare, DiagnosisConfig(**thresholds), after_peak=after_peak)
+    return diagnose_run(run_dir, compare, DiagnosisConfig(**thresholds), after_peak=after_peak, selector=selector)
 
 
-def select(run_dir: str | Path, after_peak: bool = False) -> int | None:
-    """The checkpoint step to deploy (Guideline 3.1); also writes diagnosis.json."""
-    return diagnose(run_dir, after_peak=after_peak)["selected_step"]
+def select(run_dir: str | Path, after_peak: bool = False, selector: str | None = None) -> int | None:
+    """The checkpoint step to deploy, by ``selector`` (None: the run's recorded rule, what `offrl workflow`
+    deploys); also writes diagnosis.json."""
+    return diagnose(run_dir, after_peak=after_peak, selector=selector)["selected_step"]
 
 
 def evaluate(run_dir: str | Path, episodes: int = 10, **kwargs: Any) -> dict[str, Any]:

@@ -86,7 +86,8 @@ def export_policy(
 
     Args:
         run_dir: run directory made by ``offrl train``.
-        step: checkpoint step; None for the ``selected_step`` of RUN_DIR/diagnosis.json (an error when the
+        step: checkpoint step; None for the ``selected_step`` of RUN_DIR/diagnosis.json, diagnosed now by the
+            run's recorded rule when there is none yet (an error when the
             run has not been diagnosed).
         out: folder to create; None for RUN_DIR/policy.
         overwrite: replace an existing export at ``out``. A folder that is not an offrl policy export is
@@ -480,12 +481,15 @@ def _resolve_step(run_dir: Path, step: int | None) -> tuple[int, str]:
             raise ValueError(f"{diagnosis} selects no checkpoint (verdict {d.get('verdict')!r}): choose one with "
                              f"--step (step= in Python)")
         return int(d["selected_step"]), "diagnosis.json"
-    # Exporting the last checkpoint of an undiagnosed run would deploy whatever training ended on (a behaviour-
-    # cloning warm-start checkpoint, or one after the Q-value fell): make the choice explicit.
-    raise FileNotFoundError(
-        f"{run_dir} has no diagnosis.json: run `offrl diagnose {run_dir}` first (it selects the checkpoint to "
-        f"deploy), or choose one with --step (step= in Python)"
-    )
+    # An undiagnosed run is selected by the rule it recorded when it was trained (config.json deployment.selector),
+    # the one `offrl select` and the workflow use: never the last checkpoint by default, never a silent other rule.
+    from offrl.workflow.diagnosis import diagnose_run
+
+    d = diagnose_run(run_dir)
+    if d.get("selected_step") is None:
+        raise ValueError(f"{run_dir} selects no checkpoint (verdict {d.get('verdict')!r}): choose one with --step "
+                         f"(step= in Python)")
+    return int(d["selected_step"]), f"diagnosis.json (written now, --selector {d['selector']})"
 
 
 def _is_export(folder: Path) -> bool:

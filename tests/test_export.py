@@ -47,8 +47,6 @@ def exported(tmp_path_factory):
     """A copy of the fixture run, diagnosed to select its last checkpoint, exported with the defaults (out:
     RUN_DIR/policy)."""
     run = _copy_run(tmp_path_factory.mktemp("export") / "run")
-    with pytest.raises(FileNotFoundError, match="offrl diagnose"):  # undiagnosed: no silent choice
-        ex.export_policy(run)
     (run / "diagnosis.json").write_text(json.dumps({"verdict": "healthy", "selected_step": 80}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "no flatbuffers": tested on its own below
@@ -222,3 +220,21 @@ print("ok")
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_an_undiagnosed_run_is_exported_at_the_step_its_recorded_rule_selects(tmp_path):
+    # Issue "One story": export, like select, reads the rule the run recorded when it was trained.
+    from offrl.workflow.diagnosis import diagnose_run
+
+    run = _copy_run(tmp_path / "run")
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["deployment"] = {"selector": "last"}
+    (run / "config.json").write_text(json.dumps(cfg))
+    (run / "diagnosis.json").unlink(missing_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        out = ex.export_policy(run, out=tmp_path / "policy")
+    spec = json.loads((out / ex.POLICY_FILE).read_text())
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    assert spec["source"]["step"] == last and "--selector last" in spec["source"]["step_source"]
+    assert diagnose_run(run, write=False)["selector"] == "last"

@@ -187,7 +187,7 @@ def test_offrl_evaluate_env_on_a_tiny_run(tmp_path, monkeypatch, capsys):
     sim = types.ModuleType("offrl_test_line")  # stands for the user's module with a factory
     sim.make = Line
     monkeypatch.setitem(sys.modules, "offrl_test_line", sim)
-    assert main(["evaluate", str(run), "--env", "offrl_test_line:make", "--horizon", "4", "--episodes", "5",
+    assert main(["evaluate", str(run), "--env", "offrl_test_line:make", "--horizon", "4", "--eval-episodes", "5",
                  "--seed", "3"]) == 0
     assert "evaluation.json" in capsys.readouterr().out
     ev = json.loads((run / "evaluation.json").read_text())

@@ -114,7 +114,7 @@ def test_collect_train_diagnose_select_a_logged_replay_and_refuse_mismatched_act
     capsys.readouterr()
     assert main(["select", str(run), "--selector", "last"]) == 0
     assert capsys.readouterr().out.strip() == "60"
-    assert main(["evaluate", str(run), "--episodes", "4"]) == 0
+    assert main(["evaluate", str(run), "--eval-episodes", "4"]) == 0
     evaluation = json.loads((run / "evaluation.json").read_text())
     assert evaluation["metric"] == "return" and [r["step"] for r in evaluation["results"]] == [15, 30, 45, 60]
     assert all(len(r["episode_returns"]) == 4 and r["mean_return"] >= 0 for r in evaluation["results"])

@@ -135,6 +135,15 @@ class TrainConfig:
     # of its value (the truncated tail of -|shift| rewards is missing): the calibration is then approximate.
     reward_shift: float = 0.0
     """See --reward-scale (IQL's sparse-reward setting: -1)."""
+    preset: str | None = None
+    """A named preset (offrl/presets.py: paper, iql-sparse): it sets --algo, the algorithm's hyperparameters,
+    --steps, --checkpoint-every, --reward-scale and --reward-shift; flags given explicitly override it. Recorded in
+    config.json (training.preset)."""
+    selector: str | None = None
+    """The rule that picks the checkpoint to deploy (offrl/workflow/rules.py), recorded in config.json
+    (``deployment``) so that `offrl select`, diagnose, report, export and the Python API pick what `offrl workflow`
+    picks. None: the preset's rule, else the algorithm's (:func:`offrl.workflow.rules.default_selector`: IQL the
+    last checkpoint, the others the Q peak of Guideline 3.1)."""
     algo: Literal["cql", "brac", "bc", "iql", "awac", "bear", "tt", "dqn", "mopo", "combo"] = "cql"
     """Algorithm: CQL (paper Eq. 1), BRAC (needs --behavior-run), BC, IQL, AWAC, BEAR, the Trajectory
     Transformer, model-based MOPO and COMBO (docs/model-based.md), or for discrete actions the DQN family
@@ -487,11 +496,18 @@ def _resolved_config(config: TrainConfig, extra: dict[str, Any]) -> dict[str, An
     training.pop("overwrite")
     training.pop("resume")
     training.pop("progress")
+    training.pop("selector")
+    from offrl.workflow.rules import deployment_selector
+
     return {
         "algo": config.algo,
         "seed": config.seed,
         "agent": dataclasses.asdict(active_agent_config(config)),
         "training": training,
+        # What decides the deployed checkpoint, read by every later command (offrl.workflow.rules.run_selector).
+        "deployment": {"selector": deployment_selector(config.algo, config.selector, config.preset),
+                       "preset": config.preset, "reward_scale": config.reward_scale,
+                       "reward_shift": config.reward_shift},
         **extra,
         "offrl_version": rd.offrl_version(),
         "versions": rd.package_versions(),
@@ -507,6 +523,11 @@ def check_config(config: TrainConfig) -> None:
         ValueError: every problem found, joined by "; ", each naming its flag and the fix.
     """
     problems = []
+    if config.preset is not None:
+        from offrl.presets import PRESETS
+
+        if config.preset not in PRESETS:
+            problems.append(f"--preset {config.preset!r} is unknown: choose one of {', '.join(PRESETS)}")
     if config.steps < 1:
         problems.append(f"--steps must be >= 1 (got {config.steps})")
     if config.checkpoint_every < 1:

@@ -36,9 +36,18 @@ class WorkflowConfig:
     """MetaWorld v3 task with a scripted policy."""
     episodes: int = 300
     """Episodes to collect when the dataset does not exist yet (about 45 s on 2 cores)."""
-    horizon: int = DEFAULT_HORIZON
-    """Steps per episode (time limit) for collection and evaluation."""
-    regime: Literal["white", "correlated", "mixed"] = "mixed"
+    preset: str | None = None
+    """A named preset (offrl/presets.py): ``paper`` (the workflow paper's plain CQL(H), 100,000 steps, a checkpoint
+    every 5,000, the Q peak, on its success-every-step data with its noise) or ``iql-sparse`` (these defaults). It
+    sets the algorithm, its hyperparameters, the budget, the selector, the rewards' transform and the data's
+    regime and reward mode; flags given explicitly override it."""
+    horizon: int | None = DEFAULT_HORIZON
+    """Steps per episode (time limit) for collection and evaluation; None: the task's rule-based horizon for
+    --reward-mode success-every-step (offrl/envs/reward_modes.py), else 150."""
+    reward_mode: Literal["terminal", "success-every-step"] = "terminal"
+    """Reward structure of the collected data (offrl/envs/reward_modes.py): ``terminal`` 1 at the first success,
+    which ends the episode; ``success-every-step`` the paper's, 1 on every step the task is solved, no termination."""
+    regime: Literal["white", "correlated", "mixed", "paper"] = "mixed"
     """Behaviour regime of the collected data (docs/dataset-format.md): ``correlated`` imperfect-teleoperation
     deviations of varying size; ``mixed`` expert, partial and exploratory episodes; ``white`` i.i.d. Gaussian
     noise (offrl's first data)."""
@@ -120,9 +129,9 @@ class WorkflowConfig:
 
 ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
     # docs/default-job.md addendum 6 (D12): judged on fresh seeds 18-20 of pick-place-v3 and 3 other dev tasks.
-    "iql": {"steps": 60_000, "checkpoint_every": 6_000, "selector": "last", "reward_shift": -1.0},
-    # D0: the workflow's defaults before D12, measured in README and docs/results.md.
-    "other": {"steps": 15_000, "checkpoint_every": 1_000, "selector": "q_peak", "reward_shift": 0.0},
+    "iql": {"steps": 60_000, "checkpoint_every": 6_000, "reward_shift": -1.0},
+    # D0: the workflow's defaults before D12 (docs/default-job.md, candidate D0; docs/results.md).
+    "other": {"steps": 15_000, "checkpoint_every": 1_000, "reward_shift": 0.0},
 }
 """The values the fields left at None take, by algorithm."""
 
@@ -130,8 +139,17 @@ ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
 def resolve_workflow_config(config: WorkflowConfig) -> WorkflowConfig:
     """``config`` with every None field of :data:`ALGO_DEFAULTS` filled for its algorithm, and IQL's actor
     schedule set to span the run when --iql.actor-lr-decay-steps is 0."""
+    if config.after_peak:  # one rule, one name: --after-peak is --selector q_after_peak
+        if config.selector not in (None, "q_peak", "q_after_peak"):
+            raise ValueError(f"--after-peak is the rule q_after_peak and cannot be combined with --selector "
+                             f"{config.selector}: pass one of the two")
+        config = dataclasses.replace(config, selector="q_after_peak", after_peak=False)
     preset = ALGO_DEFAULTS.get(config.algo, ALGO_DEFAULTS["other"])
     filled = {k: v for k, v in preset.items() if getattr(config, k) is None}
+    if config.selector is None:  # the same rule `offrl train` records for the algorithm (one source)
+        from offrl.workflow.rules import default_selector
+
+        filled["selector"] = default_selector(config.algo)
     config = dataclasses.replace(config, **filled)
     if config.algo == "iql" and config.iql.actor_lr_decay_steps == 0:
         config = dataclasses.replace(config, iql=dataclasses.replace(config.iql, actor_lr_decay_steps=config.steps))
@@ -166,7 +184,9 @@ def _run_workflow(config: WorkflowConfig, timings: dict[str, float], t_start: fl
     images = config.obs != "state"
     suffix = f"_img{config.image_size}_{config.camera}" if images else ""
     sigma = "" if config.noise_sigma is None else f"_sigma{config.noise_sigma:g}"
-    name = f"{config.task}_{config.regime}{sigma}_{config.episodes}ep_s{config.seed}{suffix}.h5"
+    mode = "" if config.reward_mode == "terminal" else f"_{config.reward_mode}"
+    horizon = "" if config.horizon in (None, DEFAULT_HORIZON) else f"_h{config.horizon}"
+    name = f"{config.task}_{config.regime}{sigma}{mode}{horizon}_{config.episodes}ep_s{config.seed}{suffix}.h5"
     dataset = config.dataset or Path("data") / name
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     tag = f"{config.algo}_{config.obs.replace('+', '_')}" if images else config.algo
@@ -176,7 +196,8 @@ def _run_workflow(config: WorkflowConfig, timings: dict[str, float], t_start: fl
         seed=config.seed, progress=config.progress, algo=config.algo, agent=config.agent, brac=config.brac,
         bc=config.bc, iql=config.iql, awac=config.awac, bear=config.bear, tt=config.tt, mopo=config.mopo,
         combo=config.combo, obs=config.obs, frame_stack=config.frame_stack, batch_size=config.batch_size,
-        reward_scale=config.reward_scale, reward_shift=config.reward_shift,
+        reward_scale=config.reward_scale, reward_shift=config.reward_shift, preset=config.preset,
+        selector="q_after_peak" if config.after_peak else config.selector,  # recorded: `offrl select` reads it
     )
     bc_out = out.with_name(out.name + "_bc")
     # Settings that cannot work are refused before minutes of data collection, not after (BRAC's behaviour run
@@ -189,7 +210,7 @@ def _run_workflow(config: WorkflowConfig, timings: dict[str, float], t_start: fl
 
         collect(
             config.task, config.episodes, dataset, horizon=config.horizon, noise_sigma=config.noise_sigma,
-            seed=config.seed, progress=config.progress, regime=config.regime,
+            seed=config.seed, progress=config.progress, regime=config.regime, reward_mode=config.reward_mode,
             render=RenderConfig(size=config.image_size, camera=config.camera) if images else None,
         )
         timings["collect_s"] = time.perf_counter() - t
@@ -334,6 +355,8 @@ def summarize(
         "verdict": diagnosis["verdict"],
         "selected_step": diagnosis["selected_step"],
         "peak_step": diagnosis["peak_step"],
+        "selector": diagnosis.get("selector"),
+        "selection_rule": diagnosis.get("selection_rule"),
         "trust": (diagnosis.get("trust") or {}).get("statement"),
         "report": str(report),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
@@ -363,7 +386,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         return "\n".join(lines)
     lines = [
         f"verdict:            {summary['verdict']}",
-        f"selected checkpoint: step {summary['selected_step']} (Q peak at step {summary['peak_step']})",
+        f"selected checkpoint: step {summary['selected_step']}, by --selector {summary.get('selector')}: "
+        f"{summary.get('selection_rule')}",
     ]
     if summary.get("trust"):
         lines.append(f"trust:              {summary['trust']}")

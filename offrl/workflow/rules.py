@@ -122,6 +122,43 @@ def rule_scores(
     }
 
 
+def default_selector(algo: str) -> str:
+    """The rule an algorithm's runs deploy by when neither the user nor a preset names one: the last checkpoint for
+    IQL (with rewards <= 0, as in its sparse-reward setting, its Q falls while values propagate, so a Q peak is the
+    least-trained critic; on the algorithms grid its Q peak scored no better than the last, docs/selection.md),
+    the Q peak (Guideline 3.1) for the others. Algorithms without a Q-function (BC, TT) select by their own
+    held-out curve whatever this says (offrl.workflow.diagnosis)."""
+    return "last" if algo == "iql" else "q_peak"
+
+
+def deployment_selector(algo: str, selector: str | None = None, preset: str | None = None) -> str:
+    """The rule a run deploys by: ``selector`` if given, else the preset's (offrl/presets.py), else
+    :func:`default_selector`. Recorded in config.json ``deployment.selector`` when the run is trained.
+
+    Raises:
+        ValueError: an unknown selector or preset.
+    """
+    if selector is None and preset is not None:
+        from offrl.presets import PRESETS
+
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+        selector = PRESETS[preset].selector
+    selector = selector or default_selector(algo)
+    if selector not in RULES:
+        raise ValueError(f"unknown selector {selector!r}: choose one of {', '.join(RULES)}")
+    return selector
+
+
+def run_selector(config: dict[str, Any]) -> str:
+    """The rule a trained run deploys by, from its config.json: ``deployment.selector`` (recorded since the
+    deployment record exists), else what :func:`deployment_selector` gives for its algorithm and preset."""
+    recorded = (config.get("deployment") or {}).get("selector")
+    if recorded:
+        return str(recorded)
+    return deployment_selector(config.get("algo", "cql"), None, (config.get("training") or {}).get("preset"))
+
+
 def select_step(rule: str, records: Sequence[dict[str, Any]], q_range: Sequence[float], window: int = 3) -> int:
     """The checkpoint step ``rule`` picks among the candidates (see :func:`rule_scores`).
 
