@@ -50,7 +50,7 @@ CHECK_DIR = "check"
 LOG_FILE = "trials.jsonl"
 RESULT_FILE = "check.json"
 LOG_VERSION = 1
-DEFAULT_RULE = "thompson"  # until the replay's pre-registered decision says otherwise (docs/results-check.md)
+DEFAULT_RULE = "top_two_thompson"  # the pre-registered decision of the replay on dev (docs/results-check.md)
 DEFAULT_BUDGET = 50
 PRIOR_RULES = ("q_peak_fitted", "q_peak_in_range")  # offline_prior's scores: the first the run has
 
