@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import tyro
 
-from offrl.envs import DEFAULT_HORIZON
 from offrl.envs.behaviour import DEFAULT_REGIME
 from offrl.workflow.diagnosis import DiagnosisConfig
 
@@ -49,14 +48,20 @@ class Collect:
     """Episodes to collect (failed ones are kept)."""
     out: Path = Path("data/pick-place.h5")
     """HDF5 file to write."""
-    horizon: int = DEFAULT_HORIZON
-    """Time limit in steps per episode."""
-    regime: Literal["white", "correlated", "mixed"] = DEFAULT_REGIME
+    horizon: int | None = None
+    """Time limit in steps per episode; default: 150 for --reward-mode terminal, the task's rule-based horizon for
+    success-every-step (1.5 x the scripted policy's median success step, rounded up to 10; offrl/envs/reward_modes.py)."""
+    reward_mode: Literal["terminal", "success-every-step"] | None = None
+    """Reward structure (recorded in the metadata; the Q range follows it): ``terminal`` 1 at the first success
+    and the episode ends there (Q in [0, 1]); ``success-every-step`` the workflow paper's: 1 on every step the task
+    is solved, no termination, a fixed horizon. Default: what --terminate-on-success says."""
+    regime: Literal["white", "correlated", "mixed", "paper"] = DEFAULT_REGIME
     """How the scripted actions are perturbed (docs/dataset-format.md): ``correlated`` slowly wandering
     deviations of varying size, like imperfect teleoperation; ``mixed`` expert, partial and exploratory episodes
-    (30/35/35 %), like D4RL's medium-replay; ``white`` i.i.d. Gaussian noise (offrl's first data)."""
+    (30/35/35 %), like D4RL's medium-replay; ``white`` i.i.d. Gaussian noise (offrl's first data); ``paper`` the
+    workflow paper's N(0, 0.1^2) clipped to +-0.9."""
     noise_sigma: float | None = None
-    """The regime's main std in action units (white 0.8, correlated 0.4, mixed 0.1 when not given)."""
+    """The regime's main std in action units (white 0.8, correlated 0.4, mixed 0.1, paper 0.1 when not given)."""
     seed: int = 0
     """Seeds the simulator and the noise."""
     terminate_on_success: bool = True
@@ -89,7 +94,8 @@ SelectorName = Literal["q_peak", "q_after_peak", "q_peak_in_range", "heldout_q_p
 
 @dataclasses.dataclass(frozen=True)
 class Diagnose:
-    """Diagnose a run: overfitting (Metric 3.1), underfitting (Q error, Metric 3.2), and the checkpoint."""
+    """Diagnose a run: overfitting (Metric 3.1), underfitting (Q error, Metric 3.2), the checkpoint to deploy and
+    how far to trust it. The thresholds (docs/metrics.md): offrl diagnose --help-all."""
 
     run_dir: tyro.conf.Positional[Path]
     """Run directory made by `offrl train`."""
@@ -100,14 +106,16 @@ class Diagnose:
     selector: SelectorName | None = None
     """The selection rule (offrl/workflow/rules.py; each measured on the dev grid, docs/results.md): q_peak
     (Guideline 3.1), q_after_peak, q_peak_in_range, heldout_q_peak, heldout_q_policy_peak, q_peak_fitted, last,
-    heldout_td, fqe (needs `offrl fqe RUN` first). Default: the rule the run's last diagnosis used, else q_peak."""
+    heldout_td, fqe (needs `offrl fqe RUN` first). Default: the rule the run's last diagnosis used, else the one it recorded when trained (config.json
+    deployment.selector: what `offrl workflow` deploys)."""
     thresholds: DiagnosisConfig = DiagnosisConfig()
     """Thresholds of the diagnosis (docs/metrics.md)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Select:
-    """Select the checkpoint to deploy (Guideline 3.1) and write diagnosis.json."""
+    """Print the checkpoint step to deploy, by the rule the run recorded when it was trained (or --selector), and
+    write diagnosis.json. The thresholds (docs/metrics.md): offrl select --help-all."""
 
     run_dir: tyro.conf.Positional[Path]
     """Run directory made by `offrl train`."""
@@ -116,7 +124,8 @@ class Select:
     selector: SelectorName | None = None
     """The selection rule (offrl/workflow/rules.py; each measured on the dev grid, docs/results.md): q_peak
     (Guideline 3.1), q_after_peak, q_peak_in_range, heldout_q_peak, heldout_q_policy_peak, q_peak_fitted, last,
-    heldout_td, fqe (needs `offrl fqe RUN` first). Default: the rule the run's last diagnosis used, else q_peak."""
+    heldout_td, fqe (needs `offrl fqe RUN` first). Default: the rule the run's last diagnosis used, else the one it recorded when trained (config.json
+    deployment.selector: what `offrl workflow` deploys)."""
     thresholds: DiagnosisConfig = DiagnosisConfig()
     """Thresholds of the diagnosis (docs/metrics.md)."""
 
@@ -163,6 +172,9 @@ class Import:
     """'module:function' mapping (observations, actions, next_observations) -> rewards (N,)."""
     terminate_on_success: bool = False
     """Cut each episode at its first success (terminal there), as `offrl collect` does."""
+    reward_mode: Literal["terminal", "success-every-step"] | None = None
+    """Record the reward structure (the Q range follows it): ``terminal`` cuts at the first success;
+    ``success-every-step`` (the workflow paper's) keeps 1 on every success step and needs 0/1 rewards."""
     target_success_rate: float | None = None
     """Drop successful or failed episodes until the behaviour success rate is as close as possible to this."""
     seed: int = 0
@@ -208,8 +220,9 @@ class Evaluate:
 
     run_dir: tyro.conf.Positional[Path]
     """Run directory made by `offrl train`."""
-    episodes: int = 10
-    """Episodes per checkpoint."""
+    eval_episodes: int = 20
+    """Episodes per checkpoint (the workflow's --eval-episodes; --episodes, its old name here, is read with a
+    note: elsewhere --episodes is the size of a dataset)."""
     seed: int = 0
     """Seeds the evaluation episodes (the same for every checkpoint)."""
     task: str | None = None
@@ -351,10 +364,12 @@ def _load_config(name: str) -> type:
     return entry
 
 
-def _command_type(load: Collection[str] = (), descriptions: dict[str, str] | None = None) -> Any:
+def _command_type(load: Collection[str] = (), descriptions: dict[str, str] | None = None,
+                  defaults: dict[str, Any] | None = None) -> Any:
     """The union of subcommands tyro parses. Of train, tune, sweep and workflow only those in ``load`` are
     loaded; the others are empty stand-ins with the same name and description, which is all `offrl --help` and
-    tyro's list of choices need. ``descriptions`` overrides :data:`_DESCRIPTIONS`."""
+    tyro's list of choices need. ``descriptions`` overrides :data:`_DESCRIPTIONS`; ``defaults`` gives a
+    subcommand's default instance (``--preset``: :func:`_preset_default`), on which the flags are parsed."""
     descriptions = {**_DESCRIPTIONS, **(descriptions or {})}
     members = []
     for name in _SUBCOMMANDS:
@@ -362,7 +377,8 @@ def _command_type(load: Collection[str] = (), descriptions: dict[str, str] | Non
             cls = dataclasses.make_dataclass(f"NotLoaded_{name}", [], frozen=True)
         else:
             cls = _load_config(name)
-        members.append(Annotated[cls, tyro.conf.subcommand(name, description=descriptions.get(name))])
+        extra = {"default": (defaults or {})[name]} if name in (defaults or {}) else {}
+        members.append(Annotated[cls, tyro.conf.subcommand(name, description=descriptions.get(name), **extra)])
     return functools.reduce(operator.or_, members)
 
 
@@ -398,6 +414,24 @@ def _last_flag_value(args: list[str], flag: str) -> str | None:
     return value
 
 
+def _preset_default(command: str, args: list[str]) -> Any:
+    """``--preset NAME`` of train or workflow: the command's default instance with the preset's fields set
+    (offrl/presets.py), so that tyro parses the explicit flags on top of it (a flag given overrides the preset).
+    None without --preset; a one-line error string for an unknown name."""
+    name = _last_flag_value(args, "--preset")
+    if name is None or command not in ("train", "workflow"):
+        return None
+    from offrl.presets import PRESETS, train_fields, workflow_fields
+
+    if name not in PRESETS:
+        return f"--preset {name!r} is unknown: choose one of {', '.join(PRESETS)} (offrl/presets.py)"
+    if command == "train":
+        from offrl.training.train import TrainConfig
+
+        return TrainConfig(out=tyro.MISSING, **train_fields(PRESETS[name]))  # --out stays required
+    return _load_config("workflow")(**workflow_fields(PRESETS[name]))
+
+
 def _or(items: list[str]) -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
 
@@ -420,9 +454,24 @@ def _reflow(text: str) -> str:
     return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in re.split(r"\n\s*\n", text))
 
 
+# `--help` shows the common flags (a screen); `--help-all` every flag. Hidden from the short help (still accepted):
+# per config class name, the fields a first run does not need. Every algorithm's hyperparameter group is among them.
+_ADVANCED = {
+    "TrainConfig": ("dataset_format", "obs_keys", "frame_stack", "chunk_steps", "split_seed", "eval_transitions",
+                    "normalize_observations", "wandb_project", "on_divergence", "divergence_factor", "heldout_fraction",
+                    "behavior_step", "agent", "brac", "bc", "iql", "awac", "bear", "tt", "dqn", "mopo", "combo"),
+    "WorkflowConfig": ("noise_sigma", "image_size", "camera", "frame_stack", "batch_size", "bc_baseline_steps",
+                       "agent", "brac", "bc", "iql", "awac", "bear", "tt", "mopo", "combo"),
+    "Diagnose": ("thresholds",),
+    "Select": ("thresholds",),
+}
+_brief_help = False  # set by main() for a plain --help
+
+
 def _help_registry(hide_in: type | None = None, hidden: Collection[str] = ()) -> Any:
     """A tyro registry that builds every dataclass as tyro does, then reflows the field help (:func:`_reflow`)
-    and hides the fields ``hidden`` of the class ``hide_in`` (neither shown in the help nor accepted)."""
+    and hides the fields ``hidden`` of the class ``hide_in`` (neither shown in the help nor accepted); for a plain
+    --help also the :data:`_ADVANCED` fields (shown by --help-all)."""
     registry = tyro.constructors.ConstructorRegistry()
     busy = False
 
@@ -443,10 +492,12 @@ def _help_registry(hide_in: type | None = None, hidden: Collection[str] = ()) ->
             busy = False
         if not isinstance(spec, tyro.constructors.StructConstructorSpec):
             return spec
+        advanced = _ADVANCED.get(getattr(info.type, "__name__", ""), ()) if _brief_help else ()
         fields = tuple(
             dataclasses.replace(
                 f, helptext=reflowed(f.helptext),
-                type=Annotated[f.type, tyro.conf.Suppress] if info.type is hide_in and f.name in hidden else f.type,
+                type=Annotated[f.type, tyro.conf.Suppress]
+                if (info.type is hide_in and f.name in hidden) or f.name in advanced else f.type,
             )
             for f in spec.fields
         )
@@ -466,6 +517,11 @@ def _algo_help(command: str, args: list[str]) -> tuple[Any, dict[str, str]] | st
     algos = typing.get_args(typing.get_type_hints(cls)["algo"])
     prefix = _ALGO_FLAG_PREFIX[command]
     given = _last_flag_value(args, f"--{prefix}algo")
+    preset = _last_flag_value(args, "--preset") if command in ("train", "workflow") else None
+    if preset is not None and not given:  # the preset's algorithm (an unknown preset is refused in main)
+        from offrl.presets import PRESETS
+
+        given = PRESETS[preset].algo if preset in PRESETS else None
     algo = given or cls.__dataclass_fields__["algo"].default
     if algo not in algos:
         return _help_registry(), {}  # tyro refuses the value and lists the choices
@@ -495,8 +551,11 @@ def _algo_help(command: str, args: list[str]) -> tuple[Any, dict[str, str]] | st
     others = [a for a in (_TUNABLE if command == "tune" else algos) if a != algo]
     groups = ", ".join(f"--{prefix}{g}.*" for g in _algo_groups(command, algo))
     choices = "{" + ",".join(others) + "}" if len(others) > 1 else others[0]
-    hint = (f"Shown: the hyperparameters of --{prefix}algo {algo} ({groups}). Another algorithm's: "
-            f"offrl {command} --{prefix}algo {choices} --help")
+    hint = (f"Shown: the common flags; the hyperparameters of --{prefix}algo {algo} ({groups}) and the advanced "
+            f"options: offrl {command} --help-all. Another algorithm's: offrl {command} --{prefix}algo {choices} "
+            f"--help-all") if _brief_help else (
+            f"Shown: the hyperparameters of --{prefix}algo {algo} ({groups}). Another algorithm's: "
+            f"offrl {command} --{prefix}algo {choices} --help-all")
     return registry, {command: f"{_DESCRIPTIONS[command]}\n\n{hint}"}
 
 
@@ -510,6 +569,8 @@ def _print_diagnosis(d: dict) -> None:
     for r in d["reasons"]:
         print(f"  - {r}")
     print(f"recommendation: {d['recommendation']}")
+    if (d.get("trust") or {}).get("statement"):
+        print(f"trust:          {d['trust']['statement']}")
     if "model" in d:  # MOPO/COMBO: the dynamics model's own diagnosis
         m = d["model"]
         print(f"model:          {m['verdict']} ({m['reason']})")
@@ -536,7 +597,7 @@ def run(cmd: object) -> int:
         ds = collect(
             cmd.task, cmd.episodes, cmd.out, horizon=cmd.horizon, noise_sigma=cmd.noise_sigma, seed=cmd.seed,
             terminate_on_success=cmd.terminate_on_success, overwrite=cmd.overwrite, render=render,
-            regime=cmd.regime,
+            regime=cmd.regime, reward_mode=cmd.reward_mode,
         )
         m = ds.metadata
         images = f", {ds.images.shape[0]} frames of {ds.image_shape}" if ds.has_images else ""
@@ -547,6 +608,13 @@ def run(cmd: object) -> int:
     elif _is_config(cmd, "train"):
         from offrl.training.train import train
 
+        if cmd.preset is not None:
+            from offrl.presets import PRESETS
+
+            p = PRESETS.get(cmd.preset)
+            if p is not None and p.decay_actor_over_run and cmd.iql.actor_lr_decay_steps == p.steps != cmd.steps:
+                # IQL's cosine decay spans the run: --steps overrode the preset's, so the decay follows it.
+                cmd = dataclasses.replace(cmd, iql=dataclasses.replace(cmd.iql, actor_lr_decay_steps=cmd.steps))
         out = train(cmd)
         print(f"run written to {out}; next: offrl diagnose {out}")
     elif isinstance(cmd, (Diagnose, Select)):
@@ -561,12 +629,14 @@ def run(cmd: object) -> int:
                     f"{d['recommendation']}"
                 )
             print(d["selected_step"])
+            # stdout stays the step alone (scripts read it); which rule chose it goes to stderr.
+            print(f"(--selector {d['selector']}: {d['selection_rule']})", file=sys.stderr)
         else:
             _print_diagnosis(d)
     elif isinstance(cmd, Evaluate):
         from offrl.workflow.evaluate import EVALUATION_FILE, evaluate_run
 
-        evaluate_run(cmd.run_dir, episodes=cmd.episodes, seed=cmd.seed, task=cmd.task, horizon=cmd.horizon,
+        evaluate_run(cmd.run_dir, episodes=cmd.eval_episodes, seed=cmd.seed, task=cmd.task, horizon=cmd.horizon,
                      env=cmd.env, success_key=cmd.success_key)
         print(f"wrote {cmd.run_dir / EVALUATION_FILE} (analysis only: never read by diagnosis or selection)")
     elif isinstance(cmd, Fqe):
@@ -587,7 +657,7 @@ def run(cmd: object) -> int:
         ds = import_dataset(
             cmd.format, cmd.src, obs_keys=cmd.obs_keys, reward_key=cmd.reward_key, success_key=cmd.success_key,
             reward_fn=cmd.reward_fn, terminate_on_success=cmd.terminate_on_success,
-            target_success_rate=cmd.target_success_rate, seed=cmd.seed,
+            target_success_rate=cmd.target_success_rate, seed=cmd.seed, reward_mode=cmd.reward_mode,
         )
         save_dataset(cmd.out, ds, overwrite=cmd.overwrite)
         print(f"wrote {cmd.out}: {len(ds)} transitions, {ds.num_episodes} episodes; next: offrl inspect {cmd.out}")
@@ -689,6 +759,75 @@ def _bare_ray(args: list[str]) -> list[str]:
     return out
 
 
+# Old spellings still read, with a note: (command or None for every command, old flag, new flag).
+_RENAMED_FLAGS = (("evaluate", "--episodes", "--eval-episodes"),)
+
+
+def _renamed_flags(name: str | None, args: list[str]) -> list[str]:
+    """``args`` with each old flag spelling of :data:`_RENAMED_FLAGS` replaced by its new one (``--old=V`` too),
+    and a one-line note on stderr for each."""
+    out = list(args)
+    for command, old, new in _RENAMED_FLAGS:
+        if command not in (None, name):
+            continue
+        for i, a in enumerate(out):
+            if a == old or a.startswith(old + "="):
+                out[i] = new + a[len(old):]
+                print(f"offrl: note: {old} of offrl {name} is now {new}", file=sys.stderr)
+    return out
+
+
+_BOX = "╭╮╰╯│─┌┐└┘├┤"
+
+
+def usage_error_line(text: str) -> str:
+    """tyro's boxed usage error (several lines; box-drawn on a terminal, plain otherwise) as one line: its title,
+    its message, and the first suggestion of a "Perhaps you meant" list; the pointer to --help is dropped (the
+    caller adds its own)."""
+    items = [line for raw in text.splitlines()
+             if (line := raw.strip().strip(_BOX + " ")) and not set(line) <= set(_BOX + "- ")]
+    if not items:
+        return "invalid command line"
+    title, body, suggestion = items[0], [], None
+    for i, line in enumerate(items[1:], 1):
+        if line.startswith("For full helptext"):
+            break
+        if line.startswith("Perhaps you meant"):
+            suggestion = items[i + 1].split()[0] if i + 1 < len(items) else None
+            break
+        body.append(line)
+    message = " ".join(" ".join(body).split())
+    if not message.lower().startswith(title.lower()):
+        message = f"{title.lower()}: {message}" if message else title.lower()
+    return message + (f"; perhaps you meant {suggestion}" if suggestion else "")
+
+
+def _parse(command: Any, args: list[str], registry: Any, name: str | None) -> Any:
+    """tyro's parse of ``args``; a usage error becomes one line (``offrl: error: ...``) and exit status 1, as every
+    other error of offrl (tyro's own box is several lines and exits 2). --help is printed as tyro prints it."""
+    import contextlib
+    import io
+
+    if {"-h", "--help"} & set(args):
+        try:
+            return tyro.cli(command, args=args, prog="offrl", registry=registry)  # type: ignore[call-overload]
+        except BrokenPipeError:  # `offrl train --help | head`
+            return 0
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
+            cmd = tyro.cli(command, args=args, prog="offrl", registry=registry)  # type: ignore[call-overload]
+        sys.stderr.write(captured.getvalue())  # tyro's warnings, if any, are not swallowed
+        return cmd
+    except SystemExit as e:
+        if not e.code:
+            sys.stdout.write(captured.getvalue())
+            return 0
+        where = f"offrl {name} --help" if name else "offrl --help"
+        print(f"offrl: error: {usage_error_line(captured.getvalue())} (see {where})", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `offrl` command. Run from the shell (``argv`` None), it first restarts itself once with
     glibc's huge-page malloc when that helps (:mod:`offrl.runtime`; ``OFFRL_HUGEPAGES=0`` turns it off)."""
@@ -696,6 +835,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     name = args[0] if args and args[0] in _SUBCOMMANDS else None
+    args = _renamed_flags(name, args)
     if name in ("study", "sweep"):
         args = _bare_ray(args)
     if argv is None and name in _HEAVY_COMMANDS and not {"-h", "--help"} & set(args):
@@ -703,15 +843,25 @@ def main(argv: list[str] | None = None) -> int:
         from offrl.runtime import reexec_with_hugepage_malloc
 
         reexec_with_hugepage_malloc(["-m", "offrl.cli"])
+    global _brief_help
+    _brief_help = bool({"-h", "--help"} & set(args)) and "--help-all" not in args
+    args = ["--help" if a == "--help-all" else a for a in args]
     registry, descriptions = _help_registry(), {}
     if name in _ALGO_FLAG_PREFIX:
         algo_help = _algo_help(name, args[1:])
         if isinstance(algo_help, str):
             print(f"offrl: error: {algo_help}", file=sys.stderr)
-            return 2
+            return 1
         registry, descriptions = algo_help
-    command = _command_type((name,) if name else (), descriptions)
-    cmd = tyro.cli(command, args=args, prog="offrl", registry=registry)  # type: ignore[call-overload]
+    preset_default = _preset_default(name, args[1:]) if name else None
+    if isinstance(preset_default, str):
+        print(f"offrl: error: {preset_default}", file=sys.stderr)
+        return 1
+    command = _command_type((name,) if name else (), descriptions,
+                            {name: preset_default} if preset_default is not None else None)
+    cmd = _parse(command, args, registry, name)
+    if isinstance(cmd, int):
+        return cmd
     from offrl.data import DatasetError
 
     try:
