@@ -270,6 +270,32 @@ def _model_section(cells: list[dict[str, Any]]) -> list[str]:
     return L
 
 
+def _regime_section(reg: dict[str, Any] | None) -> list[str]:
+    """docs/selection.md's "The paper's regime" statistics: q_data shapes, every rule's regret and the paired
+    differences with a cluster bootstrap over tasks then runs (per-task means beside), FQE's health."""
+    if not reg or not reg.get("rules"):
+        return []
+    L = ["\n## Regret by task clusters, q_data shapes, FQE's health\n",
+         "Means with 95 % intervals of a cluster bootstrap that resamples tasks, then runs within them "
+         "(offrl.stats.cluster_bootstrap_mean); per-task means beside. The oracle is the noise floor.\n",
+         "| rule | normalised regret | per task |", "|---|---|---|"]
+    for name, r in reg["rules"].items():
+        per = ", ".join(f"{t} {_fmt(v)}" for t, v in r["per_task"].items())
+        L.append(f"| {name} | {_ci(r)} | {per} |")
+    L += ["", "Paired per-run differences of regret (below 0: better than the Q peak):\n",
+          "| difference | mean [95 % cluster interval] | per task |", "|---|---|---|"]
+    for name, r in reg["paired"].items():
+        per = ", ".join(f"{t} {_fmt(v)}" for t, v in r["per_task"].items())
+        L.append(f"| {name} | {_ci(r)} | {per} |")
+    L.append(f"\nRuns without a defined regret (every candidate scores alike): {reg['runs_without_regret']}.")
+    shapes = ", ".join(f"{k}: {v}" for k, v in sorted(reg["q_shape"].items()))
+    L.append(f"\nShape of q_data over the candidates (Metric 3.1's rise and fall tests): {shapes}.")
+    f = reg["fqe"]
+    L.append(f"\nFQE: {f['converged']} of {f['runs']} runs' fits stopped by the stopping rule; "
+             f"{f['out_of_bounds']} of {f['estimates']} estimates outside the value bounds of the rewards.\n")
+    return L
+
+
 def write_results(analysis: dict[str, Any], config: Any, command: str | None = None) -> Path:
     """Write the results page (markdown, atomically) and its figures; return its path."""
     out = Path(config.results_path)
@@ -377,7 +403,14 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
              f"`overfitting` exactly for the runs so labelled.\n")
     L.append(f"- labelled runs: {da['labelled_runs']}; overfitting by success: {da['overfitting_by_success']}; "
              f"by the offline verdict: {da['overfitting_by_verdict']}")
-    L.append(f"- agreement: {_ci(da['accuracy'])}; precision {_fmt(da['precision'])}, recall {_fmt(da['recall'])}\n")
+    L.append(f"- agreement: {_ci(da['accuracy'])}; precision {_fmt(da['precision'])}, recall {_fmt(da['recall'])}")
+    if da.get("base_rate_not_overfitting"):
+        L.append(f"- base rate: calling every run \"not overfitting\" agrees in {_ci(da['base_rate_not_overfitting'])}")
+    if (da.get("old_rule") or {}).get("accuracy"):
+        L.append(f"- the rule before Metric 3.1 required a rise (`require_rise = False`): "
+                 f"{da['old_rule']['overfitting_by_verdict']} runs called overfitting, agreement "
+                 f"{_ci(da['old_rule']['accuracy'])}")
+    L.append("")
     L.append("| offline verdict | success label | runs |")
     L.append("|---|---|---|")
     for row in da["confusion"]:
@@ -458,6 +491,7 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
                          f"{e['verdict'][0]} → {e['verdict'][1]} | {pair('workflow_pick_success')} | "
                          f"{pair('best_success')} | {pair('late_success')} | {pair('final_td_error', 3)} | "
                          f"{pair('final_q_data')} |")
+    L.extend(_regime_section(analysis.get("regime")))
     L.append("\n## Definitions\n")
     L.append("- *late*: mean success of the last 3 checkpoints (does a run keep its later checkpoints good?).")
     L.append("- *unexplained TD*: `td_error_over_target_var` at the last checkpoint, the TD error over the variance "

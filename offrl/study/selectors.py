@@ -341,10 +341,93 @@ def analyse(cells: list[dict[str, Any]], config: Any) -> dict[str, Any]:
             "per_verdict": per_verdict,
             "underfit_threshold_variants": threshold_variants,
             "overestimation": [d for c in cells if (d := overestimation_drop(c)) is not None],
+            # What "always not overfitting" scores (../shared/reference/validation.md: an agreement rate means
+            # nothing without its base rate), and the same agreement under the rule before Metric 3.1 required a
+            # rise (DiagnosisConfig.require_rise = False), on the same runs.
+            "base_rate_not_overfitting": (bootstrap_mean([float(r["success_label"] != "overfitting")
+                                                          for r in labelled], samples) if labelled else None),
+            "old_rule": _old_rule_agreement(labelled, by_name, samples),
         },
+        "regime": regime_checks(cells, per_run, samples),
         "remedies": _remedies_by_scenario(cells, config),
         "per_algorithm": per_algorithm(every_run, samples),
         "default_rule": default_rule(headline),
+    }
+
+
+def _old_rule_agreement(labelled: list[dict[str, Any]], by_name: dict[str, Any], samples: int) -> dict[str, Any]:
+    """Agreement of the overfitting verdict with the labels when Metric 3.1 does not require a rise (the rule before
+    issue 42), and how many runs it calls overfitting."""
+    old = DiagnosisConfig(require_rise=False)
+    verdicts = [verdict_with(by_name[r["name"]], old) for r in labelled]
+    agree = [float((v == "overfitting") == (r["success_label"] == "overfitting"))
+             for v, r in zip(verdicts, labelled, strict=True)]
+    return {"accuracy": bootstrap_mean(agree, samples) if agree else None,
+            "overfitting_by_verdict": sum(v == "overfitting" for v in verdicts)}
+
+
+def q_shape(cell: dict[str, Any]) -> str:
+    """The shape of a run's q_data over its candidates by Metric 3.1's tests (``detect_decline``, the cell's Q
+    range): ``rises then falls``, ``rises only``, ``falls only`` (from its first candidate, no rise beyond the
+    noise) or ``neither``; ``too short`` under 4 candidates."""
+    from offrl.workflow.diagnosis import detect_decline
+
+    q = np.array([c.get("q_data") if c.get("q_data") is not None else np.nan for c in candidates(cell)], float)
+    q = q[np.isfinite(q)]
+    if len(q) < DiagnosisConfig().min_checkpoints:
+        return "too short"
+    lo, hi = cell.get("q_range") or [0.0, 1.0]
+    dec = detect_decline(q, DiagnosisConfig(), float(hi) - float(lo))
+    return {(True, True): "rises then falls", (True, False): "rises only", (False, True): "falls only",
+            (False, False): "neither"}[(dec.rose, dec.falls)]
+
+
+REGIME_RULES = ("q_peak", "q_after_peak", "last", "heldout_td", "fqe", "random", "oracle")
+"""The rules docs/selection.md's "The paper's regime" judges, in the order its table prints them."""
+
+
+def regime_checks(cells: list[dict[str, Any]], per_run: list[dict[str, Any]], samples: int) -> dict[str, Any]:
+    """docs/selection.md, "The paper's regime": the shape of q_data per run; every rule's regret with a cluster
+    bootstrap that resamples tasks, then runs (``offrl.stats.cluster_bootstrap_mean``); the paired differences to
+    ``q_peak`` and of ``q_peak`` to ``random``, with per-task means; FQE's convergence and bounds."""
+    from offrl.stats import cluster_bootstrap_mean
+
+    shapes = Counter(q_shape(c) for c in cells)
+    tasks = [r["cell"]["task"] for r in per_run]
+
+    def regret(r: dict[str, Any], name: str) -> float | None:
+        v = r["selectors"].get(name, {}).get("regret")
+        return None if v is None else float(v)
+
+    def per_task(values: list[float | None]) -> dict[str, float | None]:
+        out = {}
+        for t in sorted(set(tasks)):
+            v = [x for x, tt in zip(values, tasks, strict=True) if tt == t and x is not None]
+            out[t] = float(np.mean(v)) if v else None
+        return out
+
+    rules, paired = {}, {}
+    for name in REGIME_RULES:
+        vals = [regret(r, name) for r in per_run]
+        rules[name] = {**cluster_bootstrap_mean(vals, tasks, samples), "per_task": per_task(vals)}
+        if name != "q_peak":
+            diff = [None if regret(r, name) is None or regret(r, "q_peak") is None
+                    else regret(r, name) - regret(r, "q_peak") for r in per_run]
+            paired[f"{name} - q_peak"] = {**cluster_bootstrap_mean(diff, tasks, samples), "per_task": per_task(diff)}
+    # The pre-registered reading's own quantity (docs/selection.md, "The paper's regime"): q_peak - random.
+    diff = [None if regret(r, "q_peak") is None or regret(r, "random") is None
+            else regret(r, "q_peak") - regret(r, "random") for r in per_run]
+    paired["q_peak - random"] = {**cluster_bootstrap_mean(diff, tasks, samples), "per_task": per_task(diff)}
+    undefined = sum(regret(r, "q_peak") is None for r in per_run)
+    fqe = [c.get("fqe") or {} for c in cells]
+    n_est = sum(len([cp for cp in candidates(c) if cp.get("fqe_value") is not None]) for c in cells)
+    return {
+        "q_shape": dict(shapes),
+        "rules": rules,
+        "paired": paired,
+        "runs_without_regret": undefined,
+        "fqe": {"runs": len(fqe), "converged": sum(bool(f.get("converged")) for f in fqe),
+                "estimates": n_est, "out_of_bounds": sum(int(f.get("out_of_bounds") or 0) for f in fqe)},
     }
 
 
