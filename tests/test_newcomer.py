@@ -61,3 +61,7 @@ def test_readme_by_hand_block_deploys_what_the_workflow_deploys(tmp_path, monkey
     assert hand_cfg["deployment"] == {**flow_cfg["deployment"], "preset": hand_cfg["deployment"]["preset"]}
     assert hand_cfg["deployment"]["selector"] == workflow["selector"] == "last"
     assert hand_cfg["agent"] == flow_cfg["agent"] and hand_cfg["training"]["reward_shift"] == -1.0
+    # Then README's robot check, rehearsed in the simulator, on the same run.
+    assert main(["check", str(run), "--simulate", "--budget", "3"]) == 0
+    answer = json.loads((run / "check" / "check.json").read_text())
+    assert answer["episodes_used"] == 3 and answer["budget"] == 3

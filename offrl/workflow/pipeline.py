@@ -151,7 +151,8 @@ def resolve_workflow_config(config: WorkflowConfig) -> WorkflowConfig:
 
         filled["selector"] = default_selector(config.algo)
     config = dataclasses.replace(config, **filled)
-    if config.algo == "iql" and config.iql.actor_lr_decay_steps == 0:
+    # Only a valid --steps is copied into the schedule: a bad one is reported once, under the flag the user typed.
+    if config.algo == "iql" and config.iql.actor_lr_decay_steps == 0 and config.steps >= 1:
         config = dataclasses.replace(config, iql=dataclasses.replace(config.iql, actor_lr_decay_steps=config.steps))
     return config
 
