@@ -673,6 +673,13 @@ def run(cmd: object) -> int:
     elif isinstance(cmd, Tune):
         from offrl.workflow.tuning import tune_conservatism
 
+        # Options shown (tune embeds train's flags) but without effect here are refused, not silently ignored.
+        ignored = [flag for flag, on in (("--train.out (tune writes its runs under --out)", str(cmd.train.out) != "unused"),
+                                        ("--train.resume (tune resumes its runs by itself)", cmd.train.resume),
+                                        ("--train.overwrite (tune never overwrites a run)", cmd.train.overwrite))
+                   if on]
+        if ignored:
+            raise ValueError(f"offrl tune ignores {ignored[0]}: drop it")
         result = tune_conservatism(cmd.train, cmd.out, cmd.values, cmd.tolerance)
         for r in result["runs"]:
             print(
@@ -708,6 +715,12 @@ def run(cmd: object) -> int:
         from offrl.training.sweep import sweep
         from offrl.workflow.diagnosis import diagnose_run
 
+        ignored = [flag for flag, on in (("--train.resume (a sweep continues nothing: pass another --train.out)",
+                                          cmd.train.resume),
+                                         ("--train.overwrite (a sweep never overwrites a run: pass another "
+                                          "--train.out)", cmd.train.overwrite)) if on]
+        if ignored:
+            raise ValueError(f"offrl sweep ignores {ignored[0]}")
         for run in sweep(cmd):
             d = diagnose_run(run)
             print(f"{run}: verdict {d['verdict']}, selected step {d['selected_step']}")

@@ -403,3 +403,21 @@ def test_short_help_shows_the_common_flags_and_points_to_the_rest(monkeypatch, c
               "sweep": "--train.chunk-steps", "diagnose": "--thresholds.", "select": "--thresholds."}.get(command)
     if hidden:
         assert hidden not in short and hidden in full
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["tune", "--out", "t", "--train.out", "x"], "offrl tune ignores --train.out"),
+    (["sweep", "--train.dataset", "d.h5", "--train.out", "s", "--param", "alpha", "--values", "1",
+      "--train.overwrite"], "offrl sweep ignores --train.overwrite"),
+    (["select", "r", "--after-peak", "--selector", "last"], "cannot be combined with --selector last"),
+])
+def test_options_that_would_be_ignored_are_refused(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    if argv[0] == "select":  # a run to select from
+        (tmp_path / "r").mkdir()
+        (tmp_path / "r/config.json").write_text(json.dumps({"algo": "cql", "dataset": {"q_range": [0, 1]}}))
+        (tmp_path / "r/metrics.jsonl").write_text("")
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["r"] if argv[0] == "select" else [])
