@@ -111,7 +111,7 @@ def test_train_cli_preset_sets_fields_and_explicit_flags_override(tmp_path, monk
     assert cmd.preset == "paper" and cmd.algo == "cql" and cmd.steps == 100_000 and cmd.checkpoint_every == 5_000
     assert cmd.agent.calibrated is False and cmd.agent.bc_steps == 10_000 and cmd.agent.init_temperature == 1.0
     assert cli.main(["train", "--preset", "paper", "--out", str(tmp_path / "r"), "--steps", "20000",
-                     "--agent.bc-steps", "500"]) == 0
+                     "--cql.bc-steps", "500"]) == 0
     cmd = seen.pop("cmd")
     assert cmd.steps == 20_000 and cmd.agent.bc_steps == 500 and cmd.agent.calibrated is False
     assert cli.main(["train", "--preset", "nope", "--out", "r"]) == 1
