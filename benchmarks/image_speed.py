@@ -1,6 +1,7 @@
 """Gradient steps per second of image CQL (48x48x3 pixels, batch 256) for the paper's encoders.
 
-Usage: python benchmarks/image_speed.py [--steps 20] [--size 48] [--batch-size 256] [--settings cnn_fc256x3 ...]
+Usage: python benchmarks/image_speed.py [--steps 20] [--size 48] [--batch-size 256] [--transitions 5000]
+       [--settings cnn_fc256x3 ...]
        python benchmarks/image_speed.py --compare-loops   # the Python loop of jitted steps vs one lax.scan
 Prints one JSON object. Compilation is excluded: each setting is compiled and run once before timing. The data
 are random frames held once on the device with frame indices, as in `offrl train --obs image`; the batch is
@@ -14,11 +15,9 @@ import json
 import platform
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-from timing import time_chunk
+from timing import device_data, random_dataset, time_chunk
 
-from offrl.agents import cql
+from offrl.agents import cql, get_agent
 from offrl.training.train import make_train_chunk
 
 SETTINGS = {
@@ -35,25 +34,20 @@ SETTINGS = {
 
 
 def measure(
-    agent: cql.CQLConfig, steps: int, size: int, batch_size: int = 256, loop: str = "auto", n: int = 5000,
-    act_dim: int = 4,
+    agent, steps: int, size: int, batch_size: int = 256, loop: str = "auto", n: int = 5000, act_dim: int = 4,
+    algo: str = "cql", dataset=None,
 ) -> dict:
-    rng = np.random.default_rng(0)
-    frames = np.arange(n)
-    data = {
-        "observations": jnp.zeros((n, 0), jnp.float32),
-        "next_observations": jnp.zeros((n, 0), jnp.float32),
-        "actions": jnp.asarray(rng.uniform(-1, 1, (n, act_dim)), jnp.float32),
-        "rewards": jnp.asarray(rng.integers(0, 2, n), jnp.float32),
-        "terminals": jnp.zeros(n, jnp.float32),
-        "images": jnp.asarray(rng.integers(0, 256, (n + 1, size, size, 3)), jnp.uint8),
-        "obs_frames": jnp.asarray(frames[:, None], jnp.int32),
-        "next_obs_frames": jnp.asarray(frames[:, None] + 1, jnp.int32),
-    }
-    state = cql.init(agent, {"image": [size, size, 3], "state": 0}, act_dim, jax.random.PRNGKey(0))
-    chunk = make_train_chunk("cql", agent, batch_size, steps, loop=loop)
+    """Steps/s of ``algo``'s image update for ``agent`` on ``n`` random transitions with (size, size, 3) frames:
+    ``{"steps_per_s", "compile_plus_first_call_s", "params"}``. The data are the device arrays `offrl train --obs
+    image` builds (timing.device_data), so they hold whatever the agent's batches need (Cal-QL's mc_returns).
+    ``dataset``: an offrl image dataset to use instead (``n``, ``size`` and ``act_dim`` are then ignored)."""
+    ds = random_dataset(n, 39, act_dim, image_size=size) if dataset is None else dataset
+    data, spec = device_data(ds, algo, agent, "image")
+    module = get_agent(algo)
+    state = module.init(agent, spec, ds.act_dim, jax.random.PRNGKey(0))
+    chunk = make_train_chunk(algo, agent, batch_size, steps, loop=loop)
     state, timing = time_chunk(chunk, state, data, steps)
-    return {**timing, "params": cql.param_counts(state)}
+    return {**timing, "params": module.param_counts(state)}
 
 
 def main() -> None:
@@ -61,17 +55,18 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--size", type=int, default=48)
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--transitions", type=int, default=5000, help="random transitions held on the device")
     p.add_argument("--settings", nargs="*", default=list(SETTINGS))
     p.add_argument("--compare-loops", action="store_true",
                    help="time the first setting with a Python loop of jitted steps and with one lax.scan")
     args = p.parse_args()
     if args.compare_loops:
         cfg = cql.CQLConfig(**SETTINGS[args.settings[0]])
-        out = {loop: measure(cfg, args.steps, args.size, args.batch_size, loop) for loop in ("python", "scan")}
+        out = {loop: measure(cfg, args.steps, args.size, args.batch_size, loop, args.transitions) for loop in ("python", "scan")}
         out["ratio_python_over_scan"] = round(out["python"]["steps_per_s"] / out["scan"]["steps_per_s"], 2)
     else:
         out = {
-            name: measure(cql.CQLConfig(**SETTINGS[name]), args.steps, args.size, args.batch_size)
+            name: measure(cql.CQLConfig(**SETTINGS[name]), args.steps, args.size, args.batch_size, n=args.transitions)
             for name in args.settings
         }
     out["batch_size"] = args.batch_size

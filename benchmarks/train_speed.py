@@ -22,7 +22,7 @@ from offrl.training.train import make_train_chunk
 
 
 def measure(algo: str, agent, steps: int, n: int = 7500, obs_dim: int = 39, act_dim: int = 4) -> dict:
-    data = state_data(n, obs_dim, act_dim)
+    data = state_data(n, obs_dim, act_dim, algo, agent)  # the arrays `offrl train --algo ALGO` builds
     state = get_agent(algo).init(agent, obs_dim, act_dim, jax.random.PRNGKey(0))
     chunk = make_train_chunk(algo, agent, 256, steps)
     return time_chunk(chunk, state, data, steps)[1]
