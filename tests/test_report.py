@@ -361,3 +361,135 @@ def test_the_report_names_the_environment_evaluated_on(tmp_path: Path, env: dict
     evaluation.update(horizon=horizon, **({"env": env, "task": env.get("task")} if env else {}))
     (run / "evaluation.json").write_text(json.dumps(evaluation))
     assert shown in _comparison_section(run)
+
+
+# ------------------------------------------------------------------------------------------------ robot check
+
+
+def _write_check(run: Path, operator: str | None = "ana", status: str = "budget") -> dict:
+    """A hand-written RUN/check/check.json (offrl check's schema, offrl/workflow/check.py Check.answer) and the
+    trial log beside it: 20 episodes over four checkpoints, 6000 deployed, 7000 untried."""
+    per = [("4000", 5, 2), ("5000", 5, 1), ("6000", 10, 7), ("7000", 0, 0)]
+    answer = {
+        "deploy": {"checkpoint": "6000", "run": str(run), "step": 6000},
+        "estimate": 0.62, "interval": [0.41, 0.8], "interval_level": 0.9, "prob_best": 0.71, "raw_mean": 0.7,
+        "trials_of_deployed": 10, "episodes_used": 20, "budget": 20, "status": status, "rule": "top_two_thompson",
+        "confidence": 0.95, "outcome_range": [0.0, 1.0],
+        "correction": "estimate and interval: posterior of a hierarchical Beta-Bernoulli model",
+        "per_checkpoint": [{"checkpoint": c, "trials": n, "mean": k / n if n else None} for c, n, k in per],
+        "log": str(run / "check" / "trials.jsonl"),
+    }
+    (run / "check").mkdir()
+    (run / "check" / "check.json").write_text(json.dumps(answer))
+    if operator is not None:
+        lines = [{"type": "header", "version": 1, "runs": [str(run)]}]
+        lines += [{"type": "trial", "checkpoint": c, "outcome": float(i < k), "operator": operator}
+                  for c, n, k in per for i in range(n)]
+        (run / "check" / "trials.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return answer
+
+
+def test_the_report_shows_the_robot_check_and_its_trials(tmp_path: Path) -> None:
+    import numpy as np
+
+    from offrl.workflow.allocation import Arms, posterior_mean
+    from offrl.workflow.check import format_answer
+
+    run = _make_run(tmp_path)
+    answer = _write_check(run)
+    assert "deploy checkpoint 6000" in format_answer(answer)  # the file is check.py's schema
+    text = write_report(run).read_text(encoding="utf-8")
+    # After the diagnosis, before the analysis-only comparison; marked as the trials that chose the checkpoint.
+    section = text[text.index("<h2>Robot check") : text.index("Selected vs best vs last")]
+    assert text.index("q_data falls by 63%") < text.index("<h2>Robot check")
+    assert "Robot check: real trials that chose the checkpoint to deploy" in section
+    assert "All 20 episodes were run on the robot" in section
+    assert "Unlike the analysis-only evaluation below, these trials chose the checkpoint to deploy" in section
+    assert "Deploy checkpoint <b>6000</b>" in section
+    assert "Success estimate <b>62%</b>, 90% interval [41%, 80%]" in section
+    assert "raw mean 70% over 10 episode(s)" in section and "best of those tried: 0.71" in section
+    assert "Finished: the budget is spent; 20 of 20 episodes, rule top_two_thompson" in section
+    # Per checkpoint: episodes, successes, success rate, posterior mean (the check's hierarchical model).
+    post = posterior_mean(Arms(np.array([[5, 5, 10, 0]]), np.array([[2.0, 1.0, 7.0, 0.0]])))[0]
+    for (ckpt, n, k, rate), pm in zip([("4000", 5, 2, "40%"), ("5000", 5, 1, "20%"), ("6000 (deployed)", 10, 7, "70%"),
+                                       ("7000", 0, 0, "&ndash;")], post, strict=True):
+        row = (f"<td class='k'>{ckpt}</td><td class='n'>{n}</td><td class='n'>{k}</td><td class='n'>{rate}</td>"
+               f"<td class='n'>{pm:.0%}</td></tr>")
+        assert row in section
+    assert "<tr class='deployed'><td class='k'>6000 (deployed)" in section
+    # The analysis-only evaluation keeps its own label.
+    assert "Selected vs best vs last (analysis only: not used for selection)" in text
+
+
+@pytest.mark.parametrize(("operator", "heading", "note"), [
+    ("simulator", "simulated trials (a rehearsal)", "answered by a simulator"),
+    (None, "recorded trials", "the trial log is not beside check.json"),
+])
+def test_the_robot_check_says_when_its_trials_were_simulated(tmp_path: Path, operator: str | None, heading: str,
+                                                            note: str) -> None:
+    run = _make_run(tmp_path)
+    _write_check(run, operator=operator, status="confident")
+    text = write_report(run).read_text(encoding="utf-8")
+    assert f"Robot check: {heading} that chose the checkpoint to deploy" in text and note in text
+    assert "Finished early: P(best) reached 0.95" in text
+
+
+def test_no_robot_check_section_without_check_json_and_a_note_for_a_broken_one(tmp_path: Path) -> None:
+    run = _make_run(tmp_path)
+    assert "Robot check" not in write_report(run).read_text(encoding="utf-8")
+    (run / "check").mkdir()
+    (run / "check" / "check.json").write_text("{torn")
+    text = write_report(run).read_text(encoding="utf-8")
+    assert "<h2>Robot check</h2>" in text and "check.json could not be read" in text
+    assert f"re-run <code>offrl check {run}</code>" in text
+
+
+# ------------------------------------------------------------------------------------------------ trust
+
+
+def test_the_trust_statement_is_shown_with_its_measured_numbers(tmp_path: Path) -> None:
+    from offrl.workflow.trust import trust_statement
+
+    run = _make_run(tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    record = {"grid": "dev", "method": "CQL", "runs": 48, "tasks": ["a", "b", "c", "d"], "regimes": ["None"],
+              "episodes": [], "obs": ["state"], "reward_modes": ["terminal"],
+              "rules": {"q_peak": {"regret": 0.51, "ci": [0.40, 0.61], "n": 48, "minus_random": 0.07,
+                                   "minus_random_ci": [-0.03, 0.17]}},
+              "random": {"mean": 0.44, "ci": [0.40, 0.49], "n": 48},
+              "noise_floor": {"mean": 0.12, "ci": [0.10, 0.14], "n": 48}}
+    trust = trust_statement("q_peak", config, [record])
+    diag = json.loads((run / "diagnosis.json").read_text())
+    (run / "diagnosis.json").write_text(json.dumps({**diag, "trust": trust}))
+    text = write_report(run).read_text(encoding="utf-8")
+    box = text[text.index("<h2>Diagnosis") : text.index("Selected vs best vs last")]
+    assert "How far to trust the pick: On the dev grid (CQL, 48 runs on 4 tasks)" in box
+    for what, regret, ci, runs in [("this pick&#x27;s rule (q_peak)", "0.51", "[0.40, 0.61]", "48"),
+                                   ("a random checkpoint", "0.44", "[0.40, 0.49]", "48"),
+                                   ("noise floor: a perfect selector under the evaluation noise", "0.12",
+                                    "[0.10, 0.14]", "48"),
+                                   ("the rule minus random, paired by run", "0.07", "[-0.03, 0.17]", "&ndash;")]:
+        assert (f"<td class='k'>{what}</td><td class='n'>{regret}</td><td class='n'>{ci}</td>"
+                f"<td class='n'>{runs}</td>") in box
+    assert "Measured on the dev grid (CQL, 48 runs on 4 tasks)" in box
+    # Not measured: the statement alone, no table.
+    (run / "diagnosis.json").write_text(json.dumps({**diag, "trust": trust_statement("q_peak", config, [])}))
+    box = write_report(run).read_text(encoding="utf-8")
+    assert "How far to trust the pick: Not measured" in box and "a random checkpoint</td>" not in box
+
+
+def test_the_templates_are_shipped_as_package_data() -> None:
+    """A non-editable install must carry offrl/report/templates: pyproject.toml's package-data names them, and
+    jinja2 is a dependency."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    globs = project["tool"]["setuptools"]["package-data"]["offrl"]
+    templates = sorted((root / "offrl" / "report" / "templates").iterdir())
+    assert {"report.html.j2", "comparison.html.j2"} <= {t.name for t in templates}
+    for t in templates:
+        rel = t.relative_to(root / "offrl").as_posix()
+        assert any(fnmatch.fnmatch(rel, g) for g in globs), f"{rel} is not package data"
+    assert any(d.replace(" ", "").lower().startswith("jinja2") for d in project["project"]["dependencies"])
