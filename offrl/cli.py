@@ -492,15 +492,19 @@ def _help_registry(hide_in: type | None = None, hidden: Collection[str] = ()) ->
             busy = False
         if not isinstance(spec, tyro.constructors.StructConstructorSpec):
             return spec
-        advanced = _ADVANCED.get(getattr(info.type, "__name__", ""), ()) if _brief_help else ()
-        fields = tuple(
-            dataclasses.replace(
-                f, helptext=reflowed(f.helptext),
-                type=Annotated[f.type, tyro.conf.Suppress]
-                if (info.type is hide_in and f.name in hidden) or f.name in advanced else f.type,
-            )
-            for f in spec.fields
-        )
+        cls_name = getattr(info.type, "__name__", "")
+        advanced = _ADVANCED.get(cls_name, ()) if _brief_help else ()
+
+        def typed(f: Any) -> Any:
+            if (info.type is hide_in and f.name in hidden) or f.name in advanced:
+                return Annotated[f.type, tyro.conf.Suppress]
+            if cls_name in ("TrainConfig", "WorkflowConfig") and f.name == "agent":
+                # One flag group per algorithm, named after it: CQL's config is the field ``agent`` (the Python
+                # API's name), its flags --cql.* (the old --agent.* is read with a note, _RENAMED_FLAGS).
+                return Annotated[f.type, tyro.conf.arg(name="cql")]
+            return f.type
+
+        fields = tuple(dataclasses.replace(f, helptext=reflowed(f.helptext), type=typed(f)) for f in spec.fields)
         return dataclasses.replace(spec, fields=fields)
 
     return registry
@@ -540,6 +544,7 @@ def _algo_help(command: str, args: list[str]) -> tuple[Any, dict[str, str]] | st
             continue
         name = flag[len(prefix) + 2:]
         field = name.split(".", 1)[0] if "." in name else name.replace("-", "_")
+        field = {flag: f for f, flag in _FLAG_GROUP.items()}.get(field, field)
         if field in hidden:
             return (
                 f"{flag} belongs to --{prefix}algo {_or(owners[field])}, but this command uses "
@@ -549,7 +554,7 @@ def _algo_help(command: str, args: list[str]) -> tuple[Any, dict[str, str]] | st
 
     registry = _help_registry(cls, hidden)
     others = [a for a in (_TUNABLE if command == "tune" else algos) if a != algo]
-    groups = ", ".join(f"--{prefix}{g}.*" for g in _algo_groups(command, algo))
+    groups = ", ".join(f"--{prefix}{_FLAG_GROUP.get(g, g)}.*" for g in _algo_groups(command, algo))
     choices = "{" + ",".join(others) + "}" if len(others) > 1 else others[0]
     hint = (f"Shown: the common flags; the hyperparameters of --{prefix}algo {algo} ({groups}) and the advanced "
             f"options: offrl {command} --help-all. Another algorithm's: offrl {command} --{prefix}algo {choices} "
@@ -772,8 +777,12 @@ def _bare_ray(args: list[str]) -> list[str]:
     return out
 
 
-# Old spellings still read, with a note: (command or None for every command, old flag, new flag).
-_RENAMED_FLAGS = (("evaluate", "--episodes", "--eval-episodes"),)
+# Old spellings still read, with a note: (command or None for every command, old flag, new flag); an old flag
+# ending in "." renames a group prefix.
+_RENAMED_FLAGS = (("evaluate", "--episodes", "--eval-episodes"), (None, "--agent.", "--cql."),
+                  (None, "--train.agent.", "--train.cql."))
+# A config field whose flags carry another group name (TrainConfig/WorkflowConfig.agent holds CQL's settings).
+_FLAG_GROUP = {"agent": "cql"}
 
 
 def _renamed_flags(name: str | None, args: list[str]) -> list[str]:
@@ -784,9 +793,9 @@ def _renamed_flags(name: str | None, args: list[str]) -> list[str]:
         if command not in (None, name):
             continue
         for i, a in enumerate(out):
-            if a == old or a.startswith(old + "="):
+            if a == old or a.startswith(old + "=") or (old.endswith(".") and a.startswith(old)):
                 out[i] = new + a[len(old):]
-                print(f"offrl: note: {old} of offrl {name} is now {new}", file=sys.stderr)
+                print(f"offrl: note: {a.split('=')[0]} is now {out[i].split('=')[0]}", file=sys.stderr)
     return out
 
 

@@ -14,10 +14,10 @@ mkdir -p "$OUT"
 for cand in ${*:-D1 D2}; do for seed in ${SEEDS:-0 1 2}; do echo "$cand $seed"; done; done | xargs -P 2 -L 1 sh -c '
   cand=$0 seed=$1 dir="$OUT/${0}_s$1"
   [ "$TASK" = pick-place-v3 ] || dir="${dir}_$TASK"
-  case "$cand" in D0) flags="" ;; D1) flags="--agent.actor-lr 3e-4" ;; D2) flags="--agent.critic-layer-norm" ;;
-    D3) flags="--agent.actor-lr 3e-4 --agent.critic-layer-norm --steps 12000" ;; D6|D9) flags="--algo iql" ;;
-    D7) flags="--agent.actor-lr 3e-4 --agent.critic-layer-norm --steps 12000 --selector q_peak_in_range" ;;
-    D10) flags="--agent.actor-lr 3e-4 --agent.critic-layer-norm --steps 20000 --checkpoint-every 2000 --selector q_peak_in_range" ;;
+  case "$cand" in D0) flags="" ;; D1) flags="--cql.actor-lr 3e-4" ;; D2) flags="--cql.critic-layer-norm" ;;
+    D3) flags="--cql.actor-lr 3e-4 --cql.critic-layer-norm --steps 12000" ;; D6|D9) flags="--algo iql" ;;
+    D7) flags="--cql.actor-lr 3e-4 --cql.critic-layer-norm --steps 12000 --selector q_peak_in_range" ;;
+    D10) flags="--cql.actor-lr 3e-4 --cql.critic-layer-norm --steps 20000 --checkpoint-every 2000 --selector q_peak_in_range" ;;
     D11) flags="--algo iql --reward-shift -1 --iql.expectile 0.9 --iql.inverse-temperature 10 --steps 100000 --checkpoint-every 10000 --selector last" ;;
     D12) flags="--algo iql --reward-shift -1 --iql.expectile 0.9 --iql.inverse-temperature 10 --iql.actor-lr-decay-steps 60000 --steps 60000 --checkpoint-every 6000 --selector last" ;;
     *) echo "unknown candidate $cand (D0, D1, D2, D3, D6, D7, D9, D10, D11, D12)" >&2; exit 2 ;; esac

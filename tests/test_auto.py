@@ -90,8 +90,8 @@ def test_workflow_auto_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     data = save_dataset(tmp_path / "d.h5", make_dataset(chain_arrays(episodes=10), {"task": "toy"}))
     assert main(["workflow", "--auto", "--algo", "cql", "--dataset", str(data), "--out", "runs/a", "--steps", "160",
-                 "--checkpoint-every", "40", "--eval-episodes", "0", "--agent.critic-hidden-dims", "8",
-                 "--agent.actor-hidden-dims", "8", "--agent.bc-steps", "0", "--no-progress"]) == 0
+                 "--checkpoint-every", "40", "--eval-episodes", "0", "--cql.critic-hidden-dims", "8",
+                 "--cql.actor-hidden-dims", "8", "--cql.bc-steps", "0", "--no-progress"]) == 0
     result = json.loads((tmp_path / "runs/a/auto.json").read_text())
     assert result["runs"]["base"]["verdict"] in ("overfitting", "underfitting", "healthy", "inconclusive",
                                                  "diverged")

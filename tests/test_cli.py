@@ -14,8 +14,8 @@ from conftest import chain_arrays
 from offrl.cli import main
 from offrl.data import make_dataset, save_dataset
 
-TINY = ["--agent.critic-hidden-dims", "16", "16", "--agent.actor-hidden-dims", "16", "16",
-        "--agent.bc-steps", "50", "--batch-size", "32", "--no-progress"]
+TINY = ["--cql.critic-hidden-dims", "16", "16", "--cql.actor-hidden-dims", "16", "16",
+        "--cql.bc-steps", "50", "--batch-size", "32", "--no-progress"]
 
 
 def test_train_diagnose_select_report_on_a_synthetic_dataset(tmp_path, capsys):
@@ -36,7 +36,7 @@ def test_train_diagnose_select_report_on_a_synthetic_dataset(tmp_path, capsys):
     assert main(["fqe", str(run), "--steps", "30"]) == 0
     assert main(["select", str(run), "--selector", "fqe"]) == 0
     fqe = json.loads((run / "fqe.json").read_text())["results"]
-    after_warm_start = [r for r in fqe if r["step"] > 50]  # after TINY's warm start (--agent.bc-steps 50)
+    after_warm_start = [r for r in fqe if r["step"] > 50]  # after TINY's warm start (--cql.bc-steps 50)
     best = max(after_warm_start, key=lambda r: r["value"])["step"]
     assert capsys.readouterr().out.strip().endswith(str(best))
     assert main(["report", str(run)]) == 0
@@ -94,8 +94,8 @@ def test_workflow_end_to_end_in_the_simulator(tmp_path, monkeypatch, capsys):
     # Low noise so that the 4 episodes contain successes (an all-zero-reward dataset is refused).
     argv = ["workflow", "--algo", "cql", "--episodes", "4", "--horizon", "100", "--regime", "white",
             "--noise-sigma", "0.2", "--steps", "200", "--checkpoint-every", "40",
-            "--eval-episodes", "2", "--out", "runs/e2e", "--agent.critic-hidden-dims", "16", "16",
-            "--agent.actor-hidden-dims", "16", "16", "--agent.bc-steps", "50", "--no-progress"]
+            "--eval-episodes", "2", "--out", "runs/e2e", "--cql.critic-hidden-dims", "16", "16",
+            "--cql.actor-hidden-dims", "16", "16", "--cql.bc-steps", "50", "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "verdict:" in out and "analysis-only success" in out and "report.html" in out
@@ -109,7 +109,7 @@ def test_workflow_end_to_end_in_the_simulator(tmp_path, monkeypatch, capsys):
     assert 0 < float(timings["compile_s"]) <= float(timings["total_s"])  # a part of the run, reported apart
     ev = json.loads((tmp_path / "runs/e2e/evaluation.json").read_text())
     assert ev["used_for_selection"] is False and [r["step"] for r in ev["results"]] == [40, 80, 120, 160, 200]
-    assert (tmp_path / "data/pick-place-v3_white_sigma0.2_4ep_s0.h5").exists()
+    assert (tmp_path / "data/pick-place-v3_white_sigma0.2_h100_4ep_s0.h5").exists()
     # a second workflow with the same --out refuses to overwrite the run
     assert main(argv) == 1
     assert "already exists" in capsys.readouterr().err
@@ -125,7 +125,7 @@ def test_image_workflow_end_to_end_in_the_simulator(tmp_path, monkeypatch, capsy
     argv = ["workflow", "--algo", "cql", "--obs", "image+proprio", "--image-size", "16", "--frame-stack", "2", "--episodes", "4",
             "--horizon", "60", "--regime", "white", "--noise-sigma", "0.2", "--steps", "40", "--checkpoint-every", "20",
             "--batch-size", "16", "--eval-episodes", "2", "--out", "runs/img",
-            "--agent.critic-hidden-dims", "16", "--agent.actor-hidden-dims", "16", "--agent.bc-steps", "10",
+            "--cql.critic-hidden-dims", "16", "--cql.actor-hidden-dims", "16", "--cql.bc-steps", "10",
             "--no-progress"]
     try:
         code = main(argv)
@@ -138,7 +138,7 @@ def test_image_workflow_end_to_end_in_the_simulator(tmp_path, monkeypatch, capsy
     assert cfg["dataset"]["obs_spec"] == {"image": [16, 16, 6], "state": 4}
     ev = json.loads((tmp_path / "runs/img/evaluation.json").read_text())
     assert [r["step"] for r in ev["results"]] == [20, 40]
-    assert (tmp_path / "data/pick-place-v3_white_sigma0.2_4ep_s0_img16_corner4.h5").exists()
+    assert (tmp_path / "data/pick-place-v3_white_sigma0.2_h60_4ep_s0_img16_corner4.h5").exists()
 
 
 def test_import_inspect_train_directly_and_export(tmp_path, capsys):
@@ -163,8 +163,6 @@ def test_import_inspect_train_directly_and_export(tmp_path, capsys):
     # resuming reads the format from the run's config.json; the flag need not be repeated
     assert main(["train", "--dataset", str(tmp_path / "d4rl.hdf5"), "--out", str(run), "--steps", "80",
                  "--resume", "--no-progress"]) == 0
-    assert main(["export", str(run), "--out", str(tmp_path / "policy")]) == 1  # undiagnosed: say so
-    assert "offrl diagnose" in capsys.readouterr().err
     assert main(["diagnose", str(run)]) == 0
     assert main(["export", str(run), "--out", str(tmp_path / "policy")]) == 0
     import numpy as np
@@ -180,7 +178,7 @@ def test_import_inspect_train_directly_and_export(tmp_path, capsys):
     "extra, message",
     [
         (["--steps", "100", "--checkpoint-every", "200"], "--checkpoint-every 200 is larger than --steps 100"),
-        (["--steps", "40", "--checkpoint-every", "20"], "warm start (--agent.bc-steps 50)"),
+        (["--steps", "40", "--checkpoint-every", "20"], "warm start (--cql.bc-steps 50)"),
     ],
 )
 def test_settings_that_cannot_work_fail_before_training(tmp_path, capsys, extra, message):
@@ -234,8 +232,6 @@ def test_newcomer_path_collect_train_diagnose_select_evaluate_report_export(tmp_
     assert "behaviour success rate" in capsys.readouterr().out
     assert main(["train", "--dataset", "data/d.h5", "--out", "runs/r", "--steps", "120", "--checkpoint-every",
                  "40", "--chunk-steps", "20", *TINY]) == 0
-    assert main(["export", "runs/r"]) == 1  # not diagnosed yet: no silent choice of checkpoint
-    assert "offrl diagnose" in capsys.readouterr().err
     assert main(["diagnose", "runs/r"]) == 0
     assert "verdict:" in capsys.readouterr().out
     assert main(["select", "runs/r"]) == 0
@@ -264,10 +260,10 @@ def _help(argv, monkeypatch, capsys, flag="--help-all") -> str:
 @pytest.mark.parametrize(
     "argv, shown, hint",
     [
-        (["train"], ["--agent.alpha", "--agent.bc-steps"], "offrl train --algo {brac,bc,iql,awac"),
+        (["train"], ["--cql.alpha", "--cql.bc-steps"], "offrl train --algo {brac,bc,iql,awac"),
         (["workflow"], ["--iql.expectile", "--bc.actor-lr"], "offrl workflow --algo {cql,brac,bc,awac"),
-        (["tune"], ["--train.agent.alpha"], "offrl tune --train.algo {brac,mopo,combo} --help"),
-        (["sweep"], ["--train.agent.alpha"], "offrl sweep --train.algo {brac,bc,iql,awac"),
+        (["tune"], ["--train.cql.alpha"], "offrl tune --train.algo {brac,mopo,combo} --help"),
+        (["sweep"], ["--train.cql.alpha"], "offrl sweep --train.algo {brac,bc,iql,awac"),
     ],
 )
 def test_help_shows_the_hyperparameters_of_the_chosen_algorithm_only(monkeypatch, capsys, argv, shown, hint):
@@ -277,8 +273,8 @@ def test_help_shows_the_hyperparameters_of_the_chosen_algorithm_only(monkeypatch
     assert len(text.splitlines()) < 260  # each repeated group added about 50 lines (373 with five)
     for flag in shown:
         assert flag in text
-    own = "iql" if argv == ["workflow"] else "agent"  # the workflow's default algorithm is IQL
-    for group in {"agent", "brac", "iql", "awac"} - {own}:
+    own = "iql" if argv == ["workflow"] else "cql"  # the workflow's default algorithm is IQL
+    for group in {"cql", "brac", "iql", "awac"} - {own}:
         # no option line --brac.*, --train.iql.*, ... (a description may still name another group's flag)
         assert not re.search(rf"^[│ ]*--{group}\.", text.replace("train.", ""), re.M), group
     assert "behavior-run {None}|PATH" not in text  # BRAC's only
@@ -288,12 +284,12 @@ def test_help_shows_the_hyperparameters_of_the_chosen_algorithm_only(monkeypatch
 
 def test_help_of_another_algorithm(monkeypatch, capsys):
     text = _help(["train", "--algo", "iql"], monkeypatch, capsys)
-    assert "--iql.expectile" in text and "--agent." not in text and "--brac." not in text
+    assert "--iql.expectile" in text and "--cql." not in text and "--brac." not in text
     assert "offrl train --algo {cql,brac,bc,awac" in text
     text = _help(["tune", "--train.algo", "brac"], monkeypatch, capsys)
-    assert "--train.brac.beta" in text and "--train.behavior-run {None}|PATH" in text and "--train.agent." not in text
+    assert "--train.brac.beta" in text and "--train.behavior-run {None}|PATH" in text and "--train.cql." not in text
     text = _help(["workflow", "--algo", "brac"], monkeypatch, capsys)
-    assert "--brac.beta" in text and "--bc.actor-lr" in text and "--agent.alpha" not in text  # pi_beta: BC
+    assert "--brac.beta" in text and "--bc.actor-lr" in text and "--cql.alpha" not in text  # pi_beta: BC
 
 
 @pytest.mark.parametrize(
@@ -302,12 +298,12 @@ def test_help_of_another_algorithm(monkeypatch, capsys):
         (["train", "--out", "r", "--brac.beta", "2"],
          "--brac.beta belongs to --algo brac, but this command uses --algo cql (the default), which ignores it: "
          "add --algo brac, or drop --brac.beta"),
-        (["train", "--algo=iql", "--out", "r", "--agent.alpha=5"], "--agent.alpha belongs to --algo cql, but this "
+        (["train", "--algo=iql", "--out", "r", "--cql.alpha=5"], "--cql.alpha belongs to --algo cql, but this "
          "command uses --algo iql"),
         (["train", "--algo", "iql", "--out", "r", "--behavior-run", "bc"], "--behavior-run belongs to --algo brac"),
         (["tune", "--out", "t", "--train.iql.expectile", "0.8"], "--train.iql.expectile belongs to --train.algo iql"),
         (["workflow", "--algo", "awac", "--brac.beta", "2"], "--brac.beta belongs to --algo brac"),
-        (["workflow", "--algo", "bc", "--agent.alpha", "2"], "--agent.alpha belongs to --algo cql"),
+        (["workflow", "--algo", "bc", "--cql.alpha", "2"], "--cql.alpha belongs to --algo cql"),
     ],
 )
 def test_a_flag_of_another_algorithm_is_an_error(tmp_path, monkeypatch, capsys, argv, message):
@@ -338,7 +334,7 @@ def test_flags_parse_as_before(monkeypatch):
 
     base = TrainConfig(out=Path("r"), dataset=Path("d.h5"))
     assert parse("train", "--out", "r", "--dataset", "d.h5") == base  # every default as TrainConfig's
-    cmd = parse("train", "--out", "r", "--dataset", "d.h5", "--agent.alpha", "5", "--agent.critic-hidden-dims", "8")
+    cmd = parse("train", "--out", "r", "--dataset", "d.h5", "--cql.alpha", "5", "--cql.critic-hidden-dims", "8")
     assert type(cmd) is TrainConfig and cmd == replace(base, agent=CQLConfig(alpha=5.0, critic_hidden_dims=(8,)))
     cmd = parse("train", "--algo", "brac", "--out", "r", "--dataset", "d.h5", "--brac.beta", "2", "--behavior-run",
                 "bc", "--brac.penalty", "policy")
@@ -347,7 +343,7 @@ def test_flags_parse_as_before(monkeypatch):
     tune = parse("tune", "--out", "t", "--train.algo", "brac", "--train.brac.beta", "3", "--train.behavior-run", "b")
     assert type(tune) is cli.Tune and type(tune.train) is TrainConfig
     assert (tune.train.steps, tune.train.dataset, tune.train.brac.beta) == (20_000, Path("data/pick-place.h5"), 3.0)
-    sweep = parse("sweep", "--train.out", "s", "--train.agent.alpha", "2", "--param", "dr3_coef", "--values", "1")
+    sweep = parse("sweep", "--train.out", "s", "--train.cql.alpha", "2", "--param", "dr3_coef", "--values", "1")
     assert type(sweep) is SweepConfig and sweep.train.agent.alpha == 2.0 and sweep.values == (1.0,)
     flow = parse("workflow", "--algo", "brac", "--brac.beta", "0.5", "--bc.actor-lr", "0.001")
     assert type(flow) is WorkflowConfig and flow == WorkflowConfig(
@@ -399,7 +395,7 @@ def test_short_help_shows_the_common_flags_and_points_to_the_rest(monkeypatch, c
     full = _help([command], monkeypatch, capsys)
     assert len(short.splitlines()) < 100 < len(full.splitlines()) or command == "evaluate"
     assert "--help-all" in short or command == "evaluate"
-    hidden = {"train": "--agent.alpha", "workflow": "--iql.expectile", "tune": "--train.agent.alpha",
+    hidden = {"train": "--cql.alpha", "workflow": "--iql.expectile", "tune": "--train.cql.alpha",
               "sweep": "--train.chunk-steps", "diagnose": "--thresholds.", "select": "--thresholds."}.get(command)
     if hidden:
         assert hidden not in short and hidden in full
@@ -421,3 +417,16 @@ def test_options_that_would_be_ignored_are_refused(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == (["r"] if argv[0] == "select" else [])
+
+
+def test_cql_flags_are_named_after_cql_and_the_old_spelling_is_read_with_a_note(monkeypatch, capsys):
+    # Issue "One story": CQL's flags were --agent.*, every other algorithm's --iql.*, --bear.*, ...
+    from offrl.cli import _algo_help, _command_type, _parse, _renamed_flags
+
+    args = _renamed_flags("train", ["train", "--out", "r", "--agent.alpha", "3", "--agent.bc-steps=7"])
+    assert args == ["train", "--out", "r", "--cql.alpha", "3", "--cql.bc-steps=7"]
+    assert capsys.readouterr().err.count("offrl: note: --agent.") == 2
+    registry, descriptions = _algo_help("train", args[1:])
+    cmd = _parse(_command_type(("train",), descriptions), args, registry, "train")
+    assert cmd.agent.alpha == 3.0 and cmd.agent.bc_steps == 7
+    assert _renamed_flags("tune", ["tune", "--train.agent.alpha", "2"])[1] == "--train.cql.alpha"

@@ -161,8 +161,8 @@ def test_overwrite_with_a_bad_dataset_keeps_the_old_run(tmp_path):
 def test_sigkill_at_a_random_moment_then_resume_matches_an_uninterrupted_run(tmp_path):
     data = _data(tmp_path, episodes=10)
     args = ["train", "--dataset", str(data), "--steps", "1500", "--checkpoint-every", "50", "--chunk-steps", "10",
-            "--batch-size", "32", "--agent.critic-hidden-dims", "16", "16", "--agent.actor-hidden-dims", "16",
-            "16", "--agent.num-action-samples", "2", "--agent.bc-steps", "20", "--no-progress"]
+            "--batch-size", "32", "--cql.critic-hidden-dims", "16", "16", "--cql.actor-hidden-dims", "16",
+            "16", "--cql.num-action-samples", "2", "--cql.bc-steps", "20", "--no-progress"]
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "offrl.cli", *args, "--out", str(killed)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -204,9 +204,9 @@ def test_full_disk_during_a_checkpoint_loses_nothing(tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(rd, "save_checkpoint", full_disk)
     argv = ["train", "--dataset", str(data), "--out", str(tmp_path / "run"), "--steps", "120",
-            "--checkpoint-every", "40", "--chunk-steps", "20", "--batch-size", "32", "--agent.critic-hidden-dims",
-            "16", "16", "--agent.actor-hidden-dims", "16", "16", "--agent.num-action-samples", "2",
-            "--agent.bc-steps", "20", "--no-progress"]
+            "--checkpoint-every", "40", "--chunk-steps", "20", "--batch-size", "32", "--cql.critic-hidden-dims",
+            "16", "16", "--cql.actor-hidden-dims", "16", "16", "--cql.num-action-samples", "2",
+            "--cql.bc-steps", "20", "--no-progress"]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert "No space left on device" in err and "Free some disk space" in err and "--resume" in err

@@ -123,8 +123,8 @@ def test_other_algorithms_are_swept_one_run_after_another(tmp_path, dataset_path
 def test_offrl_sweep_command(tmp_path, dataset_path, capsys):
     from offrl.cli import main
 
-    tiny = ["--train.agent.critic-hidden-dims", "16", "16", "--train.agent.actor-hidden-dims", "16", "16",
-            "--train.agent.bc-steps", "10", "--train.batch-size", "32", "--train.no-progress"]
+    tiny = ["--train.cql.critic-hidden-dims", "16", "16", "--train.cql.actor-hidden-dims", "16", "16",
+            "--train.cql.bc-steps", "10", "--train.batch-size", "32", "--train.no-progress"]
     argv = ["sweep", "--train.dataset", str(dataset_path), "--train.out", str(tmp_path / "sw"), "--train.steps",
             "40", "--train.checkpoint-every", "20", "--train.chunk-steps", "20", "--seeds", "0", "1",
             "--param", "alpha", "--values", "1", "3", *tiny]

@@ -539,7 +539,7 @@ def check_config(config: TrainConfig) -> None:
         )
     warm = warmup_steps(config.algo, active_agent_config(config))
     if warm and config.steps <= warm:
-        flag = f"--{ALGO_FIELD[config.algo]}.{WARMUP_FIELD[config.algo].replace('_', '-')}"
+        flag = f"--{config.algo}.{WARMUP_FIELD[config.algo].replace('_', '-')}"  # each algorithm's flag group is its name
         problems.append(
             f"--steps {config.steps} is not more than the actor's warm start ({flag} {warm}): the run would "
             f"train only the warm start; raise --steps or lower {flag}"

@@ -92,7 +92,7 @@ class WorkflowConfig:
     bc_baseline_steps: int = 5_000
     """Also train behaviour cloning for this many steps (run directory OUT_bc) and evaluate it, so that the summary
     shows what imitation alone achieves beside the pick (analysis only); for every algorithm but BC, and for CQL
-    only without a warm start (``--agent.bc-steps 0``, the default). BRAC's pi_beta run (OUT_bc, trained anyway)
+    only without a warm start (``--cql.bc-steps 0``, the default). BRAC's pi_beta run (OUT_bc, trained anyway)
     is evaluated instead. 0 skips it."""
     progress: bool = True
     """Progress bars."""
@@ -308,7 +308,7 @@ def _warn_image_budget(config: WorkflowConfig) -> None:
         print(
             f"note: image CQL runs on the CPU here at about {rate:.1f} gradient steps/s (batch {config.batch_size}); "
             f"{config.steps} steps{' per run' if config.auto else ''} take roughly {hours:.1f} h. On a CPU, "
-            f"consider --batch-size 64 --steps 8000 --agent.bc-steps 2000 (docs/images.md), or use a GPU.",
+            f"consider --batch-size 64 --steps 8000 --cql.bc-steps 2000 (docs/images.md), or use a GPU.",
             flush=True,
         )
 
