@@ -699,13 +699,15 @@ def diagnose_metrics(
     # Over-estimation (paper App. G): Q above the largest return the rewards allow, short of divergence.
     over = False
     if has_q and config.metric.removeprefix("heldout/") == "q_data" and width > 0:
-        ceiling = q_max + config.overestimation_tolerance * width
-        above = [steps[i] for i in range(len(steps)) if dec.smoothed[i] > ceiling]
+        from offrl.workflow.rules import in_range_peak, within_range
+
+        inside = within_range(dec.smoothed, (q_min, q_max), config.overestimation_tolerance)
+        above = [steps[i] for i in range(len(steps)) if not inside[i]]
         if above:
             over = True
-            in_range = [i for i in range(len(steps)) if dec.smoothed[i] <= ceiling]
             evidence["overestimation_steps"] = above
-            evidence["in_range_peak_step"] = steps[max(in_range, key=lambda i: dec.smoothed[i])] if in_range else None
+            evidence["in_range_peak_step"] = in_range_peak(steps, dec.smoothed, (q_min, q_max),
+                                                           config.overestimation_tolerance)
             reasons.append(
                 f"{config.metric} (smoothed) exceeds the largest return the rewards allow ({q_max:.4g}) by more "
                 f"than {config.overestimation_tolerance:.0%} of the Q range at step(s) "

@@ -48,6 +48,23 @@ IN_RANGE_TOLERANCE = 0.1
 FIT_THRESHOLD = 0.5
 
 
+def within_range(smoothed_q: np.ndarray, q_range: Sequence[float], tolerance: float = IN_RANGE_TOLERANCE) -> np.ndarray:
+    """(n,) bool: the checkpoints whose smoothed dataset Q-value stays at or below the largest return the rewards
+    allow plus ``tolerance`` x the Q range's width; above it the critic over-estimates (paper App. G). The one
+    definition the rules and the diagnosis's over-estimation check share."""
+    q_min, q_max = float(q_range[0]), float(q_range[1])
+    return np.asarray(smoothed_q) <= q_max + tolerance * (q_max - q_min)
+
+
+def in_range_peak(steps: Sequence[int], smoothed_q: np.ndarray, q_range: Sequence[float],
+                  tolerance: float = IN_RANGE_TOLERANCE) -> int | None:
+    """The step of the highest smoothed Q-value among :func:`within_range` checkpoints; None if none is."""
+    ok = within_range(smoothed_q, q_range, tolerance)
+    if not ok.any():
+        return None
+    return int(steps[int(np.argmax(np.where(ok, smoothed_q, -np.inf)))])
+
+
 def _num(v: Any) -> float:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else float("nan")
 
@@ -84,8 +101,7 @@ def rule_scores(
     steps = [int(r["step"]) for r in records]
     q = _smoothed(records, "q_data", window)
     qs = q if q is not None else np.zeros(len(steps))
-    q_min, q_max = float(q_range[0]), float(q_range[1])
-    in_range = qs <= q_max + IN_RANGE_TOLERANCE * (q_max - q_min)
+    in_range = within_range(qs, q_range)
     unexplained = np.array([_num(r.get("td_error_over_target_var")) for r in records])
     fitted = in_range & (unexplained <= FIT_THRESHOLD)
 
