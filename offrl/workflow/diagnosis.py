@@ -474,35 +474,7 @@ def diagnose_metrics(
         "selector": "q_after_peak" if after_peak else selector,
     }
 
-    # Divergence, over every checkpoint (the warm start included): a record that training marked diverged, a
-    # non-finite value, or Q far *above* what the rewards allow (extrapolation error blowing up). Q below the
-    # range is not divergence: CQL's over-minimisation of Q on sampled actions biases every backup downwards,
-    # and with 0/1 rewards that bias sets the level (paper Sec. 3); a falling q_data there is Metric 3.1's.
-    limit = divergence_limit(q_min, q_max, config.divergence_factor) if has_q else float("inf")
-
-    def value(r: dict[str, Any]) -> float:
-        v = r.get(config.metric)
-        return float("nan") if v is None else float(v)
-
-    def unsound(r: dict[str, Any]) -> bool:
-        return bool(r.get("diverged")) or (config.metric in r and not value(r) <= limit)
-
-    bad = [s for s in sorted(by_step) if unsound(by_step[s])]
-    if bad:
-        first = bad[0]
-        r = by_step[first]
-        evidence.update({"first_unsound_step": first, "divergence_limit": limit})
-        reasons.append(
-            r.get("divergence_reason")
-            or f"{config.metric} = {value(r):.4g} at step {first} is non-finite or above {limit:.4g}, far beyond "
-            f"the largest return the rewards allow ({q_max:.4g})"
-        )
-        before = [s for s in sorted(by_step) if s < first and np.isfinite(value(by_step[s]))]
-        after_warmup = [s for s in before if s > warmup_steps] or before
-        out["verdict"] = "diverged"
-        out["selected_step"] = max(after_warmup, key=lambda s: value(by_step[s])) if after_warmup else None
-        out["selection_rule"] = "highest dataset Q-value before divergence"
-        out["recommendation"] = _recommendation("diverged", out["selected_step"], algo)
+    if _divergence(by_step, config, (q_min, q_max), has_q, warmup_steps, algo, out):
         return out
 
     warmup = [s for s in sorted(by_step) if s <= warmup_steps]
@@ -530,22 +502,7 @@ def diagnose_metrics(
         out["recommendation"] = _recommendation("inconclusive", None, algo)
         return out
 
-    # Only a Q-value has the reward range as its scale (BRAC's q_regularized adds beta * log pi_beta).
-    below = q_min - config.underestimation_tolerance * width
-    if config.metric.removeprefix("heldout/") == "q_data" and q[-1] < below:
-        evidence["q_data_below_q_range_by"] = float(q_min - q[-1])
-        why = {"cql": "CQL is pushing Q down on sampled actions harder than the data supports it",
-               "awac": "AWAC's target, the twin critics' minimum at the policy's own actions, is biased down and "
-                       "the bias compounds over the discount",
-               "combo": "COMBO pushes Q down on the model's states, which no dataset action anchors, and its "
-                        "regularizer has no floor (offrl's CQL is calibrated, COMBO is not): a smaller "
-                        "--combo.conservative-weight or a larger --combo.real-ratio",
-               "mopo": "MOPO's penalised model rewards sit below the data's (train/model_reward against the "
-                       "rewards): the uncertainty penalty outweighs the task's reward"}.get(
-                           algo, "the critic's targets are biased down")
-        reasons.append(
-            f"{config.metric} ends at {q[-1]:.4g}, below the lowest return the rewards allow ({q_min:.4g}): {why}"
-        )
+    _below_range(q, config, (q_min, q_max), width, algo, evidence, reasons)
     dec = detect_decline(q, config, width)
     out["peak_step"] = steps[dec.peak_index]
     evidence.update(
@@ -567,6 +524,108 @@ def diagnose_metrics(
         evidence["heldout_q_data_declining"] = bool(held.declining)
         evidence["heldout_peak_step"] = steps[held.peak_index]
 
+    td, reg, large_error = _training_error(series, records[-1], config, algo, agent, width, evidence, reasons)
+    if num_params:
+        evidence["num_params"] = num_params
+    capacity_helps = _metric_3_2(compare, td, reg, REGULARIZER[algo], config, evidence, reasons)
+    underfitting = bool(capacity_helps) if capacity_helps is not None else large_error
+    if capacity_helps is False and large_error:
+        reasons.append(
+            "the Q error is large, but more capacity did not reduce the training errors, so by Metric 3.2 the "
+            "run is not underfitting: the data or the objective limit it, not the model"
+        )
+
+    # Metric 3.1 reads a fall of Q as memorisation because with rewards >= 0 the values rise from their initial
+    # ~0 as returns propagate. With rewards <= 0 (e.g. IQL's `r - 1`, --reward-shift -1) propagation itself
+    # lowers them, so a fall is what learning looks like and is not read as overfitting.
+    falls_by_propagation = has_q and q_max <= 0.0 and q_min < 0.0
+    reasons.append(_metric_3_1_reason(dec, steps, config, (q_min, q_max), falls_by_propagation))
+
+    if not has_q:
+        underfitting = False
+    over = has_q and _overestimation(dec, steps, config, (q_min, q_max), width, evidence, reasons)
+    if len(steps) < config.min_checkpoints:
+        verdict = "inconclusive"
+        reasons.append(f"only {len(steps)} checkpoint(s); at least {config.min_checkpoints} are needed")
+    elif over:
+        verdict = "over-estimation"
+    elif dec.declining and not falls_by_propagation:
+        # Paper Sec. 3: under underfitting the dataset Q-value should not fall with more training, so a material
+        # fall is overfitting even when the training error is also large (reported among the reasons).
+        verdict = "overfitting"
+    elif underfitting:
+        verdict = "underfitting"
+    else:
+        verdict = "healthy"
+    out["verdict"] = verdict
+    out["selected_step"], out["selection_rule"], out["selector"] = _select(
+        selector, after_peak, has_q, dec, steps, records, (q_min, q_max), config)
+    out["recommendation"] = _recommendation(verdict, out["selected_step"], algo, falls_by_propagation)
+    return out
+
+
+def _divergence(by_step: dict[int, dict[str, Any]], config: DiagnosisConfig, q_range: tuple[float, float],
+                has_q: bool, warmup_steps: int, algo: str, out: dict[str, Any]) -> bool:
+    """Divergence, over every checkpoint (the warm start included): a record that training marked diverged, a
+    non-finite value, or Q far *above* what the rewards allow (extrapolation error blowing up). Q below the range
+    is not divergence: CQL's over-minimisation of Q on sampled actions biases every backup downwards, and with 0/1
+    rewards that bias sets the level (paper Sec. 3); a falling q_data there is Metric 3.1's. When it finds one it
+    fills ``out`` (verdict ``diverged``, the highest Q before it as the pick) and returns True."""
+    q_min, q_max = q_range
+    limit = divergence_limit(q_min, q_max, config.divergence_factor) if has_q else float("inf")
+
+    def value(r: dict[str, Any]) -> float:
+        v = r.get(config.metric)
+        return float("nan") if v is None else float(v)
+
+    bad = [s for s in sorted(by_step)
+           if bool(by_step[s].get("diverged")) or (config.metric in by_step[s] and not value(by_step[s]) <= limit)]
+    if not bad:
+        return False
+    first = bad[0]
+    r = by_step[first]
+    out["evidence"].update({"first_unsound_step": first, "divergence_limit": limit})
+    out["reasons"].append(
+        r.get("divergence_reason")
+        or f"{config.metric} = {value(r):.4g} at step {first} is non-finite or above {limit:.4g}, far beyond "
+        f"the largest return the rewards allow ({q_max:.4g})"
+    )
+    before = [s for s in sorted(by_step) if s < first and np.isfinite(value(by_step[s]))]
+    after_warmup = [s for s in before if s > warmup_steps] or before
+    out["verdict"] = "diverged"
+    out["selected_step"] = max(after_warmup, key=lambda s: value(by_step[s])) if after_warmup else None
+    out["selection_rule"] = "highest dataset Q-value before divergence"
+    out["recommendation"] = _recommendation("diverged", out["selected_step"], algo)
+    return True
+
+
+def _below_range(q: np.ndarray, config: DiagnosisConfig, q_range: tuple[float, float], width: float, algo: str,
+                 evidence: dict[str, Any], reasons: list[str]) -> None:
+    """A reason when the curve ends below the lowest return the rewards allow, with the algorithm's cause. Only a
+    Q-value has the reward range as its scale (BRAC's q_regularized adds beta * log pi_beta)."""
+    q_min = q_range[0]
+    if config.metric.removeprefix("heldout/") != "q_data" or not q[-1] < q_min - config.underestimation_tolerance * width:
+        return
+    evidence["q_data_below_q_range_by"] = float(q_min - q[-1])
+    why = {"cql": "CQL is pushing Q down on sampled actions harder than the data supports it",
+           "awac": "AWAC's target, the twin critics' minimum at the policy's own actions, is biased down and "
+                   "the bias compounds over the discount",
+           "combo": "COMBO pushes Q down on the model's states, which no dataset action anchors, and its "
+                    "regularizer has no floor (offrl's CQL is calibrated, COMBO is not): a smaller "
+                    "--combo.conservative-weight or a larger --combo.real-ratio",
+           "mopo": "MOPO's penalised model rewards sit below the data's (train/model_reward against the "
+                   "rewards): the uncertainty penalty outweighs the task's reward"}.get(
+                       algo, "the critic's targets are biased down")
+    reasons.append(f"{config.metric} ends at {q[-1]:.4g}, below the lowest return the rewards allow ({q_min:.4g}): {why}")
+
+
+def _training_error(series: Any, last: dict[str, Any], config: DiagnosisConfig, algo: str,
+                    agent: dict[str, Any] | None, width: float, evidence: dict[str, Any],
+                    reasons: list[str]) -> tuple[float, float, bool]:
+    """The training errors at the end of the run (mean of the last ``config.tail`` checkpoints): TD error, the
+    algorithm's regularizer, the held-out TD error's gap, BEAR's constraint, and whether the error is large by
+    the unexplained share of the TD targets' variance (else the Q error against the Q range). Returns
+    ``(td_error, regularizer, large_error)``; ``series(key)`` gives a metric's (n,) curve."""
     tail_n = config.tail
     td = _tail_mean(series("td_error"), tail_n)
     q_err = _tail_mean(series("q_error_estimate"), tail_n)
@@ -578,7 +637,7 @@ def diagnose_metrics(
         if constraint is not None:
             evidence["bear_constraint"] = constraint
             reasons.append(constraint["reason"])
-    if "heldout/td_error" in records[-1]:
+    if "heldout/td_error" in last:
         held_td = _tail_mean(series("heldout/td_error"), tail_n)
         evidence["heldout_td_error_end"] = held_td
         # Beyond the paper: the held-out episodes play the role of a validation set. A TD error far larger on
@@ -594,9 +653,6 @@ def diagnose_metrics(
     evidence["q_range_width"] = width
     q_error_ratio = q_err / width if width > 0 else float("inf") if q_err > 0 else 0.0
     evidence["q_error_over_q_range"] = q_error_ratio
-    if num_params:
-        evidence["num_params"] = num_params
-
     unexplained = _tail_mean(series("td_error_over_target_var"), tail_n)
     if np.isfinite(unexplained):
         # The TD error against the spread of the targets: a constant offset of every Q-value (CQL's level far
@@ -615,8 +671,15 @@ def diagnose_metrics(
                 f"estimated Q error {q_err:.3g} (TD error {td:.3g} x effective horizon) is {q_error_ratio:.2g} x "
                 f"the Q range width {width:.3g} allowed by the rewards (threshold {config.underfit_q_error_ratio:g} x)"
             )
+    return td, reg, bool(large_error)
 
-    # Metric 3.2: compare with runs of more capacity.
+
+def _metric_3_2(compare: Sequence[dict[str, Any]], td: float, reg: float, reg_key: str | None,
+                config: DiagnosisConfig, evidence: dict[str, Any], reasons: list[str]) -> bool | None:
+    """Metric 3.2 (paper Sec. 3): against each run with more capacity, whether one training error drops by
+    ``config.capacity_improvement`` while the other does not get worse by as much. Returns whether any
+    comparison shows that (None without comparisons); the comparisons go to ``evidence["metric_3_2"]``."""
+    tail_n = config.tail
     capacity_helps: bool | None = None
     comparisons = []
     for c in compare:
@@ -651,100 +714,73 @@ def diagnose_metrics(
         )
     if comparisons:
         evidence["metric_3_2"] = comparisons
-    underfitting = bool(capacity_helps) if capacity_helps is not None else large_error
-    if capacity_helps is False and large_error:
-        reasons.append(
-            "the Q error is large, but more capacity did not reduce the training errors, so by Metric 3.2 the "
-            "run is not underfitting: the data or the objective limit it, not the model"
-        )
+    return capacity_helps
 
-    # Metric 3.1 reads a fall of Q as memorisation because with rewards >= 0 the values rise from their initial
-    # ~0 as returns propagate. With rewards <= 0 (e.g. IQL's `r - 1`, --reward-shift -1) propagation itself
-    # lowers them, so a fall is what learning looks like and is not read as overfitting.
-    falls_by_propagation = has_q and q_max <= 0.0 and q_min < 0.0
+
+def _metric_3_1_reason(dec: Decline, steps: list[int], config: DiagnosisConfig, q_range: tuple[float, float],
+                       falls_by_propagation: bool) -> str:
+    """The sentence that says what Metric 3.1 read on the curve (paper Sec. 3: a rise, then a fall)."""
+    q_min, q_max = q_range
+    peak = steps[dec.peak_index]
     if dec.falls and falls_by_propagation:
-        reasons.append(
-            f"{config.metric} falls from step {steps[dec.peak_index]} ({dec.peak_value:.4g}, smoothed) to "
-            f"{dec.end_value:.4g}, but the rewards are <= 0 (Q range [{q_min:.4g}, {q_max:.4g}]): values fall as "
-            f"returns propagate, so Metric 3.1 is not read"
-        )
-    elif dec.declining:
-        reasons.append(
-            f"{config.metric} peaks at step {steps[dec.peak_index]} ({dec.peak_value:.4g}, smoothed) and falls to "
-            f"{dec.end_value:.4g} by the end, a drop of {dec.drop:.3g} > threshold {dec.threshold:.3g} "
-            f"(Metric 3.1)"
-        )
-    elif len(steps) - 1 - dec.peak_index < config.min_after_peak:
+        return (f"{config.metric} falls from step {peak} ({dec.peak_value:.4g}, smoothed) to {dec.end_value:.4g}, "
+                f"but the rewards are <= 0 (Q range [{q_min:.4g}, {q_max:.4g}]): values fall as returns propagate, "
+                f"so Metric 3.1 is not read")
+    if dec.declining:
+        return (f"{config.metric} peaks at step {peak} ({dec.peak_value:.4g}, smoothed) and falls to "
+                f"{dec.end_value:.4g} by the end, a drop of {dec.drop:.3g} > threshold {dec.threshold:.3g} "
+                f"(Metric 3.1)")
+    if len(steps) - 1 - dec.peak_index < config.min_after_peak:
         # Guideline 3.1 then reduces to "the last checkpoint": say so, since it is not evidence that the last
         # checkpoint is good (IQL's q_data still rose at 15,000 steps on every dev run while success fell).
-        reasons.append(
-            f"{config.metric} is highest at the end of training (step {steps[dec.peak_index]}): it has not peaked "
-            f"yet, so Guideline 3.1's pick is simply the last checkpoint; a longer run (offrl train --resume "
-            f"--steps N) shows whether it falls"
-        )
-    elif dec.falls and not dec.rose:
-        reasons.append(
-            f"{config.metric} falls after step {steps[dec.peak_index]} ({dec.peak_value:.4g} -> {dec.end_value:.4g}) "
-            f"but never rose to that point beyond its noise (rise {dec.rise:.3g} <= {dec.rise_threshold:.3g}): "
-            f"Metric 3.1 asks for a rise, then a fall, so this is not read as overfitting"
-        )
-    else:
-        reasons.append(
-            f"{config.metric} after its peak at step {steps[dec.peak_index]} changes by {-dec.drop:+.3g}, within "
-            f"the threshold {dec.threshold:.3g}: no material decline"
-        )
+        return (f"{config.metric} is highest at the end of training (step {peak}): it has not peaked yet, so "
+                f"Guideline 3.1's pick is simply the last checkpoint; a longer run (offrl train --resume --steps N) "
+                f"shows whether it falls")
+    if dec.falls and not dec.rose:
+        return (f"{config.metric} falls after step {peak} ({dec.peak_value:.4g} -> {dec.end_value:.4g}) but never "
+                f"rose to that point beyond its noise (rise {dec.rise:.3g} <= {dec.rise_threshold:.3g}): Metric 3.1 "
+                f"asks for a rise, then a fall, so this is not read as overfitting")
+    return (f"{config.metric} after its peak at step {peak} changes by {-dec.drop:+.3g}, within the threshold "
+            f"{dec.threshold:.3g}: no material decline")
 
-    if not has_q:
-        underfitting = False
-    # Over-estimation (paper App. G): Q above the largest return the rewards allow, short of divergence.
-    over = False
-    if has_q and config.metric.removeprefix("heldout/") == "q_data" and width > 0:
-        from offrl.workflow.rules import in_range_peak, within_range
 
-        inside = within_range(dec.smoothed, (q_min, q_max), config.overestimation_tolerance)
-        above = [steps[i] for i in range(len(steps)) if not inside[i]]
-        if above:
-            over = True
-            evidence["overestimation_steps"] = above
-            evidence["in_range_peak_step"] = in_range_peak(steps, dec.smoothed, (q_min, q_max),
-                                                           config.overestimation_tolerance)
-            reasons.append(
-                f"{config.metric} (smoothed) exceeds the largest return the rewards allow ({q_max:.4g}) by more "
-                f"than {config.overestimation_tolerance:.0%} of the Q range at step(s) "
-                f"{', '.join(map(str, above[:5]))}{' ...' if len(above) > 5 else ''}: the critic over-estimates"
-            )
-    if len(steps) < config.min_checkpoints:
-        verdict = "inconclusive"
-        reasons.append(f"only {len(steps)} checkpoint(s); at least {config.min_checkpoints} are needed")
-    elif over:
-        verdict = "over-estimation"
-    elif dec.declining and not falls_by_propagation:
-        # Paper Sec. 3: under underfitting the dataset Q-value should not fall with more training, so a material
-        # fall is overfitting even when the training error is also large (reported among the reasons).
-        verdict = "overfitting"
-    elif underfitting:
-        verdict = "underfitting"
-    else:
-        verdict = "healthy"
-    out["verdict"] = verdict
+def _overestimation(dec: Decline, steps: list[int], config: DiagnosisConfig, q_range: tuple[float, float],
+                    width: float, evidence: dict[str, Any], reasons: list[str]) -> bool:
+    """Over-estimation (paper App. G): the smoothed Q above the largest return the rewards allow plus
+    ``config.overestimation_tolerance`` of the range, short of divergence. Only for a Q-value curve."""
+    if config.metric.removeprefix("heldout/") != "q_data" or width <= 0:
+        return False
+    from offrl.workflow.rules import in_range_peak, within_range
 
-    # Guideline 3.1: the highest (smoothed) dataset Q-value, before any fall. On a curve that still rises this
-    # is the last checkpoint; on a plateau any checkpoint of it is as good by this metric.
+    inside = within_range(dec.smoothed, q_range, config.overestimation_tolerance)
+    above = [steps[i] for i in range(len(steps)) if not inside[i]]
+    if not above:
+        return False
+    evidence["overestimation_steps"] = above
+    evidence["in_range_peak_step"] = in_range_peak(steps, dec.smoothed, q_range, config.overestimation_tolerance)
+    reasons.append(
+        f"{config.metric} (smoothed) exceeds the largest return the rewards allow ({q_range[1]:.4g}) by more "
+        f"than {config.overestimation_tolerance:.0%} of the Q range at step(s) "
+        f"{', '.join(map(str, above[:5]))}{' ...' if len(above) > 5 else ''}: the critic over-estimates"
+    )
+    return True
+
+
+def _select(selector: str, after_peak: bool, has_q: bool, dec: Decline, steps: list[int],
+            records: list[dict[str, Any]], q_range: tuple[float, float],
+            config: DiagnosisConfig) -> tuple[int, str, str]:
+    """The pick: ``(step, the rule in words, the rule's name)``. Guideline 3.1 is the highest (smoothed) value of
+    the diagnosis's curve, before any fall (on a curve that still rises, the last checkpoint); the other rules
+    are offrl.workflow.rules'."""
     after_peak = after_peak or selector == "q_after_peak"
+    name = "q_after_peak" if after_peak else selector
     if selector in ("q_peak", "q_after_peak") or not has_q:
         idx = min(dec.peak_index + (1 if after_peak else 0), len(steps) - 1)
-        out["selected_step"] = steps[idx]
-        out["selection_rule"] = (
-            f"checkpoint after the peak of {config.metric} (Guideline 3.1, actor-critic variant)"
-            if after_peak
-            else f"peak of {config.metric} (Guideline 3.1)"
-        )
-    else:
-        out["selected_step"] = select_step(selector, records, (q_min, q_max), config.smoothing_window)
-        out["selection_rule"] = f"{RULES[selector]} (--selector {selector}; measured in docs/results.md)"
-    out["selector"] = "q_after_peak" if after_peak else selector
-    out["recommendation"] = _recommendation(verdict, out["selected_step"], algo, falls_by_propagation)
-    return out
+        text = (f"checkpoint after the peak of {config.metric} (Guideline 3.1, actor-critic variant)" if after_peak
+                else f"peak of {config.metric} (Guideline 3.1)")
+        return steps[idx], text, name
+    step = select_step(selector, records, q_range, config.smoothing_window)
+    return step, f"{RULES[selector]} (--selector {selector}; measured in docs/results.md)", name
 
 
 MODEL_VERDICTS = ("overfitting", "underfitting", "healthy", "inconclusive")
