@@ -28,10 +28,11 @@ def test_soft_clamp_nll_penalty_and_elites_by_hand():
     # (2 - 0)^2 / 1 + log 1 = 4; with sigma^2 = e: 4 / e + 1.
     nll = dyn.gaussian_nll(jnp.zeros((1, 2, 1)), jnp.array([[[0.0], [1.0]]]), jnp.full((1, 2, 1), 2.0))
     np.testing.assert_allclose(nll, [[4.0, 4.0 / math.e + 1.0]], rtol=1e-6)
-    # Member 0: variances (1, 4) -> ||.||_F = sqrt(1 + 16); member 1: (2, 2) -> sqrt(8). MOPO takes the larger.
+    # Member 0: variances (1, 4), standard deviations (1, 2) -> ||sigma||_2 = sqrt(1 + 4); member 1: (2, 2) ->
+    # sqrt(4) = 2. MOPO's code takes the larger norm of the standard deviations (tianheyu927/mopo, fake_env.py).
     log_var = jnp.log(jnp.array([[[1.0, 4.0]], [[2.0, 2.0]]]))
-    assert float(dyn.mopo_penalty(log_var)[0]) == pytest.approx(math.sqrt(17.0), rel=1e-6)
-    assert float(dyn.penalised_reward(jnp.array([1.0]), log_var, 0.5)[0]) == pytest.approx(1 - 0.5 * math.sqrt(17))
+    assert float(dyn.mopo_penalty(log_var)[0]) == pytest.approx(math.sqrt(5.0), rel=1e-6)
+    assert float(dyn.penalised_reward(jnp.array([1.0]), log_var, 0.5)[0]) == pytest.approx(1 - 0.5 * math.sqrt(5))
     assert dyn.elites(jnp.array([0.3, 0.1, 0.5, 0.2]), 2).tolist() == [1, 3]
 
 

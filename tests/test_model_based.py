@@ -5,6 +5,7 @@ runs end to end through train, resume, diagnose, select, report and export."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -18,11 +19,12 @@ from offrl.agents import combo, mopo
 from offrl.agents import model_based as mb
 from offrl.cli import main
 from offrl.data import make_dataset, save_dataset, split_episodes
+from offrl.networks import dynamics as dyn
 from offrl.training import run_dir as rd
 from offrl.workflow.diagnosis import diagnose_model
 
 SMALL = dict(model_hidden_dims=(16, 16), critic_hidden_dims=(16, 16), actor_hidden_dims=(16, 16), num_members=3,
-             num_elites=2)
+             num_elites=2, rollout_batch_size=4, model_retain_steps=3)
 
 
 def _zeros(tree):
@@ -30,10 +32,13 @@ def _zeros(tree):
 
 
 def test_batch_split_and_termination_rule_by_hand():
-    assert mb.split_sizes(mopo.MOPOConfig(), 256) == (13, 49, 243)  # 5 % real; ceil(243 / 5) starts
-    assert mb.split_sizes(combo.COMBOConfig(), 256) == (128, 26, 128)
+    assert mb.split_sizes(mopo.MOPOConfig(), 256) == (13, 50, 243)  # 5 % real; 50 rollouts per step (MOPO's code)
+    assert mb.split_sizes(combo.COMBOConfig(), 256) == (128, 50, 128)
+    assert mb.buffer_capacity(mopo.MOPOConfig()) == 5000 * 50 * 5  # MOPO: 5 epochs x 50,000 rollouts x h
     with pytest.raises(ValueError, match="too small"):
         mb.split_sizes(combo.COMBOConfig(), 1)
+    with pytest.raises(ValueError, match="rollout-batch-size 50 exceeds the 30 rows"):
+        mb.split_sizes(mopo.MOPOConfig(), 32)
     # Success ends the episode with reward 1, other rewards are 0: terminate above the midpoint.
     assert mb.terminal_rule(np.array([0, 0, 1.0, 0]), np.array([0, 0, 1, 0])) == 0.5
     assert mb.terminal_rule(np.zeros(4), np.zeros(4)) == math.inf  # time limits only (MetaWorld)
@@ -60,14 +65,15 @@ def test_combo_regularizer_and_td_term_by_hand_on_a_zero_critic():
     assert float(loss0) == pytest.approx(cfg.num_critics * td, rel=1e-6)
     np.testing.assert_allclose(parts["td_error"], np.asarray(batch["rewards"]) ** 2, rtol=1e-6)
     lse = np.asarray(parts["cql_regularizer"])  # LSE - Q, and Q = 0
-    assert float(loss - loss0) == pytest.approx(cfg.num_critics * lse[:4].mean(), rel=1e-5)
+    # Eq. 2's push-down covers the model rows of weight 1 (rows 2 and 3), not the real rows 0 and 1.
+    assert float(loss - loss0) == pytest.approx(cfg.num_critics * lse[2:4].mean(), rel=1e-5)
     # The uniform proposal alone contributes -|A| log 0.5 = 1.386 inside the log-sum-exp: LSE exceeds it.
     assert np.all(lse > 2 * math.log(2.0))
 
 
-def test_mopo_target_leaves_the_entropy_out_unless_asked():
-    """On a zero critic Q = 0: MOPO's default target is r alone (deterministic backup, docs/model-based.md), so
-    the TD error is r^2; SAC's soft backup adds -gamma alpha log pi(a'|s'), which the same key reproduces."""
+def test_mopo_target_keeps_the_entropy_unless_asked():
+    """On a zero critic Q = 0: with the deterministic backup the target is r alone, so the TD error is r^2; MOPO's
+    default, SAC's soft backup (MOPO's code), adds -gamma alpha log pi(a'|s'), which the same key reproduces."""
     st = mb.init(mopo.MOPOConfig(**SMALL), 3, 2, jax.random.PRNGKey(0))
     critic = _zeros(st.critic_params)
     b = 5
@@ -75,11 +81,12 @@ def test_mopo_target_leaves_the_entropy_out_unless_asked():
              "terminals": jnp.zeros(b), "next_observations": jnp.full((b, 3), 0.5), "weights": jnp.ones(b),
              "real": jnp.ones(b)}
     key = jax.random.PRNGKey(5)
-    assert mopo.MOPOConfig().deterministic_backup
-    _, det = mb.critic_terms(critic, critic, st.actor_params, st.log_temperature, batch, key, mopo.MOPOConfig(**SMALL))
+    assert not mopo.MOPOConfig().deterministic_backup and combo.COMBOConfig().deterministic_backup
+    det_cfg = mopo.MOPOConfig(**SMALL, deterministic_backup=True)
+    _, det = mb.critic_terms(critic, critic, st.actor_params, st.log_temperature, batch, key, det_cfg)
     np.testing.assert_allclose(det["target_q"], batch["rewards"], atol=1e-7)
     np.testing.assert_allclose(det["td_error"], np.asarray(batch["rewards"]) ** 2, atol=1e-7)
-    soft_cfg = mopo.MOPOConfig(**SMALL, deterministic_backup=False)
+    soft_cfg = mopo.MOPOConfig(**SMALL)
     _, soft = mb.critic_terms(critic, critic, st.actor_params, st.log_temperature, batch, key, soft_cfg)
     # the next action is the first draw of the key's first split, as in critic_terms
     _, _, actor = mb._networks(soft_cfg, 3, 2)
@@ -90,27 +97,117 @@ def test_mopo_target_leaves_the_entropy_out_unless_asked():
     assert np.all(np.abs(bonus) > 1e-4)  # the two targets differ
 
 
-def test_mopo_model_rewards_are_penalised_clipped_and_rollouts_start_from_the_given_states():
+def test_mopo_model_rewards_are_penalised_and_rollouts_start_from_the_given_states():
     cfg = mopo.MOPOConfig(**SMALL, penalty_coef=0.5, rollout_horizon=2)
     st = mb.init(cfg, 3, 2, jax.random.PRNGKey(0))
-    st = st.replace(reward_range=jnp.array([0.0, 1.0]))
     starts = jnp.asarray(np.random.default_rng(0).normal(size=(8, 3)), jnp.float32)
     out = mb.model_rollout(st, starts, jax.random.PRNGKey(1), cfg, 2)
     assert out["observations"].shape == (16, 3)
     np.testing.assert_array_equal(out["observations"][:8], starts)
     np.testing.assert_array_equal(out["observations"][8:], out["next_observations"][:8])
-    # Reward = clip(r^, 0, 1) - lambda u: within [-lambda u, 1 - lambda u].
-    raw = np.asarray(out["rewards"]) + 0.5 * np.asarray(out["penalty"])
-    assert np.all(raw >= -1e-6) and np.all(raw <= 1 + 1e-6) and np.all(np.asarray(out["penalty"]) > 0)
-    # The penalty is max_i ||Sigma_i||_F over the elites at (s, a) (offrl.networks.dynamics.mopo_penalty).
+    # The penalty is max_i ||sigma_i||_2 over *every* member at (s, a), as MOPO's FakeEnv.step.
     model = mb._networks(cfg, 3, 2)[0]
     _, log_var = model.apply(st.selected_model_params, starts, out["actions"][:8])
-    np.testing.assert_allclose(out["penalty"][:8], np.sqrt(np.exp(2 * log_var[st.elite_idx]).sum(-1)).max(0), rtol=1e-5)
-    # A rollout that terminates weighs 0 afterwards.
-    st_term = st.replace(terminal_reward=jnp.asarray(-1.0))  # every model reward terminates
+    np.testing.assert_allclose(out["penalty"][:8], np.sqrt(np.exp(log_var).sum(-1)).max(0), rtol=1e-5)
+    assert np.all(np.asarray(out["penalty"]) > 0)
+    # A rollout that terminates keeps its terminal transition (weight 1) and nothing after it (weight 0).
+    st_term = st.replace(terminal_reward=jnp.asarray(-np.inf))  # every model reward terminates
     out = mb.model_rollout(st_term, starts, jax.random.PRNGKey(1), cfg, 2)
     np.testing.assert_array_equal(out["weights"], [1.0] * 8 + [0.0] * 8)
     np.testing.assert_array_equal(out["terminals"], np.ones(16))
+
+
+def _zero_reward_model(cfg, n):
+    """A model whose every weight is 0: mean 0 (predicts s' = s and r = 0), log-variance the soft clamp of 0."""
+    st = mb.init(cfg, 1, 1, jax.random.PRNGKey(0))
+    zero = _zeros(st.model_params)
+    zero["params"]["max_log_var"] = st.model_params["params"]["max_log_var"]
+    zero["params"]["min_log_var"] = st.model_params["params"]["min_log_var"]
+    return st.replace(selected_model_params=zero), jnp.zeros((n, 1))
+
+
+def test_no_positive_background_reward_from_a_model_that_predicts_zero_unless_clipped():
+    """The model predicts r = 0 with variance sigma^2 = exp(soft_clamp(0)): its sampled rewards average 0
+    (MOPO's code does not clip them). Clipping each draw to the data's range [0, 1] (the flag, off by default)
+    turns them into E[clip(x, 0, 1)] = sigma / sqrt(2 pi) (1 - exp(-1 / (2 sigma^2))) + P(x > 1) > 0 per step."""
+    n = 20_000
+    cfg = mopo.MOPOConfig(**{**SMALL, "rollout_batch_size": n}, rollout_horizon=1, penalty_coef=0.0)
+    assert not cfg.clip_model_rewards
+    st, starts = _zero_reward_model(cfg, n)
+    sigma = math.exp(0.5 * float(dyn.soft_clamp_log_var(jnp.array(0.0), jnp.array(-10.0), jnp.array(0.5))))
+    r = np.asarray(mb.model_rollout(st, starts, jax.random.PRNGKey(2), cfg, 1)["rewards"])
+    assert r.std() == pytest.approx(sigma, rel=0.03)
+    assert abs(r.mean()) < 4 * sigma / math.sqrt(n)  # no background: 0 within 4 standard errors
+    clipped = np.asarray(mb.model_rollout(st, starts, jax.random.PRNGKey(2), dataclasses.replace(
+        cfg, clip_model_rewards=True), 1)["rewards"])
+    tail = 0.5 * (1 - math.erf(1 / (sigma * math.sqrt(2))))  # P(x > 1)
+    background = sigma / math.sqrt(2 * math.pi) * (1 - math.exp(-1 / (2 * sigma**2))) + tail
+    assert clipped.mean() == pytest.approx(background, rel=0.03)
+    assert clipped.mean() > 0.2  # sigma = 0.79: a background of 0.30 per model step
+
+
+def test_mopo_penalty_is_the_norm_of_the_standard_deviations_by_hand():
+    """u = max_i sqrt(sum_d sigma_{i,d}^2): member 0 variances (1, 4) -> sqrt(5), member 1 (2, 2) -> 2, member 2
+    (0.25, 0.25) -> sqrt(0.5); the largest over all members is sqrt(5), and r~ = r - lambda sqrt(5)."""
+    log_var = jnp.log(jnp.array([[[1.0, 4.0]], [[2.0, 2.0]], [[0.25, 0.25]]]))
+    assert float(dyn.mopo_penalty(log_var)[0]) == pytest.approx(math.sqrt(5.0), rel=1e-6)
+    assert float(dyn.penalised_reward(jnp.array([1.0]), log_var, 0.5)[0]) == pytest.approx(1 - 0.5 * math.sqrt(5))
+    # In a rollout, every member counts, not only the elites: a model whose non-elite member is the most uncertain.
+    cfg = mopo.MOPOConfig(**SMALL, rollout_horizon=1, penalty_coef=1.0)
+    st, starts = _zero_reward_model(cfg, 4)
+    p = st.selected_model_params["params"]
+    wide = jax.tree.map(lambda b: b.at[2, 2:].set(3.0), p["Vmap_Member_0"]["Dense_2"]["bias"])  # member 2's raw log-var
+    p = {**p, "Vmap_Member_0": {**p["Vmap_Member_0"], "Dense_2": {**p["Vmap_Member_0"]["Dense_2"], "bias": wide}}}
+    st = st.replace(selected_model_params={"params": p}, elite_idx=jnp.array([0, 1], jnp.int32))
+    out = mb.model_rollout(st, starts, jax.random.PRNGKey(0), cfg, 1)
+    lv = dyn.soft_clamp_log_var(jnp.array(3.0), jnp.array(-10.0), jnp.array(0.5))  # both outputs (s' - s, r)
+    np.testing.assert_allclose(out["penalty"], np.full(4, math.sqrt(2 * math.exp(float(lv)))), rtol=1e-5)
+
+
+def test_model_buffer_fill_wrap_around_and_the_real_model_mix_by_hand():
+    # capacity = retain 2 steps x 2 rollouts x horizon 1 = 4 rows
+    cfg = mopo.MOPOConfig(**{**SMALL, "rollout_batch_size": 2, "model_retain_steps": 2}, rollout_horizon=1)
+    assert mb.buffer_capacity(cfg) == 4
+    st = mb.init(cfg, 1, 1, jax.random.PRNGKey(0))
+
+    def rows(values, weights):
+        v = jnp.asarray(values, jnp.float32)
+        return {"observations": v[:, None], "actions": v[:, None], "rewards": v, "terminals": jnp.zeros_like(v),
+                "next_observations": v[:, None] + 0.5, "penalty": v, "weights": jnp.asarray(weights, jnp.float32)}
+
+    st = mb.write_buffer(st, rows([1, 2, 3], [1, 0, 1]))  # row 2 came after its rollout terminated: not stored
+    np.testing.assert_array_equal(st.model_buffer["rewards"], [1, 3, 0, 0])
+    assert (int(st.buffer_ptr), int(st.buffer_size)) == (2, 2)
+    st = mb.write_buffer(st, rows([4, 5, 6], [1, 1, 1]))  # fills rows 2, 3, wraps around to row 0 (the oldest)
+    np.testing.assert_array_equal(st.model_buffer["rewards"], [6, 3, 4, 5])
+    np.testing.assert_array_equal(st.model_buffer["next_observations"][:, 0], [6.5, 3.5, 4.5, 5.5])
+    assert (int(st.buffer_ptr), int(st.buffer_size)) == (1, 4)
+    st = mb.write_buffer(st, rows([7, 8], [0, 0]))  # nothing alive: nothing changes
+    np.testing.assert_array_equal(st.model_buffer["rewards"], [6, 3, 4, 5])
+    assert (int(st.buffer_ptr), int(st.buffer_size)) == (1, 4)
+
+    # The mix: n_real real rows first, then n_model rows drawn from the filled part of the buffer only.
+    cfg = mopo.MOPOConfig(**{**SMALL, "rollout_batch_size": 3, "model_retain_steps": 10}, rollout_horizon=2,
+                          real_ratio=0.25)
+    st = mb.init(cfg, 3, 2, jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    b = 16
+    batch = {"observations": jnp.asarray(rng.normal(size=(b, 3)), jnp.float32),
+             "actions": jnp.asarray(rng.uniform(-1, 1, (b, 2)), jnp.float32), "rewards": jnp.ones(b),
+             "terminals": jnp.zeros(b), "next_observations": jnp.asarray(rng.normal(size=(b, 3)), jnp.float32)}
+    n_real, n_starts, n_model = mb.split_sizes(cfg, b)
+    assert (n_real, n_starts, n_model) == (4, 3, 12)
+    st1, mixed, rolled = mb.mixed_batch(st, batch, jax.random.PRNGKey(1), cfg)
+    assert int(st1.buffer_size) == 6 and int(st1.buffer_ptr) == 6  # 3 rollouts x 2 steps, none terminated
+    np.testing.assert_array_equal(rolled["observations"][:3], batch["observations"][4:7])  # the starts
+    np.testing.assert_array_equal(mixed["observations"][:4], batch["observations"][:4])
+    np.testing.assert_array_equal(mixed["real"], [1.0] * 4 + [0.0] * 12)
+    np.testing.assert_array_equal(mixed["weights"], np.ones(16))
+    stored = {tuple(r) for r in np.asarray(st1.model_buffer["observations"][:6])}
+    assert all(tuple(r) in stored for r in np.asarray(mixed["observations"][4:]))
+    # The buffer's rows are the rollouts, step by step: the penalised reward and the penalty travel together.
+    np.testing.assert_array_equal(st1.model_buffer["rewards"][:6], rolled["rewards"])
+    np.testing.assert_array_equal(st1.model_buffer["penalty"][:6], rolled["penalty"])
 
 
 def test_rollout_error_by_hand_for_a_model_that_predicts_no_change():
@@ -169,10 +266,11 @@ def test_reward_error_on_rewarded_transitions_by_hand_for_a_model_that_predicts_
     assert checkpoint_record(ev, 100.0)["model_reward_share_rewarded"] == pytest.approx((0.25 + 0.5) / 2)
 
 
-def test_combo_pushes_q_up_on_real_rows_only():
-    """COMBO Eq. 2's second term, beta * mean over *real* rows of Q(s, a), by hand on a random critic: marking
-    rows as model rows changes the loss by exactly beta * C * (mean_real_all(Q) - mean_real_subset(Q)), and
-    nothing else (same key: same TD term and log-sum-exp)."""
+def test_combo_pushes_q_down_on_model_rows_and_up_on_real_rows_by_hand():
+    """COMBO Eq. 2 on a hand-built batch and a random critic: the regularizer adds
+    beta * C * (mean over the model rows of LSE_a Q(s, a) - mean over the real rows of Q(s, a)) to the loss, where
+    LSE and Q are the critics' means per row (the loss is linear in each critic's). Rows of weight 0 count in
+    neither; ``push_down="mixture"`` (the earlier offrl COMBO) averages the LSE over the real rows too."""
     cfg = combo.COMBOConfig(**SMALL, conservative_weight=2.0)
     st = mb.init(cfg, 3, 2, jax.random.PRNGKey(0))
     rng = np.random.default_rng(1)
@@ -180,16 +278,23 @@ def test_combo_pushes_q_up_on_real_rows_only():
     batch = {"observations": jnp.asarray(rng.normal(size=(b, 3)), jnp.float32),
              "actions": jnp.asarray(rng.uniform(-0.9, 0.9, (b, 2)), jnp.float32),
              "rewards": jnp.asarray(rng.uniform(0, 1, b), jnp.float32), "terminals": jnp.zeros(b),
-             "next_observations": jnp.asarray(rng.normal(size=(b, 3)), jnp.float32), "weights": jnp.ones(b)}
+             "next_observations": jnp.asarray(rng.normal(size=(b, 3)), jnp.float32),
+             "weights": jnp.array([1.0, 1, 1, 1, 1, 1, 1, 0]), "real": jnp.array([1.0, 1, 1, 0, 0, 1, 0, 0])}
     key = jax.random.PRNGKey(5)
-    real = jnp.array([1.0, 1, 1, 0, 0, 1, 0, 0])
-    args = (st.critic_params, st.target_critic_params, st.actor_params, st.log_temperature)
-    loss_all, parts = mb.critic_terms(*args, {**batch, "real": jnp.ones(b)}, key, cfg)
-    loss_mixed, _ = mb.critic_terms(*args, {**batch, "real": real}, key, cfg)
+    args = (st.critic_params, st.target_critic_params, st.actor_params, st.log_temperature, batch, key)
+    loss, parts = mb.critic_terms(*args, cfg)
+    loss0, _ = mb.critic_terms(*args, dataclasses.replace(cfg, conservative_weight=0.0))
     q = np.asarray(parts["q_data"])  # (B,), mean over the critics
-    assert np.ptp(q) > 1e-3  # the rows' Q differ, so the mask matters
-    expected = 2.0 * cfg.num_critics * (q.mean() - q[np.asarray(real) == 1].mean())
-    assert float(loss_mixed - loss_all) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    lse = np.asarray(parts["cql_regularizer"]) + q  # the log-sum-exp of each row
+    assert np.ptp(q) > 1e-3 and np.ptp(lse) > 1e-3  # the rows differ, so the sets matter
+    real_rows, model_rows = [0, 1, 2, 5], [3, 4, 6]  # row 7 weighs 0
+    expected = 2.0 * cfg.num_critics * (lse[model_rows].mean() - q[real_rows].mean())
+    assert float(loss - loss0) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    mixture, _ = mb.critic_terms(*args, dataclasses.replace(cfg, push_down="mixture"))
+    expected = 2.0 * cfg.num_critics * (lse[:7].mean() - q[real_rows].mean())
+    assert float(mixture - loss0) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert "push-down" in " ".join(mb.config_problems(dataclasses.replace(cfg, push_down="real")))
+
 
 def test_model_selection_keeps_each_members_best_heldout_snapshot():
     cfg = mopo.MOPOConfig(**SMALL)
@@ -249,9 +354,9 @@ def test_rollouts_never_start_from_heldout_states():
     st = mb.init(cfg, 3, 2, jax.random.PRNGKey(0))
     idx = np.random.default_rng(0).integers(0, len(train_ds), 64)
     batch = {k: jnp.asarray(v) for k, v in make_batch(data, idx).items()}
-    mixed = mb.mixed_batch(st, batch, jax.random.PRNGKey(0), cfg)
-    n_real, n_starts, _ = mb.split_sizes(cfg, 64)
-    starts = np.asarray(mixed["observations"][n_real:n_real + n_starts])
+    _, _, rolled = mb.mixed_batch(st, batch, jax.random.PRNGKey(0), cfg)
+    _, n_starts, _ = mb.split_sizes(cfg, 64)
+    starts = np.asarray(rolled["observations"][:n_starts])
     train_rows = {tuple(r) for r in np.round(train_ds.observations, 5)}
     held_rows = {tuple(r) for r in np.round(held_ds.observations, 5)}
     assert all(tuple(r) in train_rows for r in np.round(starts, 5))
@@ -295,7 +400,8 @@ def _tiny(algo):
     return [
         f"--{algo}.model-hidden-dims", "16", "16", f"--{algo}.critic-hidden-dims", "16", "16",
         f"--{algo}.actor-hidden-dims", "16", "16", f"--{algo}.num-members", "3", f"--{algo}.num-elites", "2",
-        f"--{algo}.model-steps", "120", f"--{algo}.rollout-horizon", "2", f"--{algo}.rollout-error-steps", "2"]
+        f"--{algo}.model-steps", "120", f"--{algo}.rollout-horizon", "2", f"--{algo}.rollout-error-steps", "2",
+        f"--{algo}.rollout-batch-size", "8", f"--{algo}.model-retain-steps", "20"]
 
 
 def test_mopo_end_to_end_train_resume_diagnose_select_report_export(tmp_path, capsys):
@@ -389,6 +495,31 @@ def test_mopo_resume_inside_the_model_phase_matches_an_uninterrupted_run(tmp_pat
     np.testing.assert_array_equal(sa.elite_idx, sb.elite_idx)
     for x, y in zip(jax.tree.leaves(sa), jax.tree.leaves(sb), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_mopo_resume_inside_the_policy_phase_restores_the_model_buffer_exactly(tmp_path):
+    """A crash after the checkpoint of step 160, 40 steps into the policy phase: the model replay buffer (320 rows,
+    already wrapped around by up to 40 steps x 8 rollouts x 2 steps) comes back from the checkpoint, so the resumed run
+    ends in the same state as an uninterrupted one."""
+    import shutil
+
+    from offrl.training.policy import load_state
+
+    data = save_dataset(tmp_path / "d.h5", make_dataset(chain_arrays(episodes=10), {"task": "toy"}))
+    args = ["train", "--algo", "mopo", "--dataset", str(data), "--steps", "200", *TINY, *_tiny("mopo")]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main([*args, "--out", str(full)]) == 0
+    assert main([*args, "--out", str(part)]) == 0
+    shutil.rmtree(part / rd.CHECKPOINT_DIR / "200")
+    assert main(["train", "--resume", "--out", str(part), "--no-progress"]) == 0
+    sa, _ = load_state(full, 200)
+    sb, _ = load_state(part, 200)
+    s160, _ = load_state(full, 160)
+    # up to 640 rows written (fewer where a model rollout terminated on the toy's success reward): wrapped around
+    assert int(s160.buffer_size) == 320 and 0 <= int(s160.buffer_ptr) < 320
+    for x, y in zip(jax.tree.leaves(sa), jax.tree.leaves(sb), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert rd.read_metrics(full)[-1]["q_data"] == rd.read_metrics(part)[-1]["q_data"]
 
 
 @pytest.mark.sim

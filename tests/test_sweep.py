@@ -104,7 +104,8 @@ def test_other_algorithms_are_swept_one_run_after_another(tmp_path, dataset_path
     from offrl.agents.mopo import MOPOConfig
 
     mopo = MOPOConfig(model_hidden_dims=(16,), critic_hidden_dims=(16,), actor_hidden_dims=(16,), num_members=3,
-                      num_elites=2, model_steps=20, rollout_horizon=2, rollout_error_steps=2)
+                      num_elites=2, model_steps=20, rollout_horizon=2, rollout_error_steps=2, rollout_batch_size=8,
+                      model_retain_steps=20)
     base = dataclasses.replace(_base(dataset_path, tmp_path / "sweep"), algo="mopo", mopo=mopo, steps=40)
     with pytest.raises(ValueError, match="not a float hyperparameter of MOPO; one of: .*penalty_coef"):
         check_sweep(SweepConfig(base, param="num_members", values=(2.0,)))

@@ -61,7 +61,8 @@ def test_tuning_runs_every_value_and_picks_the_least_conservative_sound_one(tmp_
 def test_tuning_model_based_algorithms_sets_their_knob_and_skips_the_model_phase(algo, knob, default, tmp_path):
     data = save_dataset(tmp_path / "d.h5", make_dataset(chain_arrays(episodes=10), {"task": "toy"}))
     small = dict(model_hidden_dims=(16,), critic_hidden_dims=(16,), actor_hidden_dims=(16,), num_members=3,
-                 num_elites=2, model_steps=80, rollout_horizon=2, rollout_error_steps=2)
+                 num_elites=2, model_steps=80, rollout_horizon=2, rollout_error_steps=2, rollout_batch_size=8,
+                 model_retain_steps=20)
     base = TrainConfig(dataset=data, out=Path("unused"), algo=algo, steps=160, checkpoint_every=40, chunk_steps=20,
                        batch_size=32, progress=False)
     base = dataclasses.replace(base, **{algo: dataclasses.replace(getattr(base, algo), **small)})

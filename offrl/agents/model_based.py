@@ -11,22 +11,45 @@ A run has two phases, both inside the pure ``update(state, batch, key, config)``
    against real trajectories, train and held-out) is logged at every checkpoint; see
    :func:`offrl.workflow.diagnosis.diagnose_model`.
 2. **The policy phase**: every gradient step rolls the selected model out for ``rollout_horizon`` steps from
-   training states of the minibatch under the current policy (no replay buffer: see ``real_ratio``), and trains
-   SAC's critics and actor on a mixture of ``real_ratio`` real and ``1 - real_ratio`` model transitions:
+   ``rollout_batch_size`` training states of the minibatch under the current policy, writes the transitions into
+   the *model replay buffer* (a fixed-size ring buffer inside the agent state, :func:`refill_buffer`), and trains
+   SAC's critics and actor on a mixture of ``real_ratio`` real transitions and ``1 - real_ratio`` transitions drawn
+   uniformly from that buffer (:func:`mixed_batch`):
 
    - MOPO (Yu et al. 2020, Eq. 10, Algorithm 2): model rewards penalised by the uncertainty,
-     ``r~ = r^ - lambda max_i ||Sigma_i(s, a)||_F`` (``penalty_coef`` = lambda); no conservative term.
-   - COMBO (Yu et al. 2021, Eq. 2): no penalty; CQL's regularizer with the push-down on states of the mixture
-     ``d_f`` (real and model states, actions from the uniform and policy proposals, as CQL estimates the
-     log-sum-exp) and the push-up on dataset pairs: ``beta (E_{s~d_f} log sum_a exp Q(s, a) - E_D Q(s, a))``
-     (``conservative_weight`` = beta).
+     ``r~ = r^ - lambda max_i ||sigma_i(s, a)||_2`` over every member of the ensemble, the norm of the predicted
+     standard deviations of ``[r, s' - s]`` (``penalty_coef`` = lambda; :func:`offrl.networks.dynamics.mopo_penalty`
+     says why this, not the paper's Frobenius norm of the covariance); no conservative term.
+   - COMBO (Yu et al. 2021, Eq. 2): no penalty; ``beta (E_{s,a~rho} Q(s, a) - E_{s,a~D} Q(s, a))`` with the
+     push-down on the model's state-actions rho (the model rows of the mixture, the soft maximum over actions
+     estimated by CQL's log-sum-exp at those states) and the push-up on the dataset's state-actions
+     (``conservative_weight`` = beta; :func:`critic_terms`).
+
+**The model replay buffer** (MOPO's ``_model_pool``, tianheyu927/mopo ``mopo/algorithms/mopo.py``, after MBPO):
+MOPO rolls out ``rollout_batch_size`` = 50,000 dataset states every ``model_train_freq`` = 1,000 gradient steps
+(``examples/config/d4rl/base.py``) and keeps the last ``model_retain_epochs`` = 5 epochs of 1,000 steps of
+rollouts, ``5 * 50,000 * h`` transitions; each minibatch draws its model part uniformly from that pool. offrl rolls
+out 50 states at *every* step (the same 50 rollouts per gradient step on average) and keeps the last
+``model_retain_steps`` = 5,000 steps of them: the same pool size, the same rollouts' age, the same reuse of a model
+transition. Deviation: rollouts in 50s at each step instead of 50,000 at once every 1,000 steps, because the
+compiled update sees only its minibatch (the dataset is not in the agent's state), and the pool is then refreshed
+by the policy of that step instead of the policy of up to 1,000 steps before. As MOPO, only transitions up to and
+including a rollout's termination enter the pool. The buffer is part of the state, so it is saved in every
+checkpoint and a resumed run continues exactly (its size: ``model_retain_steps * rollout_batch_size *
+rollout_horizon`` rows of ``2 obs_dim + act_dim + 3`` float32, about 425 MB for 39-dimensional states, 4 actions
+and h = 5; lower ``model_retain_steps`` to save memory and disk).
 
 **Termination derived from the data.** Sparse-reward robot logs have no learned termination: if the training
 transitions have ``terminals`` and every terminal transition's reward lies above every non-terminal reward (a task
 that ends at success), a model transition terminates when its predicted reward passes the midpoint between the two
 (``fit_data``); otherwise (no terminals, e.g. MetaWorld's time limits, or terminals the reward does not separate)
-model rollouts never terminate. Predicted rewards are clipped to the training rewards' range, so a model cannot
-promise more reward than the data has ever shown (a deviation from both papers, for 0/1 rewards).
+model rollouts never terminate (MOPO's code uses each task's hand-written ``termination_fn``).
+
+**Model rewards are not clipped** (as MOPO's ``FakeEnv.step``, ``mopo/models/fake_env.py``). ``clip_model_rewards``
+clips each sampled model reward to the training rewards' range; it is off by default: with 0/1 rewards a model
+that predicts 0 samples ``N(0, sigma^2)`` rewards, and clipping that draw at 0 keeps its positive half, a background
+reward of ``sigma / sqrt(2 pi)`` on every model step (docs/model-based.md measured it outweighing the success
+reward over the horizon).
 
 Shapes: observations (B, obs_dim) float32 (normalised by ``offrl train``), actions (B, act_dim) in [-1, 1].
 State observations only.
@@ -36,7 +59,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import flax
 import jax
@@ -82,14 +105,28 @@ class ModelBasedConfig(common.ActorCriticConfig):
     snapshot, which is the same early stopping without a data-dependent length."""
     rollout_horizon: int = 5
     """Model steps per rollout h (MOPO and COMBO: 5 on most D4RL tasks, 1 on some)."""
+    rollout_batch_size: int = 50
+    """Rollouts started per policy-phase gradient step, from as many minibatch rows after the real part (MOPO:
+    50,000 every 1,000 steps, ``examples/config/d4rl/base.py`` of tianheyu927/mopo; module docstring)."""
+    model_retain_steps: int = 5_000
+    """Gradient steps of rollouts the model replay buffer keeps: its capacity is ``model_retain_steps *
+    rollout_batch_size * rollout_horizon`` transitions (MOPO: ``model_retain_epochs`` 5 of 1,000 steps)."""
     real_ratio: float = 0.05
-    """Fraction of real transitions in each minibatch (MOPO/MBPO 0.05; COMBO f = 0.5)."""
+    """Fraction of real transitions in each minibatch; the rest is drawn from the model replay buffer (MOPO/MBPO
+    0.05; COMBO f = 0.5)."""
+    clip_model_rewards: bool = False
+    """Clip each sampled model reward to the training rewards' range. Off, as in MOPO's and MBPO's code: clipping a
+    zero-mean Gaussian draw at 0 adds a positive background reward to every model step (module docstring); offrl's
+    earlier MOPO/COMBO results (docs/model-based.md) were measured with it on."""
     penalty_coef: float = 1.0
     """MOPO's lambda (Eq. 10); 0 turns the penalty off (COMBO)."""
     conservative_weight: float = 0.0
     """COMBO's beta (Eq. 2); 0 turns the regularizer off (MOPO)."""
     num_action_samples: int = 1
     """COMBO: actions per state and proposal for the log-sum-exp (as offrl's CQL)."""
+    push_down: Literal["model", "mixture"] = "model"
+    """COMBO: the states whose Q is pushed down. ``model``: the model rows of the mixture, Eq. 2's rho (Yu et al.
+    2021). ``mixture``: every row, real ones included (offrl's earlier COMBO, kept to reproduce those results)."""
     deterministic_backup: bool = True
     """Leave the entropy term out of the TD target (CQL's reference code; SAC, and MOPO, keep it: False)."""
     rollout_error_steps: int = 5
@@ -103,30 +140,46 @@ def config_problems(config: ModelBasedConfig) -> list[str]:
         p.append(f"{config.FLAGS}.num-members must be >= 1, got {config.num_members}")
     if not 1 <= config.num_elites <= config.num_members:
         p.append(f"{config.FLAGS}.num-elites must be in [1, num-members={config.num_members}], got {config.num_elites}")
-    for name in ("model_steps", "rollout_horizon", "rollout_error_steps", "num_action_samples"):
+    for name in ("model_steps", "rollout_horizon", "rollout_error_steps", "num_action_samples", "rollout_batch_size",
+                 "model_retain_steps"):
         if getattr(config, name) < 1:
             p.append(f"{config.FLAGS}.{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
     if not 0.0 < config.real_ratio < 1.0:
         p.append(f"{config.FLAGS}.real-ratio must be in (0, 1) (real and model transitions both), got {config.real_ratio}")
     if config.penalty_coef < 0 or config.conservative_weight < 0:
         p.append(f"{config.FLAGS}.penalty-coef and {config.FLAGS}.conservative-weight must be >= 0")
+    if config.push_down not in ("model", "mixture"):
+        p.append(f"{config.FLAGS}.push-down must be 'model' or 'mixture', got {config.push_down!r}")
     return p
 
 
 def split_sizes(config: ModelBasedConfig, batch_size: int) -> tuple[int, int, int]:
     """``(n_real, n_starts, n_model)`` of a minibatch of ``batch_size`` rows: the first ``n_real`` rows are the real
-    part, the next ``n_starts`` rows start the rollouts, whose first ``n_model`` transitions are the model part.
+    part, the next ``n_starts`` = ``rollout_batch_size`` rows start this step's rollouts, and ``n_model`` =
+    ``batch_size - n_real`` rows are drawn from the model replay buffer.
 
     Raises:
-        ValueError: the batch cannot hold the real part and the rollout starts.
+        ValueError: the batch leaves no row for model transitions, or cannot hold the rollout starts after the
+            real part.
     """
     n_real = max(1, round(config.real_ratio * batch_size))
     n_model = batch_size - n_real
     if n_model < 1:
         raise ValueError(f"--batch-size {batch_size} is too small for real-ratio {config.real_ratio}: it leaves no "
                          f"row for model transitions; raise the batch size")
-    # ceil(n_model / h) <= n_model rows start the rollouts, after the real rows: the batch always holds them.
-    return n_real, -(-n_model // config.rollout_horizon), n_model
+    if config.rollout_batch_size > n_model:
+        raise ValueError(f"{config.FLAGS}.rollout-batch-size {config.rollout_batch_size} exceeds the {n_model} rows "
+                         f"of a --batch-size {batch_size} minibatch after its real part: lower it or raise the batch "
+                         f"size")
+    return n_real, config.rollout_batch_size, n_model
+
+
+def buffer_capacity(config: ModelBasedConfig) -> int:
+    """Transitions the model replay buffer holds: ``model_retain_steps * rollout_batch_size * rollout_horizon``."""
+    return int(config.model_retain_steps) * int(config.rollout_batch_size) * int(config.rollout_horizon)
+
+
+BUFFER_KEYS = ("observations", "actions", "rewards", "terminals", "next_observations", "penalty")
 
 
 @flax.struct.dataclass
@@ -148,6 +201,9 @@ class ModelBasedState:
     critic_opt_state: Any
     actor_opt_state: Any
     temperature_opt_state: Any
+    model_buffer: dict  # the model replay buffer: BUFFER_KEYS -> (C, ...) float32, C = buffer_capacity(config)
+    buffer_ptr: jnp.ndarray  # () int32, the next row to write (rows wrap around: a ring buffer)
+    buffer_size: jnp.ndarray  # () int32, rows filled so far (at most C)
 
 
 def _networks(config: ModelBasedConfig, obs_dim: int, act_dim: int):
@@ -199,7 +255,17 @@ def init(config: ModelBasedConfig, obs_spec: common.ObsSpec, act_dim: int, key: 
         critic_opt_state=critic_opt.init(critic_params),
         actor_opt_state=actor_opt.init(actor_params),
         temperature_opt_state=temp_opt.init(log_temperature),
+        model_buffer=empty_buffer(buffer_capacity(config), obs_dim, act_dim),
+        buffer_ptr=jnp.zeros((), jnp.int32),
+        buffer_size=jnp.zeros((), jnp.int32),
     )
+
+
+def empty_buffer(capacity: int, obs_dim: int, act_dim: int) -> dict[str, jnp.ndarray]:
+    """A model replay buffer of ``capacity`` zero rows: observations and next_observations (C, obs_dim), actions
+    (C, act_dim), rewards (the penalised reward), terminals and penalty (C,), all float32."""
+    dims = {"observations": (obs_dim,), "actions": (act_dim,), "next_observations": (obs_dim,)}
+    return {k: jnp.zeros((capacity, *dims.get(k, ())), jnp.float32) for k in BUFFER_KEYS}
 
 
 def terminal_rule(rewards: np.ndarray, terminals: np.ndarray) -> float:
@@ -258,22 +324,24 @@ def model_loss(model_params: Any, batch: Batch, config: ModelBasedConfig) -> tup
 def model_rollout(state: ModelBasedState, starts: jnp.ndarray, key: jax.Array, config: ModelBasedConfig,
                   act_dim: int) -> dict[str, jnp.ndarray]:
     """``rollout_horizon`` steps of the selected model's elites from ``starts`` (n, obs_dim) under the current
-    policy: transitions (h * n, ...) with MOPO's penalised reward (:func:`offrl.networks.dynamics.penalised_reward`,
-    rewards clipped to the data's range first), ``terminals`` by :func:`terminal_rule`, and ``weights`` 0 for
-    transitions after a rollout terminated. Also ``penalty`` (h * n,), MOPO's u(s, a). No gradients flow."""
+    policy (MOPO's ``_rollout_model`` and ``FakeEnv.step``, tianheyu927/mopo): transitions (h * n, ...), step by
+    step, with MOPO's penalised reward ``r^ - lambda u(s, a)`` (Eq. 10; ``u`` of every member,
+    :func:`offrl.networks.dynamics.mopo_penalty`; ``r^`` clipped to the data's range first only with
+    ``clip_model_rewards``), ``terminals`` by :func:`terminal_rule`, and ``weights`` 1 up to and including a
+    rollout's termination and 0 after it. Also ``penalty`` (h * n,), u(s, a). No gradients flow."""
     model, _, actor = _networks(config, starts.shape[-1], act_dim)
     s = starts
     alive = jnp.ones((starts.shape[0],), jnp.float32)
-    out: dict[str, list] = {k: [] for k in ("observations", "actions", "rewards", "terminals", "next_observations",
-                                            "weights", "penalty")}
+    out: dict[str, list] = {k: [] for k in (*BUFFER_KEYS, "weights")}
     for t in range(config.rollout_horizon):
         k_act, k_step = jax.random.split(jax.random.fold_in(key, t))
         mean, log_std = actor.apply(state.actor_params, s)
         a, _ = sample_tanh_gaussian(k_act, mean, log_std)
         mu, log_var = model.apply(state.selected_model_params, s, a)
         s_next, r = dyn.sample_step(k_step, mu, log_var, state.elite_idx, s)
-        r = jnp.clip(r, state.reward_range[0], state.reward_range[1])
-        u = dyn.mopo_penalty(log_var[state.elite_idx])
+        if config.clip_model_rewards:  # off by default (ModelBasedConfig.clip_model_rewards)
+            r = jnp.clip(r, state.reward_range[0], state.reward_range[1])
+        u = dyn.mopo_penalty(log_var)  # every member, as MOPO's FakeEnv.step (not the elites alone)
         term = (r > state.terminal_reward).astype(jnp.float32)
         for k, v in (("observations", s), ("actions", a), ("rewards", r - config.penalty_coef * u),
                      ("terminals", term), ("next_observations", s_next), ("weights", alive), ("penalty", u)):
@@ -283,19 +351,47 @@ def model_rollout(state: ModelBasedState, starts: jnp.ndarray, key: jax.Array, c
     return {k: jax.lax.stop_gradient(jnp.concatenate(v)) for k, v in out.items()}
 
 
-def mixed_batch(state: ModelBasedState, batch: Batch, key: jax.Array, config: ModelBasedConfig) -> Batch:
-    """The policy phase's minibatch: ``n_real`` real transitions (weight 1) then ``n_model`` model transitions
-    rolled out from the next ``n_starts`` rows (:func:`split_sizes`); keys of :func:`model_rollout` plus ``real``
-    (1 for real rows)."""
-    b, act_dim = batch["rewards"].shape[0], batch["actions"].shape[-1]
-    n_real, n_starts, n_model = split_sizes(config, b)
-    rolled = model_rollout(state, batch["observations"][n_real:n_real + n_starts], key, config, act_dim)
+def write_buffer(state: ModelBasedState, rows: dict[str, jnp.ndarray]) -> ModelBasedState:
+    """Appends the rows of ``rows`` whose ``weights`` is 1 to the model replay buffer, in order, from
+    ``buffer_ptr`` on, wrapping around at the capacity C (the oldest rows are overwritten first, as MBPO's
+    ``SimpleReplayPool``); rows of weight 0 (after a rollout terminated) are not stored, as MOPO stores only live
+    rollouts. ``rows``: :data:`BUFFER_KEYS` and ``weights``, each (m, ...) with m <= C."""
+    cap = state.model_buffer["rewards"].shape[0]
+    keep = rows["weights"] > 0
+    order = jnp.cumsum(keep.astype(jnp.int32)) - 1  # position among the kept rows
+    pos = jnp.where(keep, (state.buffer_ptr + order) % cap, cap)  # cap: out of range, dropped
+    buf = {k: state.model_buffer[k].at[pos].set(rows[k].astype(jnp.float32), mode="drop") for k in BUFFER_KEYS}
+    count = keep.sum().astype(jnp.int32)
+    return state.replace(model_buffer=buf, buffer_ptr=(state.buffer_ptr + count) % cap,
+                         buffer_size=jnp.minimum(state.buffer_size + count, cap))
+
+
+def refill_buffer(state: ModelBasedState, batch: Batch, key: jax.Array, config: ModelBasedConfig):
+    """This step's rollouts (:func:`model_rollout`) from the ``rollout_batch_size`` minibatch rows after the real
+    part (:func:`split_sizes`), written into the model replay buffer (:func:`write_buffer`): ``(state, rollouts)``."""
+    n_real, n_starts, _ = split_sizes(config, batch["rewards"].shape[0])
+    rolled = model_rollout(state, batch["observations"][n_real:n_real + n_starts], key, config,
+                           batch["actions"].shape[-1])
+    return write_buffer(state, rolled), rolled
+
+
+def mixed_batch(state: ModelBasedState, batch: Batch, key: jax.Array, config: ModelBasedConfig):
+    """The policy phase's minibatch after this step's refill (:func:`refill_buffer`): ``n_real`` real transitions
+    then ``n_model`` transitions drawn uniformly (with replacement) from the filled rows of the model replay buffer
+    (MOPO's ``_training_batch``). Returns ``(state, mixed, rollouts)``: the state with the refilled buffer, the
+    mixed batch (keys :data:`BUFFER_KEYS`, ``weights`` 1 and ``real`` 1 for real rows, each (B, ...)), and this
+    step's rollouts."""
+    k_roll, k_idx = jax.random.split(key)
+    n_real, _, n_model = split_sizes(config, batch["rewards"].shape[0])
+    state, rolled = refill_buffer(state, batch, k_roll, config)
+    idx = jax.random.randint(k_idx, (n_model,), 0, jnp.maximum(state.buffer_size, 1))
+    model = {k: state.model_buffer[k][idx] for k in BUFFER_KEYS}
     real = {k: batch[k][:n_real] for k in ("observations", "actions", "rewards", "terminals", "next_observations")}
-    real["weights"] = jnp.ones((n_real,), jnp.float32)
     real["penalty"] = jnp.zeros((n_real,), jnp.float32)
-    mixed = {k: jnp.concatenate([real[k], rolled[k][:n_model]]) for k in real}
+    mixed = {k: jnp.concatenate([real[k].astype(jnp.float32), model[k]]) for k in BUFFER_KEYS}
+    mixed["weights"] = jnp.ones((n_real + n_model,), jnp.float32)
     mixed["real"] = jnp.concatenate([jnp.ones((n_real,)), jnp.zeros((n_model,))]).astype(jnp.float32)
-    return mixed
+    return state, mixed, rolled
 
 
 def _wmean(v: jnp.ndarray, w: jnp.ndarray) -> jnp.ndarray:
@@ -308,9 +404,16 @@ def critic_terms(critic_params: Any, target_critic_params: Any, actor_params: An
 
     ``batch``: transitions with ``weights`` (B,) and ``real`` (B,) 1 for dataset rows. The TD term is the
     weighted mean squared Bellman error over all rows, the target ``r + gamma (1 - terminal) min_i Qbar_i(s', a')``
-    (``a' ~ pi(.|s')``, minus the entropy term unless ``deterministic_backup``). COMBO's regularizer (Eq. 2):
-    ``beta (weighted mean over all rows of LSE_a Q(s, a) - mean over real rows of Q(s, a))``, the log-sum-exp
-    estimated as CQL does (:func:`offrl.agents.cql.cql_penalty`). Summed over critics.
+    (``a' ~ pi(.|s')``, minus the entropy term unless ``deterministic_backup``). COMBO's regularizer (Yu et al.
+    2021, Eq. 2), ``beta (E_{s,a~rho} Q(s, a) - E_{s,a~D} Q(s, a))``:
+    ``beta (weighted mean over the model rows (real = 0) of LSE_a Q(s, a) - weighted mean over the real rows of
+    Q(s, a))``. rho is the model's state-action distribution d^pi_M(s) pi(a|s); its push-down is estimated as CQL's
+    soft maximum over actions at the model states, the log-sum-exp over uniform actions and the policy's actions at
+    s and s' (:func:`offrl.agents.cql.cql_penalty`), which covers the rollout's own action, itself a draw of pi at s.
+    The authors' COMBO code is not public; OfflineRL-Kit's ``COMBOPolicy`` with ``rho_s="model"``
+    (yihaosun1124/OfflineRL-Kit, ``offlinerlkit/policy/model_based/combo.py``) computes the same push-down and
+    push-up. With ``push_down="mixture"`` the log-sum-exp is averaged over every row, real ones included
+    (offrl's earlier COMBO; OfflineRL-Kit's ``rho_s="mix"``). Summed over critics.
 
     Returns ``(loss, parts)``, parts (B,) averaged over critics: ``q_data``, ``td_error``, ``cql_regularizer``
     (LSE - Q(s, a) of each row; COMBO only, ``conservative_weight`` > 0), ``q_policy``, ``target_q``,
@@ -348,7 +451,8 @@ def critic_terms(critic_params: Any, target_critic_params: Any, actor_params: An
         q_random, q_policy, q_next_policy = jnp.split(q_sampled, 3, axis=1)
         lse = cql_penalty(jnp.zeros_like(q), q_random, q_policy, q_next_policy, jax.lax.stop_gradient(log_pi),
                           jax.lax.stop_gradient(log_pi_next), act_dim)  # (C, B): the log-sum-exp alone
-        reg = _wmean(lse, w) - _wmean(q, real)
+        down = w * (1.0 - real) if config.push_down == "model" else w  # Eq. 2's rho: the model's rows
+        reg = _wmean(lse, down) - _wmean(q, w * real)
         loss = loss + config.conservative_weight * jnp.sum(reg)
         extra = {"cql_regularizer": (lse - q).mean(axis=0)}
     parts = {
@@ -400,7 +504,7 @@ def _model_update(state: ModelBasedState, batch: Batch, config: ModelBasedConfig
 def _policy_update(state: ModelBasedState, batch: Batch, key: jax.Array, config: ModelBasedConfig):
     _, critic_opt, actor_opt, temp_opt = _optimizers(config)
     k_roll, k_actor, k_critic = jax.random.split(key, 3)
-    mixed = mixed_batch(state, batch, k_roll, config)
+    state, mixed, rolled = mixed_batch(state, batch, k_roll, config)
     target_entropy = common.target_entropy_of(config.target_entropy, batch["actions"].shape[-1])
 
     (a_loss, a_aux), a_grads = jax.value_and_grad(actor_loss, has_aux=True)(
@@ -428,7 +532,7 @@ def _policy_update(state: ModelBasedState, batch: Batch, key: jax.Array, config:
         critic_loss=c_loss, actor_loss=a_loss, temperature_loss=t_loss,
         entropy_temperature=jnp.exp(state.log_temperature), entropy=-a_aux["log_pi"],
         model_penalty=_wmean(mixed["penalty"], model_rows), model_reward=_wmean(mixed["rewards"], model_rows),
-        rollout_alive=_wmean(mixed["weights"], model_rows),
+        rollout_alive=rolled["weights"].mean(),
     )
     return state, {**metrics, **{k: jnp.zeros(()) for k in MODEL_METRICS}}
 

@@ -1,8 +1,10 @@
 """MOPO, model-based offline policy optimisation (Yu et al. 2020): SAC on real and model transitions whose model
-rewards are penalised by the ensemble's uncertainty, ``r~ = r^ - lambda max_i ||Sigma_i(s, a)||_F`` (Eq. 10).
+rewards are penalised by the ensemble's uncertainty, ``r~ = r^ - lambda max_i ||sigma_i(s, a)||_2`` (Eq. 10, as
+MOPO's code computes it: :func:`offrl.networks.dynamics.mopo_penalty`).
 
-The model, its selection on held-out episodes, the rollouts and the update are shared with COMBO in
-:mod:`offrl.agents.model_based`; this module gives MOPO's defaults (Yu et al. 2020, Appendix; MBPO's real ratio).
+The model, its selection on held-out episodes, the rollouts, the model replay buffer and the update are shared with
+COMBO in :mod:`offrl.agents.model_based`; this module gives MOPO's defaults (Yu et al. 2020, Appendix, and the
+code's ``examples/config/d4rl/base.py`` of tianheyu927/mopo).
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from offrl.agents.model_based import (  # noqa: F401  (the agent interface of of
 
 @dataclasses.dataclass(frozen=True)
 class MOPOConfig(ModelBasedConfig):
-    """MOPO's hyperparameters: lambda = 1 and h = 5 (the paper's most common setting), 5 % real transitions
-    (MBPO, which MOPO builds on); the deterministic backup of offrl's CQL and COMBO instead of SAC's soft one
-    (``deterministic_backup``: a deviation, docs/model-based.md)."""
+    """MOPO's hyperparameters: lambda = 1 and h = 5 (the paper's most common setting), 5 % real transitions,
+    50 rollouts per step kept for 5,000 steps (MOPO's code, after MBPO), SAC's soft backup, unclipped model
+    rewards."""
 
     FLAGS: ClassVar[str] = "--mopo"
 
@@ -43,8 +45,10 @@ class MOPOConfig(ModelBasedConfig):
     """Fraction of real transitions per minibatch (MBPO and MOPO: 0.05)."""
     rollout_horizon: int = 5
     """h (the paper: 5, or 1 on some tasks)."""
-    deterministic_backup: bool = True
-    """Deviation from MOPO's SAC (soft backup, ``False``): the entropy term stays out of the TD target, as in
-    CQL's reference code. With 0/1 rewards the soft backup's bonus, about alpha * H / (1 - gamma) (0.04 * 2.2 /
-    0.01 = 9 measured), outweighs every reward: on the model-based grid's first MOPO runs `q_data` reached 3.4
-    (pick-place-v3) and 5.6 (drawer-open-v3) on a [0, 1] range, and no checkpoint succeeded (0/80)."""
+    deterministic_backup: bool = False
+    """SAC's soft backup, as MOPO's code (``_get_Q_target`` of ``mopo/algorithms/mopo.py``: ``min Q' - alpha log
+    pi``). ``True`` leaves the entropy term out (CQL's reference code). offrl's earlier MOPO ran with ``True``: on
+    the model-based grid's first MOPO runs with the soft backup (and with clipped model rewards and fresh
+    branches per step, since replaced) `q_data` reached 3.4 (pick-place-v3) and 5.6 (drawer-open-v3) on a [0, 1]
+    range, the soft backup's bonus about alpha * H / (1 - gamma) (0.04 * 2.2 / 0.01 = 9 measured); a rerun of the
+    faithful MOPO is pending (docs/model-based.md)."""

@@ -15,8 +15,8 @@ the second term keeping the bounds tight. *Elites* are the ``num_elites`` member
 error on held-out episodes (MOPO and MBPO: 7 members, 5 elites); rollouts draw one elite per sample and step.
 
 MOPO's penalised reward (Yu et al. 2020, Eq. 10 and Sec. 4.3) is ``r~ = r^ - lambda u(s, a)`` with the uncertainty
-``u(s, a) = max_i ||Sigma_i(s, a)||_F``, the largest Frobenius norm of the elites' predicted covariance (with a
-diagonal covariance diag(sigma^2), sqrt(sum_d sigma_d^4): the Euclidean norm of the variances).
+``u(s, a) = max_i ||sigma_i(s, a)||_2``, the largest Euclidean norm of the members' predicted standard deviations,
+as MOPO's code computes it (:func:`mopo_penalty`).
 
 Networks: MOPO's 4 hidden layers of 200 units with swish (SiLU) activations, one set of weights per member
 (``nn.vmap`` over the member axis). Shapes: observations (B, obs_dim), actions (B, act_dim), outputs with a leading
@@ -95,9 +95,16 @@ def elites(heldout_mse: jnp.ndarray, num_elites: int) -> jnp.ndarray:
 
 
 def mopo_penalty(log_var: jnp.ndarray) -> jnp.ndarray:
-    """MOPO's uncertainty ``u(s, a) = max_i ||Sigma_i(s, a)||_F`` over the given members: for a diagonal
-    covariance ``||diag(sigma^2)||_F = sqrt(sum_d sigma_d^4)``; (E, B, D) log-variances -> (B,)."""
-    return jnp.sqrt(jnp.exp(2.0 * log_var).sum(axis=-1)).max(axis=0)
+    """MOPO's uncertainty ``u(s, a) = max_i ||sigma_i(s, a)||_2 = max_i sqrt(sum_d sigma_{i,d}^2)``, the largest
+    Euclidean norm of the predicted standard deviations over the given members and every output ``[s' - s, r]``;
+    (E, B, D) log-variances -> (B,) float32, in the units of the model's outputs.
+
+    Source: MOPO's code, ``FakeEnv.step`` with ``penalty_learned_var=True`` (its D4RL configurations,
+    ``examples/config/d4rl/base_mopo.py``), ``np.amax(np.linalg.norm(ensemble_model_stds, axis=2), axis=0)``
+    (tianheyu927/mopo, ``mopo/models/fake_env.py``), over all members of the ensemble (``model.predict(...,
+    factored=True)`` returns every network, not the elites alone). The paper's Eq. 10 writes the Frobenius norm of
+    the covariance, ``||Sigma||_F = sqrt(sum_d sigma_d^4)`` (the norm of the variances); offrl follows the code."""
+    return jnp.sqrt(jnp.exp(log_var).sum(axis=-1)).max(axis=0)
 
 
 def penalised_reward(reward: jnp.ndarray, log_var: jnp.ndarray, penalty_coef: float) -> jnp.ndarray:
