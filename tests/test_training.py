@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -20,16 +21,34 @@ from offrl.training.train import train
 TINY = CQLConfig(critic_hidden_dims=(16, 16), actor_hidden_dims=(16, 16), num_action_samples=2, bc_steps=20)
 
 
-@pytest.fixture
-def dataset_path(tmp_path):
+@pytest.fixture(scope="module")
+def dataset_path(tmp_path_factory):
     ds = make_dataset(chain_arrays(episodes=10), {"task": "toy"})
-    return save_dataset(tmp_path / "toy.h5", ds)
+    return save_dataset(tmp_path_factory.mktemp("data") / "toy.h5", ds)
+
+
+# The same tiny runs, trained once per module: the tests only read `full_run`, and copy `part_run` before changing it.
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, dataset_path):
+    """The default tiny run (120 steps, checkpoints at 40, 80, 120), uninterrupted. Read it, never write it."""
+    return train(_config(dataset_path, tmp_path_factory.mktemp("full") / "run"))
+
+
+@pytest.fixture(scope="module")
+def _part_run(tmp_path_factory, dataset_path):
+    return train(_config(dataset_path, tmp_path_factory.mktemp("part") / "run", steps=80))
+
+
+@pytest.fixture
+def part_run(_part_run, tmp_path):
+    """A fresh copy of the same tiny run stopped after 80 steps (checkpoints at 40 and 80), for this test to change."""
+    return shutil.copytree(_part_run, tmp_path / "part")
 
 
 
 
-def test_run_directory_contents(tmp_path, dataset_path):
-    out = train(_config(dataset_path, tmp_path / "run"))
+def test_run_directory_contents(full_run):
+    out = full_run
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["seed"] == 0 and cfg["algo"] == "cql"
     assert len(cfg["dataset"]["fingerprint"]) == 64 and cfg["offrl_version"]
@@ -46,8 +65,8 @@ def test_run_directory_contents(tmp_path, dataset_path):
     assert rd.checkpoint_steps(out) == [40, 80, 120]
 
 
-def test_checkpoint_round_trip_and_policy(tmp_path, dataset_path):
-    out = train(_config(dataset_path, tmp_path / "run"))
+def test_checkpoint_round_trip_and_policy(full_run):
+    out = full_run
     state, _ = load_state(out, 120)
     assert int(state.step) == 120
     state80, _ = load_state(out, 80)
@@ -69,9 +88,8 @@ def test_existing_run_is_never_overwritten_silently(tmp_path, dataset_path):
     train(_config(dataset_path, out, steps=40, overwrite=True))
 
 
-def test_resume_matches_an_uninterrupted_run(tmp_path, dataset_path):
-    full = train(_config(dataset_path, tmp_path / "full"))
-    part = train(_config(dataset_path, tmp_path / "part", steps=80))
+def test_resume_matches_an_uninterrupted_run(full_run, part_run, dataset_path):
+    full, part = full_run, part_run
     # simulate a crash after the record of step 120 was written but before its checkpoint, then a torn line
     rec80 = rd.read_metrics(part)[-1]
     rd.append_metrics(part, {**rec80, "step": 120, "q_data": 123.0})
@@ -116,13 +134,11 @@ def test_compile_timer_counts_compilation_and_not_cached_calls():
     assert first["compile_s"] > 0 and again["compile_s"] == 0
 
 
-def test_resume_continues_the_recorded_run_without_repeating_its_settings(tmp_path, dataset_path):
+def test_resume_continues_the_recorded_run_without_repeating_its_settings(tmp_path, full_run, part_run):
     from offrl.training.train import TrainConfig
 
-    out = tmp_path / "run"
-    full = train(_config(dataset_path, tmp_path / "full", steps=120))
+    out, full = part_run, full_run
     # A run of 120 steps interrupted after 80: the recorded total is 120.
-    train(_config(dataset_path, out, steps=80))
     cfg = json.loads((out / "config.json").read_text())
     cfg["training"]["steps"] = 120
     (out / "config.json").write_text(json.dumps(cfg))
