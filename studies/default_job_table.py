@@ -13,8 +13,17 @@ from offrl.stats import wilson_interval
 from offrl.training import run_dir as rd
 from offrl.workflow.rules import select_step
 
-# The archive (committed) holds each run's diagnosis.json, evaluation.json, metrics.jsonl and config.json.
+# The archive (committed) holds each run's diagnosis.json, evaluation.json, metrics.jsonl and config.json, packed in
+# runs.jsonl (offrl.study.pack): unpacked into a temporary folder to be read as run directories.
 ROOT = Path(sys.argv[1]) if len(sys.argv) > 1 and not sys.argv[1].startswith("--") else Path("studies/archive/default-job")
+if (ROOT / "runs.jsonl").is_file():
+    import tempfile
+
+    from offrl.study.pack import unpack_runs
+
+    _unpacked = Path(tempfile.mkdtemp(prefix="default-job-"))
+    unpack_runs(ROOT, _unpacked)
+    ROOT = _unpacked
 
 
 def fmt(r):

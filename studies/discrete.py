@@ -236,6 +236,17 @@ def main() -> None:
     p.add_argument("--results", type=Path, default=ROOT / "docs" / "results-discrete-table.md")
     p.add_argument("--table-only", action="store_true")
     a = p.parse_args()
+    if a.table_only and (a.out / "runs.jsonl").is_file():
+        # A packed archive (offrl.study.pack): its run directories, unpacked into a temporary copy of --out.
+        import shutil
+        import tempfile
+
+        from offrl.study.pack import unpack_runs
+
+        copy = Path(tempfile.mkdtemp(prefix="discrete-")) / a.out.name
+        shutil.copytree(a.out, copy)
+        unpack_runs(a.out, copy)
+        a.out = copy
     (a.out / "runs").mkdir(parents=True, exist_ok=True)
     if not a.table_only:
         with ThreadPoolExecutor(a.workers) as pool:

@@ -80,23 +80,32 @@ MEASURED = load_measured()
 # ------------------------------------------------------------------------------------------------ the records
 
 
+def _runs_as_files(folder: Path) -> Iterable[tuple[str, dict[str, str]]]:
+    """``(run name, {file: text})`` of an archive of run directories: packed (runs.jsonl, offrl.study.pack) or,
+    for an archive not packed yet, the directories themselves."""
+    from offrl.study.pack import iter_packed_runs
+
+    yield from iter_packed_runs(folder)
+    for cfg in sorted(folder.glob("*/config.json")):
+        yield cfg.parent.name, {f.name: f.read_text() for f in cfg.parent.iterdir() if f.is_file()}
+
+
 def _default_job_cells(folder: Path) -> Iterable[dict[str, Any]]:
     """The default job's archived runs (run directories, not cell files) as study cells."""
-    from offrl.training import run_dir as rd
-
-    for run in sorted(folder.glob(f"{DEFAULT_JOB_RUNS}*")):
-        if not run.is_dir() or run.name.endswith("_bc") or not (run / "evaluation.json").is_file():
+    for name, files in _runs_as_files(folder):
+        if not name.startswith(DEFAULT_JOB_RUNS) or name.endswith("_bc") or "evaluation.json" not in files:
             continue
-        config = rd.read_json(run / rd.CONFIG_FILE)
-        outcomes = {int(r["step"]): r for r in rd.read_json(run / "evaluation.json")["results"]}
+        config = json.loads(files["config.json"])
+        outcomes = {int(r["step"]): r for r in json.loads(files["evaluation.json"])["results"]}
+        metrics = [json.loads(line) for line in files["metrics.jsonl"].splitlines() if line.strip()]
         checkpoints = [{**r, **{k: outcomes[int(r["step"])][k] for k in ("success_rate", "episode_successes")}}
-                       for r in rd.read_metrics(run) if int(r["step"]) in outcomes]
+                       for r in metrics if int(r["step"]) in outcomes]
         meta = config["dataset"].get("metadata") or {}
         yield {"cell": {"task": meta.get("task"), "regime": meta.get("regime"), "episodes": meta.get("episodes"),
                         "seed": config.get("seed")},
                "algo": config["algo"], "agent": config["agent"], "training": config.get("training", {}),
                "q_range": config["dataset"]["q_range"], "warmup_steps": 0, "checkpoints": checkpoints,
-               "diagnosis": rd.read_json(run / "diagnosis.json"), "obs": config["dataset"].get("obs_mode", "state"),
+               "diagnosis": json.loads(files["diagnosis.json"]), "obs": config["dataset"].get("obs_mode", "state"),
                "reward_mode": meta.get("reward_mode", "terminal")}
 
 
