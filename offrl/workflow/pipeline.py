@@ -19,6 +19,7 @@ from offrl.agents.mopo import MOPOConfig
 from offrl.agents.trajectory_transformer import TTConfig
 from offrl.data.collect import collect
 from offrl.envs import DEFAULT_HORIZON
+from offrl.presets import IQL_SPARSE
 from offrl.training import run_dir as rd
 from offrl.training.timing import compile_timer
 from offrl.training.train import TrainConfig, check_config, train
@@ -111,10 +112,10 @@ class WorkflowConfig:
     bc: BCConfig = dataclasses.field(default_factory=BCConfig)
     """Behaviour-cloning hyperparameters (also for BRAC's pi_beta)."""
     iql: IQLConfig = dataclasses.field(
-        default_factory=lambda: IQLConfig(expectile=0.9, inverse_temperature=10.0))
-    """IQL hyperparameters; here its authors' sparse-reward (AntMaze) expectile 0.9 and beta 10 (`offrl train`
-    keeps their locomotion values). --iql.actor-lr-decay-steps 0 (the default) becomes --steps here: the
-    authors' cosine decay of the actor's learning rate over the whole run."""
+        default_factory=lambda: IQL_SPARSE.agent_config(IQLConfig()))
+    """IQL hyperparameters; here the preset iql-sparse's: its authors' sparse-reward (AntMaze) expectile 0.9 and
+    beta 10 (`offrl train` keeps their locomotion values without --preset iql-sparse). --iql.actor-lr-decay-steps 0
+    (the default) becomes --steps here: the authors' cosine decay of the actor's learning rate over the whole run."""
     awac: AWACConfig = dataclasses.field(default_factory=AWACConfig)
     """AWAC hyperparameters."""
     bear: BEARConfig = dataclasses.field(default_factory=BEARConfig)
@@ -129,7 +130,9 @@ class WorkflowConfig:
 
 ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
     # docs/default-job.md addendum 6 (D12): judged on fresh seeds 18-20 of pick-place-v3 and 3 other dev tasks.
-    "iql": {"steps": 60_000, "checkpoint_every": 6_000, "reward_shift": -1.0},
+    # One source: the preset iql-sparse (offrl/presets.py), which `offrl train --preset iql-sparse` trains.
+    "iql": {"steps": IQL_SPARSE.steps, "checkpoint_every": IQL_SPARSE.checkpoint_every,
+            "reward_shift": IQL_SPARSE.reward_shift},
     # D0: the workflow's defaults before D12 (docs/default-job.md, candidate D0; docs/results.md).
     "other": {"steps": 15_000, "checkpoint_every": 1_000, "reward_shift": 0.0},
 }
