@@ -53,6 +53,39 @@ def _ci(stat: dict[str, Any] | None, digits: int = 2) -> str:
     return s + f" (n={stat['n']})"
 
 
+# The label of the per-run "best" checkpoint's success: with per-episode outcomes it is the maximum over the
+# candidates of the success on one half of the episodes, averaged over the two halves (offrl.study.selectors), so
+# it can exceed the maximum over the candidates of the success on all episodes.
+BEST = "best (mean of the two halves' maxima)"
+
+# Fields that the faithful implementations record in a run's agent config (issue 43); a MOPO/COMBO run without
+# them ran offrl's earlier implementation, and the page says so beside its numbers.
+EARLIER = {"mopo": ("clip_model_rewards", "clipped model rewards, no model replay buffer, the norm of the variances "
+                    "over the elites, a deterministic backup"),
+           "combo": ("push_down", "the push-down on the whole mixture (real rows included), clipped model rewards, "
+                     "no model replay buffer")}
+
+
+def earlier_implementation(cells: list[dict[str, Any]], algo: str) -> str | None:
+    """The deviations of offrl's earlier implementation of ``algo`` (:data:`EARLIER`) if any of its runs in
+    ``cells`` ran it (its archived agent config lacks the field the faithful one records); None otherwise."""
+    if algo not in EARLIER:
+        return None
+    field, text = EARLIER[algo]
+    runs = [c for c in cells if c.get("algo") == algo]
+    return text if any(field not in (c.get("agent") or {}) for c in runs) else None
+
+
+def algo_label(cells: list[dict[str, Any]], algo: str) -> str:
+    """The name a results table gives ``algo``: CQL runs that were all Cal-QL (``calibrated``, Nakamoto et al. 2023)
+    without a behaviour-cloning warm start (``bc_steps`` 0), the package default, are labelled so; MOPO and COMBO
+    runs of the earlier implementation (:func:`earlier_implementation`) too."""
+    runs = [c.get("agent") or {} for c in cells if c.get("algo") == algo]
+    if algo == "cql" and runs and all(a.get("calibrated") and not a.get("bc_steps") for a in runs):
+        return "cql (Cal-QL, no BC warm start)"
+    return f"{algo} (earlier implementation)" if earlier_implementation(cells, algo) else algo
+
+
 def _cells(config: Any, scenario: str | None = None) -> list[dict[str, Any]]:
     """The finished cells (cell.json contents) of the study or of one scenario."""
     from offrl.study.config import cells_of
@@ -333,6 +366,11 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
     for f in analysis.get("failed", []):
         L.append(f"- failed run `{f['cell']}`: {f['error']}")
     L.append("Success rates are measured in the simulator **for analysis only**: no selector reads them.\n")
+    for algo in sorted({c.get("algo") for c in cells if c.get("algo")}):
+        text = earlier_implementation(cells, algo)
+        if text:
+            L.append(f"**{algo} here is offrl's earlier implementation** ({text}), which deviated from its sources; "
+                     f"the faithful one has not been measured on these runs yet (docs/model-based.md).\n")
 
     L.append("## Selection quality (all runs)\n")
     L.append("Mean over runs, 95% percentile-bootstrap confidence interval over runs, and the number of runs "
@@ -347,7 +385,7 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
     L.append("|---|---|---|---|---|---|---|")
     L.extend(_selector_rows(analysis["headline"]))
     if analysis.get("best_in_hindsight"):
-        L.append(f"| best checkpoint in hindsight | {_ci(analysis['best_in_hindsight'])} | 0 | 0 | 1 |")
+        L.append(f"| {BEST} checkpoint in hindsight | {_ci(analysis['best_in_hindsight'])} | 0 | 0 | 1 |")
     rule = analysis.get("default_rule")
     if rule is not None:
         finished = done >= total
@@ -375,19 +413,19 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
         L.append("\n## Per algorithm\n")
         L.append("The workflow's pick (each algorithm's Guideline 3.1 curve, docs/metrics.md; BC and the Trajectory "
                  "Transformer (tt), which have no Q-function: the peak of the held-out log-likelihood of their actions "
-                 "and of their next tokens), the best checkpoint in hindsight and the last, "
+                 f"and of their next tokens), the {BEST} checkpoint in hindsight and the last, "
                  "as success rates (analysis only, scored on half the evaluation episodes as above), and the "
                  "behaviour data's success, with 95% bootstrap intervals over runs. The last four columns are paired "
                  "by run (same task, data and seed): the pick's and the best checkpoint's success minus CQL's and "
                  "minus BC's. A scenario with its own budget (above) has its own checkpoints: its best is the best "
                  "of those.\n")
-        L.append("| algorithm | runs | pick | best | last | normalised regret of the pick | data | pick − CQL | "
+        L.append(f"| algorithm | runs | pick | {BEST} | last | normalised regret of the pick | data | pick − CQL | "
                  "best − CQL | pick − BC | best − BC |")
         L.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for algo, a in algos.items():
             paired = " | ".join(_ci(a.get(k)) if a.get(k) else "–" for k in
                                 ("pick_minus_cql", "best_minus_cql", "pick_minus_bc", "best_minus_bc"))
-            L.append(f"| {algo} | {a['runs']} | {_ci(a['pick_success'])} | {_ci(a['best_success'])} | "
+            L.append(f"| {algo_label(cells, algo)} | {a['runs']} | {_ci(a['pick_success'])} | {_ci(a['best_success'])} | "
                      f"{_ci(a['last_success'])} | {_ci(a['pick_regret'])} | {_ci(a.get('data_success'))} | "
                      f"{paired} |")
 
@@ -450,7 +488,7 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
             L.append("No finished runs yet.\n")
             continue
         L.append("| task | regime | episodes | seed | setting | behaviour success | verdict | q_data peak → last | td_error "
-                 "(last) | unexplained TD (last) | workflow pick | success: pick [95% CI] / best / last / late |")
+                 f"(last) | unexplained TD (last) | workflow pick | success: pick [95% CI] / {BEST} / last / late |")
         L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         per_run = {r["name"]: r for r in analysis["per_run"]}
         for c in rows:
@@ -480,7 +518,7 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
         effects = analysis["remedies"].get(sc.name, [])
         if effects:
             L.append("\nRemedy against base (same data and seed): values are base → remedy.\n")
-            L.append("| task | episodes | seed | remedy | verdict | success of the workflow pick | best checkpoint | "
+            L.append(f"| task | episodes | seed | remedy | verdict | success of the workflow pick | {BEST} | "
                      "late success (last 3) | td_error (last) | q_data (last) |")
             L.append("|---|---|---|---|---|---|---|---|---|---|")
             for e in effects:
@@ -498,6 +536,10 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
              "of the TD targets (docs/metrics.md); above `underfit_unexplained` (at the end of the run) the "
              "diagnosis calls the run underfitting.")
     L.append("- The per-checkpoint success intervals are Wilson 95% intervals over the evaluation episodes.")
+    L.append(f"- *{BEST}*: with per-episode outcomes, the largest success over the candidate checkpoints on one "
+             "half of the episodes, averaged over the two halves (the oracle's side of the split-half scoring); "
+             "it can exceed the largest success on all episodes. Without per-episode outcomes, that largest "
+             "success.")
     L.append("- All numbers: `analysis.json` in the study directory; per run: `cells/<run>/cell.json`.")
     rd.atomic_write_text(out, "\n".join(L) + "\n")
     return out
