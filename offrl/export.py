@@ -87,8 +87,7 @@ def export_policy(
     Args:
         run_dir: run directory made by ``offrl train``.
         step: checkpoint step; None for the ``selected_step`` of RUN_DIR/diagnosis.json, diagnosed now by the
-            run's recorded rule when there is none yet (an error when the
-            run has not been diagnosed).
+            rule the run recorded when it was trained when there is none yet.
         out: folder to create; None for RUN_DIR/policy.
         overwrite: replace an existing export at ``out``. A folder that is not an offrl policy export is
             never replaced.
@@ -101,8 +100,7 @@ def export_policy(
         The export folder ``out``.
 
     Raises:
-        FileNotFoundError: ``run_dir`` is not a run directory, it has no checkpoints, or none at ``step``, or
-            ``step`` is None and the run has no diagnosis.json.
+        FileNotFoundError: ``run_dir`` is not a run directory, it has no checkpoints, or none at ``step``.
         FileExistsError: ``out`` exists and ``overwrite`` is False, or it is not a policy export.
         ValueError: diagnosis.json selects no checkpoint (pass ``step``), or the checkpoint does not match; or
             ``compiled=True`` for a Trajectory Transformer (its planner is exported as parameters and settings).
@@ -119,15 +117,31 @@ def export_policy(
     _check_replaceable(out, overwrite)  # before the slow part, so a refusal costs nothing
 
     # The training stack (Orbax, optax, agents) is imported here only: loading an export must not need it.
-    from offrl.agents import common
     from offrl.training.policy import load_state
 
     step, step_source = _resolve_step(run_dir, step)
     state, cfg = load_state(run_dir, step)
     ds = cfg["dataset"]
-    obs_dim, act_dim = int(ds["obs_dim"]), int(ds["act_dim"])
-    encoder = cfg["agent"].get("actor_encoder", "cnn")
     planner = cfg.get("algo") == "tt"  # a sequence model planning by beam search, not a tanh-Gaussian actor
+    observation = _observation_spec(cfg)
+    mean = np.asarray(cfg["normalizer"]["mean"], np.float32)
+    std = np.asarray(cfg["normalizer"]["std"], np.float32)
+    files, compiled_note = _policy_files(jax.device_get(state.actor_params), cfg, observation, planner, compiled)
+    spec = _policy_spec(cfg, observation, planner, files, compiled_note, {
+        "run_dir": str(run_dir.resolve()), "step": step, "step_source": step_source,
+        "dataset_fingerprint": ds.get("fingerprint"), "task": ds.get("task"),
+        "offrl_version": cfg.get("offrl_version")})
+    files[POLICY_FILE] = (json.dumps(spec, indent=2) + "\n").encode()
+    files[README_FILE] = _readme(spec).encode()
+    probe, expected = _reference_actions(state.actor_params, cfg, observation, mean, std, planner)
+    _write_checked(files, out, overwrite, probe, expected)
+    return out
+
+
+def _observation_spec(cfg: dict[str, Any]) -> dict[str, Any]:
+    """What the policy reads (policy.json ``observation``): the mode, and for image policies the image shape,
+    the frame stack, the state columns the actor uses and the camera."""
+    ds = cfg["dataset"]
     observation: dict[str, Any] = {"mode": ds.get("obs_mode", "state")}
     if observation["mode"] != "state":
         observation.update(
@@ -136,54 +150,59 @@ def export_policy(
             state_columns=[int(c) for c in ds["state_columns"]],
             camera=(ds.get("metadata") or {}).get("image"),
         )
-    hidden = tuple(int(h) for h in cfg["agent"].get("actor_hidden_dims", ()))
-    mean = np.asarray(cfg["normalizer"]["mean"], np.float32)
-    std = np.asarray(cfg["normalizer"]["std"], np.float32)
-    actor_params = jax.device_get(state.actor_params)
-    meta = ds.get("metadata") or {}
+    return observation
 
+
+def _policy_files(actor_params: Any, cfg: dict[str, Any], observation: dict[str, Any], planner: bool,
+                  compiled: bool | None) -> tuple[dict[str, bytes], str | None]:
+    """The parameter file and, where it can be written, the compiled form; and why the compiled form is missing
+    (None when written). Raises as :func:`export_policy` says for ``compiled``."""
     import flax.serialization
 
+    ds = cfg["dataset"]
     files = {PARAMS_FILE: flax.serialization.to_bytes(actor_params)}
-    compiled_note = None
     if planner:
         if compiled:
             raise ValueError(f"{COMPILED_FILE} cannot be written for a Trajectory Transformer: {PLANNER_NOTE}")
-        compiled_note = PLANNER_NOTE
-    elif compiled is not False:
-        try:
-            files[COMPILED_FILE] = _export_compiled(actor_params, mean, std, hidden, obs_dim, act_dim, encoder,
-                                                    observation)
-        except ImportError as e:  # jax.export serialisation imports flatbuffers, an optional JAX dependency
-            if compiled:
-                raise ImportError(f"writing {COMPILED_FILE} needs `pip install flatbuffers`: {e}") from e
-            compiled_note = f"jax.export serialisation needs the flatbuffers package: {e}"
-            warnings.warn(f"{COMPILED_FILE} not written ({compiled_note}); the rest of the export is usable",
-                          stacklevel=2)
-    else:
-        compiled_note = "export_policy(compiled=False)"
+        return files, PLANNER_NOTE
+    if compiled is False:
+        return files, "export_policy(compiled=False)"
+    hidden = tuple(int(h) for h in cfg["agent"].get("actor_hidden_dims", ()))
+    try:
+        files[COMPILED_FILE] = _export_compiled(
+            actor_params, np.asarray(cfg["normalizer"]["mean"], np.float32),
+            np.asarray(cfg["normalizer"]["std"], np.float32), hidden, int(ds["obs_dim"]), int(ds["act_dim"]),
+            cfg["agent"].get("actor_encoder", "cnn"), observation)
+    except ImportError as e:  # jax.export serialisation imports flatbuffers, an optional JAX dependency
+        if compiled:
+            raise ImportError(f"writing {COMPILED_FILE} needs `pip install flatbuffers`: {e}") from e
+        note = f"jax.export serialisation needs the flatbuffers package: {e}"
+        warnings.warn(f"{COMPILED_FILE} not written ({note}); the rest of the export is usable", stacklevel=3)
+        return files, note
+    return files, None
 
-    spec = {
+
+def _policy_spec(cfg: dict[str, Any], observation: dict[str, Any], planner: bool, files: dict[str, bytes],
+                 compiled_note: str | None, source: dict[str, Any]) -> dict[str, Any]:
+    """policy.json's content: the actor's shape and inputs, the normaliser, the action range, where it comes from
+    (``source``), the contract of the loaded function, and each file's SHA-256."""
+    ds = cfg["dataset"]
+    meta = ds.get("metadata") or {}
+    return {
         "format": FORMAT,
         "format_version": 3 if planner else 1 if observation["mode"] == "state" else 2,
         "algo": cfg.get("algo", "cql"),
-        "obs_dim": obs_dim,
-        "act_dim": act_dim,
-        "actor_hidden_dims": list(hidden),
-        "actor_encoder": encoder,
+        "obs_dim": int(ds["obs_dim"]),
+        "act_dim": int(ds["act_dim"]),
+        "actor_hidden_dims": [int(h) for h in cfg["agent"].get("actor_hidden_dims", ())],
+        "actor_encoder": cfg["agent"].get("actor_encoder", "cnn"),
         "observation": observation,
         **({"planner": cfg["agent"]} if planner else {}),
-        "normalizer": {"mean": mean.tolist(), "std": std.tolist()},
+        "normalizer": {"mean": np.asarray(cfg["normalizer"]["mean"], np.float32).tolist(),
+                       "std": np.asarray(cfg["normalizer"]["std"], np.float32).tolist()},
         "action_low": meta.get("action_low"),
         "action_high": meta.get("action_high"),
-        "source": {
-            "run_dir": str(run_dir.resolve()),
-            "step": step,
-            "step_source": step_source,
-            "dataset_fingerprint": ds.get("fingerprint"),
-            "task": ds.get("task"),
-            "offrl_version": cfg.get("offrl_version"),
-        },
+        "source": source,
         "contract": PLANNER_CONTRACT if planner else CONTRACT if observation["mode"] == "state" else IMAGE_CONTRACT,
         "compiled": (
             {"file": COMPILED_FILE, "platforms": list(COMPILED_PLATFORMS), "jax_version": jax.__version__}
@@ -192,14 +211,19 @@ def export_policy(
         "files": {name: _sha256(data) for name, data in files.items()},
         "exported_by": {"offrl_version": _offrl_version(), "jax_version": jax.__version__},
     }
-    files[POLICY_FILE] = (json.dumps(spec, indent=2) + "\n").encode()
-    files[README_FILE] = _readme(spec).encode()
 
-    # Reference actions straight from the checkpoint, as offrl.training.policy.checkpoint_policy computes them.
+
+def _reference_actions(actor_params: Any, cfg: dict[str, Any], observation: dict[str, Any], mean: np.ndarray,
+                       std: np.ndarray, planner: bool) -> tuple[Any, np.ndarray]:
+    """Probe observations (4, seeded) and the actions the checkpoint itself takes on them, computed as
+    offrl.training.policy.checkpoint_policy does: what the written export must reproduce."""
+    from offrl.agents import common
+
+    obs_dim, act_dim = int(cfg["dataset"]["obs_dim"]), int(cfg["dataset"]["act_dim"])
     rng = np.random.default_rng(0)
     if observation["mode"] == "state":
         probe = mean + std * rng.normal(size=(4, obs_dim)).astype(np.float32)
-        net_in = ((probe - mean) / std).astype(np.float32)
+        net_in: Any = ((probe - mean) / std).astype(np.float32)
     else:
         cols = observation["state_columns"]
         raw = rng.normal(size=(4, obs_dim)).astype(np.float32)
@@ -209,10 +233,15 @@ def export_policy(
     if planner:
         from offrl.networks.trajectory_transformer import PlannerSettings, plan
 
-        expected = np.asarray(plan(state.actor_params, net_in, act_dim, PlannerSettings.of(cfg["agent"]))[0])
-    else:
-        expected = np.asarray(common.deterministic_action(state.actor_params, net_in, act_dim, hidden, encoder))
+        return probe, np.asarray(plan(actor_params, net_in, act_dim, PlannerSettings.of(cfg["agent"]))[0])
+    hidden = tuple(int(h) for h in cfg["agent"].get("actor_hidden_dims", ()))
+    encoder = cfg["agent"].get("actor_encoder", "cnn")
+    return probe, np.asarray(common.deterministic_action(actor_params, net_in, act_dim, hidden, encoder))
 
+
+def _write_checked(files: dict[str, bytes], out: Path, overwrite: bool, probe: Any, expected: np.ndarray) -> None:
+    """Write the files into a hidden temporary sibling of ``out``, check that they reproduce ``expected`` on
+    ``probe``, then rename them into place; nothing is left behind on failure."""
     out.parent.mkdir(parents=True, exist_ok=True)
     # A sibling, so that the final rename stays on one file system; hidden, so that it is not taken for an
     # export; created with mkdir (not mkdtemp, whose 0700 mode would make the export private to its writer).
@@ -226,7 +255,6 @@ def export_policy(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
 
 
 def read_policy_spec(path: str | Path) -> dict[str, Any]:
