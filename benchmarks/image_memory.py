@@ -1,6 +1,7 @@
 """Peak memory (RSS) of `offrl train --obs image` on a large image dataset.
 
 Usage: python benchmarks/image_memory.py --transitions 100000 [--size 48] [--steps 20] [--workdir /tmp/offrl-mem]
+       [--smoke]   (16-wide FC layers and batch 16 in the child: checks that the script runs)
 Writes a synthetic image dataset (episodes of 150 steps, every state's frame once, frames of a moving square on
 a gradient so gzip behaves as on rendered scenes), trains a few CQL steps on it in a child process, and prints
 one JSON object: dataset size on disk, frames in memory, wall time, and the child's peak RSS in GB.
@@ -61,6 +62,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=48)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--workdir", type=Path, default=Path("/tmp/offrl-mem"))
+    p.add_argument("--smoke", action="store_true",
+                   help="train with 16-wide FC layers and batch 16: checks that the script runs (RSS meaningless)")
     args = p.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     path = args.workdir / f"img_{args.transitions}_{args.size}.h5"
@@ -80,6 +83,9 @@ def main() -> None:
     cmd = [sys.executable, "-m", "offrl.cli", "train", "--dataset", str(path), "--out", str(run), "--overwrite",
            "--obs", "image", "--steps", str(args.steps), "--checkpoint-every", str(args.steps),
            "--chunk-steps", str(args.steps), "--no-progress"]
+    if args.smoke:
+        cmd += ["--batch-size", "16", "--cql.critic-hidden-dims", "16", "16", "--cql.actor-hidden-dims", "16", "16",
+                "--eval-transitions", "64"]
     t = time.perf_counter()
     subprocess.run(cmd, check=True)
     train_s = time.perf_counter() - t

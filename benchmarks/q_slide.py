@@ -1,6 +1,7 @@
 """What drives CQL's q_data slide (docs/metrics.md): a few thousand steps of each variant; prints one JSON object.
 
     python benchmarks/q_slide.py DATASET [--steps 3000] [--variants reference no_entropy no_warm_start calql]
+    python benchmarks/q_slide.py DATASET --smoke   # 6 steps of 16-wide networks: checks that the script runs
 
 Variants: ``reference`` (plain CQL(H), 10,000-step behaviour-cloning warm start, as the workflow paper's code),
 ``no_entropy`` (the same, the warm start's loss without the entropy term: pure maximum likelihood),
@@ -53,20 +54,30 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true",
+                        help="6 steps, a checkpoint every 3, 16x16 networks, batch 16, warm starts of at most 2 "
+                             "steps: checks that the script runs (numbers meaningless)")
     args = parser.parse_args()
+    every, tiny = 1000, {}
+    if args.smoke:
+        args.steps, every = 6, 3
+        tiny = {"critic_hidden_dims": (16, 16), "actor_hidden_dims": (16, 16)}
     out: dict[str, list[dict]] = {}
     original = cql.actor_loss
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.variants:
             cql.actor_loss = _actor_loss_without_entropy_in_warm_start if name == "no_entropy" else original
-            agent = dataclasses.replace(cql.CQLConfig(), **VARIANTS[name])
+            agent = dataclasses.replace(cql.CQLConfig(), **VARIANTS[name], **tiny)
+            if args.smoke:
+                agent = dataclasses.replace(agent, bc_steps=min(agent.bc_steps, 2))
             run = Path(tmp) / name
-            train(TrainConfig(dataset=args.dataset, out=run, steps=args.steps, checkpoint_every=1000,
-                              progress=False, seed=args.seed, agent=agent))
+            train(TrainConfig(dataset=args.dataset, out=run, steps=args.steps, checkpoint_every=every,
+                              chunk_steps=min(every, 1000), progress=False, seed=args.seed, agent=agent,
+                              **({"batch_size": 16} if args.smoke else {})))
             out[name] = [{"step": r["step"], "q_data": r["q_data"], "q_policy": r["q_policy"],
                           "td_error": r["td_error"], "entropy": r["train/entropy"]} for r in rd.read_metrics(run)]
     cql.actor_loss = original
-    print(json.dumps({"dataset": str(args.dataset), "steps": args.steps, "seed": args.seed, "results": out},
+    print(json.dumps({"dataset": str(args.dataset), "steps": args.steps, "seed": args.seed, "smoke": args.smoke, "results": out},
                      indent=1))
 
 

@@ -11,7 +11,7 @@ the cells: ``(2 * ray_s - sum of the cells' run_cell seconds) / cells``. It hold
 connecting, the shared-storage probe), the workers' start-up (import of jax and offrl), the task wrapper, and idle
 slots at the end (4 cells on 2 slots leave none idle when the cells take the same time).
 
-Usage: python benchmarks/ray_study.py [--cells 4] [--steps 60]
+Usage: python benchmarks/ray_study.py [--cells 4] [--steps 60] [--smoke]
 Prints one JSON object. Needs metaworld (the sim extra) and ray (the ray extra). The machine's load average is
 printed beside the numbers: on a busy machine both runs are slower, and Ray's two processes share the cores with
 whatever else runs.
@@ -32,21 +32,21 @@ STUDY = """
 out = "{out}"
 steps = {steps}
 checkpoint_every = {every}
-eval_episodes = 2
-horizon = 60
+eval_episodes = {eval_episodes}
+horizon = {horizon}
 noise_sigma = 0.3
-fqe_steps = 50
-bootstrap_samples = 200
+fqe_steps = {fqe_steps}
+bootstrap_samples = {bootstrap}
 
 [settings.small]
 critic_hidden_dims = [32, 32]
 actor_hidden_dims = [32, 32]
-bc_steps = 10
+bc_steps = {bc_steps}
 
 [settings.small_vib]
 critic_hidden_dims = [32, 32]
 actor_hidden_dims = [32, 32]
-bc_steps = 10
+bc_steps = {bc_steps}
 vib_dim = 4
 
 [[scenario]]
@@ -72,7 +72,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cells", type=int, default=4, help="cells of the study (even: 2 settings x cells/2 seeds)")
     p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--smoke", action="store_true",
+                   help="1 evaluation episode, 5 FQE steps, 20 bootstrap samples, a 2-step warm start: checks that the script "
+                        "runs (times meaningless)")
     args = p.parse_args()
+    study = dict(eval_episodes=2, horizon=60, fqe_steps=50, bootstrap=200, bc_steps=10)
+    if args.smoke:
+        study = dict(eval_episodes=1, horizon=60, fqe_steps=5, bootstrap=20, bc_steps=2)
     from ray.cluster_utils import Cluster
 
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
@@ -84,7 +90,7 @@ def main() -> None:
         tmp = Path(tmp)
         for name in ("local", "ray"):
             (tmp / f"{name}.toml").write_text(STUDY.format(out=tmp / name, steps=args.steps,
-                                                           every=max(args.steps // 6, 1), seeds=seeds))
+                                                           every=max(args.steps // 6, 1), seeds=seeds, **study))
         out["local_s"] = round(_study([str(tmp / "local.toml")], tmp, env), 1)
 
         t = time.perf_counter()
@@ -104,7 +110,14 @@ def main() -> None:
             for cell in sorted((tmp / name / "cells").glob("*/cell.json")):
                 t = json.loads(cell.read_text())["timings_s"]
                 cell_s[name].append(round(sum(t.values()), 1))
-        records = [json.loads(r.read_text()) for r in sorted((tmp / "ray" / "ray").glob("*.json"))]
+        # One record per attempt (offrl.cluster.finish_attempt); only a finished attempt timed its cell.
+        records = [r for r in (json.loads(p.read_text()) for p in sorted((tmp / "ray" / "ray").glob("*.json")))
+                   if "cell_s" in r]
+        failed = [r for r in (json.loads(p.read_text()) for p in (tmp / "ray" / "ray").glob("*.json")) if r.get("error")]
+        if len(records) != len(seeds) * 2 or len(cell_s["local"]) != len(seeds) * 2:
+            # `offrl study` records a failed cell and goes on; times of a study whose cells failed mean nothing.
+            sys.exit(f"cells did not finish (local {len(cell_s['local'])}, ray {len(records)} of {len(seeds) * 2}): "
+                     f"{failed[0]['error'] if failed else 'see the study folders'}")
         same = all(
             {k: v for k, v in json.loads((tmp / "local" / "cells" / c.parent.name / "cell.json").read_text()).items()
              if k not in ("timings_s", "run_dir", "dataset")}

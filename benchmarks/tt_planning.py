@@ -1,6 +1,6 @@
 """The Trajectory Transformer's cost on this machine: planning milliseconds per action, and training steps/s.
 
-Usage: python benchmarks/tt_planning.py [--repeats 5] [--paper] [--train-steps 20]
+Usage: python benchmarks/tt_planning.py [--repeats 5] [--paper] [--train-steps 20] [--smoke]
 Prints one JSON object. Shapes match MetaWorld state datasets: 39-d observations, 4-d actions, so a transition
 is 45 tokens. Planning is timed for one observation and for a batch of 8 (what `offrl evaluate` hands the
 policy: 8 simulators in lockstep), compilation excluded (each shape is compiled and run once before timing);
@@ -43,8 +43,8 @@ def dataset(episodes: int = 20, length: int = 150):
     }, {"task": "benchmark"})
 
 
-def setup(config: tt.TTConfig):
-    ds = dataset()
+def setup(config: tt.TTConfig, episodes: int = 20):
+    ds = dataset(episodes)
     inputs = Inputs("state", tuple(range(OBS_DIM)), Normalizer.identity(OBS_DIM), gamma=config.gamma,
                     window=config.context_transitions)
     data = _device_arrays(ds, inputs)
@@ -84,21 +84,29 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--train-steps", type=int, default=20, help="gradient steps per timed chunk (0: skip training)")
     p.add_argument("--paper", action="store_true", help="also time the paper's planner and model (slow on a CPU)")
+    p.add_argument("--smoke", action="store_true",
+                   help="a 1-layer, 16-wide model, beam 2, batches 1 (planning) and 16 (training), 2 episodes: "
+                        "checks that the script runs (numbers meaningless)")
     args = p.parse_args()
     settings = {"default": tt.TTConfig()}
+    plan_batches, train_batches, episodes = (1, 8), (64, 256), 20
+    if args.smoke:
+        settings = {"default": tt.TTConfig(num_layers=1, num_heads=2, embed_dim=16, num_bins=16, beam_width=2)}
+        plan_batches, train_batches, episodes = (1,), (16,), 2
     if args.paper:
         settings["paper"] = tt.TTConfig(context_transitions=10, num_layers=4, num_heads=4, embed_dim=128,
                                         horizon=10, beam_width=128, expand=2)
     out: dict = {"shapes": {"obs_dim": OBS_DIM, "act_dim": ACT_DIM, "tokens_per_transition": OBS_DIM + ACT_DIM + 2}}
     for name, config in settings.items():
-        state, data = setup(config)
+        state, data = setup(config, episodes)
         row: dict = {"config": {k: getattr(config, k) for k in ("num_layers", "num_heads", "embed_dim", "num_bins",
                                                                 "context_transitions", "horizon", "beam_width",
                                                                 "expand")},
                      "params": tt.param_counts(state)["transformer"]}
-        row["planning"] = [time_planning(state, config, b, args.repeats) for b in ((1, 8) if name == "default" else (1,))]
+        row["planning"] = [time_planning(state, config, b, args.repeats)
+                           for b in (plan_batches if name == "default" else (1,))]
         if args.train_steps and name == "default":
-            row["training"] = [time_training(state, data, config, b, args.train_steps) for b in (64, 256)]
+            row["training"] = [time_training(state, data, config, b, args.train_steps) for b in train_batches]
         out[name] = row
     out["machine"] = {"cpu": platform.processor() or platform.machine(), "devices": [str(d) for d in jax.devices()]}
     print(json.dumps(out, indent=2))

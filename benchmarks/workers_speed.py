@@ -2,7 +2,7 @@
 ``--workers`` single-threaded processes running at once (what ``offrl study --workers N`` does when the machine
 has no more cores than workers).
 
-Usage: python benchmarks/workers_speed.py [--steps 500] [--workers 2]
+Usage: python benchmarks/workers_speed.py [--steps 500] [--workers 2] [--smoke]
 Prints one JSON object. Compilation is excluded (timing.time_chunk). Shapes: MetaWorld state datasets, batch 256,
 the default CQLConfig. Both settings are measured in this one run, one after the other.
 """
@@ -20,24 +20,31 @@ SINGLE = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 MULTI = "--xla_cpu_multi_thread_eigen=true"
 
 
-def _child(steps: int) -> None:
+def _child(steps: int, smoke: bool) -> None:
     import jax
     from timing import state_data, time_chunk
 
     from offrl.agents import cql
     from offrl.training.train import make_train_chunk
 
-    agent = cql.CQLConfig()
+    agent, batch, n = cql.CQLConfig(), 256, 7500
+    if smoke:
+        agent, batch, n = cql.CQLConfig(critic_hidden_dims=(16, 16), actor_hidden_dims=(16, 16)), 16, 400
     state = cql.init(agent, 39, 4, jax.random.PRNGKey(0))
-    print(json.dumps(time_chunk(make_train_chunk("cql", agent, 256, steps), state, state_data(), steps)[1]))
+    data = state_data(n, agent=agent)
+    print(json.dumps(time_chunk(make_train_chunk("cql", agent, batch, steps), state, data, steps)[1]))
 
 
-def _spawn(n: int, flags: str, steps: int) -> list[float]:
+def _spawn(n: int, flags: str, steps: int, smoke: bool = False) -> list[float]:
     env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
     here = Path(__file__).parent
-    procs = [subprocess.Popen([sys.executable, __file__, "--child", "--steps", str(steps)], env=env, cwd=here,
-                              stdout=subprocess.PIPE, text=True) for _ in range(n)]
-    return [json.loads(p.communicate()[0].strip().splitlines()[-1])["steps_per_s"] for p in procs]
+    cmd = [sys.executable, __file__, "--child", "--steps", str(steps), *(["--smoke"] if smoke else [])]
+    procs = [subprocess.Popen(cmd, env=env, cwd=here, stdout=subprocess.PIPE, text=True) for _ in range(n)]
+    outs = [p.communicate()[0] for p in procs]
+    failed = [p.returncode for p in procs if p.returncode]
+    if failed:
+        sys.exit(f"a worker exited with status {failed[0]} (its error is above)")
+    return [json.loads(o.strip().splitlines()[-1])["steps_per_s"] for o in outs]
 
 
 def main() -> None:
@@ -45,12 +52,14 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=500)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--smoke", action="store_true",
+                   help="16x16 networks, batch 16, 400 transitions: checks that the script runs (numbers meaningless)")
     args = p.parse_args()
     if args.child:
-        _child(args.steps)
+        _child(args.steps, args.smoke)
         return
-    one = _spawn(1, MULTI, args.steps)[0]
-    many = _spawn(args.workers, SINGLE, args.steps)
+    one = _spawn(1, MULTI, args.steps, args.smoke)[0]
+    many = _spawn(args.workers, SINGLE, args.steps, args.smoke)
     print(json.dumps({
         "cpu_count": os.cpu_count(),
         "one_process_multi_thread_steps_per_s": one,
