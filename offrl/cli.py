@@ -203,6 +203,9 @@ class Export:
     """Checkpoint step; default: the selected step of diagnosis.json, else the last checkpoint."""
     overwrite: bool = False
     """Replace an existing export."""
+    actor: Literal["trained", "averaged"] | None = None
+    """Which actor to export: the trained one, or the Polyak average a run trained with actor_ema_decay > 0 keeps;
+    default: the run's recorded choice (config.json deployment.actor, else trained)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -673,7 +676,7 @@ def run(cmd: object) -> int:
     elif isinstance(cmd, Export):
         from offrl.export import export_policy
 
-        path = export_policy(cmd.run_dir, step=cmd.step, out=cmd.out, overwrite=cmd.overwrite)
+        path = export_policy(cmd.run_dir, step=cmd.step, out=cmd.out, overwrite=cmd.overwrite, actor=cmd.actor)
         print(f"wrote {path}; load it with offrl.load_policy({str(path)!r})")
     elif isinstance(cmd, Tune):
         from offrl.workflow.tuning import tune_conservatism

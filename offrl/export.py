@@ -76,6 +76,7 @@ def export_policy(
     out: str | Path | None = None,
     overwrite: bool = False,
     compiled: bool | None = None,
+    actor: str | None = None,
 ) -> Path:
     """Write the deterministic policy of a run's checkpoint as a self-contained folder (see module docstring).
 
@@ -95,6 +96,9 @@ def export_policy(
             ``flatbuffers`` package; without it the export is written without the file, with a warning; never
             for a Trajectory Transformer, see :data:`PLANNER_NOTE`); True: required (an error without
             ``flatbuffers``); False: never.
+        actor: which actor to export, "trained" or "averaged" (the Polyak average a run with ``actor_ema_decay``
+            > 0 keeps); None: the run's recorded choice (config.json ``deployment.actor``, else "trained";
+            :func:`offrl.training.policy.actor_params`). Written to policy.json ``source.actor``.
 
     Returns:
         The export folder ``out``.
@@ -117,23 +121,26 @@ def export_policy(
     _check_replaceable(out, overwrite)  # before the slow part, so a refusal costs nothing
 
     # The training stack (Orbax, optax, agents) is imported here only: loading an export must not need it.
-    from offrl.training.policy import load_state
+    from offrl.training.policy import actor_params, load_state
+    from offrl.workflow.rules import run_actor
 
     step, step_source = _resolve_step(run_dir, step)
     state, cfg = load_state(run_dir, step)
+    actor = run_actor(cfg, actor)
+    params = actor_params(state, cfg, actor)
     ds = cfg["dataset"]
     planner = cfg.get("algo") == "tt"  # a sequence model planning by beam search, not a tanh-Gaussian actor
     observation = _observation_spec(cfg)
     mean = np.asarray(cfg["normalizer"]["mean"], np.float32)
     std = np.asarray(cfg["normalizer"]["std"], np.float32)
-    files, compiled_note = _policy_files(jax.device_get(state.actor_params), cfg, observation, planner, compiled)
+    files, compiled_note = _policy_files(jax.device_get(params), cfg, observation, planner, compiled)
     spec = _policy_spec(cfg, observation, planner, files, compiled_note, {
-        "run_dir": str(run_dir.resolve()), "step": step, "step_source": step_source,
+        "run_dir": str(run_dir.resolve()), "step": step, "step_source": step_source, "actor": actor,
         "dataset_fingerprint": ds.get("fingerprint"), "task": ds.get("task"),
         "offrl_version": cfg.get("offrl_version")})
     files[POLICY_FILE] = (json.dumps(spec, indent=2) + "\n").encode()
     files[README_FILE] = _readme(spec).encode()
-    probe, expected = _reference_actions(state.actor_params, cfg, observation, mean, std, planner)
+    probe, expected = _reference_actions(params, cfg, observation, mean, std, planner)
     _write_checked(files, out, overwrite, probe, expected)
     return out
 

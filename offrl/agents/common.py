@@ -6,6 +6,7 @@ import dataclasses
 import functools
 from typing import Any, Literal
 
+import flax
 import jax
 import jax.numpy as jnp
 
@@ -52,6 +53,9 @@ class ActorCriticConfig:
     crop_padding: int = 4
     """Image runs: random-crop augmentation after padding by this many pixels, drawn independently for the
     critic, the target and the actor (reference code: 4); 0 turns augmentation off."""
+    actor_ema_decay: float = 0.0
+    """Keep and deploy a Polyak average of the actor (:class:`ActorAveraged`): its decay d per gradient step, in
+    [0, 1); 1 / (1 - d) is its horizon in steps (0.999: about 1,000). 0 (the default): no average."""
 
 
 DEFINED = "_defined"
@@ -93,10 +97,106 @@ def deterministic_action(
     return jnp.tanh(mean)
 
 
+ACTORS = ("trained", "averaged")
+"""Which actor of a run acts (config.json ``deployment.actor``): the trained parameters, or their Polyak average
+(:class:`ActorAveraged`), kept when the agent's ``actor_ema_decay`` > 0."""
+
+
+@flax.struct.dataclass
+class ActorAveraged:
+    """An agent state (any state with ``actor_params``) with an exponential moving average of its actor's
+    parameters beside it: after every gradient step, ``actor_average_params <- d * actor_average_params + (1 - d) *
+    actor_params`` (:func:`polyak_average`), started at the initial parameters. Training still reads the trained
+    ``agent.actor_params`` only; the average is what acts when chosen (:data:`ACTORS`). Saved and restored with the
+    checkpoint like any state pytree. Runs without averaging keep their bare agent state (and checkpoints)."""
+
+    agent: Any
+    """The agent's own state (e.g. :class:`offrl.agents.cql.CQLState`)."""
+    actor_average_params: Any
+    """The average, a pytree of the same structure, shapes and dtypes as ``agent.actor_params``."""
+
+
+def actor_ema_decay(config: Any) -> float:
+    """The decay of an agent config's averaged actor (its ``actor_ema_decay``; 0 when it has none: no average)."""
+    return float(getattr(config, "actor_ema_decay", 0.0) or 0.0)
+
+
+def with_actor_average(state: Any) -> ActorAveraged:
+    """``state`` with an averaged actor beside it, started at its current actor parameters.
+
+    Raises:
+        ValueError: the state has no ``actor_params`` (a critic-only or sequence agent), or is averaged already.
+    """
+    if isinstance(state, ActorAveraged):
+        raise ValueError("this agent state already keeps an averaged actor")
+    if not hasattr(state, "actor_params"):
+        raise ValueError(f"{type(state).__name__} has no actor_params: an averaged actor needs an actor-critic agent")
+    return ActorAveraged(state, jax.tree.map(jnp.array, state.actor_params))
+
+
+def polyak_average(average: Any, params: Any, decay: float) -> Any:
+    """One step of the exponential moving average ``d * average + (1 - d) * params``, leaf by leaf (pytrees of
+    equal structure; float leaves of any shape, dtype kept). Averaging the iterates of a stochastic gradient method
+    is Polyak & Juditsky (1992, "Acceleration of stochastic approximation by averaging", SIAM J. Control Optim.
+    30(4)); the exponential form is the usual EMA of parameters (e.g. optax.ema without debiasing)."""
+    return jax.tree.map(lambda a, p: (decay * a + (1.0 - decay) * p).astype(a.dtype), average, params)
+
+
+def agent_state(state: Any) -> Any:
+    """The agent's own state, with or without an averaged actor around it."""
+    return state.agent if isinstance(state, ActorAveraged) else state
+
+
+def replace_agent(state: Any, agent: Any) -> Any:
+    """``state`` with its agent state replaced by ``agent`` (the average, if any, kept)."""
+    return state.replace(agent=agent) if isinstance(state, ActorAveraged) else agent
+
+
+def averaged_update(update: Any, state: Any, batch: Any, key: jax.Array, config: Any) -> tuple[Any, Any]:
+    """An agent's ``update(state, batch, key, config) -> (state, metrics)``, then, for an :class:`ActorAveraged`
+    state, one :func:`polyak_average` step of the average towards the new actor parameters with
+    ``config.actor_ema_decay``. A bare state is updated exactly as ``update`` alone would. Pure; traceable inside
+    ``lax.scan`` (the training loop's compiled chunk)."""
+    if not isinstance(state, ActorAveraged):
+        return update(state, batch, key, config)
+    new, metrics = update(state.agent, batch, key, config)
+    average = polyak_average(state.actor_average_params, new.actor_params, actor_ema_decay(config))
+    return ActorAveraged(new, average), metrics
+
+
+def actor_of(state: Any, actor: str | None = None) -> Any:
+    """The parameters of the chosen actor (:data:`ACTORS`) of a state; None: the average when the state keeps one,
+    else the trained parameters.
+
+    Raises:
+        ValueError: an unknown actor, or ``"averaged"`` for a state that keeps no average.
+    """
+    if actor is None:
+        actor = "averaged" if isinstance(state, ActorAveraged) else "trained"
+    if actor not in ACTORS:
+        raise ValueError(f"unknown actor {actor!r}: choose one of {', '.join(ACTORS)}")
+    if actor == "averaged":
+        if not isinstance(state, ActorAveraged):
+            raise ValueError("this run keeps no averaged actor: train it with actor_ema_decay > 0 "
+                             "(e.g. --agent.actor-ema-decay 0.999)")
+        return state.actor_average_params
+    return agent_state(state).actor_params
+
+
+def acting_state(state: Any, actor: str | None = None) -> Any:
+    """The agent state whose ``actor_params`` are the chosen actor's (:func:`actor_of`), so that an agent's
+    ``evaluate`` (q_policy and the like) reads that actor. A bare state with ``actor=None`` is returned as is."""
+    inner = agent_state(state)
+    if actor is None and not isinstance(state, ActorAveraged):
+        return inner
+    return inner.replace(actor_params=actor_of(state, actor))
+
+
 def param_counts(state: Any) -> dict[str, int]:
     """Number of parameters of each trained network of an agent state (fields named ``*_params``, except
     target copies and frozen behaviour policies), e.g. ``{"critic": ..., "actor": ...}``."""
     counts = {}
+    state = agent_state(state)
     for name in state.__dataclass_fields__:
         if name.endswith("_params") and not name.startswith(("target_", "behavior_")):
             counts[name.removesuffix("_params")] = int(sum(x.size for x in jax.tree.leaves(getattr(state, name))))
@@ -173,3 +273,13 @@ def shared_problems(flag_group: str, config: Any) -> list[str]:
     if getattr(config, "max_weight", 1.0) <= 0:
         problems.append(f"--{flag_group}.max-weight must be > 0, got {config.max_weight}")
     return problems
+
+
+def actor_average_problems(flag_group: str, config: Any) -> list[str]:
+    """The averaged actor's setting as one-line problems naming the flag: ``actor_ema_decay`` in [0, 1) (empty
+    for configs without it)."""
+    decay = getattr(config, "actor_ema_decay", 0.0)
+    if decay is None or (isinstance(decay, int | float) and 0.0 <= decay < 1.0):
+        return []
+    return [f"--{flag_group}.actor-ema-decay must be in [0, 1), got {decay} (0: no averaged actor; 0.999: a horizon "
+            f"of about 1,000 steps)"]

@@ -89,6 +89,9 @@ class IQLConfig:
     crop_padding: int = 4
     """Image runs: random-crop augmentation padding in pixels (independent draws for the critic, the target and
     the actor); 0 = off."""
+    actor_ema_decay: float = 0.0
+    """Keep and deploy a Polyak average of the actor (offrl.agents.common.ActorAveraged): its decay d per
+    gradient step, in [0, 1); 1 / (1 - d) is its horizon in steps. 0 (the default): no average."""
 
 
 def config_problems(config: IQLConfig) -> list[str]:

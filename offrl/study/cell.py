@@ -27,16 +27,22 @@ def agent_for(setting: str, config: StudyConfig) -> Any:
         return base
     if setting in PRESETS:
         return remedy_agent(base, setting, RemedyConfig())
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in config.settings[setting].items()
-                 if k != "algo"}
+    own = config.settings[setting]
+    if "preset" in own:  # a setting that extends a named preset
+        base = NAMED_PRESETS[own["preset"]].agent_config(base)
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in own.items() if k not in ("algo", "preset")}
     return dataclasses.replace(base, **overrides)
 
 
-def _preset_training(setting: str) -> dict[str, Any]:
-    """The TrainConfig fields besides the agent that a named preset sets (its name and reward transform); the
-    study's own budget keys (steps, checkpoint_every) stay the study's."""
+def _preset_training(setting: str, config: StudyConfig | None = None) -> dict[str, Any]:
+    """The TrainConfig fields besides the agent that a named preset sets (its name and reward transform), also for
+    a setting of ``config`` that extends one (``preset = NAME``); the study's own budget keys (steps,
+    checkpoint_every) stay the study's."""
     if setting not in NAMED_PRESETS:
-        return {}
+        extends = (config.settings.get(setting, {}) if config is not None else {}).get("preset")
+        if extends is None:
+            return {}
+        setting = extends
     p = NAMED_PRESETS[setting]
     return {"preset": p.name, "reward_scale": p.reward_scale, "reward_shift": p.reward_shift}
 
@@ -90,7 +96,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
             batch_size=b["batch_size"],
             progress=progress, resume=resume, algo=algo_for(cell.setting, config),
             **{ALGO_FIELD[algo_for(cell.setting, config)]: agent_for(cell.setting, config)},
-            **_preset_training(cell.setting),
+            **_preset_training(cell.setting, config),
         ), dataset)
     except TrainingDiverged as e:
         # A diverged run is a result too: its checkpoints before the divergence are diagnosed and evaluated.

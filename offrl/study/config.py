@@ -83,7 +83,8 @@ class StudyConfig:
 
     Named agent settings beyond the presets: ``{"name": {field: value}}``, fields of CQLConfig, or with
     ``algo = "iql"`` / ``"awac"`` / ``"bear"`` of that algorithm's config (so that selection can be compared across
-    algorithms on one grid)."""
+    algorithms on one grid). With ``preset = "NAME"`` a setting extends a named preset: its algorithm, agent settings
+    and reward transform, then the setting's fields (e.g. ``actor_ema_decay``) over them."""
 
     @property
     def results_path(self) -> Path:
@@ -126,11 +127,17 @@ def study_config_from_dict(
         if name in PRESETS + ALGORITHM_PRESETS + tuple(NAMED_PRESETS):
             raise StudyConfigError(f"{source}: setting '{name}' is a preset "
                                    f"({', '.join(PRESETS + ALGORITHM_PRESETS)}); rename it")
-        algo = overrides.get("algo", "cql")
+        if "preset" in overrides and overrides["preset"] not in NAMED_PRESETS:
+            raise StudyConfigError(f"{source}: setting '{name}' extends preset '{overrides['preset']}', which is not "
+                                   f"one of {', '.join(NAMED_PRESETS)}")
+        if "preset" in overrides and "algo" in overrides:
+            raise StudyConfigError(f"{source}: setting '{name}' names both a preset and an algo: the preset's "
+                                   f"algorithm is used, drop algo")
+        algo = NAMED_PRESETS[overrides["preset"]].algo if "preset" in overrides else overrides.get("algo", "cql")
         if algo not in STUDY_ALGOS:
             raise StudyConfigError(f"{source}: setting '{name}' has algo '{algo}'; a study runs "
                                    f"{', '.join(STUDY_ALGOS)}")
-        bad = set(overrides) - {"algo"} - {f.name for f in dataclasses.fields(CONFIGS[algo])}
+        bad = set(overrides) - {"algo", "preset"} - {f.name for f in dataclasses.fields(CONFIGS[algo])}
         if bad:
             raise StudyConfigError(f"{source}: setting '{name}' has unknown {algo.upper()} fields {sorted(bad)}")
     top = {f.name for f in dataclasses.fields(StudyConfig)} - {"scenarios", "settings"}
@@ -265,7 +272,10 @@ def algo_for(setting: str, config: StudyConfig) -> str:
         return setting
     if setting in NAMED_PRESETS:
         return NAMED_PRESETS[setting].algo
-    return "cql" if setting in PRESETS else config.settings[setting].get("algo", "cql")
+    if setting in PRESETS:
+        return "cql"
+    own = config.settings[setting]
+    return NAMED_PRESETS[own["preset"]].algo if "preset" in own else own.get("algo", "cql")
 
 
 def scenario_of(config: StudyConfig, cell: Cell) -> Scenario:

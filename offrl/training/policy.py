@@ -10,13 +10,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from offrl.agents import DISCRETE, config_from_dict, get_agent, legacy_states
+from offrl.agents import DISCRETE, common, config_from_dict, get_agent, legacy_states
 from offrl.data import Normalizer
 from offrl.training import run_dir as rd
 
 
 def load_state(run_dir: str | Path, step: int) -> tuple[Any, dict]:
-    """Restore the agent state of a run at a checkpoint step, with the run's config.json.
+    """Restore the agent state of a run at a checkpoint step, with the run's config.json. A run that keeps an
+    averaged actor (agent ``actor_ema_decay`` > 0) restores as :class:`offrl.agents.common.ActorAveraged`; read the
+    acting actor's parameters with :func:`actor_params`.
 
     Raises:
         FileNotFoundError: not a run directory, or no checkpoint at that step.
@@ -28,9 +30,24 @@ def load_state(run_dir: str | Path, step: int) -> tuple[Any, dict]:
     # Discrete agents were built with the number of actions, continuous ones with the action dimension.
     dims = (run_obs_spec(cfg), cfg["dataset"].get("metadata", {}).get("num_actions") or cfg["dataset"]["act_dim"])
     like = module.init(agent, *dims, jax.random.PRNGKey(0))
-    legacy = legacy_states(algo, agent, *dims)
+    if common.actor_ema_decay(agent) > 0:
+        like = common.with_actor_average(like)
+    legacy = [] if common.actor_ema_decay(agent) > 0 else legacy_states(algo, agent, *dims)
     state, _ = rd.restore_checkpoint(rd.checkpoint_manager(run_dir), step, like, legacy)
     return state, cfg
+
+
+def actor_params(state: Any, cfg: dict[str, Any], actor: str | None = None) -> Any:
+    """The parameters of the actor a run deploys, from a state of :func:`load_state` and the run's config.json:
+    ``actor`` ("trained" or "averaged") if given, else the run's recorded choice
+    (:func:`offrl.workflow.rules.run_actor`). The one place evaluation, export, check and FQE read the actor from.
+
+    Raises:
+        ValueError: an unknown actor, or "averaged" for a run that keeps no average.
+    """
+    from offrl.workflow.rules import run_actor
+
+    return common.actor_of(state, run_actor(cfg, actor))
 
 
 def run_obs_spec(cfg: dict[str, Any]) -> Any:
@@ -38,8 +55,9 @@ def run_obs_spec(cfg: dict[str, Any]) -> Any:
     return cfg["dataset"].get("obs_spec", cfg["dataset"]["obs_dim"])
 
 
-def checkpoint_policy(run_dir: str | Path, step: int) -> Callable[[Any], np.ndarray]:
-    """The deterministic policy ``tanh(mu(s))`` of a checkpoint (the reference code's evaluation action).
+def checkpoint_policy(run_dir: str | Path, step: int, actor: str | None = None) -> Callable[[Any], np.ndarray]:
+    """The deterministic policy ``tanh(mu(s))`` of a checkpoint (the reference code's evaluation action), of the
+    run's deployed actor, or of ``actor`` ("trained", "averaged") when given (:func:`actor_params`).
 
     The returned function maps raw observations (B, obs_dim) float to actions (B, act_dim) float32 in [-1, 1];
     the run's observation normalisation is applied inside it. Image runs take
@@ -51,6 +69,7 @@ def checkpoint_policy(run_dir: str | Path, step: int) -> Callable[[Any], np.ndar
         raise ValueError(f"{run_dir} is a discrete-action run (--algo {cfg['algo']}): it has no continuous policy; "
                          f"`offrl evaluate` rolls it out in MinAtar (offrl.envs.minatar.evaluate_greedy)")
     state, cfg = load_state(run_dir, step)
+    params = actor_params(state, cfg, actor)
     algo = cfg.get("algo", "cql")
     module = get_agent(algo)
     agent = config_from_dict(algo, cfg["agent"])
@@ -66,7 +85,7 @@ def checkpoint_policy(run_dir: str | Path, step: int) -> Callable[[Any], np.ndar
         else:
             state_in = np.asarray(observations["state"], np.float32)
             obs = {"image": np.asarray(observations["image"], np.uint8), "state": normalizer(state_in[:, columns])}
-        return np.asarray(module.deterministic_action(state.actor_params, obs, act_dim, agent))
+        return np.asarray(module.deterministic_action(params, obs, act_dim, agent))
 
     return policy
 

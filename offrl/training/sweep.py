@@ -183,6 +183,9 @@ def prepare_sweep(config: SweepConfig) -> tuple[SweepConfig, list[tuple[int, flo
     check_config(base)
     if config.param == "gamma":
         raise ValueError("--param gamma changes the Q range each run is diagnosed against: run it separately")
+    if vectorised(config) and float(getattr(base.agent, "actor_ema_decay", 0.0) or 0.0) > 0:
+        raise ValueError("offrl sweep's vectorised CQL keeps no averaged actor: drop --agent.actor-ema-decay, or "
+                         "train each run with `offrl train`")
     out = Path(base.out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"sweep directory {out} already exists: choose another --train.out")

@@ -25,6 +25,7 @@ from offrl.agents import (
     DISCRETE,
     MODEL_BASED,
     WARMUP_FIELD,
+    common,
     config_from_dict,
     cql,
     get_agent,
@@ -392,7 +393,9 @@ def sample_and_update(module: Any, agent: Any, batch_size: int, state: Any, data
     n = data["rewards"].shape[0]
     k_idx, k_upd = jax.random.split(k)
     idx = jax.random.randint(k_idx, (batch_size,), 0, n)
-    return module.update(state, make_batch(data, idx), k_upd, agent)
+    # With an averaged actor (offrl.agents.common.ActorAveraged) its Polyak step follows the agent's update here,
+    # inside the compiled chunk; a bare state is updated by the agent alone.
+    return common.averaged_update(module.update, state, make_batch(data, idx), k_upd, agent)
 
 
 def scan_steps(
@@ -408,7 +411,8 @@ def scan_steps(
 
     zeros = jax.tree.map(
         lambda s: jnp.zeros(s.shape, s.dtype),
-        jax.eval_shape(lambda: module.update(state, make_batch(data, jnp.arange(batch_size)), key, agent)[1]),
+        jax.eval_shape(lambda: module.update(common.agent_state(state), make_batch(data, jnp.arange(batch_size)), key,
+                                             agent)[1]),
     )
     (state, sums), _ = jax.lax.scan(body, (state, zeros), jax.random.split(key, num_steps))
     return state, jax.tree.map(lambda s: s / num_steps, sums)
@@ -451,8 +455,10 @@ def make_train_chunk(
 
 
 def chunk_sums(module: Any, agent: Any, state: Any, batch: dict[str, Any], m: jnp.ndarray, key: jax.Array):
-    """The agent's evaluation terms of one padded chunk, summed over its valid rows (``m``: 1 valid, 0 pad)."""
-    return jax.tree.map(lambda v: jnp.sum(v * m), module.evaluate(state, batch, key, agent))
+    """The agent's evaluation terms of one padded chunk, summed over its valid rows (``m``: 1 valid, 0 pad). A
+    state with an averaged actor is evaluated with the averaged actor acting (the one it deploys:
+    :func:`offrl.agents.common.acting_state`); the record says so (``actor``)."""
+    return jax.tree.map(lambda v: jnp.sum(v * m), module.evaluate(common.acting_state(state), batch, key, agent))
 
 
 def evaluate_chunks(module: Any, agent: Any, state: Any, chunks: dict[str, Any], mask: jnp.ndarray, key: jax.Array):
@@ -507,7 +513,9 @@ def _resolved_config(config: TrainConfig, extra: dict[str, Any]) -> dict[str, An
         # What decides the deployed checkpoint, read by every later command (offrl.workflow.rules.run_selector).
         "deployment": {"selector": deployment_selector(config.algo, config.selector, config.preset),
                        "preset": config.preset, "reward_scale": config.reward_scale,
-                       "reward_shift": config.reward_shift},
+                       "reward_shift": config.reward_shift,
+                       # Which actor acts (offrl.workflow.rules.run_actor): its Polyak average when one is kept.
+                       **({"actor": "averaged"} if common.actor_ema_decay(active_agent_config(config)) > 0 else {})},
         **extra,
         "offrl_version": rd.offrl_version(),
         "versions": rd.package_versions(),
@@ -564,6 +572,7 @@ def check_config(config: TrainConfig) -> None:
     module = get_agent(config.algo)
     if hasattr(module, "config_problems"):
         problems.extend(module.config_problems(agent))
+    problems.extend(common.actor_average_problems(ALGO_FIELD[config.algo], agent))
     if hasattr(module, "split_sizes") and config.batch_size >= 1 and not module.config_problems(agent):
         try:
             module.split_sizes(agent, config.batch_size)
@@ -715,6 +724,9 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
         state = module.fit_data(state, _host_arrays(train_ds, inputs), agent)
     if behavior_info is not None:
         state = module.with_behavior(state, behavior_params)
+    averaged = common.actor_ema_decay(agent) > 0
+    if averaged:  # the Polyak average of the actor, kept and checkpointed beside the agent's state
+        state = common.with_actor_average(state)
 
     dataset_info = {
         "path": str(Path(config.dataset).absolute()),
@@ -749,7 +761,8 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
         steps_done = rd.checkpoint_steps(out)
         if steps_done:
             start_step = steps_done[-1]
-            legacy = legacy_states(config.algo, agent, spec, dataset.num_actions or dataset.act_dim)
+            # Averaged runs postdate every older checkpoint layout.
+            legacy = [] if averaged else legacy_states(config.algo, agent, spec, dataset.num_actions or dataset.act_dim)
             state, _ = rd.restore_checkpoint(manager, start_step, state, legacy)
         rd.truncate_metrics(out, start_step)
         saved["training"]["steps"] = config.steps
@@ -758,7 +771,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
         extra = {
             "dataset": dataset_info,
             "normalizer": normalizer.to_dict(),
-            "num_params": module.param_counts(state),
+            "num_params": module.param_counts(common.agent_state(state)),
             **({"behavior": behavior_info} if behavior_info else {}),
         }
         rd.write_json(out / rd.CONFIG_FILE, _resolved_config(config, extra))
@@ -777,13 +790,14 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
         chunks0, mask0 = eval_sets[""]
         valid = int(np.asarray(mask0[0]).sum())
         srank_batch = jax.tree.map(lambda v: v[0][:valid], chunks0)
-        srank_fn = jax.jit(lambda st: module.feature_srank(st, srank_batch, agent))
+        srank_fn = jax.jit(lambda st: module.feature_srank(common.agent_state(st), srank_batch, agent))
     chunk_steps = _chunk_size(config)
     train_chunk = make_train_chunk(config.algo, agent, config.batch_size, chunk_steps)
     evaluate = make_evaluator(config.algo, agent)
     select_model = None
     if hasattr(module, "select_model"):  # model-based: per-member snapshots and elites on the held-out episodes
-        select_model = jax.jit(lambda st, chunks, mask: module.select_model(st, chunks, mask, agent))
+        select_model = jax.jit(lambda st, chunks, mask: common.replace_agent(
+            st, module.select_model(common.agent_state(st), chunks, mask, agent)))
         model_steps = agent.model_steps
     horizon = q_range["effective_horizon"]
     q_limit = divergence_limit(q_range["q_min"], q_range["q_max"], config.divergence_factor)
@@ -834,6 +848,8 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
                     record.update(checkpoint_record({k: float(v) for k, v in ev.items()}, horizon, prefix))
                 if srank_fn is not None:
                     record["srank"] = float(srank_fn(state))
+                if averaged:  # the actor the workflow metrics above read (q_policy and the like)
+                    record["actor"] = "averaged"
                 record.update({f"train/{k}": v / interval_chunks for k, v in interval_sums.items()})
                 # Throughput of this interval's gradient steps (the first interval includes compilation).
                 record["steps_per_s"] = round(interval_chunks * chunk_steps / (train_time + 1e-9), 2)

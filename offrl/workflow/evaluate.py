@@ -19,6 +19,7 @@ from offrl.training import run_dir as rd
 from offrl.training.policy import checkpoint_policy
 from offrl.training.run_dir import EVALUATION_FILE
 from offrl.workflow.comparison import attach_comparison
+from offrl.workflow.rules import run_actor
 
 
 def evaluate_run(
@@ -43,6 +44,9 @@ def evaluate_run(
     succeeds when a step's ``info[success_key]`` is truthy. The horizon defaults to the dataset's metadata, else
     the environment's own limit; the episode seeds are derived from ``seed`` as for MetaWorld.
     evaluation.json records the environment under ``env``, and the step limit used under ``horizon``.
+
+    Each checkpoint acts with the run's deployed actor (:func:`offrl.training.policy.checkpoint_policy`): its
+    Polyak average when the run keeps one, then named in evaluation.json ``actor``.
 
     Raises:
         FileNotFoundError: not a run directory or no checkpoint.
@@ -97,6 +101,8 @@ def evaluate_run(
         "env": {"kind": "metaworld", "task": task},
         "results": results,
     }
+    if "actor" in (cfg.get("deployment") or {}):  # which actor acted (offrl.workflow.rules.run_actor)
+        out["actor"] = run_actor(cfg)
     rd.write_json(run_dir / EVALUATION_FILE, out)
     attach_comparison(run_dir)
     return out
@@ -173,6 +179,8 @@ def _evaluate_run_gym(
                 "terminate_on_success": terminate},
         "results": results,
     }
+    if "actor" in (cfg.get("deployment") or {}):  # which actor acted (offrl.workflow.rules.run_actor)
+        out["actor"] = run_actor(cfg)
     rd.write_json(run_dir / EVALUATION_FILE, out)
     attach_comparison(run_dir)
     return out

@@ -35,6 +35,7 @@ from offrl.agents import config_from_dict, get_agent
 from offrl.data import Dataset, Normalizer, load_dataset, q_value_range
 from offrl.networks.mlp import MLP
 from offrl.training import run_dir as rd
+from offrl.training.policy import actor_params as deployed_actor_params
 from offrl.training.policy import load_state
 from offrl.training.run_dir import FQE_FILE
 
@@ -266,7 +267,8 @@ def fqe_run(
     agent = config_from_dict(algo, cfg["agent"])
     module = get_agent(algo)
     act_dim = int(cfg["dataset"]["act_dim"])
-    params = [load_state(run_dir, s)[0].actor_params for s in steps]
+    # The actor the run deploys (its Polyak average when it keeps one: offrl.training.policy.actor_params).
+    params = [deployed_actor_params(load_state(run_dir, s)[0], cfg) for s in steps]
     stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *params)
     if dataset is None:
         path = Path(cfg["dataset"]["path"])

@@ -175,6 +175,27 @@ def run_selector(config: dict[str, Any]) -> str:
     return deployment_selector(config.get("algo", "cql"), None, (config.get("training") or {}).get("preset"))
 
 
+ACTORS = ("trained", "averaged")
+"""Which actor of a run acts (offrl.agents.common.ACTORS, repeated here so that reading a run needs no jax)."""
+
+
+def run_actor(config: dict[str, Any], actor: str | None = None) -> str:
+    """The actor a trained run deploys, from its config.json: ``actor`` if given, else ``deployment.actor``
+    (recorded ``"averaged"`` when the run keeps a Polyak average of its actor, agent ``actor_ema_decay`` > 0), else
+    ``"trained"`` (every run made before averaged actors existed).
+
+    Raises:
+        ValueError: an unknown actor, or ``"averaged"`` for a run that keeps no average.
+    """
+    chosen = actor or (config.get("deployment") or {}).get("actor") or "trained"
+    if chosen not in ACTORS:
+        raise ValueError(f"unknown actor {chosen!r}: choose one of {', '.join(ACTORS)}")
+    if chosen == "averaged" and not float((config.get("agent") or {}).get("actor_ema_decay") or 0.0) > 0:
+        raise ValueError("this run keeps no averaged actor (its agent's actor_ema_decay is 0): choose the trained "
+                         "actor, or train with actor_ema_decay > 0 (e.g. --agent.actor-ema-decay 0.999)")
+    return chosen
+
+
 def select_step(rule: str, records: Sequence[dict[str, Any]], q_range: Sequence[float], window: int = 3) -> int:
     """The checkpoint step ``rule`` picks among the candidates (see :func:`rule_scores`).
 

@@ -1,0 +1,204 @@
+"""The averaged actor (issue 45): a Polyak average of the actor's parameters kept beside them in the agent state,
+updated inside the compiled chunk, checkpointed, resumed exactly, and what evaluate/export act with when recorded."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import chain_arrays
+from conftest import tiny_train_config as _config
+
+from offrl import export as ex
+from offrl.agents import common, cql, get_agent
+from offrl.agents.cql import CQLConfig
+from offrl.data import Normalizer, make_dataset, save_dataset
+from offrl.training import run_dir as rd
+from offrl.training.policy import actor_params, checkpoint_policy, load_state
+from offrl.training.train import make_train_chunk, train
+from offrl.workflow.rules import run_actor
+
+DECAY = 0.9
+TINY = CQLConfig(critic_hidden_dims=(16, 16), actor_hidden_dims=(16, 16), num_action_samples=2, bc_steps=20)
+AVERAGED = dataclasses.replace(TINY, actor_ema_decay=DECAY)
+
+
+@flax.struct.dataclass
+class _Toy:
+    step: jnp.ndarray
+    actor_params: dict
+
+
+def _toy_update(state, batch, key, config):
+    # The actor moves by a known amount each step: p_k = p_{k-1} + batch["g"] * (k + 1).
+    new = state.replace(step=state.step + 1, actor_params={"w": state.actor_params["w"] + batch["g"] * (state.step + 1)})
+    return new, {"loss": jnp.float32(0.0)}
+
+
+def test_average_after_k_updates_equals_the_hand_computed_value():
+    g = jnp.asarray([1.0, -2.0, 0.5], jnp.float32)
+    config = dataclasses.replace(TINY, actor_ema_decay=0.8)
+    state = common.with_actor_average(_Toy(jnp.int32(0), {"w": jnp.zeros(3, jnp.float32)}))
+    # Inside lax.scan, as the training loop's compiled chunk runs it.
+    def body(s, _):
+        return common.averaged_update(_toy_update, s, {"g": g}, jax.random.PRNGKey(0), config)[0], None
+    scanned, _ = jax.jit(lambda s: jax.lax.scan(body, s, None, length=4))(state)
+    # By hand: p_ema <- d * p_ema + (1 - d) * p after every step, from p_ema = p_0 = 0.
+    p, ema = np.zeros(3), np.zeros(3)
+    for k in range(4):
+        p = p + np.asarray(g) * (k + 1)
+        ema = 0.8 * ema + 0.2 * p
+    np.testing.assert_allclose(scanned.agent.actor_params["w"], p, rtol=1e-6)
+    np.testing.assert_allclose(scanned.actor_average_params["w"], ema, rtol=1e-6)
+    assert scanned.actor_average_params["w"].dtype == jnp.float32
+    # The values themselves: p = g * (1, 3, 6, 10); ema = 0.2 * (0.8^3 * 1 + 0.8^2 * 3 + 0.8 * 6 + 10) g.
+    np.testing.assert_allclose(scanned.actor_average_params["w"], 0.2 * (0.512 + 1.92 + 4.8 + 10) * np.asarray(g),
+                               rtol=1e-6)
+
+
+def test_a_bare_state_is_updated_by_the_agent_alone():
+    state = _Toy(jnp.int32(0), {"w": jnp.ones(2)})
+    new, _ = common.averaged_update(_toy_update, state, {"g": jnp.ones(2)}, jax.random.PRNGKey(0), AVERAGED)
+    assert isinstance(new, _Toy) and common.actor_of(new) is new.actor_params
+    with pytest.raises(ValueError, match="keeps no averaged actor"):
+        common.actor_of(new, "averaged")
+    with pytest.raises(ValueError, match="unknown actor 'best'"):
+        common.actor_of(new, "best")
+
+
+def test_the_real_agent_average_in_the_compiled_chunk_follows_its_actor_step_by_step():
+    ds = chain_arrays(episodes=4)
+    data = {k: jnp.asarray(v, jnp.float32) for k, v in ds.items() if k != "timeouts"}
+    module = get_agent("iql")
+    agent = dataclasses.replace(module.IQLConfig(critic_hidden_dims=(8,), value_hidden_dims=(8,),
+                                                 actor_hidden_dims=(8,)), actor_ema_decay=0.5)
+    state = common.with_actor_average(module.init(agent, 3, 2, jax.random.PRNGKey(1)))
+    key = jax.random.PRNGKey(2)
+    chunk, _ = make_train_chunk("iql", agent, 16, 3, loop="scan")(state, data, key)
+    update = jax.jit(lambda s, k: module.update(s, _batch(data, k), jax.random.split(k)[1], agent))
+    ema, inner = state.actor_average_params, state.agent
+    for k in jax.random.split(key, 3):  # the chunk's keys, one step at a time, averaged by hand
+        inner, _ = update(inner, k)
+        ema = jax.tree.map(lambda a, p: 0.5 * a + 0.5 * p, ema, inner.actor_params)
+    for x, y in zip(jax.tree.leaves(chunk.actor_average_params), jax.tree.leaves(ema), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    for x, y in zip(jax.tree.leaves(chunk.agent), jax.tree.leaves(inner), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def _batch(data, k):
+    # The minibatch offrl.training.train.sample_and_update draws with key k.
+    from offrl.training.train import make_batch
+
+    idx = jax.random.randint(jax.random.split(k)[0], (16,), 0, data["rewards"].shape[0])
+    return make_batch(data, idx)
+
+
+@pytest.fixture(scope="module")
+def dataset_path(tmp_path_factory):
+    return save_dataset(tmp_path_factory.mktemp("data") / "toy.h5", make_dataset(chain_arrays(episodes=10),
+                                                                                   {"task": "toy"}))
+
+
+@pytest.fixture(scope="module")
+def averaged_run(tmp_path_factory, dataset_path):
+    """80 steps with an averaged actor, uninterrupted (checkpoints at 40 and 80). Read it, never write it."""
+    return train(_config(dataset_path, tmp_path_factory.mktemp("avg") / "run", steps=80, agent=AVERAGED))
+
+
+@pytest.fixture(scope="module")
+def bare_run(tmp_path_factory, dataset_path):
+    """The same run without the flag."""
+    return train(_config(dataset_path, tmp_path_factory.mktemp("bare") / "run", steps=80, agent=TINY))
+
+
+def test_the_choice_is_recorded_and_the_checkpoint_keeps_the_average(averaged_run):
+    cfg = json.loads((averaged_run / "config.json").read_text())
+    assert cfg["deployment"]["actor"] == "averaged" and cfg["agent"]["actor_ema_decay"] == DECAY
+    assert run_actor(cfg) == "averaged" and run_actor(cfg, "trained") == "trained"
+    assert [r["actor"] for r in rd.read_metrics(averaged_run)] == ["averaged", "averaged"]
+    state, cfg = load_state(averaged_run, 80)
+    assert isinstance(state, common.ActorAveraged) and int(state.agent.step) == 80
+    avg, trained = jax.tree.leaves(state.actor_average_params), jax.tree.leaves(state.agent.actor_params)
+    assert all(a.shape == t.shape and a.dtype == t.dtype for a, t in zip(avg, trained, strict=True))
+    assert not np.array_equal(avg[0], trained[0])
+    assert actor_params(state, cfg) is state.actor_average_params
+    assert actor_params(state, cfg, "trained") is state.agent.actor_params
+    state40, _ = load_state(averaged_run, 40)
+    assert not np.array_equal(jax.tree.leaves(state40.actor_average_params)[0], avg[0])
+
+
+def test_the_average_does_not_change_training_and_off_changes_nothing(averaged_run, bare_run):
+    bare, cfg = load_state(bare_run, 80)
+    assert not isinstance(bare, common.ActorAveraged)
+    assert "actor" not in cfg["deployment"] and cfg["agent"]["actor_ema_decay"] == 0.0
+    assert all("actor" not in r for r in rd.read_metrics(bare_run))
+    assert "actor" not in json.loads((bare_run / "config.json").read_text())["deployment"]
+    with pytest.raises(ValueError, match="keeps no averaged actor"):
+        checkpoint_policy(bare_run, 80, actor="averaged")
+    # The trained networks of the averaged run are bit-identical to the run without it.
+    averaged, _ = load_state(averaged_run, 80)
+    for x, y in zip(jax.tree.leaves(averaged.agent), jax.tree.leaves(bare), strict=True):
+        np.testing.assert_array_equal(x, y)
+    # The training losses too; the workflow metrics differ where they read the (averaged) actor.
+    ra, rb = rd.read_metrics(averaged_run)[-1], rd.read_metrics(bare_run)[-1]
+    assert ra["train/critic_loss"] == rb["train/critic_loss"] and ra["train/actor_loss"] == rb["train/actor_loss"]
+
+
+def test_resume_continues_the_average_exactly(averaged_run, dataset_path, tmp_path):
+    part = train(_config(dataset_path, tmp_path / "part", steps=40, agent=AVERAGED))
+    train(_config(dataset_path, part, steps=80, resume=True))
+    a, _ = load_state(averaged_run, 80)
+    b, _ = load_state(part, 80)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+    for ra, rb in zip(rd.read_metrics(averaged_run), rd.read_metrics(part), strict=True):
+        for k in ("q_data", "td_error", "cql_regularizer", "heldout/q_data", "train/actor_loss"):
+            assert ra[k] == rb[k], (k, ra["step"])
+
+
+def test_policy_and_export_act_with_the_recorded_actor(averaged_run, tmp_path):
+    state, cfg = load_state(averaged_run, 80)
+    obs = np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32)
+    norm_obs = Normalizer.from_dict(cfg["normalizer"])(obs)
+    by_hand = np.asarray(cql.deterministic_action(state.actor_average_params, norm_obs, 2, AVERAGED))
+    deployed = checkpoint_policy(averaged_run, 80)(obs)
+    np.testing.assert_array_equal(deployed, by_hand)
+    trained = checkpoint_policy(averaged_run, 80, actor="trained")(obs)
+    assert not np.allclose(trained, deployed)
+    copy = shutil.copytree(averaged_run, tmp_path / "run")
+    out = ex.export_policy(copy, step=80, out=tmp_path / "policy", compiled=False)
+    assert ex.read_policy_spec(out)["source"]["actor"] == "averaged"
+    np.testing.assert_allclose(ex.load_policy(out)(obs), by_hand, rtol=1e-6, atol=1e-6)
+    out_t = ex.export_policy(copy, step=80, out=tmp_path / "trained", compiled=False, actor="trained")
+    assert ex.read_policy_spec(out_t)["source"]["actor"] == "trained"
+    np.testing.assert_allclose(ex.load_policy(out_t)(obs), trained, rtol=1e-6, atol=1e-6)
+
+
+def test_a_decay_outside_0_1_is_refused_naming_the_flag(dataset_path, tmp_path):
+    bad = dataclasses.replace(TINY, actor_ema_decay=1.0)
+    with pytest.raises(ValueError, match=r"--agent\.actor-ema-decay must be in \[0, 1\), got 1\.0"):
+        train(_config(dataset_path, tmp_path / "run", agent=bad))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_study_setting_extends_a_preset_with_the_average():
+    from offrl.study.cell import _preset_training, agent_for
+    from offrl.study.config import StudyConfigError, algo_for, load_study_config, study_config_from_dict
+
+    config = load_study_config("studies/averaged-actor.toml")
+    averaged = agent_for("iql-sparse-averaged", config)
+    assert algo_for("iql-sparse-averaged", config) == "iql"
+    assert (averaged.expectile, averaged.inverse_temperature, averaged.actor_lr_decay_steps) == (0.9, 10.0, 60000)
+    assert averaged.actor_ema_decay == 0.999 and agent_for("iql-sparse-decayed", config).actor_ema_decay == 0.0
+    assert _preset_training("iql-sparse-averaged", config)["reward_shift"] == -1.0
+    assert agent_for("base-averaged", config).actor_ema_decay == 0.999
+    scenario = {"name": "s", "tasks": ["pick-place-v3"], "episodes": [10], "settings": ["x"]}
+    with pytest.raises(StudyConfigError, match="extends preset 'nope'"):
+        study_config_from_dict({"scenario": [scenario], "settings": {"x": {"preset": "nope"}}})
