@@ -464,6 +464,7 @@ _ADVANCED = {
                     "normalize_observations", "wandb_project", "on_divergence", "divergence_factor", "heldout_fraction",
                     "behavior_step", "agent", "brac", "bc", "iql", "awac", "bear", "tt", "dqn", "mopo", "combo"),
     "WorkflowConfig": ("noise_sigma", "image_size", "camera", "frame_stack", "batch_size", "bc_baseline_steps",
+                       "reward_scale", "reward_shift", "after_peak", "progress", "horizon", "reward_mode",
                        "agent", "brac", "bc", "iql", "awac", "bear", "tt", "mopo", "combo"),
     "Diagnose": ("thresholds",),
     "Select": ("thresholds",),
