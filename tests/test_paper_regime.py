@@ -164,6 +164,11 @@ def test_fqe_stopping_rule_on_a_chain_with_a_known_value():
     res = fqe_scores(policies, constant_policy, ds, Normalizer.identity(2), [0, 1], gamma, config,
                      value_range=(0.0, 1.0))
     assert res["converged"] and res["steps_taken"] < config.steps  # it stopped by the rule, before the cap
+    assert res["min_steps"] == 120  # the propagation time: 6 steps / tau 0.05
+    # It never stops before the propagation time, however still the start values look.
+    late = fqe_scores(policies, constant_policy, ds, Normalizer.identity(2), [0, 1], gamma,
+                      dataclasses.replace(config, min_steps=8000), value_range=(0.0, 1.0))
+    assert late["converged"] and late["steps_taken"] >= 8000
     assert res["settled"].all() and res["in_bounds"].all()
     np.testing.assert_allclose(res["value"], truth, atol=0.05)
     # Without a tolerance: exactly the steps asked for, never "converged".

@@ -120,7 +120,8 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
     if cfg.get("algo", "cql") in NO_Q_ALGOS:
         fqe = {"results": []}  # a reference without a Q-based selection; FQE would only cost its time
     elif fqe is None or [r["step"] for r in fqe["results"]] != fqe_steps or fqe["config"]["steps"] != config.fqe_steps \
-            or fqe["config"].get("tolerance") != config.fqe_tolerance:
+            or fqe["config"].get("tolerance") != config.fqe_tolerance \
+            or (config.fqe_tolerance is not None and "min_steps" not in fqe["config"]):
         t = time.perf_counter()
         fqe = fqe_run(run, fqe_steps, config=FQEConfig(steps=config.fqe_steps, seed=cell.seed,
                                                        tolerance=config.fqe_tolerance), dataset=dataset)
@@ -165,7 +166,8 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
         "checkpoints": checkpoints,
         # FQE's stopping rule and bounds check (offrl.workflow.fqe), so an archived cell says whether its FQE
         # estimates are fair competitors.
-        "fqe": {k: fqe.get(k) for k in ("steps_taken", "converged", "stopping_rule", "value_bounds", "out_of_bounds")
+        "fqe": {k: fqe.get(k) for k in ("steps_taken", "min_steps", "converged", "stopping_rule", "value_bounds",
+                                        "out_of_bounds")
                 if k in fqe},
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "offrl_version": rd.offrl_version(),

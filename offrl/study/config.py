@@ -311,6 +311,7 @@ def cell_settings(config: StudyConfig, cell: Cell) -> dict[str, Any]:
         out["horizon"] = "the task's rule (offrl.envs.reward_modes.task_horizon)"
     if config.fqe_tolerance is not None:
         out["fqe_tolerance"] = config.fqe_tolerance
+        out["fqe_min_steps"] = "propagation time, ceil(H / tau) (offrl.workflow.fqe.propagation_steps)"
     if cell.setting in NAMED_PRESETS:
         out["setting"] = {"preset": cell.setting, **NAMED_PRESETS[cell.setting].agent}
     return out

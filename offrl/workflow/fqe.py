@@ -72,11 +72,19 @@ class FQEConfig:
     = 100 steps, so that a value still propagating shows as a change)."""
     patience: int = 2
     """Stopping rule: consecutive checks that must pass."""
+    min_steps: int | None = None
+    """Stopping rule: no stop before this many steps. None: the propagation time ``ceil(H / tau)``, H the data's
+    effective horizon (the longest episode, at most 1 / (1 - gamma)) in steps: a value moves one Bellman backup
+    per ~1 / tau steps through the target network, so before H / tau steps a reward far from the start states has
+    not reached them and their estimates do not move, whatever they will become. Added after the first run of
+    the paper's-regime grid stopped at 3,000 steps with every estimate at 0 (docs/selection.md, amendment)."""
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "chunk", "window", "patience"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"FQEConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.min_steps is not None and self.min_steps < 0:
+            raise ValueError(f"FQEConfig.min_steps must be >= 0 or None, got {self.min_steps}")
         if self.tolerance is not None and not self.tolerance > 0:
             raise ValueError(f"FQEConfig.tolerance must be > 0 or None, got {self.tolerance}")
         if not 0 < self.tau <= 1:
@@ -196,6 +204,7 @@ def fqe_scores(
     width = float(value_range[1] - value_range[0]) if value_range is not None else 1.0 / (1.0 - gamma)
     width = width if width > 0 else 1.0 / (1.0 - gamma)
     lag = max(1, -(-config.window // chunk))  # checks (chunks) between the compared estimates
+    min_steps = config.min_steps if config.min_steps is not None else propagation_steps(dataset, gamma, config.tau)
     carry = (params, opt_state, target)
     done, losses, passed = 0, jnp.zeros(num_policies), 0
     history: list[np.ndarray] = []
@@ -212,22 +221,31 @@ def fqe_scores(
             continue
         change = np.abs(history[-1] - history[-1 - lag])
         passed = passed + 1 if bool(np.all(change <= config.tolerance * width)) else 0
-        if passed >= config.patience:
+        if passed >= config.patience and done >= min_steps:
             converged = True
             break
 
     values = np.asarray(start_values(carry[0], actor_params, start_obs), np.float64)
     settled = (change <= config.tolerance * width) if config.tolerance is not None else np.zeros(num_policies, bool)
     if value_range is not None:
-        # A value is an expected discounted return: it cannot leave the range the rewards allow. A small slack for
-        # float rounding only; an estimate outside is flagged, not clipped.
-        slack = 1e-6 * max(width, 1.0)
+        # A value is an expected discounted return: it cannot leave the range the rewards allow. A slack of 0.1 % of
+        # the range's width (a regression's output is never exactly 0 where the truth is 0); an estimate outside
+        # is flagged, not clipped.
+        slack = 1e-3 * width
         in_bounds = (values >= value_range[0] - slack) & (values <= value_range[1] + slack)
     else:
         in_bounds = np.ones(num_policies, bool)
     return {"value": values, "td_error": np.asarray(losses, np.float64), "seconds": time.perf_counter() - t0,
-            "steps_taken": int(done), "converged": converged, "settled": np.asarray(settled, bool),
+            "steps_taken": int(done), "min_steps": int(min_steps), "converged": converged, "settled": np.asarray(settled, bool),
             "last_change": change, "in_bounds": np.asarray(in_bounds, bool)}
+
+
+def propagation_steps(dataset: Dataset, gamma: float, tau: float) -> int:
+    """``ceil(H / tau)``: gradient steps for a value to cross the data's effective horizon H (the longest episode,
+    at most 1 / (1 - gamma), in steps) at one Bellman backup per ~1 / tau steps of a Polyak target (rate tau)."""
+    lengths = np.diff(np.concatenate([[-1], dataset.episode_ends])) if dataset.num_episodes else np.array([1])
+    horizon = min(float(lengths.max()), 1.0 / (1.0 - gamma)) if gamma < 1 else float(lengths.max())
+    return int(np.ceil(horizon / tau))
 
 
 def fqe_run(
@@ -296,7 +314,9 @@ def fqe_run(
         "converged": res["converged"],
         "stopping_rule": ("fixed number of steps" if config.tolerance is None else
                           f"every estimate changes by <= {config.tolerance:g} x the value range's width over "
-                          f"{config.window} steps, {config.patience} checks in a row; cap {config.steps} steps"),
+                          f"{config.window} steps, {config.patience} checks in a row, not before "
+                          f"{res['min_steps']} steps (the propagation time); cap {config.steps} steps"),
+        "min_steps": res["min_steps"],
         "value_bounds": list(value_range),
         "out_of_bounds": int((~res["in_bounds"]).sum()),
         "results": [
