@@ -430,3 +430,13 @@ def test_cql_flags_are_named_after_cql_and_the_old_spelling_is_read_with_a_note(
     cmd = _parse(_command_type(("train",), descriptions), args, registry, "train")
     assert cmd.agent.alpha == 3.0 and cmd.agent.bc_steps == 7
     assert _renamed_flags("tune", ["tune", "--train.agent.alpha", "2"])[1] == "--train.cql.alpha"
+
+
+def test_workflow_refuses_a_bad_dataset_before_any_stage(tmp_path, monkeypatch, capsys):
+    # Issue "One story": `workflow --dataset bad.h5` printed "[2/5] training" before the load error.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.h5").write_text("not hdf5")
+    assert main(["workflow", "--dataset", "bad.h5", "--eval-episodes", "0"]) == 1
+    out, err = capsys.readouterr()
+    assert "[" not in out and err.startswith("offrl: error: bad.h5") and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.h5"]

@@ -219,6 +219,10 @@ def _run_workflow(config: WorkflowConfig, timings: dict[str, float], t_start: fl
         )
         timings["collect_s"] = time.perf_counter() - t
     else:
+        # A malformed or unreadable file is refused in one line before any stage header, not after "[2/5]".
+        from offrl.data import load_dataset
+
+        load_dataset(Path(dataset))
         print(f"[1/5] using existing dataset {dataset}", flush=True)
     if images:
         _warn_image_budget(config)
