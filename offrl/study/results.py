@@ -330,13 +330,30 @@ def _regime_section(reg: dict[str, Any] | None) -> list[str]:
 
 
 def write_results(analysis: dict[str, Any], config: Any, command: str | None = None) -> Path:
-    """Write the results page (markdown, atomically) and its figures; return its path."""
+    """Write the results page (markdown, atomically) and its figures; return its path. The page is its sections
+    in order, each built by its own function from the analysis (offrl.study.selectors.analyse) and the cells."""
     out = Path(config.results_path)
     fig_dir = out.parent / "figures" / out.stem
     cells = _cells(config)
     rel = lambda p: Path(p).resolve().relative_to(out.parent.resolve()).as_posix() if \
         Path(p).resolve().is_relative_to(out.parent.resolve()) else str(p)  # noqa: E731
     cmd = command or f"offrl study {config.out / 'study.toml'}"
+    L = [
+        *_header_lines(analysis, config, cells, cmd),
+        *_selection_lines(analysis, fig_dir, rel),
+        *_algorithm_lines(analysis, cells),
+        *_model_lines_and_figures(cells, fig_dir, rel),
+        *_diagnosis_lines(analysis),
+        *_scenario_lines(analysis, config, fig_dir, rel),
+        *_regime_section(analysis.get("regime")),
+        *_definition_lines(),
+    ]
+    rd.atomic_write_text(out, "\n".join(L) + "\n")
+    return out
+
+
+def _header_lines(analysis: dict[str, Any], config: Any, cells: list[dict[str, Any]], cmd: str) -> list[str]:
+    """The title, how the page was written, the budget, failed runs, and the implementations measured."""
     L: list[str] = []
     done = analysis.get("cells_finished", analysis["runs"])
     total = analysis.get("cells_total", done)
@@ -372,6 +389,14 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
             L.append(f"**{algo} here is offrl's earlier implementation** ({text}), which deviated from its sources; "
                      f"the faithful one has not been measured on these runs yet (docs/model-based.md).\n")
 
+    return L
+
+
+def _selection_lines(analysis: dict[str, Any], fig_dir: Path, rel: Any) -> list[str]:
+    """Selection quality over all runs (and over the runs whose checkpoints differ beyond noise), with the pre-registered default rule applied and the regret figure."""
+    L: list[str] = []
+    done = analysis.get("cells_finished", analysis["runs"])
+    total = analysis.get("cells_total", done)
     L.append("## Selection quality (all runs)\n")
     L.append("Mean over runs, 95% percentile-bootstrap confidence interval over runs, and the number of runs "
              "where the quantity is defined. Normalised regret = (best − picked) / (best − worst) over the "
@@ -408,6 +433,12 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
             L.append("|---|---|---|---|---|---|---|")
             L.extend(_selector_rows(apart["headline"]))
 
+    return L
+
+
+def _algorithm_lines(analysis: dict[str, Any], cells: list[dict[str, Any]]) -> list[str]:
+    """The per-algorithm table (pick, best, last, data; paired against CQL and BC), when the grid has several."""
+    L: list[str] = []
     algos = analysis.get("per_algorithm") or {}
     if len(algos) > 1:
         L.append("\n## Per algorithm\n")
@@ -429,12 +460,24 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
                      f"{_ci(a['last_success'])} | {_ci(a['pick_regret'])} | {_ci(a.get('data_success'))} | "
                      f"{paired} |")
 
+    return L
+
+
+def _model_lines_and_figures(cells: list[dict[str, Any]], fig_dir: Path, rel: Any) -> list[str]:
+    """The dynamics model's section and its held-out error figures (MOPO and COMBO runs)."""
+    L: list[str] = []
     L.extend(_model_section(cells))
     for task in sorted({c["cell"]["task"] for c in cells if c.get("algo") in ("mopo", "combo")}):
         path = fig_dir / f"model_{task.replace('+', '_')}.png"
         if _figure_model(cells, task, path):
             L.append(f"\n![the dynamics model's held-out errors, {task}]({rel(path)})\n")
 
+    return L
+
+
+def _diagnosis_lines(analysis: dict[str, Any]) -> list[str]:
+    """Diagnosis accuracy against the success labels, beside its base rate, per verdict and per threshold."""
+    L: list[str] = []
     da = analysis["diagnosis_accuracy"]
     L.append("\n## Diagnosis accuracy\n")
     L.append(f"Label from the analysis-only success curve: {da['rule']}. The offline verdict agrees when it says "
@@ -479,6 +522,12 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
             L.append(f"| {o['name']} | {o['first_flagged_step']} | {_fmt(o['success_before'])} | "
                      f"{_fmt(o['success_after'])} | {_fmt(o['drop'])} |")
 
+    return L
+
+
+def _scenario_lines(analysis: dict[str, Any], config: Any, fig_dir: Path, rel: Any) -> list[str]:
+    """Per scenario: every run's row, its figures, and the remedies against their base runs."""
+    L: list[str] = []
     for sc in sorted(config.scenarios, key=lambda sc: sc.name):
         rows = _cells(config, sc.name)
         L.append(f"\n## Scenario: {sc.name}\n")
@@ -529,7 +578,12 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
                          f"{e['verdict'][0]} → {e['verdict'][1]} | {pair('workflow_pick_success')} | "
                          f"{pair('best_success')} | {pair('late_success')} | {pair('final_td_error', 3)} | "
                          f"{pair('final_q_data')} |")
-    L.extend(_regime_section(analysis.get("regime")))
+    return L
+
+
+def _definition_lines() -> list[str]:
+    """The definitions of the page's columns."""
+    L: list[str] = []
     L.append("\n## Definitions\n")
     L.append("- *late*: mean success of the last 3 checkpoints (does a run keep its later checkpoints good?).")
     L.append("- *unexplained TD*: `td_error_over_target_var` at the last checkpoint, the TD error over the variance "
@@ -541,5 +595,4 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
              "it can exceed the largest success on all episodes. Without per-episode outcomes, that largest "
              "success.")
     L.append("- All numbers: `analysis.json` in the study directory; per run: `cells/<run>/cell.json`.")
-    rd.atomic_write_text(out, "\n".join(L) + "\n")
-    return out
+    return L
