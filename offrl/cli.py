@@ -574,7 +574,7 @@ _HEAVY_COMMANDS = ("train", "workflow", "study", "sweep", "tune", "evaluate", "c
 
 def _print_diagnosis(d: dict) -> None:
     print(f"verdict:        {d['verdict']}")
-    print(f"selected step:  {d['selected_step']}  ({d['selection_rule']})")
+    print(f"selected step:  {d['selected_step']}  ({d['selection_rule']}; --selector {d.get('selector')})")
     for r in d["reasons"]:
         print(f"  - {r}")
     print(f"recommendation: {d['recommendation']}")

@@ -780,7 +780,7 @@ def _select(selector: str, after_peak: bool, has_q: bool, dec: Decline, steps: l
                 else f"peak of {config.metric} (Guideline 3.1)")
         return steps[idx], text, name
     step = select_step(selector, records, q_range, config.smoothing_window)
-    return step, f"{RULES[selector]} (--selector {selector}; measured in docs/results.md)", name
+    return step, RULES[selector], name  # the measured record of the rule is the trust statement's (trust.py)
 
 
 MODEL_VERDICTS = ("overfitting", "underfitting", "healthy", "inconclusive")
