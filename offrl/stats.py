@@ -81,22 +81,28 @@ def cluster_bootstrap_mean(
     """
     if len(values) != len(clusters):
         raise ValueError(f"{len(values)} values but {len(clusters)} cluster labels")
-    keep = [(float(v), c) for v, c in zip(values, clusters, strict=True)
-            if v is not None and math.isfinite(float(v))]
-    out: dict[str, Any] = {"mean": None, "n": len(keep), "clusters": len({c for _, c in keep}), "ci": None}
-    if not keep:
+    v = np.array([np.nan if x is None else float(x) for x in values], float)
+    ok = np.isfinite(v)
+    labels = np.asarray([str(c) for c in clusters])
+    names = sorted(set(labels[ok].tolist()))
+    out: dict[str, Any] = {"mean": float(v[ok].mean()) if ok.any() else None, "n": int(ok.sum()),
+                           "clusters": len(names), "ci": None}
+    if ok.sum() < 2:
         return out
-    v = np.array([x for x, _ in keep])
-    out["mean"] = float(v.mean())
-    if len(v) < 2:
-        return out
-    groups = [v[[i for i, (_, c) in enumerate(keep) if c == label]] for label in dict.fromkeys(c for _, c in keep)]
+    # Vectorised over resamples: the groups padded into a (T, W) matrix, then S draws of T clusters and, within
+    # each, of its own number of runs.
+    groups = [v[ok & (labels == c)] for c in names]
+    width = max(len(g) for g in groups)
+    mat = np.full((len(groups), width), np.nan)
+    for i, g in enumerate(groups):
+        mat[i, : len(g)] = g
+    sizes = np.array([len(g) for g in groups])
     rng = np.random.default_rng(seed)
-    means = np.empty(samples)
-    for s in range(samples):
-        drawn = groups if len(groups) == 1 else [groups[i] for i in rng.integers(0, len(groups), len(groups))]
-        total = sum(float(g[rng.integers(0, len(g), len(g))].sum()) for g in drawn)
-        means[s] = total / sum(len(g) for g in drawn)
+    chosen = rng.integers(0, len(groups), (samples, len(groups)))  # (S, T)
+    idx = np.floor(rng.random((samples, len(groups), width)) * sizes[chosen][..., None]).astype(int)
+    drawn = mat[chosen[..., None], idx]  # (S, T, W)
+    valid = np.arange(width)[None, None, :] < sizes[chosen][..., None]
+    means = np.where(valid, drawn, 0.0).sum(axis=(1, 2)) / valid.sum(axis=(1, 2))
     tail = (1 - confidence) / 2 * 100
     out["ci"] = [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
     return out

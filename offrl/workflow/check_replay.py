@@ -184,40 +184,15 @@ def _nanmean(v: list[float]) -> float:
 
 def cluster_bootstrap(values: np.ndarray, clusters: list[str], samples: int = 10_000, seed: int = 0,
                       confidence: float = 0.95) -> dict[str, Any]:
-    """Mean of per-run ``values`` with a percentile cluster-bootstrap interval.
-
-    Each resample draws the clusters (tasks) with replacement, then, within each drawn cluster, its runs with
-    replacement (the two-stage bootstrap of Davison and Hinkley 1997, Sec. 3.8); the statistic is the mean over
-    every drawn run. NaN values (undefined regret) are left out.
-
-    Args:
-        values: ``(n,)`` float per run.
-        clusters: ``n`` cluster labels.
+    """Mean of per-run ``values`` (NaN: undefined, left out) with a two-stage percentile bootstrap interval over
+    the clusters (tasks), then the runs within them: :func:`offrl.stats.cluster_bootstrap_mean`.
 
     Returns:
-        ``{"mean": float or None, "ci": [low, high] or None, "n": runs with a value}``.
+        ``{"mean": float or None, "ci": [low, high] or None, "n": runs with a value, "clusters"}``.
     """
-    v = np.asarray(values, float)
-    ok = np.isfinite(v)
-    out: dict[str, Any] = {"mean": float(v[ok].mean()) if ok.any() else None, "ci": None, "n": int(ok.sum())}
-    names = sorted({c for c, o in zip(clusters, ok, strict=True) if o})
-    if ok.sum() < 2 or not names:
-        return out
-    groups = [v[ok & (np.asarray(clusters) == c)] for c in names]
-    width = max(len(g) for g in groups)
-    mat = np.full((len(groups), width), np.nan)
-    for i, g in enumerate(groups):
-        mat[i, : len(g)] = g
-    sizes = np.array([len(g) for g in groups])
-    rng = np.random.default_rng(seed)
-    chosen = rng.integers(0, len(groups), (samples, len(groups)))  # (S, T)
-    idx = np.floor(rng.random((samples, len(groups), width)) * sizes[chosen][..., None]).astype(int)
-    drawn = mat[chosen[..., None], idx]  # (S, T, W)
-    valid = np.arange(width)[None, None, :] < sizes[chosen][..., None]
-    stat = np.where(valid, drawn, 0.0).sum(axis=(1, 2)) / valid.sum(axis=(1, 2))
-    tail = (1 - confidence) / 2 * 100
-    out["ci"] = [float(np.percentile(stat, tail)), float(np.percentile(stat, 100 - tail))]
-    return out
+    from offrl.stats import cluster_bootstrap_mean
+
+    return cluster_bootstrap_mean(list(np.asarray(values, float)), list(clusters), samples, seed, confidence)
 
 
 def analyse_archive(cells: list[dict[str, Any]], reps: int, samples: int, seed: int = 0,
