@@ -30,15 +30,20 @@ Layout of a study directory::
     STUDY/analysis.json      every number in the results
     RESULTS (default STUDY/results.md) and STUDY/figures/*.png
     ARCHIVE/<cell>.json      with ``archive = "DIR"``: a copy of every finished cell.json, meant to be committed
+    ARCHIVE/cells.jsonl      archived cells packed into one file, one line each (``python -m offrl.study.pack
+                             pack ARCHIVE``); a study still running adds loose <cell>.json files beside it
 
 The archive is what lets a grid longer than one machine's life accumulate: the study directory (datasets,
-checkpoints) is scratch, while ``ARCHIVE/<cell>.json`` holds everything the analysis reads. A cell whose archive
-file exists counts as done, with or without its run directory; an archive file made under other settings (steps,
-checkpoints, evaluation episodes, FQE steps, horizon, noise, the setting's overrides) is refused, never mixed in.
+checkpoints) is scratch, while the archive holds everything the analysis reads. A cell found in the archive,
+loose or packed (:func:`offrl.study.pack.iter_archived_cells` reads both), counts as done, with or without its run
+directory; an archived cell made under other settings (steps, checkpoints, evaluation episodes, FQE steps,
+horizon, noise, the setting's overrides) is refused, never mixed in.
 
 The package, each module depending only on those listed before it:
 
 - :mod:`offrl.study.config`: the grid and its cells, read from TOML and checked (no other study module);
+- :mod:`offrl.study.pack`: archives packed into one file per folder, and their one reader (no other study
+  module);
 - :mod:`offrl.study.store`: what the study directory and the archive hold, and the locks;
 - :mod:`offrl.study.cell`: one cell (collect, train, diagnose, evaluate, FQE);
 - :mod:`offrl.study.selectors`: the checkpoint selectors and the analysis of finished cells;

@@ -1,5 +1,6 @@
-"""What a study directory holds and who holds it: finished cells (cell.json), their committed archive, the
-per-cell failure notes, the configuration check and the file locks that let several processes share a grid.
+"""What a study directory holds and who holds it: finished cells (cell.json), their committed archive (loose
+``<cell>.json`` files and/or one packed ``cells.jsonl``, :mod:`offrl.study.pack`), the per-cell failure notes, the
+configuration check and the file locks that let several processes share a grid.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from offrl.study.config import Cell, StudyConfig, StudyConfigError, cell_settings, cells_of, json_roundtrip
+from offrl.study.pack import archived_cell
 from offrl.training import run_dir as rd
 
 CELL_FILE = "cell.json"
@@ -47,27 +49,45 @@ def check_study_dir(config: StudyConfig, source_text: str | None = None) -> None
 
 
 def archive_file(config: StudyConfig, cell: Cell) -> Path | None:
+    """Where :func:`archive_cell` writes the cell's loose archive file (None without an archive); the archive may
+    hold the cell packed instead (:mod:`offrl.study.pack`, cells.jsonl): read it with :func:`archived`."""
     return None if config.archive is None else config.archive / f"{cell.name}.json"
 
 
-def finished_cell(config: StudyConfig, cell: Cell) -> dict[str, Any] | None:
-    """The result of a finished cell: ``STUDY/cells/<cell>/cell.json``, else its archive copy; None if not done.
+def archived(config: StudyConfig, cell: Cell) -> dict[str, Any] | None:
+    """The cell's record in the archive, loose (``ARCHIVE/<cell>.json``) or packed (``ARCHIVE/cells.jsonl``), as it
+    was archived (no settings check); None without an archive or when it holds no such cell.
 
     Raises:
-        StudyConfigError: the archive copy was made under other settings (:func:`cell_settings`).
+        StudyConfigError: the archive is unreadable there (a malformed file, or loose and packed copies differ).
+    """
+    if config.archive is None:
+        return None
+    try:
+        return archived_cell(config.archive, cell.name)
+    except ValueError as e:
+        raise StudyConfigError(str(e)) from None
+
+
+def finished_cell(config: StudyConfig, cell: Cell) -> dict[str, Any] | None:
+    """The result of a finished cell: ``STUDY/cells/<cell>/cell.json``, else its archived record (loose or packed,
+    :func:`archived`); None if not done.
+
+    Raises:
+        StudyConfigError: the archived record was made under other settings (:func:`cell_settings`), or the
+            archive is unreadable there.
     """
     path = config.out / "cells" / cell.name / CELL_FILE
     if path.is_file():
         return rd.read_json(path)
-    archived = archive_file(config, cell)
-    if archived is None or not archived.is_file():
+    res = archived(config, cell)
+    if res is None:
         return None
-    res = rd.read_json(archived)
     want = json_roundtrip(cell_settings(config, cell))
     if res.get("study_settings") != want:
         raise StudyConfigError(
-            f"{archived} was made with {res.get('study_settings')}, this study runs {want}: point `archive` at "
-            f"another folder, or restore the settings it was made with"
+            f"{config.archive} holds {cell.name} made with {res.get('study_settings')}, this study runs {want}: "
+            f"point `archive` at another folder, or restore the settings it was made with"
         )
     return res
 
@@ -78,11 +98,12 @@ def archive_cells(config: StudyConfig) -> int:
 
 
 def archive_cell(config: StudyConfig, cell: Cell) -> bool:
-    """Copy the cell's cell.json, with the settings it was made under (:func:`cell_settings`), into the archive
-    unless it is there already, or there is no archive or no cell.json; returns whether it copied."""
+    """Copy the cell's cell.json, with the settings it was made under (:func:`cell_settings`), into the archive as
+    a loose ``ARCHIVE/<cell>.json`` unless the archive holds the cell already (loose or packed), or there is no
+    archive or no cell.json; returns whether it copied."""
     target = archive_file(config, cell)
     path = config.out / "cells" / cell.name / CELL_FILE
-    if target is None or not path.is_file() or target.is_file():
+    if target is None or not path.is_file() or target.is_file() or archived(config, cell) is not None:
         return False
     res = rd.read_json(path)
     res["study_settings"] = cell_settings(config, cell)

@@ -41,9 +41,10 @@ EARLY_STOP_EVERY, EARLY_STOP_SAMPLES, EARLY_STOP_CONFIDENCE = 5, 500, 0.95
 
 def load_archive(folder: str | Path) -> list[dict[str, Any]]:
     """The archive's Q-based cells whose every candidate recorded its episodes (``episode_successes``, >= 4)."""
+    from offrl.study.pack import iter_archived_cells
+
     cells = []
-    for path in sorted(Path(folder).glob("*.json")):
-        cell = json.loads(path.read_text())
+    for _, cell in iter_archived_cells(folder):  # packed (cells.jsonl) and loose <cell>.json files
         if "checkpoints" not in cell or cell.get("algo", "cql") in NO_Q_ALGOS:
             continue
         cps = candidates(cell)

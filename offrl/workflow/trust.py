@@ -112,12 +112,9 @@ def _default_job_cells(folder: Path) -> Iterable[dict[str, Any]]:
 def _cells(archive: Path) -> list[dict[str, Any]]:
     if archive.name == "default-job":
         return list(_default_job_cells(archive))
-    cells = []
-    for f in sorted(archive.glob("*.json")):
-        cell = json.loads(f.read_text())
-        if "checkpoints" in cell and "cell" in cell:
-            cells.append(cell)
-    return cells
+    from offrl.study.pack import iter_archived_cells
+
+    return [cell for _, cell in iter_archived_cells(archive) if "checkpoints" in cell and "cell" in cell]
 
 
 def grid_records(archive: Path, samples: int = 10_000) -> list[dict[str, Any]]:
