@@ -345,8 +345,9 @@ def main(argv: list[str] | None = None) -> int:
             files, lines = _cells_to_pack(folder)  # checked before anything is written
             path, n_runs, n_logs = pack_runs(folder)
             _write_cells(folder, files, lines, remove=True)
-            print(f"packed {n_runs} runs, {n_logs} logs and {len(files)} cells into {folder} "
-                  f"({RUNS_FILE}, {LOGS_FILE}, {CELLS_FILE})")
+            written = [f for f, n in ((RUNS_FILE, n_runs), (LOGS_FILE, n_logs), (CELLS_FILE, len(files))) if n]
+            print(f"packed {n_runs} runs, {n_logs} logs and {len(files)} cells into {folder}"
+                  + (f" ({', '.join(written)})" if written else ""))
             return 0
         if len(args) >= 3 and args[0] == "unpack":
             folder, names = Path(args[1]), tuple(args[3:])
