@@ -627,71 +627,90 @@ def check_trainable(dataset: Dataset, config: TrainConfig) -> None:
         )
 
 
-def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
-    """Train CQL on a dataset, writing a run directory (see :mod:`offrl.training.run_dir`).
+def _resume_settings(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """The configuration a run trains under, and the saved config.json of the run it resumes (None for a new run).
 
-    ``dataset``: the contents of ``config.dataset`` already loaded (the automated workflow loads it once for
-    all its runs); None reads the file. The run records the file's fingerprint either way.
-
-    At every checkpoint the workflow metrics (docs/metrics.md) are computed on a fixed set of training
-    transitions and, under a ``heldout/`` prefix, on the held-out episodes, and appended to metrics.jsonl
-    with the training losses averaged over the interval (``train/`` prefix).
-
-    Returns:
-        The run directory.
+    A resumed run takes back its own algorithm, seed, agent and data settings (a resume continues the run it
+    started, whatever the command line says); only ``steps`` may grow.
 
     Raises:
-        FileExistsError: the run directory exists and neither ``overwrite`` nor ``resume`` is set.
-        FileNotFoundError: ``resume`` on a directory that is not a run, or the dataset is missing.
-        ValueError: the dataset changed since the run started (``resume``), or a setting is invalid.
-        DatasetError: the dataset is malformed.
-        TrainingDiverged: a loss or metric became NaN/inf; checkpoints written before are kept.
+        FileNotFoundError: ``resume`` on a directory that is not a run.
+        FileExistsError: a new run into a non-empty directory without ``overwrite``.
+        ValueError: a setting is invalid (:func:`check_config`).
     """
-    config = resolve_train_config(config)
+    out = Path(config.out)
     if not config.resume:
         check_config(config)
-    out = Path(config.out)
-    if config.resume:
-        if not (out / rd.CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"cannot resume: {out} has no {rd.CONFIG_FILE}; start a new run without --resume")
-        saved = rd.read_json(out / rd.CONFIG_FILE)
-        config = dataclasses.replace(config, algo=saved.get("algo", "cql"), seed=saved["seed"])
-        config = _with_agent_config(config, config_from_dict(config.algo, saved["agent"]))
-        if "behavior" in saved:  # BRAC: the same pi_beta, even when no checkpoint exists yet to restore
-            config = dataclasses.replace(
-                config, behavior_run=Path(saved["behavior"]["run"]), behavior_step=saved["behavior"]["step"]
+        if out.exists() and any(out.iterdir()) and not config.overwrite:
+            raise FileExistsError(
+                f"run directory {out} already exists: choose another --out, pass --resume to continue it, "
+                f"or --overwrite to delete it"
             )
-        restored = ("checkpoint_every", "chunk_steps", "batch_size", "heldout_fraction", "eval_transitions",
-                    "normalize_observations", "dataset_format", "obs_keys", "obs", "frame_stack", "split_seed",
-                    "reward_scale", "reward_shift")
-        training = {TRAINING_RENAMED.get(k, k): v for k, v in saved["training"].items()}
-        for k in restored:
-            if k in training:
-                v = training[k]
-                config = dataclasses.replace(config, **{k: tuple(v) if isinstance(v, list) else v})
-        check_config(config)  # with the run's own settings restored
-    elif out.exists() and any(out.iterdir()) and not config.overwrite:
-        raise FileExistsError(
-            f"run directory {out} already exists: choose another --out, pass --resume to continue it, "
-            f"or --overwrite to delete it"
+        return config, None
+    if not (out / rd.CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"cannot resume: {out} has no {rd.CONFIG_FILE}; start a new run without --resume")
+    saved = rd.read_json(out / rd.CONFIG_FILE)
+    config = dataclasses.replace(config, algo=saved.get("algo", "cql"), seed=saved["seed"])
+    config = _with_agent_config(config, config_from_dict(config.algo, saved["agent"]))
+    if "behavior" in saved:  # BRAC: the same pi_beta, even when no checkpoint exists yet to restore
+        config = dataclasses.replace(
+            config, behavior_run=Path(saved["behavior"]["run"]), behavior_step=saved["behavior"]["step"]
         )
+    restored = ("checkpoint_every", "chunk_steps", "batch_size", "heldout_fraction", "eval_transitions",
+                "normalize_observations", "dataset_format", "obs_keys", "obs", "frame_stack", "split_seed",
+                "reward_scale", "reward_shift")
+    training = {TRAINING_RENAMED.get(k, k): v for k, v in saved["training"].items()}
+    for k in restored:
+        if k in training:
+            v = training[k]
+            config = dataclasses.replace(config, **{k: tuple(v) if isinstance(v, list) else v})
+    check_config(config)  # with the run's own settings restored
+    return config, saved
 
-    # Validate everything before touching the run directory: bad input must leave no partial run behind,
-    # and --overwrite must not delete the old run for a dataset that cannot be trained on.
-    if dataset is not None:
-        pass
-    elif config.dataset_format == "offrl":
-        dataset = load_dataset(config.dataset)
-    else:
-        from offrl.data.importers import import_dataset
 
-        dataset = import_dataset(config.dataset_format, config.dataset, obs_keys=config.obs_keys)
+def _read_dataset(config: TrainConfig, dataset: Dataset | None) -> Dataset:
+    """The dataset to train on, checked (:func:`check_trainable`) and with the run's reward transform applied.
+
+    Raises:
+        FileNotFoundError, DatasetError, ValueError: as :func:`train`.
+    """
+    if dataset is None:
+        if config.dataset_format == "offrl":
+            dataset = load_dataset(config.dataset)
+        else:
+            from offrl.data.importers import import_dataset
+
+            dataset = import_dataset(config.dataset_format, config.dataset, obs_keys=config.obs_keys)
     check_trainable(dataset, config)
-    dataset = transform_rewards(dataset, config.reward_scale, config.reward_shift)
-    dataset_fp = fingerprint(config.dataset)
-    if not config.resume and out.exists() and config.overwrite:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    return transform_rewards(dataset, config.reward_scale, config.reward_shift)
+
+
+@dataclasses.dataclass
+class _Setup:
+    """Everything a run builds from its config and dataset before the first gradient step."""
+
+    config: TrainConfig  # BRAC's agent config gains its behaviour network's shape
+    agent: Any
+    module: Any
+    inputs: Inputs
+    spec: Any
+    num_outputs: int  # discrete agents: actions; continuous: the action dimension
+    state: Any  # freshly initialised (a resumed run restores its checkpoint over it)
+    averaged: bool  # the Polyak average of the actor is kept beside the agent's state
+    q_range: dict[str, Any]
+    data_seed: int
+    k_train: jax.Array
+    k_eval: jax.Array
+    extra: dict[str, Any]  # what config.json records beyond the resolved config (dataset, normalizer, ...)
+
+
+def _setup(config: TrainConfig, dataset: Dataset, dataset_fp: str) -> tuple[_Setup, Dataset, Dataset | None]:
+    """Split the episodes, fit the normaliser, initialise the agent; returns the setup and the training and
+    held-out episodes (None when ``heldout_fraction`` is 0).
+
+    Raises:
+        FileNotFoundError, ValueError: BRAC's behaviour run is missing or does not match (:func:`_load_behavior`).
+    """
     data_seed = config.seed if config.split_seed is None else config.split_seed
     train_ds, heldout_ds = split_episodes(dataset, config.heldout_fraction, data_seed)
     mode = resolve_obs_mode(config.obs, dataset)
@@ -707,8 +726,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
     agent = active_agent_config(config)
     module = get_agent(config.algo)
     q_range = q_value_range(train_ds, getattr(agent, "gamma", 0.99))
-    key = jax.random.PRNGKey(config.seed)
-    k_init, k_train, k_eval = jax.random.split(key, 3)
+    k_init, k_train, k_eval = jax.random.split(jax.random.PRNGKey(config.seed), 3)
     behavior_info = None
     if config.algo == "brac":
         behavior_params, behavior_info = _load_behavior(config, inputs, dataset_fp)
@@ -718,8 +736,8 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
             behavior_encoder=behavior_info["actor_encoder"],
         )
         config = _with_agent_config(config, agent)
-    # Discrete agents size their output layer by the number of actions, continuous ones by the action dimension.
-    state = module.init(agent, spec, dataset.num_actions or dataset.act_dim, k_init)
+    num_outputs = dataset.num_actions or dataset.act_dim
+    state = module.init(agent, spec, num_outputs, k_init)
     if hasattr(module, "fit_data"):  # the Trajectory Transformer's bins come from the training data
         state = module.fit_data(state, _host_arrays(train_ds, inputs), agent)
     if behavior_info is not None:
@@ -727,7 +745,6 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
     averaged = common.actor_ema_decay(agent) > 0
     if averaged:  # the Polyak average of the actor, kept and checkpointed beside the agent's state
         state = common.with_actor_average(state)
-
     dataset_info = {
         "path": str(Path(config.dataset).absolute()),
         "fingerprint": dataset_fp,
@@ -746,44 +763,116 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
         "q_range": [q_range["q_min"], q_range["q_max"]],
         "reward_structure": q_range,
     }
-    manager = rd.checkpoint_manager(out)
-    start_step = 0
-    if config.resume:
-        if saved["dataset"]["fingerprint"] != dataset_fp:
-            raise ValueError(
-                f"cannot resume {out}: the dataset {config.dataset} differs from the one the run started with "
-                f"(fingerprint {dataset_fp[:12]} != {saved['dataset']['fingerprint'][:12]}); "
-                f"pass the original dataset"
-            )
-        for moved in rd.set_aside_incomplete_checkpoints(out):
-            tqdm.write(f"offrl: warning: incomplete checkpoint folder moved aside to {moved}")
-        manager = rd.checkpoint_manager(out)
-        steps_done = rd.checkpoint_steps(out)
-        if steps_done:
-            start_step = steps_done[-1]
-            # Averaged runs postdate every older checkpoint layout.
-            legacy = [] if averaged else legacy_states(config.algo, agent, spec, dataset.num_actions or dataset.act_dim)
-            state, _ = rd.restore_checkpoint(manager, start_step, state, legacy)
-        rd.truncate_metrics(out, start_step)
-        saved["training"]["steps"] = config.steps
-        rd.write_json(out / rd.CONFIG_FILE, saved)
-    else:
-        extra = {
-            "dataset": dataset_info,
-            "normalizer": normalizer.to_dict(),
-            "num_params": module.param_counts(common.agent_state(state)),
-            **({"behavior": behavior_info} if behavior_info else {}),
-        }
-        rd.write_json(out / rd.CONFIG_FILE, _resolved_config(config, extra))
-    if start_step >= config.steps:
-        return out
+    extra = {
+        "dataset": dataset_info,
+        "normalizer": normalizer.to_dict(),
+        "num_params": module.param_counts(common.agent_state(state)),
+        **({"behavior": behavior_info} if behavior_info else {}),
+    }
+    setup = _Setup(config, agent, module, inputs, spec, num_outputs, state, averaged, q_range, data_seed, k_train,
+                   k_eval, extra)
+    return setup, train_ds, heldout_ds
 
-    data = _device_arrays(train_ds, inputs)
-    eval_sets = {"": _eval_arrays(train_ds, inputs, config.eval_transitions, data_seed)}
+
+def _start(out: Path, setup: _Setup, saved: dict[str, Any] | None) -> tuple[Any, int, Any]:
+    """Write a new run's config.json, or restore a resumed run's last complete checkpoint (incomplete checkpoint
+    folders are moved aside, metrics past it dropped); returns ``(state, start step, checkpoint manager)``.
+
+    Raises:
+        ValueError: the dataset differs from the one the resumed run started with.
+    """
+    config = setup.config
+    if saved is None:
+        rd.write_json(out / rd.CONFIG_FILE, _resolved_config(config, setup.extra))
+        return setup.state, 0, rd.checkpoint_manager(out)
+    dataset_fp = setup.extra["dataset"]["fingerprint"]
+    if saved["dataset"]["fingerprint"] != dataset_fp:
+        raise ValueError(
+            f"cannot resume {out}: the dataset {config.dataset} differs from the one the run started with "
+            f"(fingerprint {dataset_fp[:12]} != {saved['dataset']['fingerprint'][:12]}); "
+            f"pass the original dataset"
+        )
+    for moved in rd.set_aside_incomplete_checkpoints(out):
+        tqdm.write(f"offrl: warning: incomplete checkpoint folder moved aside to {moved}")
+    manager = rd.checkpoint_manager(out)
+    state, start_step = setup.state, 0
+    steps_done = rd.checkpoint_steps(out)
+    if steps_done:
+        start_step = steps_done[-1]
+        # Averaged runs postdate every older checkpoint layout.
+        legacy = [] if setup.averaged else legacy_states(config.algo, setup.agent, setup.spec, setup.num_outputs)
+        state, _ = rd.restore_checkpoint(manager, start_step, state, legacy)
+    rd.truncate_metrics(out, start_step)
+    saved["training"]["steps"] = config.steps
+    rd.write_json(out / rd.CONFIG_FILE, saved)
+    return state, start_step, manager
+
+
+def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
+    """Train an offline RL agent (``config.algo``) on a dataset, writing a run directory (see
+    :mod:`offrl.training.run_dir`).
+
+    ``dataset``: the contents of ``config.dataset`` already loaded (the automated workflow loads it once for
+    all its runs); None reads the file. The run records the file's fingerprint either way.
+
+    At every checkpoint the workflow metrics (docs/metrics.md) are computed on a fixed set of training
+    transitions and, under a ``heldout/`` prefix, on the held-out episodes, and appended to metrics.jsonl
+    with the training losses averaged over the interval (``train/`` prefix).
+
+    Returns:
+        The run directory.
+
+    Raises:
+        FileExistsError: the run directory exists and neither ``overwrite`` nor ``resume`` is set.
+        FileNotFoundError: ``resume`` on a directory that is not a run, or the dataset is missing.
+        ValueError: the dataset changed since the run started (``resume``), or a setting is invalid.
+        DatasetError: the dataset is malformed.
+        TrainingDiverged: a loss or metric became NaN/inf; checkpoints written before are kept.
+    """
+    config, saved = _resume_settings(resolve_train_config(config))
+    out = Path(config.out)
+    # Validate everything before touching the run directory: bad input must leave no partial run behind,
+    # and --overwrite must not delete the old run for a dataset that cannot be trained on.
+    dataset = _read_dataset(config, dataset)
+    dataset_fp = fingerprint(config.dataset)
+    if saved is None and out.exists() and config.overwrite:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    setup, train_ds, heldout_ds = _setup(config, dataset, dataset_fp)
+    state, start_step, manager = _start(out, setup, saved)
+    if start_step >= setup.config.steps:
+        return out
+    data = _device_arrays(train_ds, setup.inputs)
+    eval_sets = {"": _eval_arrays(train_ds, setup.inputs, config.eval_transitions, setup.data_seed)}
     if heldout_ds is not None:
-        eval_sets["heldout/"] = _eval_arrays(heldout_ds, inputs, config.eval_transitions, data_seed)
+        eval_sets["heldout/"] = _eval_arrays(heldout_ds, setup.inputs, config.eval_transitions, setup.data_seed)
     # The host copies are no longer needed; dropping them halves the memory of large image datasets.
     del dataset, train_ds, heldout_ds
+    _train_loop(out, setup, state, start_step, manager, data, eval_sets)
+    return out
+
+
+def _postfix(metrics: dict[str, Any], step: int, agent: Any) -> dict[str, str]:
+    """The progress bar's numbers: the last chunk's minibatch averages (train/*), not metrics.jsonl's fixed
+    evaluation set, so each name says ``(batch)``."""
+    if "model_nll" in metrics and step <= getattr(agent, "model_steps", 0):
+        return {"model_nll(batch)": f"{metrics['model_nll']:.3g}"}
+    if "q_data" in metrics:
+        return {"q_data(batch)": f"{metrics['q_data']:.3g}", "td(batch)": f"{metrics['td_error']:.2g}"}
+    name = "log_likelihood" if "log_likelihood" in metrics else "token_log_likelihood"
+    return {f"{name}(batch)": f"{metrics[name]:.3g}"}
+
+
+def _train_loop(out: Path, setup: _Setup, state: Any, start_step: int, manager: Any, data: dict[str, Any],
+                eval_sets: dict[str, Any]) -> None:
+    """Run the compiled chunks from ``start_step`` to ``config.steps``; at every checkpoint append the workflow
+    metrics to metrics.jsonl and save the state.
+
+    Raises:
+        TrainingDiverged: a loss or metric became NaN/inf, or q_data passed the divergence limit with
+            ``on_divergence = "stop"``.
+    """
+    config, agent, module = setup.config, setup.agent, setup.module
     # The effective rank of the critic's features (srank, beyond the paper), on the first evaluation chunk.
     srank_fn = None
     if hasattr(module, "feature_srank"):
@@ -798,7 +887,7 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
     if hasattr(module, "select_model"):  # model-based: per-member snapshots and elites on the held-out episodes
         select_model = jax.jit(lambda st, chunks, mask: common.replace_agent(
             st, module.select_model(common.agent_state(st), chunks, mask, agent)))
-        model_steps = agent.model_steps
+    q_range = setup.q_range
     horizon = q_range["effective_horizon"]
     q_limit = divergence_limit(q_range["q_min"], q_range["q_max"], config.divergence_factor)
 
@@ -815,8 +904,8 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
         while step < config.steps:
             # The key of a chunk depends only on its index, so a resumed run draws the same minibatches.
             t_chunk = time.perf_counter()
-            state, metrics = train_chunk(state, data, jax.random.fold_in(k_train, step // chunk_steps))
-            if select_model is not None and step < model_steps:
+            state, metrics = train_chunk(state, data, jax.random.fold_in(setup.k_train, step // chunk_steps))
+            if select_model is not None and step < agent.model_steps:
                 state = select_model(state, *eval_sets["heldout/"])
             metrics = jax.device_get(metrics)
             train_time += time.perf_counter() - t_chunk
@@ -831,55 +920,55 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
             for k, v in metrics.items():
                 interval_sums[k] = interval_sums.get(k, 0.0) + float(v)
             interval_chunks += 1
-            # The last chunk's minibatch averages (train/*), not metrics.jsonl's fixed evaluation set: say so.
-            if "model_nll" in metrics and step <= getattr(agent, "model_steps", 0):
-                bar.set_postfix({"model_nll(batch)": f"{metrics['model_nll']:.3g}"})
-            elif "q_data" in metrics:
-                bar.set_postfix(
-                    {"q_data(batch)": f"{metrics['q_data']:.3g}", "td(batch)": f"{metrics['td_error']:.2g}"}
-                )
-            else:
-                name = "log_likelihood" if "log_likelihood" in metrics else "token_log_likelihood"
-                bar.set_postfix({f"{name}(batch)": f"{metrics[name]:.3g}"})
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                record: dict[str, Any] = {"step": step, "time_s": round(time.perf_counter() - t0, 3)}
-                for prefix, (chunks, mask) in eval_sets.items():
-                    ev = jax.device_get(evaluate(state, chunks, mask, k_eval))
-                    record.update(checkpoint_record({k: float(v) for k, v in ev.items()}, horizon, prefix))
-                if srank_fn is not None:
-                    record["srank"] = float(srank_fn(state))
-                if averaged:  # the actor the workflow metrics above read (q_policy and the like)
-                    record["actor"] = "averaged"
-                record.update({f"train/{k}": v / interval_chunks for k, v in interval_sums.items()})
-                # Throughput of this interval's gradient steps (the first interval includes compilation).
-                record["steps_per_s"] = round(interval_chunks * chunk_steps / (train_time + 1e-9), 2)
-                nonfinite = [k for k, v in record.items() if isinstance(v, float) and not np.isfinite(v)]
-                if nonfinite:
-                    _stop_diverged(logger, manager, step, record, f"{nonfinite} are NaN/inf at step {step}")
-                if record.get("q_data", -np.inf) > q_limit:
-                    reason = (
-                        f"q_data = {record['q_data']:.4g} at step {step} is above {q_limit:.4g}, far beyond the "
-                        f"largest return the rewards allow ({q_range['q_max']:.4g})"
-                    )
-                    if config.on_divergence == "stop":
-                        _stop_diverged(logger, manager, step, record, reason)
-                    record["diverged"] = True
-                    tqdm.write(f"offrl: warning: {reason}; flagged in metrics.jsonl, training goes on")
-                # Record first, checkpoint second: a crash in between leaves a record without its checkpoint,
-                # which resume drops and recomputes identically from the previous checkpoint. The other order
-                # would leave a checkpoint whose record is lost for good.
-                logger.write(record)
-                rd.save_checkpoint(
-                    manager,
-                    step,
-                    state,
-                    {"step": step, "offrl_version": rd.offrl_version(), "algo": config.algo},
-                )
-                interval_sums, interval_chunks, train_time = {}, 0, 0.0
+            bar.set_postfix(_postfix(metrics, step, agent))
+            if step % config.checkpoint_every != 0 and step != config.steps:
+                continue
+            record: dict[str, Any] = {"step": step, "time_s": round(time.perf_counter() - t0, 3)}
+            for prefix, (chunks, mask) in eval_sets.items():
+                ev = jax.device_get(evaluate(state, chunks, mask, setup.k_eval))
+                record.update(checkpoint_record({k: float(v) for k, v in ev.items()}, horizon, prefix))
+            if srank_fn is not None:
+                record["srank"] = float(srank_fn(state))
+            if setup.averaged:  # the actor the workflow metrics above read (q_policy and the like)
+                record["actor"] = "averaged"
+            record.update({f"train/{k}": v / interval_chunks for k, v in interval_sums.items()})
+            # Throughput of this interval's gradient steps (the first interval includes compilation).
+            record["steps_per_s"] = round(interval_chunks * chunk_steps / (train_time + 1e-9), 2)
+            _check_record(logger, manager, config, record, q_range, q_limit)
+            # Record first, checkpoint second: a crash in between leaves a record without its checkpoint,
+            # which resume drops and recomputes identically from the previous checkpoint. The other order
+            # would leave a checkpoint whose record is lost for good.
+            logger.write(record)
+            rd.save_checkpoint(
+                manager, step, state, {"step": step, "offrl_version": rd.offrl_version(), "algo": config.algo}
+            )
+            interval_sums, interval_chunks, train_time = {}, 0, 0.0
     finally:
         bar.close()
         logger.close()
-    return out
+
+
+def _check_record(logger: MetricsLogger, manager: Any, config: TrainConfig, record: dict[str, Any],
+                  q_range: dict[str, Any], q_limit: float) -> None:
+    """Stop on a NaN/inf metric; flag (``"diverged": true``) or stop, by ``on_divergence``, on q_data beyond
+    ``q_limit`` (:func:`offrl.data.divergence_limit`).
+
+    Raises:
+        TrainingDiverged: as :func:`_stop_diverged`.
+    """
+    step = record["step"]
+    nonfinite = [k for k, v in record.items() if isinstance(v, float) and not np.isfinite(v)]
+    if nonfinite:
+        _stop_diverged(logger, manager, step, record, f"{nonfinite} are NaN/inf at step {step}")
+    if record.get("q_data", -np.inf) > q_limit:
+        reason = (
+            f"q_data = {record['q_data']:.4g} at step {step} is above {q_limit:.4g}, far beyond the "
+            f"largest return the rewards allow ({q_range['q_max']:.4g})"
+        )
+        if config.on_divergence == "stop":
+            _stop_diverged(logger, manager, step, record, reason)
+        record["diverged"] = True
+        tqdm.write(f"offrl: warning: {reason}; flagged in metrics.jsonl, training goes on")
 
 
 def _load_behavior(config: TrainConfig, inputs: Inputs, dataset_fp: str) -> tuple[Any, dict[str, Any]]:

@@ -36,12 +36,10 @@ class WorkflowConfig:
     task: str = "pick-place-v3"
     """MetaWorld v3 task with a scripted policy."""
     episodes: int = 300
-    """Episodes to collect when the dataset does not exist yet (about 45 s on 2 cores)."""
+    """Episodes to collect when the dataset is missing (300: about 45 s on 2 cores)."""
     preset: str | None = None
-    """A named preset (offrl/presets.py): ``paper`` (the workflow paper's plain CQL(H), 100,000 steps, a checkpoint
-    every 5,000, the Q peak, on its success-every-step data with its noise) or ``iql-sparse`` (these defaults). It
-    sets the algorithm, its hyperparameters, the budget, the selector, the rewards' transform and the data's
-    regime and reward mode; flags given explicitly override it."""
+    """``paper`` (the workflow paper's CQL(H), budget and data) or ``iql-sparse`` (the default job): algorithm,
+    hyperparameters, budget, selector, reward transform and data (offrl/presets.py); explicit flags win."""
     horizon: int | None = DEFAULT_HORIZON
     """Steps per episode (time limit) for collection and evaluation; None: the task's rule-based horizon for
     --reward-mode success-every-step (offrl/envs/reward_modes.py), else 150."""
@@ -49,9 +47,8 @@ class WorkflowConfig:
     """Reward structure of the collected data (offrl/envs/reward_modes.py): ``terminal`` 1 at the first success,
     which ends the episode; ``success-every-step`` the paper's, 1 on every step the task is solved, no termination."""
     regime: Literal["white", "correlated", "mixed", "paper"] = "mixed"
-    """Behaviour regime of the collected data (docs/dataset-format.md): ``correlated`` imperfect-teleoperation
-    deviations of varying size; ``mixed`` expert, partial and exploratory episodes; ``white`` i.i.d. Gaussian
-    noise (offrl's first data)."""
+    """Behaviour of the collected data (docs/dataset-format.md): ``mixed`` expert, partial and exploratory
+    episodes; ``correlated`` teleoperation-like deviations; ``white`` Gaussian noise; ``paper`` the paper's."""
     noise_sigma: float | None = None
     """The regime's main std in action units; None: its default (white 0.8, correlated 0.4, mixed 0.1)."""
     dataset: Path | None = None
@@ -59,11 +56,9 @@ class WorkflowConfig:
     out: Path | None = None
     """Run directory to create. Default: runs/TASK_ALGO_sSEED_TIMESTAMP (a new one every time)."""
     steps: int | None = None
-    """Gradient steps; None: the algorithm's (IQL 60,000, about 3.5 minutes on 2 cores at 300 steps/s; the
-    others 15,000, CQL about 6.5 minutes at 40 steps/s). The paper trains for hundreds of thousands."""
+    """Gradient steps; None: IQL 60,000 (about 3.5 minutes on 2 cores), the others 15,000."""
     checkpoint_every: int | None = None
-    """Gradient steps between checkpoints (each logs the workflow metrics and is evaluated); None: IQL 6,000,
-    the others 1,000."""
+    """Gradient steps between checkpoints; None: IQL 6,000, the others 1,000."""
     batch_size: int = 256
     """Transitions per gradient step (the reference code's 256). Image runs on a CPU: 64 is ~4x faster per step
     (6 vs 1.4 steps/s on 2 cores, benchmarks/image_speed.py)."""
@@ -76,8 +71,7 @@ class WorkflowConfig:
     eval_episodes: int = 20
     """Episodes per checkpoint for the analysis-only success rate; 0 to skip evaluation."""
     obs: Literal["state", "image", "image+proprio"] = "state"
-    """What the networks see: the simulator state, camera images (the paper's setting: 48x48 RGB, the paper's
-    CNN), or images plus the arm's own state. Image datasets are collected with --image-size and --camera."""
+    """What the networks see: the simulator state, camera images (48x48 RGB and the paper's CNN), or both."""
     image_size: int = 48
     """Image runs: square camera image size in pixels."""
     camera: str = "corner4"
@@ -87,9 +81,8 @@ class WorkflowConfig:
     after_peak: bool = False
     """Select the checkpoint after the Q peak (Guideline 3.1's actor-critic variant)."""
     selector: str | None = None
-    """The selection rule (offrl/workflow/rules.py; each measured on the dev grid, docs/results.md). ``fqe`` runs
-    fitted Q evaluation of every checkpoint first (offline, 5,000 steps each). None: IQL ``last`` (with rewards
-    <= 0 its Q falls while values propagate, so a Q peak is the least-trained critic), the others ``q_peak``."""
+    """Checkpoint rule (offrl/workflow/rules.py); None: IQL ``last`` (its Q falls while values propagate on
+    rewards <= 0), the others ``q_peak``; ``fqe`` first fits Q evaluation to every checkpoint."""
     bc_baseline_steps: int = 5_000
     """Also train behaviour cloning for this many steps (run directory OUT_bc) and evaluate it, so that the summary
     shows what imitation alone achieves beside the pick (analysis only); for every algorithm but BC, and for CQL
@@ -98,13 +91,10 @@ class WorkflowConfig:
     progress: bool = True
     """Progress bars."""
     algo: Literal["cql", "brac", "bc", "iql", "awac", "bear", "tt", "mopo", "combo"] = "iql"
-    """Algorithm. ``brac`` first trains behaviour cloning (its own run directory, suffix ``_bc``) and uses the
-    checkpoint with the highest held-out log-likelihood as pi_beta; ``mopo`` and ``combo`` fit their dynamics
-    model first (docs/model-based.md)."""
+    """Algorithm; ``brac`` trains its behaviour policy first (OUT_bc), ``mopo``/``combo`` their dynamics model."""
     auto: bool = False
-    """The automated workflow (paper Figure 1, CQL): after the base run, re-run with the remedy its verdict
-    calls for (VIB for overfitting, DR3 + wider critics for underfitting) and decide which run and checkpoint
-    to deploy (OUT/auto.json). Runs go to OUT/base, OUT/vib, OUT/capacity."""
+    """Paper Figure 1 (CQL): re-run with the remedy the verdict calls for (VIB or DR3 + wider critics) and
+    decide which run to deploy (OUT/auto.json; runs in OUT/base, OUT/vib, OUT/capacity)."""
     agent: CQLConfig = dataclasses.field(default_factory=CQLConfig)
     """CQL hyperparameters (the reference values; only the number of steps is cut to fit a CPU)."""
     brac: BRACConfig = dataclasses.field(default_factory=BRACConfig)
