@@ -39,7 +39,8 @@ if TYPE_CHECKING:  # imported when a command needs it (it brings in jax, flax an
 @dataclasses.dataclass(frozen=True)
 class Collect:
     """Collect a dataset: a MetaWorld task with its noisy scripted policy, or (``--task minatar/GAME``) the logged
-    replay of an online DQN on a MinAtar game, with discrete actions."""
+    replay of an online DQN on a MinAtar game, with discrete actions. Image, horizon and MinAtar options:
+    offrl collect --help-all."""
 
     task: str = "pick-place-v3"
     """MetaWorld v3 task (any with a scripted policy), or minatar/breakout, minatar/asterix, minatar/freeway,
@@ -52,14 +53,11 @@ class Collect:
     """Time limit in steps per episode; default: 150 for --reward-mode terminal, the task's rule-based horizon for
     success-every-step (1.5 x the scripted policy's median success step, rounded up to 10; offrl/envs/reward_modes.py)."""
     reward_mode: Literal["terminal", "success-every-step"] | None = None
-    """Reward structure (recorded in the metadata; the Q range follows it): ``terminal`` 1 at the first success
-    and the episode ends there (Q in [0, 1]); ``success-every-step`` the workflow paper's: 1 on every step the task
-    is solved, no termination, a fixed horizon. Default: what --terminate-on-success says."""
+    """``terminal``: 1 at the first success, which ends the episode; ``success-every-step`` (the workflow
+    paper's): 1 on every solved step, no termination, a fixed horizon. Default: --terminate-on-success's."""
     regime: Literal["white", "correlated", "mixed", "paper"] = DEFAULT_REGIME
-    """How the scripted actions are perturbed (docs/dataset-format.md): ``correlated`` slowly wandering
-    deviations of varying size, like imperfect teleoperation; ``mixed`` expert, partial and exploratory episodes
-    (30/35/35 %), like D4RL's medium-replay; ``white`` i.i.d. Gaussian noise (offrl's first data); ``paper`` the
-    workflow paper's N(0, 0.1^2) clipped to +-0.9."""
+    """How the scripted actions are perturbed (docs/dataset-format.md): ``correlated`` teleoperation-like
+    deviations; ``mixed`` expert, partial and exploratory episodes; ``white`` Gaussian; ``paper`` the paper's."""
     noise_sigma: float | None = None
     """The regime's main std in action units (white 0.8, correlated 0.4, mixed 0.1, paper 0.1 when not given)."""
     seed: int = 0
@@ -67,8 +65,7 @@ class Collect:
     terminate_on_success: bool = True
     """End an episode at its first success (terminal, reward 1): Q-values then lie in [0, 1]."""
     obs: Literal["state", "image"] = "state"
-    """``image`` also renders a camera image of every state (stored once per state, uint8); the state is
-    always stored too, so one dataset serves `offrl train --obs state`, `image` and `image+proprio`."""
+    """``image`` also stores a camera image of every state (uint8); the state is always stored too."""
     image_size: int = 48
     """With --obs image: square image size in pixels (the paper: 48 in simulation, 64 on real robots)."""
     camera: str = "corner4"
@@ -462,14 +459,24 @@ def _reflow(text: str) -> str:
 _ADVANCED = {
     "TrainConfig": ("dataset_format", "obs_keys", "frame_stack", "chunk_steps", "split_seed", "eval_transitions",
                     "normalize_observations", "wandb_project", "on_divergence", "divergence_factor", "heldout_fraction",
-                    "behavior_step", "agent", "brac", "bc", "iql", "awac", "bear", "tt", "dqn", "mopo", "combo"),
+                    "behavior_step", "progress", "reward_scale", "agent", "brac", "bc", "iql", "awac", "bear", "tt", "dqn", "mopo", "combo"),
     "WorkflowConfig": ("noise_sigma", "image_size", "camera", "frame_stack", "batch_size", "bc_baseline_steps",
                        "reward_scale", "reward_shift", "after_peak", "progress", "horizon", "reward_mode",
                        "agent", "brac", "bc", "iql", "awac", "bear", "tt", "mopo", "combo"),
+    "Collect": ("horizon", "noise_sigma", "terminate_on_success", "image_size", "camera", "replay_steps",
+                "replay_part", "replay_fraction", "from_replay"),
     "Diagnose": ("thresholds",),
     "Select": ("thresholds",),
 }
+# Per command, further fields a plain --help leaves to --help-all: the training flags that tune and sweep refuse
+# (they place and resume their runs themselves) or rarely need.
+_ADVANCED_IN = {
+    "tune": {"TrainConfig": ("out", "resume", "overwrite", "obs", "preset", "selector")},
+    "sweep": {"TrainConfig": ("resume", "overwrite", "obs", "preset", "selector"),
+              "SweepConfig": ("ray_cpus_per_cell", "ray_gpus_per_cell")},
+}
 _brief_help = False  # set by main() for a plain --help
+_brief_command = ""  # the command whose plain --help is shown
 
 
 def _help_registry(hide_in: type | None = None, hidden: Collection[str] = ()) -> Any:
@@ -497,7 +504,8 @@ def _help_registry(hide_in: type | None = None, hidden: Collection[str] = ()) ->
         if not isinstance(spec, tyro.constructors.StructConstructorSpec):
             return spec
         cls_name = getattr(info.type, "__name__", "")
-        advanced = _ADVANCED.get(cls_name, ()) if _brief_help else ()
+        advanced = (_ADVANCED.get(cls_name, ()) + _ADVANCED_IN.get(_brief_command, {}).get(cls_name, ())
+                    if _brief_help else ())
 
         def typed(f: Any) -> Any:
             if (info.type is hide_in and f.name in hidden) or f.name in advanced:
@@ -869,8 +877,9 @@ def main(argv: list[str] | None = None) -> int:
         from offrl.runtime import reexec_with_hugepage_malloc
 
         reexec_with_hugepage_malloc(["-m", "offrl.cli"])
-    global _brief_help
+    global _brief_help, _brief_command
     _brief_help = bool({"-h", "--help"} & set(args)) and "--help-all" not in args
+    _brief_command = name
     args = ["--help" if a == "--help-all" else a for a in args]
     registry, descriptions = _help_registry(), {}
     if name in _ALGO_FLAG_PREFIX:

@@ -82,22 +82,19 @@ class TrainConfig:
     out: Path
     """Run directory to create (or, with --resume, to continue)."""
     dataset: Path | None = None
-    """Dataset: an offrl HDF5 file (``offrl collect``, ``offrl import``), or a file of --dataset-format. Required
-    for a new run; with --resume the run's own (config.json) when not given."""
+    """An offrl HDF5 file (``offrl collect``, ``offrl import``); --resume: the run's own when not given."""
     dataset_format: Literal["offrl", "robomimic", "d4rl", "minari", "npz"] = "offrl"
     """Read --dataset directly in another format (as `offrl import` would; see its --help)."""
     obs_keys: tuple[str, ...] | None = None
     """With --dataset-format: the low-dimensional observation keys to concatenate (default: all)."""
     obs: ObsMode = "auto"
-    """What the networks see: state, image (pixels only, the paper's setting), image+proprio (pixels and the
-    robot's own state, metadata proprio_dims), or auto (image for image datasets, else state)."""
+    """state, image (pixels, the paper's setting), image+proprio (with the robot's own state), or auto."""
     frame_stack: int = 1
     """Image runs: frames stacked along the channel axis (the newest last)."""
     steps: int | None = None
-    """Gradient steps in all. Default: 100,000 for a new run; with --resume, the total the run was started with
-    (pass a larger number to extend it)."""
+    """Gradient steps in all; None: 100,000, or with --resume the run's own total (a larger one extends it)."""
     checkpoint_every: int = 5_000
-    """Gradient steps between checkpoints (the paper: 5 epochs of 1,000 steps); metrics are logged at each."""
+    """Gradient steps between checkpoints (the paper: 5,000); each logs the workflow metrics."""
     chunk_steps: int = 500
     """Gradient steps per compiled chunk (one host sync each); it changes neither the step budget nor the
     checkpoints, and training losses are averaged over each checkpoint interval. Named ``log_every`` before,
@@ -105,7 +102,7 @@ class TrainConfig:
     batch_size: int = 256
     """Transitions per gradient step."""
     seed: int = 0
-    """Seeds the network initialisation, minibatch sampling and the held-out split."""
+    """Seeds the initialisation, the minibatches and the held-out split."""
     split_seed: int | None = None
     """Seeds the held-out split and the evaluation subsets; None: --seed. Runs that differ only in --seed but
     share --split-seed train on the same episodes (what `offrl sweep` does for all its runs)."""
@@ -116,7 +113,7 @@ class TrainConfig:
     normalize_observations: bool = True
     """Standardise observations with statistics of the training episodes."""
     overwrite: bool = False
-    """Delete an existing run directory first. Without it an existing run is never touched."""
+    """Delete an existing run directory first (without it, an existing run is never touched)."""
     resume: bool = False
     """Continue an existing run from its last complete checkpoint."""
     progress: bool = True
@@ -130,21 +127,17 @@ class TrainConfig:
     divergence_factor: float = 10.0
     """Divergence limit: q_max + divergence_factor * max(Q range width, |q_max|, 1)."""
     reward_scale: float = 1.0
-    """Train on ``reward_scale * r + reward_shift`` (> 0; the file is kept, the Q range follows the new rewards;
-    offrl.data.transform_rewards)."""
+    """Train on ``reward_scale * r + reward_shift`` (> 0; the file is kept, the Q range follows)."""
     # With Cal-QL and a negative shift the Monte-Carlo return of a timed-out episode is no longer a lower bound
     # of its value (the truncated tail of -|shift| rewards is missing): the calibration is then approximate.
     reward_shift: float = 0.0
     """See --reward-scale (IQL's sparse-reward setting: -1)."""
     preset: str | None = None
-    """A named preset (offrl/presets.py: paper, iql-sparse): it sets --algo, the algorithm's hyperparameters,
-    --steps, --checkpoint-every, --reward-scale and --reward-shift; flags given explicitly override it. Recorded in
-    config.json (training.preset)."""
+    """``paper`` or ``iql-sparse`` (offrl/presets.py): sets the algorithm, its hyperparameters, budget, reward
+    transform and selector; explicit flags win."""
     selector: str | None = None
-    """The rule that picks the checkpoint to deploy (offrl/workflow/rules.py), recorded in config.json
-    (``deployment``) so that `offrl select`, diagnose, report, export and the Python API pick what `offrl workflow`
-    picks. None: the preset's rule, else the algorithm's (:func:`offrl.workflow.rules.default_selector`: IQL the
-    last checkpoint, the others the Q peak of Guideline 3.1)."""
+    """Checkpoint rule, recorded in config.json for every later command (offrl/workflow/rules.py); None: the
+    preset's, else IQL ``last``, the others ``q_peak``."""
     algo: Literal["cql", "brac", "bc", "iql", "awac", "bear", "tt", "dqn", "mopo", "combo"] = "cql"
     """Algorithm: CQL (paper Eq. 1), BRAC (needs --behavior-run), BC, IQL, AWAC, BEAR, the Trajectory
     Transformer, model-based MOPO and COMBO (docs/model-based.md), or for discrete actions the DQN family
