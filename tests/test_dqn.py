@@ -1,6 +1,7 @@
 """The offline DQN family (offrl/agents/dqn.py): every loss against hand computation on a network whose output is a
-chosen constant, and a two-state chain where every variant learns the optimal actions from uniformly logged
-data (the first action pays only through bootstrapping)."""
+chosen constant, the MinAtar convolution on grids and flattened grids (and against flax's Conv), and a two-state
+chain where every variant learns the optimal actions from uniformly logged data (the first action pays only
+through bootstrapping)."""
 
 from __future__ import annotations
 
@@ -59,20 +60,95 @@ def _loss(state, config, batch, alpha=None):
                                jax.random.PRNGKey(0), alpha)["loss"][0])
 
 
-def test_double_dqn_target_and_the_cql_penalty_by_hand():
+def test_nature_and_double_dqn_targets_by_hand_with_and_without_jit():
+    r, not_done = jnp.array([1.0, 1.0, 2.0]), jnp.array([1.0, 1.0, 0.0])
+    # Transition 0: online argmax 1, target network (5, 2): Nature takes the target's own max 5, Double its value
+    # of the online choice, 2. Transition 1: both networks prefer action 0: the targets agree. Transition 2 ends
+    # the episode: y = r for both.
+    online = jnp.array([[1.0, 3.0], [4.0, 0.0], [0.0, 9.0]])
+    target = jnp.array([[5.0, 2.0], [6.0, 1.0], [7.0, 8.0]])
+    for f in (lambda *a: a[0](*a[1:]), lambda *a: jax.jit(a[0])(*a[1:])):
+        nature = f(dqn.nature_dqn_target, r, not_done, 0.5, target)
+        double = f(dqn.double_dqn_target, r, not_done, 0.5, online, target)
+        np.testing.assert_allclose(nature, [1 + 0.5 * 5, 1 + 0.5 * 6, 2.0])
+        np.testing.assert_allclose(double, [1 + 0.5 * 2, 1 + 0.5 * 6, 2.0])
+
+
+def test_dqn_is_nature_dqn_double_dqn_its_own_variant_and_the_cql_penalty_by_hand():
     config = dqn.DQNConfig(variant="dqn", gamma=0.5, hidden_dims=(4,), encoder="mlp")
-    # Online Q = [1, 3]: argmax at s' is action 1; the target network's Q(s', 1) = 2 (its own max, 5, is not used).
+    # Online Q = [1, 3] (argmax 1), target network's Q = [5, 2] (argmax 0): the two targets differ.
     state = _constant_net_state(config, [[1.0, 3.0]], [[5.0, 2.0]])
-    # y = 1 + 0.5 * 2 = 2; Q(s, 0) = 1; u = 1: huber 0.5 (plain DQN's max would give y = 3.5).
-    assert _loss(state, config, _batch()) == pytest.approx(0.5)
+    # Nature DQN: y = 1 + 0.5 * max(5, 2) = 3.5; Q(s, 0) = 1; u = 2.5: huber 2.5 - 0.5 = 2.0.
+    assert _loss(state, config, _batch()) == pytest.approx(2.0)
     assert _loss(state, config, _batch(terminal=1.0)) == pytest.approx(0.0)  # y = r = 1 = Q(s, 0)
+    # Double DQN: the online network picks action 1, the target network values it at 2: y = 2, u = 1: huber 0.5.
+    double = dataclasses.replace(config, variant="double_dqn")
+    assert _loss(state, double, _batch()) == pytest.approx(0.5)
+    assert float(dqn.evaluate(state, _batch(), jax.random.PRNGKey(0), double)["target_q"][0]) == pytest.approx(2.0)
+    # CQL(H) on the DQN (Nature) loss.
     cql = dataclasses.replace(config, variant="cql", cql_alpha=2.0)
     penalty = math.log(math.exp(1.0) + math.exp(3.0)) - 1.0  # logsumexp_a Q(s, a) - Q(s, a_data)
-    assert _loss(state, cql, _batch()) == pytest.approx(0.5 + 2.0 * penalty, rel=1e-6)
+    assert _loss(state, cql, _batch()) == pytest.approx(2.0 + 2.0 * penalty, rel=1e-6)
     parts = dqn.evaluate(state, _batch(), jax.random.PRNGKey(0), cql)
     assert float(parts["cql_regularizer"][0]) == pytest.approx(penalty, rel=1e-6)
     assert float(parts["q_data"][0]) == 1.0 and float(parts["q_policy"][0]) == 3.0
-    assert float(parts["td_error"][0]) == pytest.approx(1.0)
+    assert float(parts["target_q"][0]) == pytest.approx(3.5) and float(parts["td_error"][0]) == pytest.approx(6.25)
+
+
+def test_the_minatar_torso_reads_grids_and_flattened_grids_alike():
+    """Young & Tian 2019's convolution (3x3, 16 channels, stride 1, no padding) on (B, 10, 10, C) grids, and on
+    the same grids flattened as offrl datasets store them when ``grid_shape`` says their shape."""
+    grids = jax.random.bernoulli(jax.random.PRNGKey(1), 0.3, (5, 10, 10, 4)).astype(jnp.float32)
+    flat = grids.reshape(5, -1)  # the row-major flattening of offrl.data.collect
+    for variant, outputs in (("dqn", 1), ("rem", 3), ("qr_dqn", 7)):
+        on_grid = dqn.DQNConfig(variant=variant, num_heads=3, num_quantiles=7)
+        state = dqn.init(on_grid, (10, 10, 4), 6, jax.random.PRNGKey(0))
+        params = state.q_params["params"]
+        assert params["Conv_0"]["kernel"].shape == (3, 3, 4, 16)
+        assert params["Dense_0"]["kernel"].shape == (8 * 8 * 16, 128)  # the 8x8x16 map, flattened, into 128 units
+        q = dqn._net(on_grid, 6).apply(state.q_params, grids)
+        assert q.shape == (5, outputs, 6) and q.dtype == jnp.float32
+        on_flat = dataclasses.replace(on_grid, grid_shape=(10, 10, 4))
+        flat_state = dqn.init(on_flat, 400, 6, jax.random.PRNGKey(0))
+        assert jax.tree.map(jnp.shape, flat_state.q_params) == jax.tree.map(jnp.shape, state.q_params)
+        np.testing.assert_allclose(dqn._net(on_flat, 6).apply(state.q_params, flat), q, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(dqn.greedy_action(state.q_params, flat, 6, on_flat),
+                                      dqn.greedy_action(state.q_params, grids, 6, on_grid))
+    # Vector observations keep the MLP; so does --dqn.encoder mlp on a grid.
+    assert "Conv_0" not in dqn.init(dqn.DQNConfig(), 400, 6, jax.random.PRNGKey(0)).q_params["params"]
+    mlp = dqn.init(dqn.DQNConfig(encoder="mlp"), (10, 10, 4), 6, jax.random.PRNGKey(0)).q_params["params"]
+    assert "Conv_0" not in mlp and mlp["Dense_0"]["kernel"].shape == (400, 128)
+
+
+def test_the_fast_minatar_convolution_is_flax_conv():
+    """MinAtarConv (patches times a matrix) against the plain reference, flax.linen.Conv(16, (3, 3), VALID): the
+    same parameters from the same key, the same outputs and gradients, with and without jit."""
+    import flax.linen as nn
+
+    x = jax.random.normal(jax.random.PRNGKey(2), (3, 10, 10, 5))
+    fast, ref = dqn.MinAtarConv(16), nn.Conv(16, (3, 3), strides=1, padding="VALID")
+    params = ref.init(jax.random.PRNGKey(0), x)
+    mine = fast.init(jax.random.PRNGKey(0), x)
+    assert jax.tree.map(jnp.shape, mine) == jax.tree.map(jnp.shape, params)
+    np.testing.assert_allclose(mine["params"]["kernel"], params["params"]["kernel"])
+    params = jax.tree.map(lambda p: p + 0.1, params)  # a nonzero bias too
+    for apply in (lambda m, p, x: m.apply(p, x), lambda m, p, x: jax.jit(m.apply)(p, x)):
+        np.testing.assert_allclose(apply(fast, params, x), apply(ref, params, x), rtol=1e-5, atol=1e-5)
+    grads = [jax.grad(lambda p, m=m: (m.apply(p, x) ** 2).sum())(params) for m in (fast, ref)]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), *grads)
+
+
+def test_grid_settings_that_do_not_fit_the_observations_are_refused():
+    key = jax.random.PRNGKey(0)
+    with pytest.raises(ValueError, match="300 cells but the observations have 400 features"):
+        dqn.init(dqn.DQNConfig(grid_shape=(10, 10, 3)), 400, 3, key)
+    with pytest.raises(ValueError, match="needs --dqn.grid-shape"):
+        dqn.init(dqn.DQNConfig(encoder="minatar"), 400, 3, key)
+    with pytest.raises(ValueError, match="grid-shape must be H W C"):
+        dqn.init(dqn.DQNConfig(grid_shape=(400,)), 400, 3, key)
+    with pytest.raises(ValueError, match="drop it"):
+        dqn.init(dqn.DQNConfig(encoder="mlp", grid_shape=(10, 10, 4)), 400, 3, key)
+    assert dqn.config_problems(dqn.DQNConfig(variant="c51"))  # the training loop refuses it before any run dir
 
 
 def test_ensemble_and_rem_by_hand():

@@ -1,5 +1,6 @@
 """Logged replay from MinAtar (offrl/envs/minatar.py): the replay holds exactly the transitions the online agent
-saw, in order, each with its logging step and the epsilon it acted with, and is deterministic for a seed."""
+saw, in order, each with its logging step and the epsilon it acted with (MinAtar's schedule), and is deterministic
+for a seed; the offline agents train on it with MinAtar's convolution and are evaluated in the game."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 pytest.importorskip("gymnax")
 
 from offrl.agents.dqn import DQNConfig  # noqa: E402
-from offrl.envs.minatar import ReplayConfig, collect_replay, epsilon_at  # noqa: E402
+from offrl.envs.minatar import ReplayConfig, collect_replay, epsilon_at, logging_gradient_steps  # noqa: E402
 
 TINY = ReplayConfig(steps=700, learning_starts=100, buffer_size=200, epsilon_decay_steps=400, chunk_steps=300,
                     agent=DQNConfig(variant="dqn", lr=2.5e-4, hidden_dims=(16,), target_update_every=50))
@@ -25,9 +26,10 @@ def test_the_replay_is_every_transition_in_order_with_its_step_and_epsilon(repla
     n = TINY.steps  # 700 steps in chunks of 300: the last chunk's surplus is not logged
     assert all(len(v) == n for v in a.values())
     np.testing.assert_array_equal(a["logging_step"], np.arange(n))
-    # The schedule by hand: 1.0 at step 0, 0.1 from step 400 on, linear between (0.55 at step 200).
-    assert a["epsilon"][0] == pytest.approx(1.0) and a["epsilon"][200] == pytest.approx(0.55)
-    assert np.allclose(a["epsilon"][400:], 0.1) and np.allclose(a["epsilon"], epsilon_at(np.arange(n), TINY))
+    # MinAtar's schedule by hand: 1.0 (uniformly random) until learning starts at step 100, then linear over 400
+    # steps: 0.55 at step 300, 0.1 from step 500 on.
+    assert np.allclose(a["epsilon"][:101], 1.0) and a["epsilon"][300] == pytest.approx(0.55)
+    assert np.allclose(a["epsilon"][500:], 0.1) and np.allclose(a["epsilon"], epsilon_at(np.arange(n), TINY))
     assert a["observations"].shape == (n, 10, 10, 4) and a["observations"].dtype == np.uint8
     assert set(np.unique(a["observations"])) <= {0, 1} and ((a["actions"] >= 0) & (a["actions"] < 3)).all()
     # One stream of experience: the next observation is the following observation, except at an episode's end.
@@ -41,6 +43,16 @@ def test_the_replay_is_every_transition_in_order_with_its_step_and_epsilon(repla
     sums = [a["rewards"][s:e + 1].sum() for s, e in zip(starts, curve["step"], strict=True)]
     np.testing.assert_allclose(curve["return"], sums)
     assert len(curve["step"]) > 5 and replay["num_actions"] == 3
+
+
+def test_the_logging_agents_gradient_steps_set_the_offline_budget():
+    # One gradient step per environment step from learning_starts on: 500,000 - 5,000 by default, 100,000 - 5,000
+    # for the replays of studies/discrete.py; TINY runs 3 chunks of 300 steps (900) and learns from step 100.
+    assert logging_gradient_steps(ReplayConfig()) == 495_000
+    assert logging_gradient_steps(ReplayConfig(steps=100_000)) == 95_000
+    assert logging_gradient_steps(TINY) == 800
+    # The offline default learning rate is the logging agent's, so equal steps are an equal budget (lr x steps).
+    assert DQNConfig().lr == ReplayConfig().agent.lr == 2.5e-4 and ReplayConfig().agent.variant == "dqn"
 
 
 def test_the_replay_is_deterministic_for_a_seed_and_settings_are_checked(replay):
@@ -98,17 +110,23 @@ def test_collect_train_diagnose_select_a_logged_replay_and_refuse_mismatched_act
                  "--out", str(tmp_path / "x.h5")]) == 1
     assert "not found" in capsys.readouterr().err and not (tmp_path / "x.h5").exists()
 
+    from offrl.training.policy import load_state
+
     run = tmp_path / "run"
     tiny = ["--dqn.hidden-dims", "16", "--steps", "60", "--checkpoint-every", "15", "--chunk-steps", "15",
             "--batch-size", "32", "--no-progress"]
     for variant in ("rem", "cql"):
         out = tmp_path / f"run-{variant}"
+        # MinAtar's convolution on the flattened grids, reshaped by the dataset's metadata grid_shape.
         assert main(["train", "--algo", "dqn", "--dqn.variant", variant, "--dqn.num-heads", "4", "--dataset",
-                     str(data), "--out", str(out), *tiny]) == 0
+                     str(data), "--out", str(out), "--dqn.grid-shape", "10", "10", "4", *tiny]) == 0
         records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in records] == [15, 30, 45, 60]
         assert {"q_data", "td_error", "heldout/q_data", "td_error_over_target_var"} <= records[-1].keys()
         assert ("cql_regularizer" in records[-1]) == (variant == "cql")
+        assert json.loads((out / "config.json").read_text())["agent"]["grid_shape"] == [10, 10, 4]
+        conv = load_state(out, 60)[0].q_params["params"]["Conv_0"]["kernel"]
+        assert conv.shape == (3, 3, 4, 16)
         run = out
     assert main(["diagnose", str(run)]) == 0
     capsys.readouterr()

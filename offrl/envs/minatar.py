@@ -3,13 +3,19 @@ the *logged replay* of an online DQN: every transition the agent saw while it le
 logging step and the exploration epsilon it acted with. This is the DQN Replay setting of Agarwal, Schuurmans and
 Norouzi 2020 (../shared/paper/optimistic-offline-rl-talk.txt) at MinAtar's scale.
 
-The online agent is :mod:`offrl.agents.dqn` (``variant="dqn"``, the Double DQN loss) acting epsilon-greedily,
-with the training schedule of Young & Tian's MinAtar DQN: epsilon from 1.0 to 0.1 over the first 100,000 steps,
-a replay buffer of the last 100,000 transitions, learning from step 5,000 on, one gradient step on a batch of 32
-per environment step. The whole loop (environment, acting, the circular buffer, the update) runs compiled in
-chunks of ``chunk_steps`` steps (``jax.lax.scan``) so that it is fast on a CPU. Deviations: Adam at 2.5e-4
-(MinAtar's RMSprop learning rate) instead of RMSprop, and 500,000 environment steps by default instead of
-MinAtar's 5 million, for these CPUs (both settings of :class:`ReplayConfig`).
+The online agent is :mod:`offrl.agents.dqn` with ``variant="dqn"``: Nature DQN's target (the talk's logging agents
+are "DQN (Nature)"; MinAtar's examples/dqn.py bootstraps from ``target_net(s').max(1)``), on MinAtar's network (one
+3x3 convolution of 16 channels, 128 hidden units) reading the 10x10xC grid, acting epsilon-greedily, with the
+training schedule of Young & Tian's MinAtar DQN: uniformly random actions for the first 5,000 steps while the
+buffer fills, then epsilon from 1.0 to 0.1 over the next 100,000 steps (MinAtar's ``world_dynamics``; Dopamine's
+``linearly_decaying_epsilon`` with its warm-up), a replay buffer of the last 100,000 transitions, learning from step
+5,000 on, one gradient step on a batch of 32 per environment step. The whole loop (environment, acting, the
+circular buffer, the update) runs compiled in chunks of ``chunk_steps`` steps (``jax.lax.scan``) so that it is fast
+on a CPU. Deviations, with their reasons:
+
+- Adam at 2.5e-4 (MinAtar's step size) instead of centered RMSprop: the offline agents use the same optimiser, so
+  that their budget (learning rate x gradient steps, :func:`logging_gradient_steps`) compares with this one's.
+- 500,000 environment steps by default instead of MinAtar's 5 million (:class:`ReplayConfig`): these CPUs.
 
 gymnax is optional (``pip install 'offrl[discrete]'``): it is imported only when a function needs it.
 """
@@ -48,22 +54,35 @@ class ReplayConfig:
     epsilon_end: float = 0.1
     """Exploration epsilon after the decay."""
     epsilon_decay_steps: int = 100_000
-    """Steps of the linear decay from ``epsilon_start`` to ``epsilon_end``."""
+    """Steps of the linear decay from ``epsilon_start`` to ``epsilon_end``, which begins at ``learning_starts``
+    (MinAtar's ``FIRST_N_FRAMES`` after ``REPLAY_START_SIZE``)."""
     buffer_size: int = 100_000
     """The online agent's replay buffer (the last this many transitions); the *logged* replay keeps every one."""
     batch_size: int = 32
     """Transitions per gradient step."""
     agent: DQNConfig = DQNConfig(variant="dqn", lr=2.5e-4)
-    """The online agent's network and loss (its ``variant`` must be ``dqn``)."""
+    """The online agent's network, loss and optimiser: Nature DQN at MinAtar's 2.5e-4 (its ``variant`` must be
+    ``dqn`` or ``double_dqn``, one Q per action)."""
     chunk_steps: int = 1_000
     """Environment steps per compiled chunk (one host transfer each); changes nothing but speed."""
 
 
 def epsilon_at(step: np.ndarray | int, config: ReplayConfig) -> np.ndarray:
-    """The linear epsilon schedule: ``epsilon_start`` at step 0 down to ``epsilon_end`` at
-    ``epsilon_decay_steps``, constant after; (n,) int -> (n,) float32."""
-    frac = np.clip(np.asarray(step, np.float64) / max(config.epsilon_decay_steps, 1), 0.0, 1.0)
+    """The exploration schedule: ``epsilon_start`` until ``learning_starts`` (MinAtar acts uniformly at random
+    while the buffer fills), then linear down to ``epsilon_end`` over ``epsilon_decay_steps``, constant after
+    (Young & Tian 2019, examples/dqn.py ``world_dynamics``); (n,) int -> (n,) float32."""
+    frac = np.clip((np.asarray(step, np.float64) - config.learning_starts) / max(config.epsilon_decay_steps, 1),
+                   0.0, 1.0)
     return (config.epsilon_start + frac * (config.epsilon_end - config.epsilon_start)).astype(np.float32)
+
+
+def logging_gradient_steps(config: ReplayConfig) -> int:
+    """Gradient steps the online agent takes: one per environment step from ``learning_starts`` on, over the
+    ``steps`` rounded up to whole chunks of ``chunk_steps`` (the surplus of the last chunk is run, not logged).
+    With the defaults, 500,000 - 5,000 = 495,000; for a 100,000-step replay, 95,000. The offline agents' budget
+    rule (issue 43): their learning rate x gradient steps at least this x ``config.agent.lr``."""
+    run = -(-config.steps // config.chunk_steps) * config.chunk_steps
+    return max(run - config.learning_starts, 0)
 
 
 def make_game(game: str) -> tuple[Any, Any]:
@@ -85,8 +104,9 @@ def make_game(game: str) -> tuple[Any, Any]:
 
 def _check(config: ReplayConfig) -> None:
     problems = []
-    if config.agent.variant != "dqn":
-        problems.append(f"the logging agent is a DQN (agent.variant 'dqn'), got {config.agent.variant!r}")
+    if config.agent.variant not in ("dqn", "double_dqn"):
+        problems.append(f"the logging agent is a DQN (agent.variant 'dqn' or 'double_dqn'), got "
+                        f"{config.agent.variant!r}")
     for name in ("steps", "buffer_size", "batch_size", "chunk_steps", "epsilon_decay_steps"):
         if getattr(config, name) < 1:
             problems.append(f"{name} must be >= 1, got {getattr(config, name)}")
@@ -139,11 +159,12 @@ def collect_replay(game: str, config: ReplayConfig = ReplayConfig(), seed: int =
     }
     eps_start, eps_end = float(config.epsilon_start), float(config.epsilon_end)
     decay = float(max(config.epsilon_decay_steps, 1))
+    warmup = float(config.learning_starts)
 
     def one_step(carry, _):
         env_state, obs, agent, buffer, step, ep_return, key = carry
         key, k_act, k_rand, k_env, k_batch, k_update = jax.random.split(key, 6)
-        eps = eps_start + jnp.clip(step / decay, 0.0, 1.0) * (eps_end - eps_start)
+        eps = eps_start + jnp.clip((step - warmup) / decay, 0.0, 1.0) * (eps_end - eps_start)  # epsilon_at
         greedy = dqn.greedy_action(agent.q_params, obs[None].astype(jnp.float32), num_actions, config.agent)[0]
         explore = jax.random.uniform(k_act) < eps
         action = jnp.where(explore, jax.random.randint(k_rand, (), 0, num_actions), greedy).astype(jnp.int32)
@@ -219,7 +240,8 @@ def evaluate_greedy(q_params: Any, config: DQNConfig, num_actions: int, game: st
     """Roll out the (epsilon-)greedy policy of a DQN-family network for ``episodes`` MinAtar episodes in parallel.
 
     Observations are flattened and standardised with ``obs_mean`` / ``obs_std`` (the run's normaliser) before the
-    network reads them, as in training. An episode lasts until the game ends or gymnax's limit
+    network reads them, as in training; a network with ``config.grid_shape`` reshapes them back to the grid for its
+    convolution (:class:`offrl.agents.dqn.QNetwork`). An episode lasts until the game ends or gymnax's limit
     (``max_steps_in_episode``, 1,000 for Breakout) cuts it; episode ``i`` starts from ``PRNGKey(seed)`` folded
     with ``i``, the same for every checkpoint.
 
