@@ -319,22 +319,40 @@ class Check:
 # The subcommands, in the order of `offrl --help`. The config classes of train, sweep and workflow (and Tune's
 # `train` field) import jax, flax, optax and orbax (offrl.agents, offrl.training.train): they are loaded only
 # when that command runs (_load_config), so `offrl --help`, `offrl select RUN`, ... start without them.
-_SUBCOMMANDS: dict[str, type | tuple[str, str]] = {
+_SUBCOMMANDS: dict[str, type | tuple[str, str]] = {  # in the order `offrl --help` lists them: the story's first
+    "workflow": ("offrl.workflow.pipeline", "WorkflowConfig"),
     "collect": Collect,
+    "import": Import,
+    "inspect": Inspect,
     "train": ("offrl.training.train", "TrainConfig"),
     "diagnose": Diagnose,
     "select": Select,
     "evaluate": Evaluate,
-    "fqe": Fqe,
     "report": Report,
-    "tune": Tune,
-    "import": Import,
-    "inspect": Inspect,
-    "export": Export,
-    "study": Study,
     "check": Check,
+    "export": Export,
+    "fqe": Fqe,
+    "tune": Tune,
     "sweep": ("offrl.training.sweep", "SweepConfig"),
-    "workflow": ("offrl.workflow.pipeline", "WorkflowConfig"),
+    "study": Study,
+}
+# One line per command for `offrl --help` (each command's own --help says the rest).
+_SUMMARIES = {
+    "workflow": "Start here: collect, train, diagnose, select, evaluate and report, on one task.",
+    "collect": "Collect a dataset from a MetaWorld task's scripted policy (or a MinAtar logged replay).",
+    "import": "Convert robomimic / D4RL / Minari / NumPy data into an offrl HDF5 file.",
+    "inspect": "Summarise a dataset and flag its problems.",
+    "train": "Train an agent on a dataset (CQL, or another algorithm with --algo).",
+    "diagnose": "Overfitting or underfitting, the checkpoint to deploy, and how far to trust it.",
+    "select": "Print the checkpoint to deploy, by the rule the run recorded.",
+    "evaluate": "Analysis only: every checkpoint's success rate in the simulator.",
+    "report": "Write the run's report.html.",
+    "check": "The robot check: a few episodes per candidate checkpoint, then the one to deploy.",
+    "export": "Write a checkpoint's policy as a self-contained folder for the robot.",
+    "fqe": "Fitted Q evaluation of every checkpoint (offline).",
+    "tune": "Choose the conservatism (CQL's alpha, ...) offline, one short run per value.",
+    "sweep": "Train runs over seeds x values of one hyperparameter.",
+    "study": "A validation grid: runs, analysis-only success, how each selection rule does.",
 }
 _ON_DEMAND = ("train", "tune", "sweep", "workflow")
 _DESCRIPTIONS = {
@@ -892,7 +910,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(preset_default, str):
         print(f"offrl: error: {preset_default}", file=sys.stderr)
         return 1
-    command = _command_type((name,) if name else (), descriptions,
+    command = _command_type((name,) if name else (), descriptions if name else _SUMMARIES,
                             {name: preset_default} if preset_default is not None else None)
     cmd = _parse(command, args, registry, name)
     if isinstance(cmd, int):
