@@ -117,9 +117,11 @@ def test_collect_train_diagnose_select_a_logged_replay_and_refuse_mismatched_act
             "--batch-size", "32", "--no-progress"]
     for variant in ("rem", "cql"):
         out = tmp_path / f"run-{variant}"
-        # MinAtar's convolution on the flattened grids, reshaped by the dataset's metadata grid_shape.
+        # MinAtar's convolution on the flattened grids, reshaped by the dataset's metadata grid_shape (read by the
+        # training loop: no --dqn.grid-shape; cql passes it, the same value, explicitly).
+        given = ["--dqn.grid-shape", "10", "10", "4"] if variant == "cql" else []
         assert main(["train", "--algo", "dqn", "--dqn.variant", variant, "--dqn.num-heads", "4", "--dataset",
-                     str(data), "--out", str(out), "--dqn.grid-shape", "10", "10", "4", *tiny]) == 0
+                     str(data), "--out", str(out), *given, *tiny]) == 0
         records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in records] == [15, 30, 45, 60]
         assert {"q_data", "td_error", "heldout/q_data", "td_error_over_target_var"} <= records[-1].keys()

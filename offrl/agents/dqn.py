@@ -54,10 +54,10 @@ each with its reason:
   ``--no-normalize-observations``.
 - Discrete CQL regularises the ``dqn`` head, while CQL's Atari experiments used QR-DQN.
 
-``offrl train --algo dqn --dqn.variant NAME --dqn.grid-shape 10 10 C`` trains it on a dataset of discrete actions
-(metadata ``action_space: "discrete"``; ``offrl collect --task minatar/GAME`` writes one, with its ``grid_shape``
-in the metadata). The training loop does not read ``grid_shape`` from the metadata (it gives :func:`init` the flat
-feature count): without ``--dqn.grid-shape`` the flat grids are read by the MLP. The workflow reads ``q_data``
+``offrl train --algo dqn --dqn.variant NAME`` trains it on a dataset of discrete actions (metadata
+``action_space: "discrete"``; ``offrl collect --task minatar/GAME`` writes one, with its ``grid_shape`` in the
+metadata). The training loop fills ``grid_shape`` from the metadata when it is not given, so MinAtar replays get
+the convolution (``--dqn.encoder mlp`` reads the flat grids with the MLP instead). The workflow reads ``q_data``
 for Metric 3.1 and ``cql_regularizer`` for Metric 3.2 (docs/metrics.md); ``offrl evaluate`` rolls checkpoints out
 in MinAtar (returns). Exporting a discrete-action run is not built yet.
 

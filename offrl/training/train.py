@@ -141,7 +141,7 @@ class TrainConfig:
     algo: Literal["cql", "brac", "bc", "iql", "awac", "bear", "tt", "dqn", "mopo", "combo"] = "cql"
     """Algorithm: CQL (paper Eq. 1), BRAC (needs --behavior-run), BC, IQL, AWAC, BEAR, the Trajectory
     Transformer, model-based MOPO and COMBO (docs/model-based.md), or for discrete actions the DQN family
-    (--dqn.variant: Double DQN, QR-DQN, Ensemble-DQN, REM, discrete CQL; Agarwal et al. 2020)."""
+    (--dqn.variant: Nature DQN, Double DQN, QR-DQN, Ensemble-DQN, REM, discrete CQL; Agarwal et al. 2020)."""
     agent: cql.CQLConfig = dataclasses.field(default_factory=cql.CQLConfig)
     """CQL hyperparameters (used with --algo cql)."""
     brac: BRACConfig = dataclasses.field(default_factory=BRACConfig)
@@ -594,7 +594,7 @@ def check_trainable(dataset: Dataset, config: TrainConfig) -> None:
     if discrete != (config.algo in DISCRETE):
         raise DatasetError(
             f"{config.dataset} has {'discrete' if discrete else 'continuous'} actions and --algo {config.algo} "
-            + ("acts continuously: use --algo dqn (--dqn.variant dqn|qr_dqn|ensemble|rem|cql)" if discrete
+            + ("acts continuously: use --algo dqn (--dqn.variant dqn|double_dqn|qr_dqn|ensemble|rem|cql)" if discrete
                else "needs discrete actions (metadata action_space 'discrete'): use cql, iql, awac, bear, brac, bc "
                     "or tt")
         )
@@ -717,6 +717,11 @@ def _setup(config: TrainConfig, dataset: Dataset, dataset_fp: str) -> tuple[_Set
                     _sequence_window(config))
     spec = obs_spec(mode, dataset, config.frame_stack)
     agent = active_agent_config(config)
+    grid = dataset.metadata.get("grid_shape")
+    if config.algo == "dqn" and not agent.grid_shape and agent.encoder != "mlp" and grid:
+        # A MinAtar replay stores its grids flattened: the convolutional torso reads them as (H, W, C) grids.
+        agent = dataclasses.replace(agent, grid_shape=tuple(int(v) for v in grid))
+        config = _with_agent_config(config, agent)
     module = get_agent(config.algo)
     q_range = q_value_range(train_ds, getattr(agent, "gamma", 0.99))
     k_init, k_train, k_eval = jax.random.split(jax.random.PRNGKey(config.seed), 3)
