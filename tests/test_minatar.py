@@ -148,3 +148,7 @@ def test_collect_train_diagnose_select_a_logged_replay_and_refuse_mismatched_act
     cont = save_dataset(tmp_path / "cont.h5", make_dataset(chain_arrays(episodes=6), {"task": "toy"}))
     assert main(["train", "--algo", "dqn", "--dataset", str(cont), "--out", str(tmp_path / "bad2"), *tiny]) == 1
     assert "needs discrete actions" in capsys.readouterr().err
+    # A grid shape that does not fit the observations: one line, and no run directory left behind.
+    assert main(["train", "--algo", "dqn", "--dataset", str(data), "--out", str(tmp_path / "bad3"),
+                 "--dqn.grid-shape", "10", "10", "3", *tiny]) == 1
+    assert "grid" in capsys.readouterr().err and not (tmp_path / "bad3").exists()

@@ -833,10 +833,10 @@ def train(config: TrainConfig, dataset: Dataset | None = None) -> Path:
     # and --overwrite must not delete the old run for a dataset that cannot be trained on.
     dataset = _read_dataset(config, dataset)
     dataset_fp = fingerprint(config.dataset)
+    setup, train_ds, heldout_ds = _setup(config, dataset, dataset_fp)  # may still refuse the settings
     if saved is None and out.exists() and config.overwrite:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    setup, train_ds, heldout_ds = _setup(config, dataset, dataset_fp)
     state, start_step, manager = _start(out, setup, saved)
     if start_step >= setup.config.steps:
         return out
