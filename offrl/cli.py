@@ -744,6 +744,11 @@ def run(cmd: object) -> int:
             r, rho = h["regret"], h["spearman"]
             print(f"  {name:20s} normalised regret {r['mean'] if r['mean'] is not None else float('nan'):.2f} "
                   f"(n={r['n']}), Spearman {rho['mean'] if rho['mean'] is not None else float('nan'):.2f}")
+        if analysis["failed"] and not analysis.get("cells_finished", analysis["runs"]):
+            # A grid of which no cell finished is a failure, whatever its cells' own errors were.
+            print(f"offrl: error: none of the {analysis['cells_total']} runs finished; each failed cell's error is "
+                  f"above and in {config.out / 'failed'}", file=sys.stderr)
+            return 1
     elif isinstance(cmd, Check):
         _run_check(cmd)
     elif _is_config(cmd, "sweep"):

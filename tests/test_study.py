@@ -285,6 +285,22 @@ def test_a_cell_another_process_holds_is_skipped_and_a_failure_is_listed(tmp_pat
                       free.name: f"{free.name}: no successful episode"}
 
 
+def test_a_study_of_which_no_cell_finished_exits_non_zero(tmp_path, monkeypatch, capsys):
+    from offrl.cli import main
+    from offrl.study import cell
+
+    def fake_run_cell(cell, config, progress=False):
+        raise RuntimeError(f"{cell.name}: out of memory")
+
+    monkeypatch.setattr(cell, "run_cell", fake_run_cell)
+    toml = tmp_path / "s.toml"
+    toml.write_text(f'out = "{tmp_path / "s"}"\nbootstrap_samples = 50\n[[scenario]]\nname = "a"\n'
+                    'tasks = ["reach-v3", "push-v3"]\nepisodes = [5]\n')
+    assert main(["study", str(toml), "--workers", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "none of the 2 runs finished" in err and err.strip().endswith(str(tmp_path / "s" / "failed"))
+
+
 def test_underfitting_threshold_variants_and_the_over_estimation_drop():
     from offrl.study.selectors import overestimation_drop, verdict_with
     from offrl.workflow.diagnosis import DiagnosisConfig
