@@ -73,8 +73,8 @@ def main() -> None:
     p.add_argument("--cells", type=int, default=4, help="cells of the study (even: 2 settings x cells/2 seeds)")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--smoke", action="store_true",
-                   help="1 evaluation episode, 5 FQE steps, 20 bootstrap samples, a 2-step warm start: checks that the script "
-                        "runs (times meaningless)")
+                   help="1 evaluation episode, 5 FQE steps, 20 bootstrap samples, a 2-step warm start, 2 checkpoints: "
+                        "checks that the script runs (times meaningless)")
     args = p.parse_args()
     study = dict(eval_episodes=2, horizon=60, fqe_steps=50, bootstrap=200, bc_steps=10)
     if args.smoke:
@@ -90,7 +90,8 @@ def main() -> None:
         tmp = Path(tmp)
         for name in ("local", "ray"):
             (tmp / f"{name}.toml").write_text(STUDY.format(out=tmp / name, steps=args.steps,
-                                                           every=max(args.steps // 6, 1), seeds=seeds, **study))
+                                                           every=max(args.steps // (2 if args.smoke else 6), 1),
+                                                           seeds=seeds, **study))
         out["local_s"] = round(_study([str(tmp / "local.toml")], tmp, env), 1)
 
         t = time.perf_counter()
