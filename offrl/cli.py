@@ -203,6 +203,8 @@ class Export:
     actor: Literal["trained", "averaged"] | None = None
     """Which actor to export: the trained one, or the Polyak average a run trained with actor_ema_decay > 0 keeps;
     default: the run's recorded choice (config.json deployment.actor, else trained)."""
+    ensemble: int = 1
+    """Deploy the mean action of this many checkpoints: the chosen step and the ones just before it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -703,7 +705,8 @@ def run(cmd: object) -> int:
     elif isinstance(cmd, Export):
         from offrl.export import export_policy
 
-        path = export_policy(cmd.run_dir, step=cmd.step, out=cmd.out, overwrite=cmd.overwrite, actor=cmd.actor)
+        path = export_policy(cmd.run_dir, step=cmd.step, out=cmd.out, overwrite=cmd.overwrite, actor=cmd.actor,
+                             ensemble=cmd.ensemble)
         print(f"wrote {path}; load it with offrl.load_policy({str(path)!r})")
     elif isinstance(cmd, Tune):
         from offrl.workflow.tuning import tune_conservatism

@@ -4,10 +4,20 @@ Layout of an export folder::
 
     OUT/policy.json        what the policy is: format version, algo, dimensions, actor widths, observation
                            normaliser, action bounds, source run and step, input/output contract, file hashes
-    OUT/actor.msgpack      the actor parameters (``flax.serialization.to_bytes``)
-    OUT/policy.jax_export  the whole policy (normalisation, actor, tanh) compiled by ``jax.export`` for any
-                           batch size; absent when the export had no ``flatbuffers`` (see :func:`export_policy`)
+    OUT/actor.msgpack      the actor parameters (``flax.serialization.to_bytes``); for a checkpoint ensemble the
+                           k members' parameters stacked along a new leading axis of length k
+    OUT/policy.jax_export  the whole policy (normalisation, actor, tanh, and an ensemble's mean) compiled by
+                           ``jax.export`` for any batch size; absent when the export had no ``flatbuffers`` (see
+                           :func:`export_policy`)
     OUT/README.txt         how to load it
+
+Checkpoint ensembles (``export_policy(..., ensemble=k)``, ``offrl export RUN --ensemble K``): the exported policy
+is the mean of the deterministic actions tanh(mu(normalize(obs))) of the selected checkpoint and the k - 1
+checkpoints before it, all of the same actor (trained or averaged), as Snapshot Ensembles average the outputs of
+the last m snapshots of one training run (Huang et al., 2017, "Snapshot Ensembles: Train 1, get M for free",
+ICLR, Sec. 3, "Ensembling at test time"). It is meant to smooth over the checkpoint-to-checkpoint jumps in
+success; the mean of actions in [-1, 1] stays in [-1, 1]. policy.json records ``ensemble`` (k) and
+``source.steps``, with format version 4; single-checkpoint exports are written exactly as before.
 
 Loading (:func:`load_policy`) needs only numpy, JAX, Flax and :mod:`offrl.networks`; never the training or
 dataset code, Orbax or MetaWorld. The compiled form needs only JAX (with flatbuffers, which its serialisation
@@ -30,11 +40,12 @@ import jax
 import numpy as np
 
 FORMAT = "offrl.policy"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """Version of the export layout; :func:`load_policy` refuses newer ones. State policies are written as version 1
 (unchanged), image policies as version 2 (policy.json's ``observation`` section), Trajectory Transformer
-planners as version 3 (policy.json's ``planner`` section), so an offrl that cannot run a policy refuses it
-instead of misreading it."""
+planners as version 3 (policy.json's ``planner`` section), checkpoint ensembles (state or image) as version 4
+(policy.json's ``ensemble``, stacked parameters), so an offrl that cannot run a policy refuses it instead of
+misreading it."""
 POLICY_FILE = "policy.json"
 PARAMS_FILE = "actor.msgpack"
 COMPILED_FILE = "policy.jax_export"
@@ -65,6 +76,10 @@ PLANNER_CONTRACT = {
               "observation alone (offrl.networks.trajectory_transformer.plan; settings in policy.json planner), "
               "reconstructed from its bins; deterministic (fixed sampling key)",
 }
+ENSEMBLE_ACTION = ("the mean, over the {k} checkpoints of source.steps, of each one's {action} (actor.msgpack "
+                   "holds their parameters stacked along a leading axis of length {k}); Snapshot Ensembles, Huang et "
+                   "al. 2017")
+"""policy.json ``contract.action`` of a checkpoint ensemble, from the single checkpoint's."""
 PLANNER_NOTE = ("the Trajectory Transformer's beam search is exported as its parameters and settings (actor.msgpack, "
                 "policy.json planner), run by offrl.networks.trajectory_transformer: its discrete choices are not "
                 "reproducible to rounding by a separately compiled program")
@@ -77,6 +92,7 @@ def export_policy(
     overwrite: bool = False,
     compiled: bool | None = None,
     actor: str | None = None,
+    ensemble: int = 1,
 ) -> Path:
     """Write the deterministic policy of a run's checkpoint as a self-contained folder (see module docstring).
 
@@ -99,6 +115,11 @@ def export_policy(
         actor: which actor to export, "trained" or "averaged" (the Polyak average a run with ``actor_ema_decay``
             > 0 keeps); None: the run's recorded choice (config.json ``deployment.actor``, else "trained";
             :func:`offrl.training.policy.actor_params`). Written to policy.json ``source.actor``.
+        ensemble: number k of checkpoints whose deterministic actions the policy averages: the one at ``step``
+            and the k - 1 complete checkpoints before it, each with the same ``actor`` (module docstring). 1: that
+            checkpoint alone, written exactly as before ensembles existed (format version 1, 2 or 3). k > 1:
+            policy.json ``ensemble`` = k, ``source.steps`` (ascending), format version 4; the check above
+            compares against the mean of the k checkpoints' own actions.
 
     Returns:
         The export folder ``out``.
@@ -107,7 +128,9 @@ def export_policy(
         FileNotFoundError: ``run_dir`` is not a run directory, it has no checkpoints, or none at ``step``.
         FileExistsError: ``out`` exists and ``overwrite`` is False, or it is not a policy export.
         ValueError: diagnosis.json selects no checkpoint (pass ``step``), or the checkpoint does not match; or
-            ``compiled=True`` for a Trajectory Transformer (its planner is exported as parameters and settings).
+            ``compiled=True`` for a Trajectory Transformer (its planner is exported as parameters and settings);
+            or ``ensemble`` is not a whole number >= 1, exceeds the checkpoints up to ``step``, or is > 1 for a
+            Trajectory Transformer (a beam-search planner, not an action to average).
         ImportError: ``compiled=True`` and ``flatbuffers`` is not installed.
         RuntimeError: the exported files do not reproduce the checkpoint's actions (nothing is written).
     """
@@ -115,9 +138,16 @@ def export_policy(
     out = Path(out) if out is not None else run_dir / DEFAULT_OUT
     if not (run_dir / "config.json").is_file():
         raise FileNotFoundError(f"{run_dir / 'config.json'} not found: {run_dir} is not a run made by `offrl train`")
-    if (json.loads((run_dir / "config.json").read_text()).get("dataset", {}).get("metadata", {})
-            .get("action_space")) == "discrete":
+    run_cfg = json.loads((run_dir / "config.json").read_text())
+    if run_cfg.get("dataset", {}).get("metadata", {}).get("action_space") == "discrete":
         raise ValueError(f"{run_dir} is a discrete-action run: exporting it is not built yet")
+    if isinstance(ensemble, bool) or not isinstance(ensemble, (int, np.integer)) or ensemble < 1:
+        raise ValueError(f"ensemble must be a whole number of checkpoints >= 1 (1: the selected one alone); "
+                         f"got {ensemble!r}")
+    ensemble = int(ensemble)
+    if ensemble > 1 and run_cfg.get("algo") == "tt":
+        raise ValueError(f"{run_dir} is a Trajectory Transformer run: its beam-search planner has no action to "
+                         f"average over checkpoints; export one checkpoint (--ensemble 1, ensemble=1 in Python)")
     _check_replaceable(out, overwrite)  # before the slow part, so a refusal costs nothing
 
     # The training stack (Orbax, optax, agents) is imported here only: loading an export must not need it.
@@ -125,24 +155,49 @@ def export_policy(
     from offrl.workflow.rules import run_actor
 
     step, step_source = _resolve_step(run_dir, step)
+    steps = _ensemble_steps(run_dir, step, ensemble)
     state, cfg = load_state(run_dir, step)
     actor = run_actor(cfg, actor)
-    params = actor_params(state, cfg, actor)
+    # The same actor of every member, in the order of ``steps``; only the actors are kept, not k agent states.
+    members = [*(actor_params(load_state(run_dir, s)[0], cfg, actor) for s in steps[:-1]),
+               actor_params(state, cfg, actor)]
     ds = cfg["dataset"]
     planner = cfg.get("algo") == "tt"  # a sequence model planning by beam search, not a tanh-Gaussian actor
     observation = _observation_spec(cfg)
     mean = np.asarray(cfg["normalizer"]["mean"], np.float32)
     std = np.asarray(cfg["normalizer"]["std"], np.float32)
-    files, compiled_note = _policy_files(jax.device_get(params), cfg, observation, planner, compiled)
-    spec = _policy_spec(cfg, observation, planner, files, compiled_note, {
-        "run_dir": str(run_dir.resolve()), "step": step, "step_source": step_source, "actor": actor,
-        "dataset_fingerprint": ds.get("fingerprint"), "task": ds.get("task"),
-        "offrl_version": cfg.get("offrl_version")})
+    # An ensemble's parameters are stacked along a new leading axis of length k, member i at index i.
+    stored = (jax.device_get(members[0]) if ensemble == 1
+              else jax.tree.map(lambda *leaves: np.stack(leaves), *jax.device_get(members)))
+    files, compiled_note = _policy_files(stored, cfg, observation, planner, compiled, ensemble)
+    source: dict[str, Any] = {"run_dir": str(run_dir.resolve()), "step": step}
+    if ensemble > 1:
+        source["steps"] = steps
+    source.update({"step_source": step_source, "actor": actor, "dataset_fingerprint": ds.get("fingerprint"),
+                   "task": ds.get("task"), "offrl_version": cfg.get("offrl_version")})
+    spec = _policy_spec(cfg, observation, planner, files, compiled_note, source, ensemble)
     files[POLICY_FILE] = (json.dumps(spec, indent=2) + "\n").encode()
     files[README_FILE] = _readme(spec).encode()
-    probe, expected = _reference_actions(params, cfg, observation, mean, std, planner)
+    probe, expected = _reference_actions(members, cfg, observation, mean, std, planner)
     _write_checked(files, out, overwrite, probe, expected)
     return out
+
+
+def _ensemble_steps(run_dir: Path, step: int, ensemble: int) -> list[int]:
+    """The checkpoint steps of an export, ascending: ``step`` and the ``ensemble`` - 1 complete checkpoints
+    before it (:func:`offrl.training.run_dir.checkpoint_steps`). Raises ValueError when there are fewer."""
+    if ensemble == 1:
+        return [step]  # a missing checkpoint at ``step`` is reported by load_state, as always
+    from offrl.training.run_dir import checkpoint_steps
+
+    saved = checkpoint_steps(run_dir)
+    before = [s for s in saved if s < step]
+    if len(before) < ensemble - 1:
+        upto = [s for s in saved if s <= step]
+        raise ValueError(f"--ensemble {ensemble} needs {ensemble} checkpoints ending at step {step}, but {run_dir} "
+                         f"has {len(upto)} up to it {upto}: lower --ensemble (ensemble= in Python) or choose a "
+                         f"later --step")
+    return [*before[len(before) - (ensemble - 1):], step]
 
 
 def _observation_spec(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -161,9 +216,10 @@ def _observation_spec(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _policy_files(actor_params: Any, cfg: dict[str, Any], observation: dict[str, Any], planner: bool,
-                  compiled: bool | None) -> tuple[dict[str, bytes], str | None]:
+                  compiled: bool | None, ensemble: int = 1) -> tuple[dict[str, bytes], str | None]:
     """The parameter file and, where it can be written, the compiled form; and why the compiled form is missing
-    (None when written). Raises as :func:`export_policy` says for ``compiled``."""
+    (None when written). ``actor_params`` holds an ensemble's k members stacked along a leading axis when
+    ``ensemble`` = k > 1. Raises as :func:`export_policy` says for ``compiled``."""
     import flax.serialization
 
     ds = cfg["dataset"]
@@ -179,7 +235,7 @@ def _policy_files(actor_params: Any, cfg: dict[str, Any], observation: dict[str,
         files[COMPILED_FILE] = _export_compiled(
             actor_params, np.asarray(cfg["normalizer"]["mean"], np.float32),
             np.asarray(cfg["normalizer"]["std"], np.float32), hidden, int(ds["obs_dim"]), int(ds["act_dim"]),
-            cfg["agent"].get("actor_encoder", "cnn"), observation)
+            cfg["agent"].get("actor_encoder", "cnn"), observation, ensemble)
     except ImportError as e:  # jax.export serialisation imports flatbuffers, an optional JAX dependency
         if compiled:
             raise ImportError(f"writing {COMPILED_FILE} needs `pip install flatbuffers`: {e}") from e
@@ -190,27 +246,32 @@ def _policy_files(actor_params: Any, cfg: dict[str, Any], observation: dict[str,
 
 
 def _policy_spec(cfg: dict[str, Any], observation: dict[str, Any], planner: bool, files: dict[str, bytes],
-                 compiled_note: str | None, source: dict[str, Any]) -> dict[str, Any]:
+                 compiled_note: str | None, source: dict[str, Any], ensemble: int = 1) -> dict[str, Any]:
     """policy.json's content: the actor's shape and inputs, the normaliser, the action range, where it comes from
-    (``source``), the contract of the loaded function, and each file's SHA-256."""
+    (``source``), the contract of the loaded function, and each file's SHA-256. A checkpoint ensemble
+    (``ensemble`` > 1) adds ``ensemble`` and is format version 4; otherwise nothing differs from before ensembles."""
     ds = cfg["dataset"]
     meta = ds.get("metadata") or {}
+    contract = PLANNER_CONTRACT if planner else CONTRACT if observation["mode"] == "state" else IMAGE_CONTRACT
+    if ensemble > 1:
+        contract = {**contract, "action": ENSEMBLE_ACTION.format(k=ensemble, action=contract["action"])}
     return {
         "format": FORMAT,
-        "format_version": 3 if planner else 1 if observation["mode"] == "state" else 2,
+        "format_version": 4 if ensemble > 1 else 3 if planner else 1 if observation["mode"] == "state" else 2,
         "algo": cfg.get("algo", "cql"),
         "obs_dim": int(ds["obs_dim"]),
         "act_dim": int(ds["act_dim"]),
         "actor_hidden_dims": [int(h) for h in cfg["agent"].get("actor_hidden_dims", ())],
         "actor_encoder": cfg["agent"].get("actor_encoder", "cnn"),
         "observation": observation,
+        **({"ensemble": ensemble} if ensemble > 1 else {}),
         **({"planner": cfg["agent"]} if planner else {}),
         "normalizer": {"mean": np.asarray(cfg["normalizer"]["mean"], np.float32).tolist(),
                        "std": np.asarray(cfg["normalizer"]["std"], np.float32).tolist()},
         "action_low": meta.get("action_low"),
         "action_high": meta.get("action_high"),
         "source": source,
-        "contract": PLANNER_CONTRACT if planner else CONTRACT if observation["mode"] == "state" else IMAGE_CONTRACT,
+        "contract": contract,
         "compiled": (
             {"file": COMPILED_FILE, "platforms": list(COMPILED_PLATFORMS), "jax_version": jax.__version__}
             if COMPILED_FILE in files else {"file": None, "note": compiled_note}
@@ -220,10 +281,12 @@ def _policy_spec(cfg: dict[str, Any], observation: dict[str, Any], planner: bool
     }
 
 
-def _reference_actions(actor_params: Any, cfg: dict[str, Any], observation: dict[str, Any], mean: np.ndarray,
+def _reference_actions(members: list[Any], cfg: dict[str, Any], observation: dict[str, Any], mean: np.ndarray,
                        std: np.ndarray, planner: bool) -> tuple[Any, np.ndarray]:
     """Probe observations (4, seeded) and the actions the checkpoint itself takes on them, computed as
-    offrl.training.policy.checkpoint_policy does: what the written export must reproduce."""
+    offrl.training.policy.checkpoint_policy does: what the written export must reproduce. ``members`` holds the
+    actor parameters of each checkpoint; for more than one, the reference is the mean of their actions
+    (:func:`_ensemble_mean`)."""
     from offrl.agents import common
 
     obs_dim, act_dim = int(cfg["dataset"]["obs_dim"]), int(cfg["dataset"]["act_dim"])
@@ -240,10 +303,20 @@ def _reference_actions(actor_params: Any, cfg: dict[str, Any], observation: dict
     if planner:
         from offrl.networks.trajectory_transformer import PlannerSettings, plan
 
+        (actor_params,) = members  # export_policy refuses planner ensembles
         return probe, np.asarray(plan(actor_params, net_in, act_dim, PlannerSettings.of(cfg["agent"]))[0])
     hidden = tuple(int(h) for h in cfg["agent"].get("actor_hidden_dims", ()))
     encoder = cfg["agent"].get("actor_encoder", "cnn")
-    return probe, np.asarray(common.deterministic_action(actor_params, net_in, act_dim, hidden, encoder))
+    actions = [np.asarray(common.deterministic_action(p, net_in, act_dim, hidden, encoder)) for p in members]
+    return probe, actions[0] if len(actions) == 1 else _ensemble_mean(actions)
+
+
+def _ensemble_mean(actions: list[Any]) -> np.ndarray:
+    """The action of a checkpoint ensemble: the mean over the k members of their actions, each (B, act_dim)
+    float32 -> (B, act_dim) float32, summed in member order in float32 (numpy), then divided by k (Huang et al.
+    2017, Snapshot Ensembles, Sec. 3: the average of the last m snapshots' outputs). The one formula both the
+    export's check and :func:`load_policy` use, so that they agree bit for bit."""
+    return np.mean(np.stack([np.asarray(a, np.float32) for a in actions]), axis=0)
 
 
 def _write_checked(files: dict[str, bytes], out: Path, overwrite: bool, probe: Any, expected: np.ndarray) -> None:
@@ -303,7 +376,8 @@ def load_policy(path: str | Path, compiled: bool = False) -> Callable[[np.ndarra
     ``image`` or ``image+proprio``) take ``{"image": uint8 (B, H, W, C) or (H, W, C), "state": (B, obs_dim) or
     (obs_dim,)}``: the stacked camera frames and the raw state, of which the policy uses its state columns.
     Trajectory Transformer exports (policy.json ``planner``) return the first action of the best beam-search plan
-    instead (:data:`PLANNER_CONTRACT`).
+    instead (:data:`PLANNER_CONTRACT`). Checkpoint ensembles (policy.json ``ensemble`` = k, format version 4)
+    return the mean of the k checkpoints' actions (:data:`ENSEMBLE_ACTION`); same inputs and outputs.
 
     Args:
         path: folder written by :func:`export_policy`.
@@ -315,7 +389,8 @@ def load_policy(path: str | Path, compiled: bool = False) -> Callable[[np.ndarra
         FileNotFoundError: no such folder, or a file of the export is missing (policy.jax_export, with
             ``compiled``, also when the export was written without it).
         ValueError: policy.json is invalid or of a newer format version; a file's hash does not match
-            policy.json (a corrupted or partial copy); the parameters do not fit the described actor.
+            policy.json (a corrupted or partial copy); the parameters do not fit the described actor (or
+            ensemble of k actors).
         ImportError: ``compiled`` and ``flatbuffers`` is not installed.
     """
     folder = Path(path)
@@ -379,13 +454,21 @@ def _image_policy(
 
 def _network_fn(blob: bytes, spec: dict[str, Any], folder: Path) -> Callable[..., Any]:
     """Rebuild the actor from policy.json and the msgpack parameters: (B, obs_dim) raw -> (B, act_dim), or for
-    image policies (images (B, H, W, C) uint8, raw states (B, obs_dim)) -> (B, act_dim)."""
+    image policies (images (B, H, W, C) uint8, raw states (B, obs_dim)) -> (B, act_dim). For a checkpoint
+    ensemble (policy.json ``ensemble`` = k), the k actors of the stacked parameters, each run as a single one
+    is, and the mean of their actions (:func:`_ensemble_mean`)."""
     import flax.serialization
     import jax.numpy as jnp
 
     from offrl.networks.actor import TanhGaussianActor
 
+    ensemble = spec.get("ensemble", 1)
+    if isinstance(ensemble, bool) or not isinstance(ensemble, int) or ensemble < 1:
+        raise ValueError(f"{folder / POLICY_FILE}: ensemble must be a whole number >= 1; got {ensemble!r}")
     if spec.get("planner") is not None:
+        if ensemble > 1:
+            raise ValueError(f"{folder / POLICY_FILE} describes an ensemble of Trajectory Transformer planners, "
+                             f"which offrl does not export: a damaged or foreign policy.json")
         return _planner_fn(blob, spec, folder)
     obs_dim, act_dim = int(spec["obs_dim"]), int(spec["act_dim"])
     hidden = tuple(int(h) for h in spec["actor_hidden_dims"])
@@ -404,12 +487,16 @@ def _network_fn(blob: bytes, spec: dict[str, Any], folder: Path) -> Callable[...
         example = {"image": jax.ShapeDtypeStruct((1, *observation["image_shape"]), jnp.uint8),
                    "state": jax.ShapeDtypeStruct((1, len(cols)), jnp.float32)}
     like = jax.eval_shape(actor.init, jax.random.PRNGKey(0), example)
+    if ensemble > 1:  # the members' parameters stacked along a leading axis
+        like = jax.tree.map(lambda x: jax.ShapeDtypeStruct((ensemble, *x.shape), x.dtype), like)
     if _shapes(params) != _shapes(like):
+        what = f"an ensemble of {ensemble} " if ensemble > 1 else ""
         raise ValueError(
-            f"{folder / PARAMS_FILE} does not hold the parameters of TanhGaussianActor{hidden} for obs_dim "
+            f"{folder / PARAMS_FILE} does not hold the parameters of {what}TanhGaussianActor{hidden} for obs_dim "
             f"{obs_dim}, act_dim {act_dim}: {_shapes(params)} != {_shapes(like)}"
         )
     params = jax.device_put(params)
+    members = [params] if ensemble == 1 else [jax.tree.map(lambda x, i=i: x[i], params) for i in range(ensemble)]
 
     @jax.jit
     def action(p: Any, obs: Any) -> jnp.ndarray:
@@ -420,9 +507,14 @@ def _network_fn(blob: bytes, spec: dict[str, Any], folder: Path) -> Callable[...
         # In numpy exactly as offrl.data.Normalizer does, for bit-identical inputs to the actor.
         return ((state - mean) / std).astype(np.float32)
 
+    def act(obs: Any) -> Any:
+        # Each member exactly as a single-checkpoint export runs it, then the mean the export was checked against.
+        actions = [action(p, obs) for p in members]
+        return actions[0] if ensemble == 1 else _ensemble_mean(actions)
+
     if image:
-        return lambda images, states: action(params, {"image": images, "state": normalize(states[:, cols])})
-    return lambda batch: action(params, normalize(batch))
+        return lambda images, states: act({"image": images, "state": normalize(states[:, cols])})
+    return lambda batch: act(normalize(batch))
 
 
 def _planner_fn(blob: bytes, spec: dict[str, Any], folder: Path) -> Callable[..., Any]:
@@ -474,11 +566,14 @@ def _compiled_fn(blob: bytes, spec: dict[str, Any], folder: Path) -> Callable[..
 
 def _export_compiled(
     actor_params: Any, mean: np.ndarray, std: np.ndarray, hidden: tuple[int, ...], obs_dim: int, act_dim: int,
-    encoder: str = "cnn", observation: dict[str, Any] | None = None,
+    encoder: str = "cnn", observation: dict[str, Any] | None = None, ensemble: int = 1,
 ) -> bytes:
     """Serialised ``jax.export`` of raw observations (b, obs_dim) float32 -> actions (b, act_dim) float32, or
     for image policies of (images (b, H, W, C) uint8, raw states (b, obs_dim) float32), with the parameters and
-    the normaliser baked in as constants and a symbolic batch size b >= 1."""
+    the normaliser baked in as constants and a symbolic batch size b >= 1. With ``ensemble`` = k > 1,
+    ``actor_params`` are k members stacked along a leading axis and the program returns the mean of their
+    actions, ``jnp.mean`` over ``jax.vmap`` of the members (equal to :func:`_ensemble_mean` to float32
+    rounding)."""
     import jax.numpy as jnp
 
     from offrl.networks.actor import TanhGaussianActor
@@ -487,19 +582,25 @@ def _export_compiled(
     (b,) = jax.export.symbolic_shape("b")
     if observation is None or observation["mode"] == "state":
 
-        def policy(obs: jnp.ndarray) -> jnp.ndarray:
-            return jnp.tanh(actor.apply(actor_params, (obs - mean) / std)[0])
+        def act(p: Any, obs: jnp.ndarray) -> jnp.ndarray:
+            return jnp.tanh(actor.apply(p, (obs - mean) / std)[0])
 
         args = (jax.ShapeDtypeStruct((b, obs_dim), jnp.float32),)
     else:
         cols = jnp.asarray(observation["state_columns"], jnp.int32)
 
-        def policy(images: jnp.ndarray, states: jnp.ndarray) -> jnp.ndarray:
+        def act(p: Any, images: jnp.ndarray, states: jnp.ndarray) -> jnp.ndarray:
             state = (states[:, cols] - mean) / std
-            return jnp.tanh(actor.apply(actor_params, {"image": images, "state": state})[0])
+            return jnp.tanh(actor.apply(p, {"image": images, "state": state})[0])
 
         args = (jax.ShapeDtypeStruct((b, *observation["image_shape"]), jnp.uint8),
                 jax.ShapeDtypeStruct((b, obs_dim), jnp.float32))
+
+    def policy(*inputs: jnp.ndarray) -> jnp.ndarray:
+        if ensemble == 1:
+            return act(actor_params, *inputs)
+        return jnp.mean(jax.vmap(lambda p: act(p, *inputs))(actor_params), axis=0)
+
     exported = jax.export.export(jax.jit(policy), platforms=COMPILED_PLATFORMS)(*args)
     return bytes(exported.serialize())
 
@@ -611,8 +712,11 @@ def _readme(spec: dict[str, Any]) -> str:
     if observation["mode"] != "state":
         inputs = (f"{{'image': uint8 (B, {', '.join(map(str, observation['image_shape']))}), 'state': float32 "
                   f"(B, {o})}} (compiled form: two arguments, images then states)")
+    steps = f"step {spec['source']['step']}"
+    if spec.get("ensemble", 1) > 1:
+        steps = f"the mean action of steps {', '.join(map(str, spec['source']['steps']))}"
     lines = [
-        f"offrl {spec['algo']} policy (run {spec['source']['run_dir']}, step {spec['source']['step']}): "
+        f"offrl {spec['algo']} policy (run {spec['source']['run_dir']}, {steps}): "
         f"{inputs} -> actions float32 (B, {a}) in [-1, 1]; details in {POLICY_FILE}.",
         "With offrl: from offrl.export import load_policy; policy = load_policy('THIS_FOLDER'); "
         "actions = policy(observations)",

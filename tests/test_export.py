@@ -238,3 +238,134 @@ def test_an_undiagnosed_run_is_exported_at_the_step_its_recorded_rule_selects(tm
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]
     assert spec["source"]["step"] == last and "--selector last" in spec["source"]["step_source"]
     assert diagnose_run(run, write=False)["selector"] == "last"
+
+
+# --- checkpoint ensembles (issue 45) -----------------------------------------------------------------------------
+
+# policy.json (run_dir and exported_by blanked), README.txt (run_dir blanked) and actor.msgpack of the fixture's
+# step-80 export with compiled=False, as offrl wrote them before ensembles existed (commit d0359c8).
+BEFORE_ENSEMBLES = {
+    "policy.json": "31c60c3241063b912b9cde5480ffe90360fdeb26b02223d22c38c95834d005c8",
+    "README.txt": "aad21921d69eb37dcd6f96579c707894422181ea9e17866956331031f3aba988",
+    "actor.msgpack": "d0ec20804cb3a0ec50c255bf9c7023a2f72a9abcbbf0f2a64f91800e48cbb1bf",
+}
+
+
+def _pinned_hashes(out: Path, run: Path) -> dict[str, str]:
+    import hashlib
+
+    spec = json.loads((out / "policy.json").read_text())
+    assert spec["source"]["run_dir"] == str(run.resolve())
+    spec["source"]["run_dir"], spec["exported_by"] = "RUN", "VERSIONS"
+    texts = {"policy.json": (json.dumps(spec, indent=2) + "\n").encode(),
+             "README.txt": (out / "README.txt").read_text().replace(str(run.resolve()), "RUN").encode(),
+             "actor.msgpack": (out / "actor.msgpack").read_bytes()}
+    return {name: hashlib.sha256(data).hexdigest() for name, data in texts.items()}
+
+
+@pytest.fixture(scope="module")
+def ensemble_export(tmp_path_factory):
+    """The fixture run (checkpoints 40 and 80) exported as the ensemble of both, selected step 80."""
+    run = _copy_run(tmp_path_factory.mktemp("ensemble") / "run")
+    return run, ex.export_policy(run, step=80, out=run.parent / "policy", ensemble=2, compiled=HAS_FLATBUFFERS)
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=needs_flatbuffers)])
+def test_ensemble_export_is_the_mean_of_its_checkpoints_actions(ensemble_export, compiled):
+    run, out = ensemble_export
+    policy = ex.load_policy(out, compiled=compiled)
+    obs = _observations(6, seed=3)
+    members = [load_training_policy(run, s)(obs) for s in (40, 80)]
+    want = np.mean(np.stack(members), axis=0)  # mean of the squashed actions, tanh(mu(normalize(obs)))
+    assert np.abs(members[0] - members[1]).max() > 1e-3  # the two checkpoints act differently: a real test
+    got = policy(obs)
+    assert got.shape == (6, ACT_DIM) and got.dtype == np.float32
+    if compiled:  # jnp.mean over jax.vmap of the members: equal to float32 rounding
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    else:
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(policy(obs[0]), want[0], rtol=0, atol=1e-6)  # unbatched
+
+
+def test_ensemble_export_records_its_members(ensemble_export, monkeypatch):
+    run, out = ensemble_export
+    spec = ex.read_policy_spec(out)
+    assert spec["format_version"] == 4 and spec["ensemble"] == 2
+    assert spec["source"]["steps"] == [40, 80] and spec["source"]["step"] == 80
+    assert spec["source"]["actor"] == "trained" and "mean, over the 2 checkpoints" in spec["contract"]["action"]
+    assert "the mean action of steps 40, 80" in (out / "README.txt").read_text()
+    assert _leftovers(run.parent) == []
+    # An offrl from before ensembles (format version 3) refuses the export instead of misreading it.
+    monkeypatch.setattr(ex, "FORMAT_VERSION", 3)
+    with pytest.raises(ValueError, match="format version 4.*upgrade offrl"):
+        ex.load_policy(out)
+
+
+def test_ensemble_export_refuses_parameters_that_do_not_fit(ensemble_export, tmp_path):
+    _, out = ensemble_export
+    copy = shutil.copytree(out, tmp_path / "copy")
+    spec = json.loads((copy / "policy.json").read_text())
+    spec["ensemble"] = 3  # two members stored
+    (copy / "policy.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="an ensemble of 3 TanhGaussianActor"):
+        ex.load_policy(copy)
+
+
+def test_single_checkpoint_export_is_unchanged_by_ensembles(tmp_path):
+    run = _copy_run(tmp_path / "run")
+    out = ex.export_policy(run, step=80, out=tmp_path / "k1", compiled=False, ensemble=1)
+    assert _pinned_hashes(out, run) == BEFORE_ENSEMBLES
+    spec = ex.read_policy_spec(out)
+    assert spec["format_version"] == 1 and "ensemble" not in spec and "steps" not in spec["source"]
+
+
+def test_too_few_checkpoints_for_the_ensemble_exit_1_and_write_nothing(tmp_path, capsys):
+    from offrl.cli import main
+
+    run = _copy_run(tmp_path / "run")
+    for argv in (["--ensemble", "3", "--step", "80"], ["--ensemble", "2", "--step", "40"]):
+        assert main(["export", str(run), "--out", str(tmp_path / "policy"), *argv]) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and len(err.strip().splitlines()) == 1
+        assert err.startswith(f"offrl: error: --ensemble {argv[1]} needs {argv[1]} checkpoints ending at step")
+        assert "lower --ensemble" in err
+    with pytest.raises(ValueError, match="whole number of checkpoints >= 1"):
+        ex.export_policy(run, step=80, out=tmp_path / "policy", ensemble=0)
+    assert not (tmp_path / "policy").exists() and _leftovers(tmp_path) == []
+
+
+def test_a_trajectory_transformer_run_refuses_an_ensemble(tmp_path, capsys):
+    from offrl.cli import main
+
+    run = _copy_run(tmp_path / "run")
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["algo"] = "tt"  # the refusal reads config.json before any checkpoint is restored
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert main(["export", str(run), "--step", "80", "--ensemble", "2", "--out", str(tmp_path / "policy")]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert "Trajectory Transformer" in err and "--ensemble 1" in err
+    assert not (tmp_path / "policy").exists() and _leftovers(tmp_path) == []
+
+
+def test_cli_exports_an_ensemble(tmp_path, capsys):
+    from offrl.cli import main
+
+    run = _copy_run(tmp_path / "run")
+    assert main(["export", str(run), "--step", "80", "--ensemble", "2", "--out", str(tmp_path / "policy")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert ex.read_policy_spec(tmp_path / "policy")["source"]["steps"] == [40, 80]
+
+
+def test_the_ensemble_is_the_chosen_step_and_the_complete_checkpoints_just_before_it(tmp_path):
+    run = _copy_run(tmp_path / "run")
+    ckpt = run / "checkpoints"
+    shutil.copytree(ckpt / "40", ckpt / "20")
+    shutil.copytree(ckpt / "80", ckpt / "60")
+    shutil.copytree(ckpt / "80" / "state", ckpt / "70" / "state")  # incomplete: no _CHECKPOINT_METADATA
+    obs = _observations(5, seed=4)
+    for step, steps in ((80, [40, 60, 80]), (60, [20, 40, 60])):
+        out = ex.export_policy(run, step=step, out=tmp_path / f"p{step}", ensemble=3, compiled=False)
+        assert ex.read_policy_spec(out)["source"]["steps"] == steps
+        want = np.mean(np.stack([load_training_policy(run, s)(obs) for s in steps]), axis=0)
+        np.testing.assert_array_equal(ex.load_policy(out)(obs), want)
