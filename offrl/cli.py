@@ -197,7 +197,8 @@ class Export:
     out: Path | None = None
     """Folder to write; default RUN_DIR/policy."""
     step: int | None = None
-    """Checkpoint step; default: the selected step of diagnosis.json, else the last checkpoint."""
+    """Checkpoint step; default: the selected step of diagnosis.json, else the step the run's recorded rule
+    selects."""
     overwrite: bool = False
     """Replace an existing export."""
     actor: Literal["trained", "averaged"] | None = None

@@ -277,6 +277,11 @@ def test_image_training_run_end_to_end(tmp_path, image_chain_dataset):
         load_export(folder)({"image": obs["image"].astype(np.float32), "state": obs["state"]})
     with pytest.raises(ValueError, match="'image' must have shape"):
         load_export(folder)({"image": obs["image"][..., :3], "state": obs["state"]})
+    # A checkpoint ensemble of an image policy: the mean of its members' actions (issue 45).
+    ens = export_policy(run, step=60, out=tmp_path / "ensemble", ensemble=3)
+    mean = np.mean([checkpoint_policy(run, s)(obs) for s in (20, 40, 60)], axis=0)
+    np.testing.assert_allclose(load_export(ens)(obs), mean, atol=1e-6)
+    np.testing.assert_allclose(load_export(ens, compiled=True)(obs), mean, atol=1e-5)
     # Resume continues the same run, with its observation mode restored from config.json.
     resumed = train(dataclasses.replace(base, steps=80, resume=True, obs="auto", frame_stack=1))
     assert [r["step"] for r in read_metrics(resumed)] == [20, 40, 60, 80]
