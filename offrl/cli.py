@@ -237,6 +237,10 @@ class Evaluate:
     """With --env: the info key whose truthy value after any step makes the episode a success."""
     horizon: int | None = None
     """Maximum steps per episode; default: the dataset's (with --env: else the environment's own limit)."""
+    actor: Literal["trained", "averaged"] | None = None
+    """Which actor acts: default the run's deployed one (config.json deployment.actor), written to
+    evaluation.json; the other one of a run trained with actor_ema_decay > 0 goes to evaluation-<actor>.json
+    beside it (evaluation.json is left as it is), and the report draws both."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -672,11 +676,15 @@ def run(cmd: object) -> int:
         else:
             _print_diagnosis(d)
     elif isinstance(cmd, Evaluate):
-        from offrl.workflow.evaluate import EVALUATION_FILE, evaluate_run
+        from offrl.training.run_dir import load_run_config
+        from offrl.workflow.evaluate import EVALUATION_FILE, evaluate_run, evaluation_file
 
-        evaluate_run(cmd.run_dir, episodes=cmd.eval_episodes, seed=cmd.seed, task=cmd.task, horizon=cmd.horizon,
-                     env=cmd.env, success_key=cmd.success_key)
-        print(f"wrote {cmd.run_dir / EVALUATION_FILE} (analysis only: never read by diagnosis or selection)")
+        out = evaluate_run(cmd.run_dir, episodes=cmd.eval_episodes, seed=cmd.seed, task=cmd.task,
+                           horizon=cmd.horizon, env=cmd.env, success_key=cmd.success_key, actor=cmd.actor)
+        name = evaluation_file(load_run_config(cmd.run_dir), cmd.actor)
+        acted = f"; the {out['actor']} actor" if "actor" in out else ""
+        kept = "" if name == EVALUATION_FILE else f"; {EVALUATION_FILE}, the deployed actor's, is unchanged"
+        print(f"wrote {cmd.run_dir / name} (analysis only: never read by diagnosis or selection{acted}{kept})")
     elif isinstance(cmd, Fqe):
         from offrl.workflow.fqe import FQE_FILE, FQEConfig, fqe_run
 

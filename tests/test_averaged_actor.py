@@ -202,3 +202,121 @@ def test_a_study_setting_extends_a_preset_with_the_average():
     scenario = {"name": "s", "tasks": ["pick-place-v3"], "episodes": [10], "settings": ["x"]}
     with pytest.raises(StudyConfigError, match="extends preset 'nope'"):
         study_config_from_dict({"scenario": [scenario], "settings": {"x": {"preset": "nope"}}})
+
+
+# ------------------------------------------------------------------------------ evaluate and report both actors
+
+
+def _probe_env():
+    """A gymnasium environment that records the actions it gets (3-d observations from the episode's seed, 2-d
+    actions; success when the first action component is positive at the second step, so that with horizon 2 every
+    episode has two steps), so that a test can tell which actor acted."""
+    gym = pytest.importorskip("gymnasium")
+
+    class Probe(gym.Env):
+        seen: list[tuple[np.ndarray, np.ndarray]] = []
+
+        def __init__(self):
+            self.observation_space = gym.spaces.Box(-10.0, 10.0, (3,), np.float32)
+            self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+            self.obs = np.zeros(3, np.float32)
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            self.obs, self.t = np.random.default_rng(seed).normal(size=3).astype(np.float32), 0
+            return self.obs, {}
+
+        def step(self, action):
+            Probe.seen.append((self.obs.copy(), np.asarray(action, np.float32).copy()))
+            self.obs, self.t = self.obs + 0.1, self.t + 1
+            return self.obs, 0.0, False, False, {"success": bool(self.t >= 2 and action[0] > 0)}
+
+    return Probe
+
+
+def _acted_with(probe, run, actor):
+    # The actions the environment got are those of each checkpoint's `actor` (rolled out in step order, 4 episodes
+    # of 2 steps each), and not those of the other actor.
+    obs = np.stack([o for o, _ in probe.seen])
+    got = np.stack([a for _, a in probe.seen])
+    other = "trained" if actor == "averaged" else "averaged"
+    steps, n = rd.checkpoint_steps(run), 4 * 2
+    assert len(obs) == len(steps) * n
+    for i, step in enumerate(steps):
+        rows = slice(i * n, (i + 1) * n)
+        np.testing.assert_allclose(got[rows], checkpoint_policy(run, step, actor=actor)(obs[rows]), rtol=1e-5,
+                                   atol=1e-6)
+        assert not np.allclose(got[rows], checkpoint_policy(run, step, actor=other)(obs[rows]), atol=1e-4)
+
+
+def test_evaluate_both_actors_keeps_evaluation_json_the_deployed_ones_and_the_report_draws_both(
+        averaged_run, tmp_path, monkeypatch, capsys):
+    import sys
+    import types
+
+    from offrl.cli import main
+    from offrl.report import write_report
+    from offrl.workflow.evaluate import evaluate_run
+
+    probe = _probe_env()
+    sim = types.ModuleType("offrl_test_probe")
+    sim.make = probe
+    monkeypatch.setitem(sys.modules, "offrl_test_probe", sim)
+    run = shutil.copytree(averaged_run, tmp_path / "run")
+    flags = ["--env", "offrl_test_probe:make", "--horizon", "2", "--eval-episodes", "4"]
+
+    # The default: the deployed (averaged) actor, in evaluation.json.
+    probe.seen.clear()
+    deployed = evaluate_run(run, env="offrl_test_probe:make", horizon=2, episodes=4, progress=False)
+    _acted_with(probe, run, "averaged")
+    assert deployed["actor"] == "averaged" and not (run / "evaluation-trained.json").exists()
+    before = (run / "evaluation.json").read_bytes()
+
+    # --actor trained: evaluation-trained.json beside it; evaluation.json is left as it was.
+    probe.seen.clear()
+    assert main(["evaluate", str(run), *flags, "--actor", "trained"]) == 0
+    out = capsys.readouterr().out
+    assert "evaluation-trained.json" in out and "evaluation.json, the deployed actor's, is unchanged" in out
+    _acted_with(probe, run, "trained")
+    assert (run / "evaluation.json").read_bytes() == before
+    trained = json.loads((run / "evaluation-trained.json").read_text())
+    assert trained["actor"] == "trained" and trained["used_for_selection"] is False
+    assert [r["step"] for r in trained["results"]] == [40, 80] and trained["episodes"] == 4
+    # Rewritten on every call, as evaluation.json is.
+    assert main(["evaluate", str(run), *flags, "--actor", "trained", "--seed", "1"]) == 0
+    assert json.loads((run / "evaluation-trained.json").read_text())["seed"] == 1
+    assert (run / "evaluation.json").read_bytes() == before
+
+    # --actor averaged is the deployed one: evaluation.json, as without the flag.
+    assert main(["evaluate", str(run), *flags, "--actor", "averaged"]) == 0
+    assert "evaluation.json" in capsys.readouterr().out
+    again = json.loads((run / "evaluation.json").read_text())
+    assert again["actor"] == "averaged" and again["results"] == deployed["results"]
+
+    # The report: both curves' labels, and the trained actor's column at the table's checkpoints.
+    text = write_report(run).read_text(encoding="utf-8")
+    table = text[text.index("Selected vs best vs last"):text.index("Figure 1:")]
+    assert "<th>success rate (averaged actor, deployed)</th>" in table
+    assert "<th>success rate (trained actor)</th>" in table
+    last = trained["results"][-1]
+    assert f"<td>{last['success_rate']:.0%} ({last['successes']}/4)</td></tr>" in table.split("last checkpoint")[1]
+    assert ("success rate of the averaged actor (deployed), from evaluation.json; green dashed line: the trained "
+            "actor&#x27;s, from evaluation-trained.json") in text
+
+
+def test_evaluate_refuses_the_average_of_a_run_without_one_in_one_line(bare_run, tmp_path, capsys):
+    from offrl.cli import main
+    from offrl.workflow.evaluate import evaluate_run
+
+    run = shutil.copytree(bare_run, tmp_path / "run")
+    with pytest.raises(ValueError, match="keeps no averaged actor"):
+        evaluate_run(run, env=_probe_env(), horizon=2, episodes=2, actor="averaged", progress=False)
+    assert main(["evaluate", str(run), "--actor", "averaged"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("offrl: error: this run keeps no averaged actor")
+    assert "--agent.actor-ema-decay" in err
+    assert not list(run.glob("evaluation*.json"))
+    # The trained actor is the deployed one there: evaluation.json, without an "actor" key, as always.
+    evaluate_run(run, env=_probe_env(), horizon=2, episodes=2, actor="trained", progress=False)
+    assert [p.name for p in run.glob("evaluation*.json")] == ["evaluation.json"]
+    assert "actor" not in json.loads((run / "evaluation.json").read_text())

@@ -363,6 +363,95 @@ def test_the_report_names_the_environment_evaluated_on(tmp_path: Path, env: dict
     assert shown in _comparison_section(run)
 
 
+# ---------------------------------------------------------------------------------- the averaged and trained actor
+
+TRAINED_RATES = [0.05, 0.1, 0.3, 0.45, 0.5, 0.4, 0.2, 0.15, 0.1, 0.1]
+SINGLE_HEADER = "<tr><th>policy</th><th>step</th><th>success rate</th><th>95% Wilson interval</th></tr>"
+
+
+def _averaged_run(tmp_path: Path, name: str = "run-0") -> Path:
+    """A run that deploys its averaged actor (evaluation.json ``actor: averaged``) and has its trained actor
+    evaluated too (evaluation-trained.json, as `offrl evaluate --actor trained` writes it)."""
+    run = _make_run(tmp_path, name=name)
+    config = json.loads((run / "config.json").read_text())
+    config["agent"]["actor_ema_decay"] = 0.999
+    config["deployment"] = {"actor": "averaged"}
+    (run / "config.json").write_text(json.dumps(config))
+    evaluation = {**json.loads((run / "evaluation.json").read_text()), "actor": "averaged"}
+    (run / "evaluation.json").write_text(json.dumps(evaluation))
+    results = [{"step": s, "success_rate": r, "successes": round(r * 20), "episodes": 20}
+               for s, r in zip(STEPS, TRAINED_RATES, strict=True)]
+    (run / "evaluation-trained.json").write_text(json.dumps({**evaluation, "actor": "trained", "results": results}))
+    return run
+
+
+def _figure_1_legend(run: Path, actors: tuple | None) -> list[str]:
+    from offrl.report.html import _q_data_axes
+
+    fig = _q_data_axes(load_metrics(run), json.loads((run / "diagnosis.json").read_text()),
+                       json.loads((run / "evaluation.json").read_text()), "cql", actors)
+    return [t.get_text() for t in fig.legends[0].get_texts()]
+
+
+def test_the_report_draws_the_averaged_and_the_trained_actor_where_both_were_evaluated(tmp_path: Path) -> None:
+    run = _averaged_run(tmp_path)
+    text = write_report(run).read_text(encoding="utf-8")
+    table = _comparison_section(run)
+    assert ("<tr><th>policy</th><th>step</th><th>success rate (averaged actor, deployed)</th><th>95% Wilson "
+            "interval</th><th>success rate (trained actor)</th></tr>") in table
+    # The trained actor's success at each of the table's checkpoints: 4000 (selected), 6000 (best), 10000 (last).
+    assert re.search(r"selected \(workflow\)</td><td>4000</td><td>60% \(12/20\)</td><td>[^<]+</td><td>45% \(9/20\)"
+                     r"</td>", table)
+    assert re.search(r"hindsight</td><td>6000</td><td>70% \(14/20\)</td><td>[^<]+</td><td>40% \(8/20\)</td>", table)
+    assert re.search(r"last checkpoint</td><td>10000</td><td>25% \(5/20\)</td><td>[^<]+</td><td>10% \(2/20\)</td>",
+                     table)
+    assert "the trained actor&#x27;s column from evaluation-trained.json (20 episodes per checkpoint)" in table
+    assert ("Grey dotted line: success rate of the averaged actor (deployed), from evaluation.json; green dashed "
+            "line: the trained actor&#x27;s, from evaluation-trained.json") in text
+    assert "Grey dotted line: success rate from evaluation.json" not in text
+    trained = json.loads((run / "evaluation-trained.json").read_text())
+    legend = _figure_1_legend(run, ("averaged", "trained", trained))
+    assert [t for t in legend if "success" in t] == ["averaged actor (deployed): success, 95% Wilson interval",
+                                                     "trained actor: success, 95% Wilson interval"]
+    # Without the second file the report is laid out as before: no extra column, caption or legend entry.
+    (run / "evaluation-trained.json").unlink()
+    alone = write_report(run).read_text(encoding="utf-8")
+    assert SINGLE_HEADER in _comparison_section(run) and "trained actor" not in alone
+    assert "Grey dotted line: success rate from evaluation.json with 95% Wilson intervals" in alone
+    assert [t for t in _figure_1_legend(run, None) if "success" in t] == [
+        "success rate, 95% Wilson interval (analysis only: not used for selection)"]
+    assert alone != text
+    # ... and the same page as a run that never kept an average (its evaluation.json names no actor).
+    (tmp_path / "plain").mkdir()
+    plain = _make_run(tmp_path / "plain")
+    assert write_report(plain).read_text(encoding="utf-8").replace(str(plain), "RUN") == \
+        alone.replace(str(run), "RUN")
+
+
+def test_a_broken_or_lone_second_actor_file_is_said_so(tmp_path: Path) -> None:
+    run = _averaged_run(tmp_path)
+    (run / "evaluation-trained.json").write_text("{not json")
+    text = write_report(run).read_text(encoding="utf-8")
+    assert SINGLE_HEADER in _comparison_section(run)
+    assert ("evaluation-trained.json could not be read" in text and "only the averaged actor&#x27;s (deployed) "
+            "success is drawn" in text and f"offrl evaluate {run} --actor trained" in text)
+    (run / "evaluation-trained.json").write_text(json.dumps({"actor": "trained", "results": []}))
+    text = write_report(run).read_text(encoding="utf-8")
+    assert SINGLE_HEADER in _comparison_section(run) and "evaluation-trained.json has no usable results" in text
+    # The trained actor's file alone: its curve is drawn and the deployed one's evaluation is asked for.
+    run = _averaged_run(tmp_path, name="lone")
+    (run / "evaluation.json").unlink()
+    text = write_report(run).read_text(encoding="utf-8")
+    assert "success rate of the trained actor (not deployed), from evaluation-trained.json" in text
+    assert "Evaluation (optional, analysis only) not run yet" in text
+    from offrl.report.html import _q_data_axes
+
+    trained = json.loads((run / "evaluation-trained.json").read_text())
+    fig = _q_data_axes(load_metrics(run), None, None, "cql", ("averaged", "trained", trained))
+    assert [t.get_text() for t in fig.legends[0].get_texts() if "success" in t.get_text()] == [
+        "trained actor: success, 95% Wilson interval"]
+
+
 # ------------------------------------------------------------------------------------------------ robot check
 
 

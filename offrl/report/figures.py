@@ -30,6 +30,7 @@ HELDOUT_COLOUR = "#ff7f0e"
 PEAK_COLOUR = "#8e44ad"
 SELECTED_COLOUR = "#1e8449"
 SUCCESS_COLOUR = "#555555"
+OTHER_ACTOR_COLOUR = "#17a589"  # the success of the actor a run does not deploy (evaluation-<actor>.json)
 Q_RANGE_COLOUR = "#2e86c1"
 # Figure 1 draws the Q range inside the axes only while the curve keeps at least this share of the height;
 # CQL's q_data often sits far below the range, and a range drawn to scale would flatten the curve to a line.
@@ -258,11 +259,34 @@ def _draw_q_range(ax: Any, q_range: tuple[float, float], data: list[float]) -> N
     )
 
 
+def _success_curves(
+    evaluation: dict | None, actors: tuple[str, str, dict | None] | None
+) -> list[tuple[list[dict], str, str, str, str]]:
+    """The success curves Figure 1 draws, as (counts of :func:`_eval_counts`, label, colour, marker, line style),
+    those without counts left out. ``actors`` None: evaluation.json's alone, as always; else (the deployed
+    actor, the other actor, the other's evaluation-<actor>.json): both, each labelled with its actor."""
+    note = "95% Wilson interval (analysis only: not used for selection)"
+    if actors is None:
+        curves = [(_eval_counts(evaluation), f"success rate, {note}", SUCCESS_COLOUR, "s", ":")]
+    else:
+        deployed, other, other_evaluation = actors
+        # Shorter labels than the single curve's, so that the legend keeps to the figure's width (the right axis
+        # and the caption say "analysis only").
+        curves = [(_eval_counts(evaluation), f"{deployed} actor (deployed): success, 95% Wilson interval",
+                   SUCCESS_COLOUR, "s", ":"),
+                  (_eval_counts(other_evaluation), f"{other} actor: success, 95% Wilson interval",
+                   OTHER_ACTOR_COLOUR, "^", "--")]
+    return [c for c in curves if c[0]]
+
+
 def _q_data_axes(
-    records: list[dict], diagnosis: dict | None, evaluation: dict | None, algo: str = "cql"
+    records: list[dict], diagnosis: dict | None, evaluation: dict | None, algo: str = "cql",
+    actors: tuple[str, str, dict | None] | None = None,
 ) -> Figure | None:
     """Figure 1: the curve the diagnosis reads, the selected and peak steps, the Q range the rewards allow
-    (Q-value curves only) and the analysis-only success rate with 95% Wilson intervals; None without data."""
+    (Q-value curves only) and the analysis-only success rate with 95% Wilson intervals; None without data.
+    With ``actors`` (deployed actor, other actor, the other's evaluation): both actors' success rates
+    (:func:`_success_curves`)."""
     key, ylabel, title = MAIN_CURVE.get(algo, MAIN_CURVE["cql"])
     fig, axes = _new_figure(4.2)
     ax = axes[0][0]
@@ -276,27 +300,28 @@ def _q_data_axes(
     _style_axes(ax, ylabel)
     ax.set_title(title, loc="left", fontsize=11)
     handles, labels = ax.get_legend_handles_labels()
-    counts = _eval_counts(evaluation)
-    if counts:
+    curves = _success_curves(evaluation, actors)
+    if curves:
         ax2 = ax.twinx()
-        xs = [r["step"] for r in counts]
-        ys = [r["successes"] / r["episodes"] for r in counts]
-        cis = [wilson_interval(r["successes"], r["episodes"]) for r in counts]
-        below = [y - lo for y, (lo, _) in zip(ys, cis, strict=True)]
-        above = [hi - y for y, (_, hi) in zip(ys, cis, strict=True)]
-        ax2.errorbar(
-            xs,
-            ys,
-            yerr=[below, above],
-            marker="s",
-            markersize=4,
-            linestyle=":",
-            linewidth=1.4,
-            elinewidth=0.9,
-            capsize=2.5,
-            color=SUCCESS_COLOUR,
-            label="success rate, 95% Wilson interval (analysis only: not used for selection)",
-        )
+        for counts, label, colour, marker, style in curves:
+            xs = [r["step"] for r in counts]
+            ys = [r["successes"] / r["episodes"] for r in counts]
+            cis = [wilson_interval(r["successes"], r["episodes"]) for r in counts]
+            below = [y - lo for y, (lo, _) in zip(ys, cis, strict=True)]
+            above = [hi - y for y, (_, hi) in zip(ys, cis, strict=True)]
+            ax2.errorbar(
+                xs,
+                ys,
+                yerr=[below, above],
+                marker=marker,
+                markersize=4,
+                linestyle=style,
+                linewidth=1.4,
+                elinewidth=0.9,
+                capsize=2.5,
+                color=colour,
+                label=label,
+            )
         ax2.set_ylim(-0.03, 1.03)
         ax2.set_ylabel("success rate\n(analysis only)", color=SUCCESS_COLOUR)
         ax2.tick_params(axis="y", colors=SUCCESS_COLOUR)
@@ -308,9 +333,10 @@ def _q_data_axes(
 
 
 def _q_data_figure(
-    records: list[dict], diagnosis: dict | None, evaluation: dict | None, algo: str = "cql"
+    records: list[dict], diagnosis: dict | None, evaluation: dict | None, algo: str = "cql",
+    actors: tuple[str, str, dict | None] | None = None,
 ) -> str | None:
-    fig = _q_data_axes(records, diagnosis, evaluation, algo)
+    fig = _q_data_axes(records, diagnosis, evaluation, algo, actors)
     return None if fig is None else _to_png_b64(fig)
 
 

@@ -1,10 +1,10 @@
 """Self-contained HTML report for one training run.
 
 ``write_report(run_dir)`` reads only files inside the run directory (``config.json``,
-``metrics.jsonl`` and, when present, ``diagnosis.json``, ``evaluation.json`` and the robot check's
-``check/check.json``) and writes a single ``report.html`` with the figures embedded as base64 PNGs:
-no external CSS, JS or network access, so the file can be mailed around or opened from a copied run
-directory.
+``metrics.jsonl`` and, when present, ``diagnosis.json``, ``evaluation.json``, the other actor's
+``evaluation-<actor>.json`` and the robot check's ``check/check.json``) and writes a single ``report.html``
+with the figures embedded as base64 PNGs: no external CSS, JS or network access, so the file can be mailed
+around or opened from a copied run directory.
 
 Python computes the report's content (:func:`report_context`: a plain dict of numbers, strings and
 base64 figures from :mod:`offrl.report.figures`); the Jinja2 templates in ``offrl/report/templates``
@@ -336,14 +336,61 @@ def _returns(evaluation: dict, diagnosis: dict | None) -> dict[str, Any]:
     return {"rows": rows, "task": (evaluation.get("env") or {}).get("task"), "epsilon": evaluation.get("epsilon")}
 
 
-def _comparison(evaluation: dict, diagnosis: dict | None, config: dict) -> dict[str, Any]:
+def _actors(run_dir: Path, config: dict, evaluation: dict | None) -> dict[str, Any] | None:
+    """The evaluation of the actor a run does not deploy (``evaluation-<actor>.json``, written by
+    ``offrl evaluate --actor``), beside the deployed one's evaluation.json; None when the run has no such file, so
+    that such a report is laid out as before.
+
+    The deployed actor is evaluation.json's ``actor``, else config.json's ``deployment.actor``, else "trained"
+    (:func:`offrl.workflow.rules.run_actor`). Returns ``{"deployed", "other", "file", "evaluation" (None:
+    unreadable or without usable results), "counts" (:func:`offrl.report.figures._eval_counts`), "caption"}``:
+    the caption under Figure 1, which says where each curve comes from, or why the other one is missing.
+    """
+    from offrl.workflow.evaluate import ACTOR_EVALUATION_FILE, other_actor
+    from offrl.workflow.rules import ACTORS
+
+    deployment = config.get("deployment") if isinstance(config.get("deployment"), dict) else {}
+    deployed = next((a for a in ((evaluation or {}).get("actor"), deployment.get("actor")) if a in ACTORS),
+                    "trained")
+    other = other_actor(deployed)
+    file = ACTOR_EVALUATION_FILE.format(actor=other)
+    data, err = _read_json(run_dir / file)
+    if data is None and err is None:
+        return None
+    counts = _eval_counts(data)
+    sources = "95% Wilson intervals, analysis only: not used for selection"
+    if err is not None or not counts:
+        why = err or f"{file} has no usable results"
+        caption = (f"{why}: only the {deployed} actor's (deployed) success is drawn; re-run "
+                   f"`{EVALUATE_COMMAND} {run_dir} --actor {other}`.")
+    elif evaluation is None:
+        caption = (f"Green dashed line: success rate of the {other} actor (not deployed), from {file}, with "
+                   f"{sources}. The deployed {deployed} actor's evaluation.json is missing.")
+    else:
+        caption = (f"Grey dotted line: success rate of the {deployed} actor (deployed), from evaluation.json; green "
+                   f"dashed line: the {other} actor's, from {file}; both with {sources}.")
+    return {"deployed": deployed, "other": other, "file": file, "evaluation": data if counts else None,
+            "counts": counts, "caption": caption}
+
+
+# The comparison rows whose step is a checkpoint of this run (the behaviour-cloning rows are another run's):
+# the other actor's success is shown at that step.
+OWN_CHECKPOINT_ROWS = ("best_warm_start", "selected", "best", "last")
+
+
+def _comparison(evaluation: dict, diagnosis: dict | None, config: dict,
+                actors: dict[str, Any] | None = None) -> dict[str, Any]:
     """The analysis-only comparison: diagnosis.json's ``analysis_only`` (written by `offrl evaluate` and
     `offrl diagnose`), or the same computation on evaluation.json when the diagnosis has none. A "best"
     checkpoint is not named when the comparison says all candidates are tied (``"tied"``, typically all 0%);
     a diagnosis.json written before offrl recorded ties gets its best rows recomputed from evaluation.json.
 
-    Returns ``{"usable": False}`` without usable results, else ``{"usable", "about", "rows", "tied_best"}`` with
-    rows ``{"name", "step" (None: a dash), "rate", "ci"}``."""
+    With ``actors`` (:func:`_actors`) whose other actor has results, every row of one of this run's checkpoints
+    also gets that actor's success at the same step (``other``; None: a dash), and ``actors`` names both.
+
+    Returns ``{"usable": False}`` without usable results, else ``{"usable", "about", "rows", "tied_best",
+    "actors"}`` with rows ``{"name", "step" (None: a dash), "rate", "ci", "other"}`` and ``actors`` None, or
+    ``{"deployed", "other"}`` when the table has the other actor's column."""
     from offrl.workflow.comparison import analysis_only_comparison, tie_reason
 
     counts = _eval_counts(evaluation)
@@ -355,6 +402,10 @@ def _comparison(evaluation: dict, diagnosis: dict | None, config: dict) -> dict[
     if _step(evaluation.get("horizon")) is not None:
         about.append(f"horizon {_step(evaluation['horizon'])} steps")
     about.append(f"{len(counts)} checkpoint(s) evaluated")
+    other_at = {r["step"]: r for r in actors["counts"]} if actors and actors["counts"] else None
+    if other_at is not None:
+        about.append(f"the {actors['deployed']} actor (deployed) acting; the {actors['other']} actor's column from "
+                     f"{actors['file']} ({_episodes_text(actors['counts'])})")
     warmup = _warmup_steps(config)
     comparison = (diagnosis or {}).get("analysis_only")
     best_keys = ("best", "best_warm_start")
@@ -374,17 +425,27 @@ def _comparison(evaluation: dict, diagnosis: dict | None, config: dict) -> dict[
         r = comparison.get(key)
         if key == "selected" and r is None:
             rows.append({"name": name, "step": None, "rate": "no diagnosis yet" if diagnosis is None
-                         else "none selected", "ci": ""})
+                         else "none selected", "ci": "", "other": None})
         if not isinstance(r, dict) or r.get("success_rate") is None:
             continue
         tie = tie_reason(r)
         if tie is not None:
             tied_best = tied_best or key == "best"
-            rows.append({"name": name, "step": None, "rate": tie, "ci": _rate_text(r)[1] + " each"})
+            rows.append({"name": name, "step": None, "rate": tie, "ci": _rate_text(r)[1] + " each", "other": None})
             continue
         rate, ci = _rate_text(r)
-        rows.append({"name": name, "step": r.get("step"), "rate": rate, "ci": ci})
-    return {"usable": True, "about": ", ".join(about), "rows": rows, "tied_best": tied_best}
+        at = other_at.get(_step(r.get("step"))) if other_at is not None and key in OWN_CHECKPOINT_ROWS else None
+        rows.append({"name": name, "step": r.get("step"), "rate": rate, "ci": ci,
+                     "other": None if at is None else
+                     f"{at['successes'] / at['episodes']:.0%} ({at['successes']}/{at['episodes']})"})
+    return {"usable": True, "about": ", ".join(about), "rows": rows, "tied_best": tied_best,
+            "actors": None if other_at is None else {"deployed": actors["deployed"], "other": actors["other"]}}
+
+
+def _episodes_text(counts: list[dict]) -> str:
+    """"20 episodes per checkpoint" (or "10-20 ..." when the rows differ) of :func:`_eval_counts` rows."""
+    n = sorted({r["episodes"] for r in counts})
+    return f"{n[0] if len(n) == 1 else f'{n[0]}-{n[-1]}'} episodes per checkpoint"
 
 
 # Readable names of the evidence keys offrl.workflow.diagnosis writes; other keys are shown as they are.
@@ -496,10 +557,12 @@ def _figure(title: str, b64: str | None, missing: str, caption: str) -> dict[str
 
 
 def _figures(
-    records: list[dict], diagnosis: dict | None, evaluation: dict | None, config: dict
+    records: list[dict], diagnosis: dict | None, evaluation: dict | None, config: dict,
+    actors: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """The numbered figures, in order: the curve the diagnosis reads, TD error, the regularizer, the Q error
-    estimate, the training losses, and for model-based runs (MOPO, COMBO) the dynamics model's four curves."""
+    """The numbered figures, in order: the curve the diagnosis reads (with both actors' success when ``actors``,
+    :func:`_actors`, has the other's), TD error, the regularizer, the Q error estimate, the training losses, and
+    for model-based runs (MOPO, COMBO) the dynamics model's four curves."""
     q_width = _q_range_width(diagnosis)
     algo = config.get("algo", "cql")
     main_key = MAIN_CURVE.get(algo, MAIN_CURVE["cql"])[0]
@@ -507,7 +570,9 @@ def _figures(
     figs = [
         _figure(
             "The curve the diagnosis reads (overfitting check, Metric 3.1)",
-            _q_data_figure(records, diagnosis, evaluation, algo),
+            _q_data_figure(records, diagnosis, evaluation, algo,
+                           None if actors is None or actors["evaluation"] is None
+                           else (actors["deployed"], actors["other"], actors["evaluation"])),
             _missing(records, main_key),
             "With overfitting, the average Q-value on dataset actions rises and then falls as training continues; "
             "the workflow selects a checkpoint near the peak. Held-out data makes the drop easier to see."
@@ -604,14 +669,15 @@ def report_context(
     diag_err: str | None,
     evaluation: dict | None,
     eval_err: str | None,
+    actors: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything templates/report.html.j2 lays out, computed from the run's files (numbers, strings and base64
-    figures; no markup)."""
+    figures; no markup). ``actors``: the other actor's evaluation (:func:`_actors`), None without one."""
     # MinAtar runs are scored by returns, not successes: their evaluation has a table of its own, and the success
     # overlays of the figures are left out.
     returns = evaluation if (evaluation or {}).get("metric") == "return" else None
     if returns is not None:
-        evaluation = None
+        evaluation, actors = None, None
     return {
         "name": run_dir.resolve().name or str(run_dir),
         "run_dir": str(run_dir),
@@ -619,10 +685,11 @@ def report_context(
         "verdict": _verdict(diagnosis, diag_err),
         "check": _check(run_dir),
         "returns": _returns(returns, diagnosis) if returns is not None else None,
-        "comparison": _comparison(evaluation, diagnosis, config) if evaluation is not None else None,
+        "comparison": _comparison(evaluation, diagnosis, config, actors) if evaluation is not None else None,
         "success_overlay": evaluation is not None,
+        "actors": None if actors is None else {"caption": actors["caption"]},
         "eval_missing": _not_run("Evaluation (optional, analysis only)", EVALUATE_COMMAND, eval_err),
-        "figures": _figures(records, diagnosis, evaluation, config),
+        "figures": _figures(records, diagnosis, evaluation, config, actors),
         "evidence": _evidence(diagnosis, diag_err),
         "config_rows": _config_rows(config),
         "version_rows": _version_rows(config),
@@ -660,8 +727,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         )
     diagnosis, diag_err = _read_json(run_dir / "diagnosis.json")
     evaluation, eval_err = _read_json(run_dir / "evaluation.json")
+    actors = _actors(run_dir, config, evaluation)
 
-    context = report_context(run_dir, config, records, diagnosis, diag_err, evaluation, eval_err)
+    context = report_context(run_dir, config, records, diagnosis, diag_err, evaluation, eval_err, actors)
     text = render("report.html.j2", context)
 
     out_path = Path(out) if out is not None else run_dir / "report.html"

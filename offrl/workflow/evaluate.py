@@ -2,6 +2,10 @@
 
 The workflow never reads these numbers to diagnose or select: they exist to check, after the fact, whether the
 offline choices were good. evaluation.json says so in ``used_for_selection: false``.
+
+evaluation.json is always the deployed actor's (what selection, the comparison and the study read). A run that keeps
+a Polyak average of its actor can also have its other actor evaluated (``actor``): that goes to
+``evaluation-<actor>.json`` beside it (:func:`evaluation_file`), which the report draws next to the deployed one.
 """
 
 from __future__ import annotations
@@ -16,10 +20,36 @@ import numpy as np
 from offrl.envs import DEFAULT_HORIZON, evaluate_policy
 from offrl.envs.gym import DEFAULT_SUCCESS_KEY, EnvSpec
 from offrl.training import run_dir as rd
-from offrl.training.policy import checkpoint_policy
 from offrl.training.run_dir import EVALUATION_FILE
 from offrl.workflow.comparison import attach_comparison
-from offrl.workflow.rules import run_actor
+from offrl.workflow.rules import ACTORS, run_actor
+
+ACTOR_EVALUATION_FILE = "evaluation-{actor}.json"
+"""The evaluation of the actor a run does not deploy (e.g. evaluation-trained.json beside an averaged run's
+evaluation.json)."""
+
+
+def evaluation_file(config: dict[str, Any], actor: str | None = None) -> str:
+    """The file name an evaluation of ``actor`` ("trained", "averaged"; None: the deployed one) is written to:
+    evaluation.json for the actor the run deploys (:func:`offrl.workflow.rules.run_actor`, config.json
+    ``deployment.actor``), ``evaluation-<actor>.json`` for the other one.
+
+    Raises:
+        ValueError: an unknown actor, or "averaged" for a run that keeps no average.
+    """
+    chosen = run_actor(config, actor)
+    return EVALUATION_FILE if chosen == run_actor(config) else ACTOR_EVALUATION_FILE.format(actor=chosen)
+
+
+def other_actor(deployed: str) -> str:
+    """The actor of :data:`offrl.workflow.rules.ACTORS` that is not ``deployed``.
+
+    Raises:
+        ValueError: ``deployed`` is not one of them.
+    """
+    if deployed not in ACTORS:
+        raise ValueError(f"unknown actor {deployed!r}: choose one of {', '.join(ACTORS)}")
+    return next(a for a in ACTORS if a != deployed)
 
 
 def evaluate_run(
@@ -32,8 +62,10 @@ def evaluate_run(
     progress: bool = True,
     env: EnvSpec | None = None,
     success_key: str = DEFAULT_SUCCESS_KEY,
+    actor: str | None = None,
 ) -> dict[str, Any]:
-    """Roll out every checkpoint (or ``steps``) for ``episodes`` episodes and write evaluation.json.
+    """Roll out every checkpoint (or ``steps``) for ``episodes`` episodes and write evaluation.json (or, for the
+    actor the run does not deploy, evaluation-<actor>.json).
 
     By default in MetaWorld: the task, horizon and success-ends-episode convention default to the dataset's
     metadata. Episode seeds do not overlap the collection's, and are the same for every checkpoint. Image runs
@@ -46,22 +78,29 @@ def evaluate_run(
     evaluation.json records the environment under ``env``, and the step limit used under ``horizon``.
 
     Each checkpoint acts with the run's deployed actor (:func:`offrl.training.policy.checkpoint_policy`): its
-    Polyak average when the run keeps one, then named in evaluation.json ``actor``.
+    Polyak average when the run keeps one, then named in evaluation.json ``actor``. ``actor`` ("trained" or
+    "averaged") picks one instead: the deployed one writes evaluation.json as without it; the other writes
+    ``evaluation-<actor>.json`` (:func:`evaluation_file`, with ``actor`` recorded) and leaves evaluation.json and
+    diagnosis.json's analysis-only comparison as they are. Either file is rewritten (atomically) on every call,
+    as evaluation.json always was. MinAtar runs have no actor: only the deployed (greedy) policy is evaluated.
 
     Raises:
         FileNotFoundError: not a run directory or no checkpoint.
         ValueError: the task is unknown (the dataset has no ``task`` metadata and none was given); both ``task``
             and ``env`` given; ``env`` given for an image run, or it does not fit the run (see
-            :func:`offrl.envs.gym.evaluate_gym`).
+            :func:`offrl.envs.gym.evaluate_gym`); an unknown ``actor``, or "averaged" for a run that keeps no
+            average (trained with actor_ema_decay 0).
         RuntimeError: MetaWorld (or, with ``env``, gymnasium) is not installed.
     """
     run_dir = Path(run_dir)
     cfg = rd.load_run_config(run_dir)
+    name = evaluation_file(cfg, actor)  # refuses an unknown actor, or an average the run does not keep
     meta = cfg["dataset"].get("metadata", {})
     if meta.get("action_space") == "discrete":
         return _evaluate_run_minatar(run_dir, cfg, episodes, seed, steps, progress)
     if env is not None:
-        return _evaluate_run_gym(run_dir, cfg, env, success_key, episodes, seed, task, horizon, steps, progress)
+        return _evaluate_run_gym(run_dir, cfg, env, success_key, episodes, seed, task, horizon, steps, progress,
+                                 actor)
     if success_key != DEFAULT_SUCCESS_KEY:
         raise ValueError(f"success_key {success_key!r} (--success-key) only applies with env (--env): MetaWorld "
                          f"reports its own success flag")
@@ -87,7 +126,7 @@ def evaluate_run(
         render = RenderConfig(**{k: v for k, v in image.items() if k in RenderConfig.__dataclass_fields__})
         frame_stack = int(cfg["training"].get("frame_stack", 1))
     results = _evaluate_steps(
-        run_dir, steps, progress,
+        run_dir, steps, progress, run_actor(cfg, actor),
         lambda policy: evaluate_policy(policy, task, episodes, horizon=horizon, seed=seed,
                                        terminate_on_success=terminate, render=render, frame_stack=frame_stack),
     )
@@ -101,21 +140,32 @@ def evaluate_run(
         "env": {"kind": "metaworld", "task": task},
         "results": results,
     }
-    if "actor" in (cfg.get("deployment") or {}):  # which actor acted (offrl.workflow.rules.run_actor)
-        out["actor"] = run_actor(cfg)
-    rd.write_json(run_dir / EVALUATION_FILE, out)
-    attach_comparison(run_dir)
+    _write(run_dir, cfg, name, actor, out)
     return out
 
 
+def _write(run_dir: Path, cfg: dict[str, Any], name: str, actor: str | None, out: dict[str, Any]) -> None:
+    # Records which actor acted, writes the file ``name`` (evaluation_file) atomically, and attaches the
+    # analysis-only comparison to diagnosis.json when it is the deployed actor's evaluation.json.
+    if name != EVALUATION_FILE or "actor" in (cfg.get("deployment") or {}):  # offrl.workflow.rules.run_actor
+        out["actor"] = run_actor(cfg, actor)
+    rd.write_json(run_dir / name, out)
+    if name == EVALUATION_FILE:
+        attach_comparison(run_dir)
+
+
 def _evaluate_steps(
-    run_dir: Path, steps: list[int], progress: bool, evaluate: Callable[[Callable[[Any], Any]], dict[str, Any]]
+    run_dir: Path, steps: list[int], progress: bool, actor: str,
+    evaluate: Callable[[Callable[[Any], Any]], dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    # One evaluation.json row per checkpoint; evaluate(policy) is evaluate_policy or evaluate_gym.
+    # One evaluation.json row per checkpoint, acting with ``actor``; evaluate(policy) is evaluate_policy or
+    # evaluate_gym. The training stack (jax) is imported here, so that reading the file names above needs none.
+    from offrl.training.policy import checkpoint_policy
+
     results = []
     for i, step in enumerate(steps):
         t = time.perf_counter()
-        res = evaluate(checkpoint_policy(run_dir, step))
+        res = evaluate(checkpoint_policy(run_dir, step, actor=actor))
         results.append(
             {
                 "step": step,
@@ -138,7 +188,7 @@ def _evaluate_steps(
 
 def _evaluate_run_gym(
     run_dir: Path, cfg: dict[str, Any], env: EnvSpec, success_key: str, episodes: int, seed: int,
-    task: str | None, horizon: int | None, steps: list[int] | None, progress: bool,
+    task: str | None, horizon: int | None, steps: list[int] | None, progress: bool, actor: str | None,
 ) -> dict[str, Any]:
     # evaluate_run on a gymnasium environment (env given).
     from offrl.envs.gym import evaluate_gym, resolve_env
@@ -166,7 +216,7 @@ def _evaluate_run_gym(
         used.append(int(res["horizon"]))
         return res
 
-    results = _evaluate_steps(run_dir, steps, progress, evaluate)
+    results = _evaluate_steps(run_dir, steps, progress, run_actor(cfg, actor), evaluate)
     out = {
         "used_for_selection": False,
         "note": "analysis only: real success in the simulator, never read by diagnosis or selection",
@@ -179,10 +229,7 @@ def _evaluate_run_gym(
                 "terminate_on_success": terminate},
         "results": results,
     }
-    if "actor" in (cfg.get("deployment") or {}):  # which actor acted (offrl.workflow.rules.run_actor)
-        out["actor"] = run_actor(cfg)
-    rd.write_json(run_dir / EVALUATION_FILE, out)
-    attach_comparison(run_dir)
+    _write(run_dir, cfg, evaluation_file(cfg, actor), actor, out)
     return out
 
 
