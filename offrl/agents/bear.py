@@ -15,23 +15,58 @@ multiplier alpha:
         Q(s, pi) = min_i mean_j Q_i(s, a_j), a_j ~ pi(.|s); k = lambda_std sqrt((1 - delta) / delta)
     multiplier:  max_{log alpha in [-5, log_alpha_max]}  alpha (MMD - epsilon)   (gradient ascent)
 
-    MMD^2 = mean k(x, x') + mean k(y, y') - 2 mean k(x, y) over n samples each, on pre-tanh actions,
-    k(x, y) = exp(-||x - y||_1 / (2 sigma)) (Laplacian) or exp(-||x - y||_2^2 / (2 sigma)) (Gaussian); the
-    constraint uses sqrt(MMD^2 + 1e-6), as the authors' code.
+    MMD^2 = mean k(x, x') + mean k(y, y') - 2 mean k(x, y) over n samples each, on pre-tanh actions (the policy's
+    u = mu + sigma clip(eps, -0.5, 0.5) and the VAE decoder's output before its tanh, as the authors' code; no atanh
+    of dataset actions is taken anywhere), k(x, y) = exp(-||x - y||_2^2 / (2 sigma)) (Gaussian) or
+    exp(-||x - y||_1 / (2 sigma)) (Laplacian); the constraint uses sqrt(MMD^2 + 1e-6), as the authors' code.
 
 During the first ``warmstart_steps`` the actor minimises only the MMD term, so that it starts on the data's
-support (the authors' code: 20 epochs of 1,000 steps).
+support (the authors' code: 20 "epochs" of ``--eval_freq`` iterations, 20,000 steps with the readme's
+--eval_freq 1000).
 
-Defaults from the authors' code (amandlek/BEAR and the paper's App. D): Laplacian kernel, sigma 10, 10 samples
-for the MMD and for the target, epsilon 0.05, lambda 0.75 (soft clipped double Q), lambda_std 0.4 and delta 0.1
-(k = 1.2), two critics, hidden 400-300 (critics, actor) and 750-750 (VAE), latent 2 x act_dim, Adam 1e-3 for
-every network and for log alpha, log alpha in [-5, 10], gamma 0.99, tau 0.005 (critics and target actor).
+Why the constraint was never met before issue 43 (docs/metrics.md, "BEAR"; studies/bear_mmd_check.py), two
+causes together. (1) The behaviour VAE is a moving target: while it keeps fitting the data its per-state output
+moves by about 0.5 (L1, pre-tanh, 4 dims) every 250 steps, and a policy trained on the MMD alone stayed 0.5 away
+(a frozen VAE is caught within 1,000 steps). (2) The Laplacian kernel at sigma 10 asks for a closer match than
+that: for two nearby point masses at pre-tanh distance Delta, MMD^2 = 2 (1 - k(Delta)) ~ ||Delta||_1 / sigma
+under the Laplacian kernel's cusp but ||Delta||_2^2 / sigma under the Gaussian, so epsilon 0.05 admits an L1 gap
+of only epsilon^2 sigma = 0.025 with the Laplacian at sigma 10, but ||Delta||_2 <= epsilon sqrt(sigma) = 0.22
+with the Gaussian at sigma 20. With the Laplacian at 10 and the VAE just trained the warm start's MMD sat at 0.19
+and alpha reached its ceiling (BEAR reduced to imitation); with the Gaussian at 20 and the averaged VAE it is 0.03.
 
-Documented deviations: ``warmstart_steps`` 5,000 instead of 20,000 (offrl's default budget is 15,000 steps on a
-CPU; the run is refused when it is shorter than its warm start); log alpha starts at 0 rather than a random
-normal draw; the evaluation action is tanh(mu(s)) as for the other agents, where the authors' code takes the best
-of 10 sampled actions under Q_1 (the export format holds one deterministic policy); the batch size is the run's
-(256) instead of 100.
+offrl against the authors' code (aviralkumar2907/BEAR, algos.py ``BEAR`` and main.py; readme):
+
+    setting                        authors                                   offrl
+    MMD between                    VAE decoder pre-tanh d3(.) and actor      same (no atanh anywhere)
+                                   pre-tanh mu + sigma clip(eps, +-0.5)
+    VAE decoder output             max_action tanh(d3(.)), z clip +-0.5      same
+    kernel, sigma                  Laplacian 10 (class default) or           Gaussian 20
+                                   Gaussian 20 (readme's two settings)
+    samples for the MMD            10 (class), 5 (readme)                    10
+    estimator                      biased V-statistic, sqrt(. + 1e-6)        same
+    epsilon                        0.05                                      0.05
+    behaviour samples from         the VAE just trained                      its Polyak average, tau 0.005
+    dual step                      Adam 1e-3 on log alpha, clip [-5, 10]     same
+    log alpha at start             randn                                     0
+    MMD-only warm start            20 x eval_freq (20,000 in the readme)     5,000
+    actor log std                  unclamped                                 clamped to [-5, 2]
+
+Defaults from the authors' code (aviralkumar2907/BEAR, algos.py and main.py, and the paper's App. D): Gaussian
+kernel with sigma 20 (the authors' second recommended setting, their readme's "hyperparameters that generally work
+well", and their later D4RL code's kernel; not the Laplacian at sigma 10 of the ``BEAR`` class: above), 10 samples
+for the MMD (the class default; the readme suggests 5, whose larger estimate floor would sit closer to epsilon)
+and for the target, epsilon 0.05, lambda 0.75 (soft clipped double Q), lambda_std 0.4 and delta 0.1 (k = 1.2), two
+critics, hidden 400-300 (critics, actor) and 750-750 (VAE), latent 2 x act_dim, the VAE's decoder tanh-squashed
+and sampled at z ~ clip(N(0, I), -0.5, 0.5), Adam 1e-3 for every network and for log alpha, log alpha in [-5, 10],
+gamma 0.99, tau 0.005 (critics and target actor).
+
+Documented deviations: the constraint's behaviour samples come from a Polyak average of the VAE (``behaviour_tau``
+0.005; 1.0 is the authors' VAE just trained: above); ``warmstart_steps`` 5,000 instead of 20,000 (offrl's default
+budget is 15,000 steps on a CPU; the run is refused when it is shorter than its warm start); log alpha starts at 0
+rather than a random normal draw; the actor's log std is clamped to [-5, 2] (offrl's TanhGaussianActor; the
+authors' is unclamped); the evaluation action is tanh(mu(s)) as for the other agents, where the authors' code
+takes the best of 10 sampled actions under Q_1 (the export format holds one deterministic policy); the batch size
+is the run's (256) instead of 100; observations are normalised (offrl's default for every agent).
 
 Workflow metrics (docs/metrics.md, "BEAR"): ``q_data`` (Metric 3.1 and Guideline 3.1), ``mmd`` (Metric 3.2's
 regularizer) and ``alpha`` (its multiplier), ``mmd_floor`` (the estimate's own floor, :func:`mmd_floor`),
@@ -59,10 +94,13 @@ Batch = dict[str, jnp.ndarray]
 class BEARConfig:
     """Hyperparameters of BEAR (see the module docstring for their sources and the deviations)."""
 
-    kernel: Literal["laplacian", "gaussian"] = "laplacian"
-    """Kernel of the MMD."""
-    mmd_sigma: float = 10.0
-    """Kernel width sigma, > 0 (on pre-tanh actions)."""
+    kernel: Literal["laplacian", "gaussian"] = "gaussian"
+    """Kernel of the MMD. Gaussian, the authors' second recommended setting, not the Laplacian of their class's
+    defaults: with the Laplacian at sigma 10, epsilon 0.05 demands an L1 match of 0.025 in pre-tanh units, which
+    the policy never reached (issue 43; module docstring)."""
+    mmd_sigma: float = 20.0
+    """Kernel width sigma, > 0 (on pre-tanh actions): 20 goes with the Gaussian kernel in the authors' readme (10
+    with the Laplacian)."""
     num_samples: int = 10
     """Actions drawn from the policy and from the behaviour model per state for the MMD; >= 2 (one sample
     cannot measure a discrepancy of distributions)."""
@@ -70,6 +108,12 @@ class BEARConfig:
     """Actions from the target actor per next state, the max over which forms the target (m)."""
     epsilon: float = 0.05
     """MMD threshold of the constraint."""
+    behaviour_tau: float = 0.005
+    """The constraint's behaviour actions come from a Polyak average of the VAE updated at this rate per step
+    (deviation: the authors' code samples the VAE just trained, which 1.0 restores). The trained VAE's per-state
+    output moves about 0.5 (L1, pre-tanh, 4 dims) every 250 steps on 5,000 MetaWorld transitions while it keeps
+    fitting them; a policy chasing it stayed above epsilon even with the Gaussian kernel (0.054-0.074 over 6,000
+    steps), and under it with this average (issue 43, docs/metrics.md "BEAR")."""
     soft_clip_lambda: float = 0.75
     """lambda of the soft clipped double-Q target: weight of the minimum over the critics, in [0, 1]."""
     lambda_std: float = 0.4
@@ -79,7 +123,8 @@ class BEARConfig:
     log_alpha_max: float = 10.0
     """Upper clip of log alpha (the lower is -5)."""
     warmstart_steps: int = 5_000
-    """Gradient steps during which the actor minimises only the MMD (see the deviations)."""
+    """Gradient steps during which the actor minimises only the MMD (deviation: the authors' 20,000 would leave
+    too little of offrl's default 15,000-step budget)."""
     gamma: float = 0.99
     """Discount factor."""
     tau: float = 0.005
@@ -123,6 +168,9 @@ def config_problems(config: BEARConfig) -> list[str]:
         problems.append(f"--bear.mmd-sigma must be > 0, got {config.mmd_sigma}")
     if not config.epsilon > 0:
         problems.append(f"--bear.epsilon (the MMD threshold) must be > 0, got {config.epsilon}")
+    if not 0.0 < config.behaviour_tau <= 1.0:
+        problems.append(f"--bear.behaviour-tau must be in (0, 1] (1: the trained VAE itself), got "
+                        f"{config.behaviour_tau}")
     if not 0.0 <= config.soft_clip_lambda <= 1.0:
         problems.append(f"--bear.soft-clip-lambda must be in [0, 1], got {config.soft_clip_lambda}")
     if not 0.0 < config.delta_conf < 1.0:
@@ -145,6 +193,37 @@ class BEARState:
     actor_opt_state: Any
     vae_opt_state: Any
     alpha_opt_state: Any
+    target_vae_params: Any  # the Polyak-averaged VAE the constraint samples (BEARConfig.behaviour_tau)
+
+
+@flax.struct.dataclass
+class BEARStateV1:
+    """Checkpoints written before ``target_vae_params`` (offrl before issue 43's fix)."""
+
+    step: jnp.ndarray
+    critic_params: Any
+    target_critic_params: Any
+    actor_params: Any
+    target_actor_params: Any
+    vae_params: Any
+    log_alpha: jnp.ndarray
+    critic_opt_state: Any
+    actor_opt_state: Any
+    vae_opt_state: Any
+    alpha_opt_state: Any
+
+
+def legacy_states(config: BEARConfig, obs_spec: common.ObsSpec, act_dim: int) -> list[tuple[Any, Any]]:
+    """Older checkpoint layouts as ``(like_state, upgrade)`` pairs, newest first; ``upgrade(old) -> BEARState``
+    (the averaged VAE starts as the checkpoint's VAE)."""
+    fresh = init(config, obs_spec, act_dim, jax.random.PRNGKey(0))
+    v1 = BEARStateV1(**{f: getattr(fresh, f) for f in BEARStateV1.__dataclass_fields__})
+
+    def upgrade(old: BEARStateV1) -> BEARState:
+        return BEARState(**{f: getattr(old, f) for f in BEARStateV1.__dataclass_fields__},
+                         target_vae_params=old.vae_params)
+
+    return [(v1, upgrade)]
 
 
 def _nets(config: BEARConfig, act_dim: int) -> tuple[CriticEnsemble, TanhGaussianActor, BehaviorVAE]:
@@ -174,9 +253,9 @@ def init(config: BEARConfig, obs_spec: common.ObsSpec, act_dim: int, key: jax.Ar
     obs, act = common.example_observation(obs_spec), jnp.zeros((1, act_dim))
     cp, ap, vp = critic.init(kc, obs, act), actor.init(ka, obs), vae.init(kv, obs, act, kz)
     c_opt, a_opt, v_opt, al_opt = _opts(config)
-    log_alpha = jnp.zeros((), jnp.float32)
+    log_alpha = jnp.zeros((), jnp.float32)  # deviation: the authors draw randn(); 0 (alpha 1) is seed-free
     return BEARState(jnp.zeros((), jnp.int32), cp, cp, ap, ap, vp, log_alpha, c_opt.init(cp), a_opt.init(ap),
-                     v_opt.init(vp), al_opt.init(log_alpha))
+                     v_opt.init(vp), al_opt.init(log_alpha), vp)
 
 
 def mmd(x: jnp.ndarray, y: jnp.ndarray, kernel: str, sigma: float) -> jnp.ndarray:
@@ -250,7 +329,8 @@ def critic_terms(critic_params: Any, state: BEARState, batch: Batch, key: jax.Ar
 def actor_terms(actor_params: Any, state: BEARState, batch: Batch, key: jax.Array, config: BEARConfig):
     """The actor's loss (Kumar et al. 2019, Alg. 1, line 9; module docstring): mean over states of
     -min_i mean_j Q_i(s, a_j) + k std_i Q_i + alpha MMD(pi(.|s), beta(.|s)), with alpha held fixed (its own
-    update is the dual step in :func:`update`); the MMD term alone before ``warmstart_steps``.
+    update is the dual step in :func:`update`); the MMD term alone before ``warmstart_steps``. beta's samples come
+    from the Polyak-averaged VAE ``target_vae_params`` (``behaviour_tau``; deviation, module docstring).
 
     Args: ``batch`` with ``observations`` (B, obs_dim) float32 (or an image dict). Returns the scalar loss and aux
     (B,): ``mmd``, ``q_policy`` (min over critics of the mean over samples), ``q_std`` (the critics' standard
@@ -259,8 +339,8 @@ def actor_terms(actor_params: Any, state: BEARState, batch: Batch, key: jax.Arra
     obs = batch["observations"]
     k_pi, k_beta = jax.random.split(key)
     u_pi, a_pi = _policy_samples(actor, actor_params, obs, k_pi, config.num_samples)
-    u_beta = jax.lax.stop_gradient(_behaviour_samples(vae, state.vae_params, obs, k_beta, config.num_samples,
-                                                      a_pi.shape[-1]))
+    u_beta = jax.lax.stop_gradient(_behaviour_samples(vae, state.target_vae_params, obs, k_beta,
+                                                      config.num_samples, a_pi.shape[-1]))
     dist = mmd(jnp.swapaxes(u_beta, 0, 1), jnp.swapaxes(u_pi, 0, 1), config.kernel, config.mmd_sigma)
     qs = jax.vmap(lambda a: critic.apply(state.critic_params, obs, a))(a_pi).mean(axis=0)  # (n_critics, B)
     q_pi, q_std = qs.min(axis=0), qs.std(axis=0)
@@ -287,7 +367,11 @@ def update(state: BEARState, batch: Batch, key: jax.Array, config: BEARConfig) -
     (v_loss, v_aux), v_grads = jax.value_and_grad(vae_terms, has_aux=True)(
         state.vae_params, state, critic_batch, k_vae, config)
     v_updates, vae_opt_state = v_opt.update(v_grads, state.vae_opt_state, state.vae_params)
-    state = state.replace(vae_params=optax.apply_updates(state.vae_params, v_updates), vae_opt_state=vae_opt_state)
+    vae_params = optax.apply_updates(state.vae_params, v_updates)
+    # Deviation (issue 43): the constraint samples a Polyak average of the VAE, not the VAE just trained, whose
+    # per-state output moves faster than a policy can follow within epsilon (BEARConfig.behaviour_tau).
+    target_vae = optax.incremental_update(vae_params, state.target_vae_params, config.behaviour_tau)
+    state = state.replace(vae_params=vae_params, vae_opt_state=vae_opt_state, target_vae_params=target_vae)
 
     (c_loss, c_aux), c_grads = jax.value_and_grad(critic_terms, has_aux=True)(
         state.critic_params, state, critic_batch, k_critic, config)
@@ -322,7 +406,8 @@ def update(state: BEARState, batch: Batch, key: jax.Array, config: BEARConfig) -
 
 
 def mmd_floor(state: BEARState, batch: Batch, key: jax.Array, config: BEARConfig) -> jnp.ndarray:
-    """The MMD estimate between two independent sets of ``num_samples`` behaviour-model actions per state, (B,).
+    """The MMD estimate between two independent sets of ``num_samples`` behaviour-model actions per state, (B,),
+    from the averaged VAE the constraint samples (``target_vae_params``).
 
     Both sets come from one distribution, so the true MMD is 0; the estimate is not: the biased V-statistic keeps
     the diagonal k(x, x) = 1 terms, about 2 (1 - E k(x, x')) / n in MMD^2. A policy that matched the behaviour
@@ -330,8 +415,8 @@ def mmd_floor(state: BEARState, batch: Batch, key: jax.Array, config: BEARConfig
     (alpha then climbs to its ceiling and the actor's Q term counts for ~1/alpha)."""
     act_dim = batch["actions"].shape[-1]
     _, _, vae = _nets(config, act_dim)
-    u1, u2 = (_behaviour_samples(vae, state.vae_params, batch["observations"], k, config.num_samples, act_dim)
-              for k in jax.random.split(key))
+    u1, u2 = (_behaviour_samples(vae, state.target_vae_params, batch["observations"], k, config.num_samples,
+                                 act_dim) for k in jax.random.split(key))
     return mmd(jnp.swapaxes(u1, 0, 1), jnp.swapaxes(u2, 0, 1), config.kernel, config.mmd_sigma)
 
 
