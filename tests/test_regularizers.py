@@ -115,4 +115,12 @@ def test_runs_written_before_the_vib_weight_was_renamed_still_load():
 
     # config.json of older runs called CQL's VIB weight "beta"; it is "vib_beta" now (BRAC keeps its beta).
     assert config_from_dict("cql", {"beta": 0.5, "vib_dim": 16}).vib_beta == 0.5
+    # Fields a config.json predates take the value its run trained with (issue 43 changed BEAR's and DQN's).
+    assert config_from_dict("bear", {"kernel": "laplacian"}).behaviour_tau == 1.0
+    assert config_from_dict("bear", {"behaviour_tau": 0.005}).behaviour_tau == 0.005
+    old = config_from_dict("dqn", {"variant": "dqn", "encoder": "auto"})
+    assert (old.variant, old.encoder) == ("double_dqn", "mlp")
+    assert config_from_dict("dqn", {"variant": "rem"}).variant == "rem"
+    new = config_from_dict("dqn", {"variant": "dqn", "encoder": "auto", "grid_shape": [10, 10, 4]})
+    assert (new.variant, new.encoder, new.grid_shape) == ("dqn", "auto", (10, 10, 4))
     assert config_from_dict("brac", {"beta": 2.0}).beta == 2.0

@@ -45,10 +45,22 @@ def get_agent(algo: str) -> ModuleType:
 RENAMED = {("cql", "beta"): "vib_beta"}
 
 
+def _legacy(algo: str, d: dict[str, Any]) -> dict[str, Any]:
+    """The settings a config.json written before a field existed trained with, so that ``--resume`` continues the
+    run it started and reading an archived run describes what it did (issue 43 changed two agents' defaults)."""
+    if algo == "bear" and "behaviour_tau" not in d:
+        d = {**d, "behaviour_tau": 1.0}  # the VAE just trained, as before the Polyak-averaged behaviour model
+    if algo == "dqn" and "grid_shape" not in d:
+        # Before issue 43: the variant named "dqn" used Double DQN's target, and the flat grids went through an MLP.
+        d = {**d, "encoder": "mlp", "variant": "double_dqn" if d.get("variant", "dqn") == "dqn" else d["variant"]}
+    return d
+
+
 def config_from_dict(algo: str, d: dict[str, Any]) -> Any:
     """Rebuild an agent config from its JSON form (lists back to tuples); renamed fields are read under their
-    new names (:data:`RENAMED`); unknown keys are ignored."""
-    d = {RENAMED.get((algo, k), k): v for k, v in d.items()}
+    new names (:data:`RENAMED`); fields a config.json predates take the value it trained with (:func:`_legacy`);
+    unknown keys are ignored."""
+    d = _legacy(algo, {RENAMED.get((algo, k), k): v for k, v in d.items()})
     cls = CONFIGS[algo]
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names})
