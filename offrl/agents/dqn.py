@@ -56,8 +56,8 @@ each with its reason:
 
 ``offrl train --algo dqn --dqn.variant NAME`` trains it on a dataset of discrete actions (metadata
 ``action_space: "discrete"``; ``offrl collect --task minatar/GAME`` writes one, with its ``grid_shape`` in the
-metadata). The training loop fills ``grid_shape`` from the metadata when it is not given, so MinAtar replays get
-the convolution (``--dqn.encoder mlp`` reads the flat grids with the MLP instead). The workflow reads ``q_data``
+metadata). The training loop fills ``grid_shape`` from the metadata when it is not given (:func:`config_for_data`),
+so MinAtar replays get the convolution (``--dqn.encoder mlp`` reads the flat grids with the MLP instead). The workflow reads ``q_data``
 for Metric 3.1 and ``cql_regularizer`` for Metric 3.2 (docs/metrics.md); ``offrl evaluate`` rolls checkpoints out
 in MinAtar (returns). Exporting a discrete-action run is not built yet.
 
@@ -234,6 +234,16 @@ def check_config(config: DQNConfig) -> list[str]:
 
 
 config_problems = check_config
+
+
+def config_for_data(config: DQNConfig, metadata: dict[str, Any]) -> DQNConfig:
+    """``config`` with ``grid_shape`` taken from a dataset's metadata when it is not given: a MinAtar replay stores
+    its (H, W, C) grids flattened, and the convolutional torso reads them as grids. Unchanged with
+    ``encoder="mlp"``, a given ``grid_shape``, or metadata without one."""
+    grid = metadata.get("grid_shape")
+    if config.grid_shape or config.encoder == "mlp" or not grid:
+        return config
+    return dataclasses.replace(config, grid_shape=tuple(int(v) for v in grid))
 """The name the training loop asks every agent module for (:func:`offrl.training.train.check_config`), so that a
 setting that cannot work is refused before the run directory is made."""
 

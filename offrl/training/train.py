@@ -717,12 +717,10 @@ def _setup(config: TrainConfig, dataset: Dataset, dataset_fp: str) -> tuple[_Set
                     _sequence_window(config))
     spec = obs_spec(mode, dataset, config.frame_stack)
     agent = active_agent_config(config)
-    grid = dataset.metadata.get("grid_shape")
-    if config.algo == "dqn" and not agent.grid_shape and agent.encoder != "mlp" and grid:
-        # A MinAtar replay stores its grids flattened: the convolutional torso reads them as (H, W, C) grids.
-        agent = dataclasses.replace(agent, grid_shape=tuple(int(v) for v in grid))
-        config = _with_agent_config(config, agent)
     module = get_agent(config.algo)
+    if hasattr(module, "config_for_data"):  # settings an agent reads from the dataset (DQN: the grid's shape)
+        agent = module.config_for_data(agent, dataset.metadata)
+        config = _with_agent_config(config, agent)
     q_range = q_value_range(train_ds, getattr(agent, "gamma", 0.99))
     k_init, k_train, k_eval = jax.random.split(jax.random.PRNGKey(config.seed), 3)
     behavior_info = None
