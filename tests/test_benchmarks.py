@@ -173,3 +173,34 @@ def test_ray_study_smoke(monkeypatch, capsys):
     assert out["cells"] == 2 and len(out["cell_s_local"]) == len(out["cell_s_ray"]) == 2
     assert len(out["run_cell_s_ray"]) == 2 and out["same_results"] is True
     assert positive(out["local_s"]) and positive(out["ray_s"]) and positive(out["ratio_local_over_ray"])
+
+
+def test_xla_flags_smoke(monkeypatch, capsys):
+    """Two settings in their own processes (XLA reads its flags at start): both measured, the default's ratio 1."""
+    out = run_script("xla_flags.py", ["--smoke", "--algos", "iql", "--settings", "default,rbg_prng"],
+                     monkeypatch, capsys)
+    assert out["steps"] == 2 and out["rounds"] == 1 and out["settings"]["rbg_prng"] == {
+        "JAX_DEFAULT_PRNG_IMPL": "rbg"}
+    rows = out["results"]["iql"]
+    assert positive(rows["default"]["steps_per_s"]) and positive(rows["rbg_prng"]["steps_per_s"])
+    assert rows["default"]["ratio_to_default"] == 1.0 and positive(rows["rbg_prng"]["ratio_to_default"])
+
+
+def test_profile_step_smoke(monkeypatch, capsys):
+    out = run_script("profile_step.py", ["--smoke", "--algos", "iql"], monkeypatch, capsys)
+    row = out["results"]["iql"]
+    assert out["steps"] == 2 and positive(out["matmul_gflops_256"]) and positive(row["steps_per_s"])
+    assert row["ms_per_step_by_kind"]["matmul"] > 0  # the trace was read: the dense layers' dots are in it
+    assert positive(row["step_flops"]) and row["flops_source"] == "xla_cost_analysis"
+
+
+def test_profile_kinds_group_xla_operation_names():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from profile_step import kind_of
+    finally:
+        sys.path.remove(str(BENCH))
+    assert [kind_of(n) for n in ("dot.138", "ynn_fusion.13", "xnn_fusion", "bitcast_gather_fusion.1",
+                                 "multiply_add_fusion.44", "wrapped_reduce", "copy.2", "while.277", "end: dot.3",
+                                 "custom-call.1")] == [
+        "matmul", "matmul", "matmul", "gather", "elementwise", "elementwise", "copy", "control", "matmul", "other"]
