@@ -52,9 +52,10 @@ class Collect:
     horizon: int | None = None
     """Time limit in steps per episode; default: 150 for --reward-mode terminal, the task's rule-based horizon for
     success-every-step (1.5 x the scripted policy's median success step, rounded up to 10; offrl/envs/reward_modes.py)."""
-    reward_mode: Literal["terminal", "success-every-step"] | None = None
+    reward_mode: Literal["terminal", "success-every-step", "shaped"] | None = None
     """``terminal``: 1 at the first success, which ends the episode; ``success-every-step`` (the workflow
-    paper's): 1 on every solved step, no termination, a fixed horizon. Default: --terminate-on-success's."""
+    paper's): 1 on every solved step, no termination, a fixed horizon; ``shaped``: MetaWorld's own dense reward,
+    no termination, 150 steps. Default: --terminate-on-success's."""
     regime: Literal["white", "correlated", "mixed", "paper"] = DEFAULT_REGIME
     """How the scripted actions are perturbed (docs/dataset-format.md): ``correlated`` teleoperation-like
     deviations; ``mixed`` expert, partial and exploratory episodes; ``white`` Gaussian; ``paper`` the paper's."""
@@ -169,9 +170,10 @@ class Import:
     """'module:function' mapping (observations, actions, next_observations) -> rewards (N,)."""
     terminate_on_success: bool = False
     """Cut each episode at its first success (terminal there), as `offrl collect` does."""
-    reward_mode: Literal["terminal", "success-every-step"] | None = None
+    reward_mode: Literal["terminal", "success-every-step", "shaped"] | None = None
     """Record the reward structure (the Q range follows it): ``terminal`` cuts at the first success;
-    ``success-every-step`` (the workflow paper's) keeps 1 on every success step and needs 0/1 rewards."""
+    ``success-every-step`` (the workflow paper's) keeps 1 on every success step and needs 0/1 rewards;
+    ``shaped`` a dense reward, kept as it is."""
     target_success_rate: float | None = None
     """Drop successful or failed episodes until the behaviour success rate is as close as possible to this."""
     seed: int = 0

@@ -53,6 +53,36 @@ def test_success_every_step_rewards_a_scripted_episode_by_hand(tmp_path):
     assert _episode_seeds  # the collector's seeds are its own; the start state matched above
 
 
+def test_shaped_mode_keeps_metaworlds_reward_on_a_scripted_episode_by_hand(tmp_path):
+    """``--reward-mode shaped`` (issue 43's dense-reward check of MOPO): the collector's rewards are MetaWorld's
+    own reward of each step, stepped by hand; no terminal at success, the fixed horizon, and the discounted Q
+    bound over it. The success rate still reads the success flag."""
+    pytest.importorskip("metaworld")
+    from offrl.data.collect import collect
+    from offrl.envs import make_env, scripted_policy
+
+    horizon = 60
+    ds = collect("reach-v3", 1, tmp_path / "s.h5", horizon=horizon, noise_sigma=0.0, seed=0, progress=False,
+                 regime="white", reward_mode="shaped")
+    assert ds.metadata["reward_mode"] == "shaped" and ds.metadata["reward"] == "shaped"
+    assert len(ds) == horizon and not ds.terminals.any() and ds.timeouts[-1] and ds.timeouts.sum() == 1
+    env = make_env("reach-v3", seed=0, horizon=horizon)
+    env.seed(0)
+    obs, expert, rewards, flags = env.reset(), scripted_policy("reach-v3"), [], []
+    assert env.last_reward == 0.0
+    for _ in range(horizon):
+        obs, success = env.step(np.clip(expert(obs), -1, 1))
+        rewards.append(env.last_reward)
+        flags.append(success)
+    env.close()
+    np.testing.assert_allclose(ds.rewards, np.array(rewards, np.float32))
+    assert any(flags) and ds.metadata["behaviour_success_rate"] == 1.0
+    assert len(np.unique(ds.rewards)) > 10 and 0.0 <= ds.rewards.min() and ds.rewards.max() <= 10.0  # dense
+    r = q_value_range(ds, 0.99)
+    assert r["q_bound"] == "discounted sum over the horizon"
+    assert r["q_max"] == pytest.approx(float(ds.rewards.max()) * (1 - 0.99**horizon) / 0.01, rel=1e-5)
+
+
 def test_terminal_mode_is_todays_data(tmp_path):
     pytest.importorskip("metaworld")
     from offrl.data.collect import collect

@@ -37,11 +37,13 @@ def collect(
     ``terminate_on_success`` the episode ends there (terminal), so Q-values lie in [0, 1].
 
     ``reward_mode`` (:mod:`offrl.envs.reward_modes`) names the reward structure and overrides
-    ``terminate_on_success``: ``terminal`` (1 at the first success, episode ends) or ``success-every-step`` (the
-    workflow paper's: 1 on every step the success condition holds, never terminal, a fixed horizon). None: the
-    mode ``terminate_on_success`` gives. ``horizon`` None: :data:`offrl.envs.DEFAULT_HORIZON` for ``terminal``,
-    the task's rule-based horizon (:func:`offrl.envs.reward_modes.task_horizon`) for ``success-every-step``. The
-    metadata records ``reward_mode`` and ``horizon_rule`` (the rule's description, or "given").
+    ``terminate_on_success``: ``terminal`` (1 at the first success, episode ends), ``success-every-step`` (the
+    workflow paper's: 1 on every step the success condition holds, never terminal, a fixed horizon) or ``shaped``
+    (MetaWorld's own dense reward on every step, never terminal, a fixed horizon). None: the mode
+    ``terminate_on_success`` gives. ``horizon`` None: :data:`offrl.envs.DEFAULT_HORIZON` for ``terminal`` and
+    ``shaped``, the task's rule-based horizon (:func:`offrl.envs.reward_modes.task_horizon`) for
+    ``success-every-step``. The metadata records ``reward_mode`` and ``horizon_rule`` (the rule's description,
+    or "given").
 
     With ``render`` the dataset also holds a camera image of every state: ``images`` uint8 (M, size, size, 3),
     each state once, and ``image_index``/``next_image_index`` (N,) int64 pointing at the frames of s and s'
@@ -74,6 +76,7 @@ def collect(
     arrays, info = collect_episodes(
         task, episodes, horizon=horizon, noise_sigma=noise_sigma, seed=seed,
         terminate_on_success=mode == "terminal", progress=progress, render=render, regime=regime,
+        reward="shaped" if mode == "shaped" else "success",
     )
     dataset = make_dataset(arrays, {**info, "reward_mode": mode, "horizon_rule": rule, "source": "offrl collect",
                                     "offrl_version": offrl.__version__})

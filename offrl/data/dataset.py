@@ -407,7 +407,8 @@ def q_value_range(dataset: Dataset, gamma: float) -> dict[str, Any]:
 
     Data collected with the paper's reward structure (metadata ``reward_mode`` ``"success-every-step"``,
     :mod:`offrl.envs.reward_modes`: a reward on every step the success condition holds, never terminal, a fixed
-    horizon ``H``, metadata ``horizon``) get the exact discounted bound instead: a return over at most ``H``
+    horizon ``H``, metadata ``horizon``), and likewise ``"shaped"`` data (MetaWorld's dense reward, never
+    terminal, a fixed horizon), get the exact discounted bound instead: a return over at most ``H``
     steps collects at most ``sum_{t<H} gamma^t = (1 - gamma^H) / (1 - gamma)`` rewards of ``r_max`` (Kumar et al.
     2021 Sec. 3 states the undiscounted "at most the horizon"; offrl's Q is discounted). Caveat: timeouts
     bootstrap, so a critic's own fixed point for a state that holds success can approach ``r_max / (1 - gamma)``;
@@ -429,7 +430,7 @@ def q_value_range(dataset: Dataset, gamma: float) -> dict[str, Any]:
     nonzero = dataset.rewards != 0
     only_terminal = bool(nonzero.any() and not (nonzero & ~dataset.terminals).any())
     mode = dataset.metadata.get("reward_mode")
-    if mode == "success-every-step":
+    if mode in ("success-every-step", "shaped"):  # offrl.envs.reward_modes.FIXED_HORIZON_MODES
         h = int(dataset.metadata.get("horizon") or lengths.max())
         scale, bound = float(sum(gamma**t for t in range(h))), "discounted sum over the horizon"
     elif only_terminal:

@@ -174,8 +174,9 @@ def _check_render(render: RenderConfig | None) -> None:
 class MetaWorldEnv:
     """One goal-observable MetaWorld v3 task with object and goal positions re-drawn at each reset.
 
-    Rewards are left out on purpose: this toolkit uses MetaWorld's binary success flag as a sparse
-    reward, not the shaped reward.
+    `step` returns MetaWorld's binary success flag, the sparse reward offrl uses by default; MetaWorld's own
+    shaped reward of the last step is kept in ``last_reward`` (for ``--reward-mode shaped``,
+    :mod:`offrl.envs.reward_modes`).
 
     Attributes:
         task: The task name.
@@ -184,6 +185,7 @@ class MetaWorldEnv:
         action_low: Lower action bounds, float32 ``(act_dim,)`` (all -1).
         action_high: Upper action bounds, float32 ``(act_dim,)`` (all +1).
         horizon: Maximum steps per episode; `step` refuses to go further.
+        last_reward: MetaWorld's shaped reward of the last `step` (float, v3: in [0, 10]); 0.0 after `reset`.
     """
 
     def __init__(self, task: str, seed: int, horizon: int = DEFAULT_HORIZON) -> None:
@@ -217,6 +219,7 @@ class MetaWorldEnv:
         self.action_low = np.asarray(self._env.action_space.low, dtype=np.float32)
         self.action_high = np.asarray(self._env.action_space.high, dtype=np.float32)
         self._t: int | None = None
+        self.last_reward = 0.0
 
     def seed(self, seed: int) -> None:
         """Re-seeds the start-state generator; the next `reset` draws from the new stream.
@@ -243,6 +246,7 @@ class MetaWorldEnv:
         for site, pos in self._env._target_site_config:
             self._env._set_pos_site(site, pos)
         self._t = 0
+        self.last_reward = 0.0
         return obs.astype(np.float32)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -269,7 +273,8 @@ class MetaWorldEnv:
         if not np.all(np.isfinite(action)):
             raise ValueError(f"action has non-finite values: {action}.")
         action = np.clip(action, self.action_low, self.action_high)
-        obs, _, _, _, info = self._env.step(action)
+        obs, reward, _, _, info = self._env.step(action)
+        self.last_reward = float(reward)
         self._t += 1
         return obs.astype(np.float32), bool(info["success"])
 
@@ -295,6 +300,7 @@ class MultiTaskEnv:
         action_low: Lower action bounds, float32 ``(act_dim,)`` (all -1).
         action_high: Upper action bounds, float32 ``(act_dim,)`` (all +1).
         horizon: Maximum steps per episode; `step` refuses to go further.
+        last_reward: The current task's shaped reward of the last `step` (see `MetaWorldEnv`).
     """
 
     def __init__(self, task: str, seed: int, horizon: int = DEFAULT_HORIZON) -> None:
@@ -379,6 +385,11 @@ class MultiTaskEnv:
             raise RuntimeError("Call reset() before step().")
         obs, success = self._envs[self._active].step(action)
         return self._with_task(obs), success
+
+    @property
+    def last_reward(self) -> float:
+        """The current task's shaped reward of the last `step` (0.0 before the first)."""
+        return self._envs[self._active].last_reward if self._active is not None else 0.0
 
     def close(self) -> None:
         """Releases the simulators."""

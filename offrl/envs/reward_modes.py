@@ -10,6 +10,13 @@
     ``sum_{k < H - t} gamma^k`` and Q at the start at most ``sum_{k < H} gamma^k = (1 - gamma^H) / (1 - gamma)``
     (:func:`offrl.data.q_value_range`). The paper's horizons are 30-80 steps; here H follows the task's scripted
     policy (:func:`task_horizon`), since MetaWorld's experts need 50-90 steps where the paper's needed fewer.
+``shaped`` (MetaWorld's own dense reward; issue 43's check of MOPO where its paper says it works)
+    The reward MetaWorld's environment returns on every step (v3's shaped reward: reaching, grasping and
+    placing terms, in [0, 10], 10 on solved steps; Yu et al. 2019, MetaWorld Sec. 4.2 and its v3 reward
+    functions); an episode never terminates and runs to the time limit (:data:`offrl.envs.DEFAULT_HORIZON`
+    unless ``--horizon`` is given). MOPO (Yu et al. 2020) reports results on D4RL's dense locomotion rewards,
+    where a learned reward model has a gradient to follow; the sparse modes above leave it one rare 0/1 event.
+    Success is still MetaWorld's success flag, which evaluation reads in every mode.
 
 The horizon rule (pre-registered in docs/selection.md, "The paper's regime"; no per-task tuning):
 ``H = ceil(HORIZON_FACTOR * median / HORIZON_ROUND) * HORIZON_ROUND``, with ``median`` the median first-success
@@ -27,8 +34,10 @@ import math
 
 import numpy as np
 
-REWARD_MODES = ("terminal", "success-every-step")
+REWARD_MODES = ("terminal", "success-every-step", "shaped")
 """The reward structures `offrl collect --reward-mode` accepts (module docstring)."""
+FIXED_HORIZON_MODES = ("success-every-step", "shaped")
+"""The modes whose episodes never terminate and run to a fixed horizon (their Q bound reads it)."""
 HORIZON_FACTOR = 1.5
 """The horizon rule's multiple of the scripted policy's median first-success step."""
 HORIZON_ROUND = 10

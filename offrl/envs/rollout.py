@@ -39,12 +39,14 @@ def collect_episodes(
     progress: bool = True,
     render: RenderConfig | None = None,
     regime: str = "white",
+    reward: str = "success",
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Collects an offline dataset with the scripted expert perturbed by a behaviour regime.
 
     The executed action is the regime's perturbation of the expert's, clipped to the bounds
     (:mod:`offrl.envs.behaviour`; ``white``: ``clip(expert(obs) + N(0, noise_sigma^2 I), low, high)``);
-    it is stored exactly as executed. The reward is sparse: 1.0 on a step whose success flag is set, else 0.0.
+    it is stored exactly as executed. The reward is sparse: 1.0 on a step whose success flag is set, else 0.0;
+    with ``reward="shaped"`` it is MetaWorld's own shaped reward of the step (v3: in [0, 10]).
     With ``terminate_on_success`` an episode ends at its first success (that transition has
     ``terminals=True``); otherwise it runs to the horizon, rewarded on every success step, and
     ``terminals`` is never set. The last transition of an episode that reaches the horizon without
@@ -72,6 +74,8 @@ def collect_episodes(
         regime: ``white``, ``correlated`` or ``mixed`` (:mod:`offrl.envs.behaviour`). This low-level
             collector defaults to ``white`` (with ``noise_sigma=0`` exactly the expert); the user-facing
             `offrl.data.collect` defaults to `offrl.envs.behaviour.DEFAULT_REGIME`.
+        reward: ``success`` (the success flag as a 0/1 reward) or ``shaped`` (MetaWorld's reward);
+            success, and ``terminate_on_success``, read the success flag either way.
 
     Returns:
         ``(data, info)``. ``obs_dim`` is 39, or 39 + T for a spec of T tasks (the last T entries
@@ -83,7 +87,7 @@ def collect_episodes(
         ``image_index``/``next_image_index`` int64 ``(N,)``: the frame of ``s`` and of ``s'`` of
         each transition (inside an episode ``next_image_index[t] == image_index[t + 1]``).
         ``info`` holds the arguments (``task``, ``episodes``, ``horizon``, ``regime``,
-        ``noise_sigma`` (the regime's main std), ``seed``, ``terminate_on_success``), ``behaviour`` (the
+        ``noise_sigma`` (the regime's main std), ``seed``, ``terminate_on_success``, ``reward``), ``behaviour`` (the
         regime's parameters, `Regime.to_info`), for ``mixed`` also ``episode_kinds`` (one letter per
         episode, in order: ``e`` expert, ``p`` partial, ``x`` exploratory), ``episode_kind_counts`` and
         ``behaviour_success_by_kind``, ``tasks`` (`task_list` of ``task``: the task of each
@@ -95,7 +99,7 @@ def collect_episodes(
 
     Raises:
         ValueError: If ``task`` is unknown (or an invalid multi-task spec), ``episodes < 1``,
-            ``horizon < 1``, ``noise_sigma < 0``, ``seed < 0``, an unknown ``regime``,
+            ``horizon < 1``, ``noise_sigma < 0``, ``seed < 0``, an unknown ``regime`` or ``reward``,
             ``render.camera`` is not a camera
             of the model, or ``render`` is given with a multi-task spec (state-only).
         TypeError: If ``render`` is not a `RenderConfig` or None.
@@ -106,6 +110,8 @@ def collect_episodes(
     _check_positive("episodes", episodes)
     _check_positive("horizon", horizon)
     _check_seed(seed)
+    if reward not in ("success", "shaped"):
+        raise ValueError(f"reward {reward!r}: use success (the 0/1 success flag) or shaped (MetaWorld's reward)")
     behaviour = make_regime(regime, noise_sigma)
     _check_state_only(task, render)
     _check_render(render)
@@ -117,7 +123,7 @@ def collect_episodes(
         env.close()
         raise
     try:
-        data, info = _collect(env, renderer, episodes, behaviour, seed, terminate_on_success, progress)
+        data, info = _collect(env, renderer, episodes, behaviour, seed, terminate_on_success, progress, reward)
     finally:
         if renderer is not None:
             renderer.close()
@@ -133,6 +139,7 @@ def _collect(
     seed: int,
     terminate_on_success: bool,
     progress: bool,
+    reward: str = "success",
 ) -> tuple[dict[str, np.ndarray], dict]:
     # The loop of collect_episodes (arguments already checked); closes nothing.
     from tqdm.auto import tqdm
@@ -183,7 +190,7 @@ def _collect(
             if renderer is not None:
                 image_index[n] = frame
                 frame = next_image_index[n] = record_frame()
-            rewards[n] = float(success)
+            rewards[n] = env.last_reward if reward == "shaped" else float(success)
             succeeded |= success
             n += 1
             if success and terminate_on_success:
@@ -218,6 +225,7 @@ def _collect(
         "behaviour": behaviour.to_info(),
         "seed": int(seed),
         "terminate_on_success": bool(terminate_on_success),
+        "reward": reward,
         "tasks": task_list(task),
         "behaviour_success_rate": successes / episodes,
         "mean_episode_length": n / episodes,

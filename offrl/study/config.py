@@ -72,8 +72,9 @@ class StudyConfig:
     cells found there are done, so a grid can run across machines and sessions whose study directories are lost.
     """
     reward_mode: str = "terminal"
-    """Reward structure of the collected data (offrl.envs.reward_modes): ``terminal``, or the workflow paper's
-    ``success-every-step``, whose horizon is each task's rule-based one (``horizon`` is then not read)."""
+    """Reward structure of the collected data (offrl.envs.reward_modes): ``terminal``, the workflow paper's
+    ``success-every-step``, whose horizon is each task's rule-based one (``horizon`` is then not read), or
+    ``shaped`` (MetaWorld's dense reward, ``horizon`` steps, never terminal)."""
     fqe_tolerance: float | None = None
     """FQE's stopping rule (offrl.workflow.fqe.FQEConfig.tolerance): None trains every checkpoint's FQE critic
     ``fqe_steps`` steps; a number stops once its estimates settle, ``fqe_steps`` being the cap."""
@@ -308,7 +309,8 @@ def cell_settings(config: StudyConfig, cell: Cell) -> dict[str, Any]:
     # Listed only when not the default, so that cells archived before these keys existed still match.
     if config.reward_mode != "terminal":
         out["reward_mode"] = config.reward_mode
-        out["horizon"] = "the task's rule (offrl.envs.reward_modes.task_horizon)"
+        if config.reward_mode == "success-every-step":
+            out["horizon"] = "the task's rule (offrl.envs.reward_modes.task_horizon)"
     if config.fqe_tolerance is not None:
         out["fqe_tolerance"] = config.fqe_tolerance
         out["fqe_min_steps"] = "propagation time, ceil(H / tau) (offrl.workflow.fqe.propagation_steps)"

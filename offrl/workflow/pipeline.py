@@ -43,9 +43,10 @@ class WorkflowConfig:
     horizon: int | None = DEFAULT_HORIZON
     """Steps per episode (time limit) for collection and evaluation; None: the task's rule-based horizon for
     --reward-mode success-every-step (offrl/envs/reward_modes.py), else 150."""
-    reward_mode: Literal["terminal", "success-every-step"] = "terminal"
+    reward_mode: Literal["terminal", "success-every-step", "shaped"] = "terminal"
     """Reward structure of the collected data (offrl/envs/reward_modes.py): ``terminal`` 1 at the first success,
-    which ends the episode; ``success-every-step`` the paper's, 1 on every step the task is solved, no termination."""
+    which ends the episode; ``success-every-step`` the paper's, 1 on every step the task is solved, no termination;
+    ``shaped`` MetaWorld's own dense reward, no termination."""
     regime: Literal["white", "correlated", "mixed", "paper"] = "mixed"
     """Behaviour of the collected data (docs/dataset-format.md): ``mixed`` expert, partial and exploratory
     episodes; ``correlated`` teleoperation-like deviations; ``white`` Gaussian noise; ``paper`` the paper's."""

@@ -110,7 +110,9 @@ def import_dataset(
             cuts each episode at its first success (as ``terminate_on_success``); ``success-every-step`` (the
             workflow paper's) keeps every success step rewarded 1 and needs sparse 0/1 rewards after relabelling
             (a ``success_key``, or such rewards in the source); its Q bound (offrl.data.q_value_range) reads the
-            longest episode as the horizon (metadata ``horizon``) unless the source's metadata has one.
+            longest episode as the horizon (metadata ``horizon``) unless the source's metadata has one;
+            ``shaped`` records that the rewards are a dense reward kept as they are (no cut at success, the
+            same horizon rule for the Q bound).
 
     Returns:
         The validated dataset. ``metadata`` holds the source's own metadata plus ``source_format``,
@@ -161,8 +163,8 @@ def import_dataset(
 
         if reward_mode not in REWARD_MODES:
             raise DatasetError(f"unknown reward mode {reward_mode!r}: use one of {', '.join(REWARD_MODES)}")
-        if reward_mode == "success-every-step" and terminate_on_success:
-            raise DatasetError("--reward-mode success-every-step keeps rewarding after the first success: drop "
+        if reward_mode in ("success-every-step", "shaped") and terminate_on_success:
+            raise DatasetError(f"--reward-mode {reward_mode} keeps rewarding after the first success: drop "
                                "--terminate-on-success")
         terminate_on_success = terminate_on_success or reward_mode == "terminal"
     if terminate_on_success:
@@ -209,7 +211,7 @@ def import_dataset(
             raise DatasetError(f"{src}: --reward-mode success-every-step needs 0/1 rewards after relabelling (got "
                                f"values outside {{0, 1}}): relabel them with --success-key")
         metadata["reward_mode"] = reward_mode
-        if reward_mode == "success-every-step" and not metadata.get("horizon"):
+        if reward_mode in ("success-every-step", "shaped") and not metadata.get("horizon"):
             metadata["horizon"] = int(max(len(ep.rewards) for ep in episodes))
     if successes_known:
         metadata["behaviour_success_rate"] = float(successful.mean())
