@@ -1,9 +1,10 @@
 """Where the time of one state gradient step goes: XLA's own per-operation profile of the compiled chunk, grouped.
 
-Usage: python benchmarks/profile_step.py [--algos iql,cql_calibrated,cql] [--steps 200] [--smoke]
+Usage: python benchmarks/profile_step.py [--algos iql,cql_calibrated,cql] [--steps 200] [--image 48] [--smoke]
 
 For each benchmark setting of benchmarks/speed.py (``iql`` = the default job's IQL, ``cql_calibrated`` = Cal-QL,
-``cql`` = the paper's CQL(H)), the state chunk `offrl train` compiles (one ``lax.scan`` of ``--steps`` gradient
+``cql`` = the paper's CQL(H)), the state chunk `offrl train` compiles (with ``--image SIZE``: the image steps, a
+Python loop of jitted steps on SIZE x SIZE x 3 frames, batch 256) (one ``lax.scan`` of ``--steps`` gradient
 steps, minibatch sampling included) is compiled, run once, then run once more under ``jax.profiler``. The trace's
 per-operation events (one per XLA CPU thunk) are summed by kind:
 
@@ -35,7 +36,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 from speed import ALGOS, offrl_config, step_flops
-from timing import state_data, time_chunk
+from timing import device_data, random_dataset, state_data, time_chunk
 
 from offrl.agents import get_agent
 from offrl.training.train import make_train_chunk
@@ -92,19 +93,25 @@ def matmul_rate(n: int, k: int, m: int, repeats: int) -> float:
     return 2 * batch * n * k * m / best / 1e9
 
 
-def profile(name: str, steps: int, hidden: tuple[int, ...] | None) -> dict:
-    """The grouped profile of one benchmark setting's state chunk (module docstring)."""
+def profile(name: str, steps: int, hidden: tuple[int, ...] | None, image: int | None = None) -> dict:
+    """The grouped profile of one benchmark setting's state chunk, or with ``image`` (the frame size) its image
+    steps (a Python loop of jitted steps, as `offrl train --obs image` runs them) (module docstring)."""
     algo, agent = offrl_config(name)
     if hidden is not None:
         import dataclasses
 
         agent = dataclasses.replace(agent, **{f.name: hidden for f in dataclasses.fields(agent)
                                               if f.name.endswith("_hidden_dims")})
-    n = 512 if hidden is not None else 7500
-    data = state_data(n, 39, 4, algo, agent)
-    state = get_agent(algo).init(agent, 39, 4, jax.random.PRNGKey(0))
-    flops, source = step_flops(algo, agent, state, data, 256)
-    chunk = make_train_chunk(algo, agent, 256, steps)
+    small = hidden is not None
+    batch = 16 if small and image else 256
+    if image:
+        ds = random_dataset(200 if small else 5000, 39, 4, image_size=image)
+        data, spec = device_data(ds, algo, agent, "image")
+    else:
+        data, spec = state_data(512 if small else 7500, 39, 4, algo, agent), 39
+    state = get_agent(algo).init(agent, spec, 4, jax.random.PRNGKey(0))
+    flops, source = step_flops(algo, agent, state, data, batch)
+    chunk = make_train_chunk(algo, agent, batch, steps)
     state, timing = time_chunk(chunk, state, data, steps)
     with tempfile.TemporaryDirectory() as tmp:
         jax.profiler.start_trace(tmp)
@@ -144,16 +151,20 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--algos", default=",".join(ALGOS), help=f"comma-separated settings of {ALGOS}")
     p.add_argument("--steps", type=int, default=200, help="gradient steps in the profiled chunk")
+    p.add_argument("--image", type=int, default=None, metavar="SIZE",
+                   help="profile the image step on SIZE x SIZE x 3 frames (48: benchmarks/speed.py's) instead of state")
     p.add_argument("--smoke", action="store_true", help="16-wide networks, 2 steps (numbers meaningless)")
     args = p.parse_args(argv)
     steps, hidden = (2, (16, 16)) if args.smoke else (args.steps, None)
+    image = (16 if args.smoke else args.image) if args.image else None
     repeats = 2 if args.smoke else 10
     out = {
         "steps": steps,
         "matmul_gflops_2048": round(matmul_rate(256 if args.smoke else 2048, 256 if args.smoke else 2048,
                                                 256 if args.smoke else 2048, repeats), 1),
         "matmul_gflops_256": round(matmul_rate(256, 256, 256, repeats), 1),
-        "results": {name: profile(name, steps, hidden) for name in args.algos.split(",")},
+        "observations": f"image {image}x{image}x3" if image else "state 39-d",
+        "results": {name: profile(name, steps, hidden, image) for name in args.algos.split(",")},
         "devices": [str(d) for d in jax.devices()],
     }
     print(json.dumps(out, indent=2))

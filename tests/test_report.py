@@ -428,6 +428,24 @@ def test_the_report_draws_the_averaged_and_the_trained_actor_where_both_were_eva
         alone.replace(str(run), "RUN")
 
 
+def test_the_report_says_when_the_two_actors_were_evaluated_differently(tmp_path: Path) -> None:
+    from offrl.report.html import evaluation_differences
+
+    run = _averaged_run(tmp_path)
+    assert "not measured alike" not in write_report(run).read_text(encoding="utf-8")
+    trained = json.loads((run / "evaluation-trained.json").read_text())
+    deployed = json.loads((run / "evaluation.json").read_text())
+    other = {**trained, "horizon": 90, "env": {"kind": "metaworld", "task": "drawer-open-v3"}}
+    (run / "evaluation-trained.json").write_text(json.dumps(other))
+    text = write_report(run).read_text(encoding="utf-8")
+    assert "The two evaluations differ in env (" in text and "drawer-open-v3" in text and "horizon (" in text
+    assert "the curves are not measured alike" in text
+    assert [d.split(" ")[0] for d in evaluation_differences(deployed, other)] == [
+        k for k in ("env", "horizon") if deployed.get(k) != other.get(k)]
+    assert evaluation_differences({"episodes": 20}, {"episodes": 20}) == [] and evaluation_differences({}, {}) == []
+    assert evaluation_differences({"seed": 0}, {"seed": 1}) == ["seed (0 vs 1)"]
+
+
 def test_a_broken_or_lone_second_actor_file_is_said_so(tmp_path: Path) -> None:
     run = _averaged_run(tmp_path)
     (run / "evaluation-trained.json").write_text("{not json")

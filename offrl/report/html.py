@@ -369,8 +369,27 @@ def _actors(run_dir: Path, config: dict, evaluation: dict | None) -> dict[str, A
     else:
         caption = (f"Grey dotted line: success rate of the {deployed} actor (deployed), from evaluation.json; green "
                    f"dashed line: the {other} actor's, from {file}; both with {sources}.")
+        differ = evaluation_differences(evaluation, data)
+        if differ:
+            caption += (f" The two evaluations differ in {'; '.join(differ)}: the curves are not measured alike; "
+                        f"re-run one of them with the other's settings.")
     return {"deployed": deployed, "other": other, "file": file, "evaluation": data if counts else None,
             "counts": counts, "caption": caption}
+
+
+COMPARED_EVALUATION_KEYS = ("env", "horizon", "episodes", "seed")
+"""What two evaluations of one run must share for their success curves to be compared point by point."""
+
+
+def evaluation_differences(first: dict, second: dict) -> list[str]:
+    """Each of :data:`COMPARED_EVALUATION_KEYS` on which two evaluation files of a run differ, as
+    ``"KEY (A vs B)"``; a key neither file has is not a difference. Empty when they agree."""
+    out = []
+    for key in COMPARED_EVALUATION_KEYS:
+        a, b = first.get(key), second.get(key)
+        if a != b and not (a is None and b is None):
+            out.append(f"{key} ({json.dumps(a, sort_keys=True)} vs {json.dumps(b, sort_keys=True)})")
+    return out
 
 
 # The comparison rows whose step is a checkpoint of this run (the behaviour-cloning rows are another run's):
