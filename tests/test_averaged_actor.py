@@ -200,6 +200,12 @@ def test_a_study_setting_extends_a_preset_with_the_average():
     assert _preset_training("iql-sparse-averaged", config)["reward_shift"] == -1.0
     assert agent_for("base-averaged", config).actor_ema_decay == 0.999
     scenario = {"name": "s", "tasks": ["pick-place-v3"], "episodes": [10], "settings": ["x"]}
+    # The preset's actor decay spans the cell's run, as `offrl train --preset iql-sparse` gives it, unless set.
+    plain = study_config_from_dict({"scenario": [{**scenario, "settings": ["iql-sparse", "y"]}],
+                                    "settings": {"y": {"preset": "iql-sparse", "actor_ema_decay": 0.999}}})
+    assert agent_for("iql-sparse", plain, 15000).actor_lr_decay_steps == 15000
+    assert agent_for("y", plain, 15000).actor_lr_decay_steps == 15000
+    assert agent_for("iql-sparse-averaged", config, 15000).actor_lr_decay_steps == 60000  # its own value wins
     with pytest.raises(StudyConfigError, match="extends preset 'nope'"):
         study_config_from_dict({"scenario": [scenario], "settings": {"x": {"preset": "nope"}}})
 

@@ -16,20 +16,30 @@ from offrl.training import run_dir as rd
 from offrl.workflow.auto import RemedyConfig, remedy_agent
 
 
-def agent_for(setting: str, config: StudyConfig) -> Any:
+def agent_for(setting: str, config: StudyConfig, steps: int | None = None) -> Any:
     """The agent config of a setting: the package's CQL defaults, a remedy of the automated loop, another
-    algorithm's defaults (``iql``, ``awac``, ``bear``), or a named override of the config of :func:`algo_for`'s algorithm."""
+    algorithm's defaults (``iql``, ``awac``, ``bear``), or a named override of the config of :func:`algo_for`'s
+    algorithm.
+
+    A named preset that decays its actor over the run (``iql-sparse``: ``decay_actor_over_run``) gets
+    ``actor_lr_decay_steps = steps``, the cell's budget, as `offrl train --preset` and the workflow give it,
+    unless the setting sets ``actor_lr_decay_steps`` itself; with ``steps`` None it keeps the class default."""
     algo = algo_for(setting, config)
     base = CONFIGS[algo]()
+    own: dict[str, Any] = {}
     if setting in NAMED_PRESETS:
-        return NAMED_PRESETS[setting].agent_config(base)
-    if setting in ("base", *ALGORITHM_PRESETS):
+        preset = NAMED_PRESETS[setting]
+    elif setting in ("base", *ALGORITHM_PRESETS):
         return base
-    if setting in PRESETS:
+    elif setting in PRESETS:
         return remedy_agent(base, setting, RemedyConfig())
-    own = config.settings[setting]
-    if "preset" in own:  # a setting that extends a named preset
-        base = NAMED_PRESETS[own["preset"]].agent_config(base)
+    else:
+        own = config.settings[setting]
+        preset = NAMED_PRESETS[own["preset"]] if "preset" in own else None  # a setting that extends a preset
+    if preset is not None:
+        base = preset.agent_config(base)
+        if preset.decay_actor_over_run and steps is not None and "actor_lr_decay_steps" not in own:
+            base = dataclasses.replace(base, actor_lr_decay_steps=int(steps))
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in own.items() if k not in ("algo", "preset")}
     return dataclasses.replace(base, **overrides)
 
@@ -95,7 +105,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
             dataset=data, out=run, steps=b["steps"], checkpoint_every=b["checkpoint_every"], seed=cell.seed,
             batch_size=b["batch_size"],
             progress=progress, resume=resume, algo=algo_for(cell.setting, config),
-            **{ALGO_FIELD[algo_for(cell.setting, config)]: agent_for(cell.setting, config)},
+            **{ALGO_FIELD[algo_for(cell.setting, config)]: agent_for(cell.setting, config, b["steps"])},
             **_preset_training(cell.setting, config),
         ), dataset)
     except TrainingDiverged as e:

@@ -314,8 +314,13 @@ def cell_settings(config: StudyConfig, cell: Cell) -> dict[str, Any]:
     if config.fqe_tolerance is not None:
         out["fqe_tolerance"] = config.fqe_tolerance
         out["fqe_min_steps"] = "propagation time, ceil(H / tau) (offrl.workflow.fqe.propagation_steps)"
+    own = config.settings.get(cell.setting, {})
+    preset = NAMED_PRESETS.get(cell.setting) or NAMED_PRESETS.get(own.get("preset"))
     if cell.setting in NAMED_PRESETS:
-        out["setting"] = {"preset": cell.setting, **NAMED_PRESETS[cell.setting].agent}
+        out["setting"] = {"preset": cell.setting, **preset.agent}
+    if preset is not None and preset.decay_actor_over_run and "actor_lr_decay_steps" not in own:
+        # The actor's decay spans the cell's run (offrl.study.cell.agent_for), as `offrl train --preset` gives it.
+        out["setting"] = {**out["setting"], "actor_lr_decay_steps": b["steps"]}
     return out
 
 
