@@ -28,6 +28,7 @@ import argparse
 import collections
 import gzip
 import json
+import os
 import sys
 import tempfile
 import time
@@ -39,6 +40,7 @@ from speed import ALGOS, offrl_config, step_flops
 from timing import device_data, random_dataset, state_data, time_chunk
 
 from offrl.agents import get_agent
+from offrl.runtime import reexec_with_hugepage_malloc
 from offrl.training.train import make_train_chunk
 
 KINDS = ("matmul", "gather", "elementwise", "copy", "control", "other")
@@ -154,7 +156,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--image", type=int, default=None, metavar="SIZE",
                    help="profile the image step on SIZE x SIZE x 3 frames (48: benchmarks/speed.py's) instead of state")
     p.add_argument("--smoke", action="store_true", help="16-wide networks, 2 steps (numbers meaningless)")
+    p.add_argument("--no-hugepages", action="store_true",
+                   help="do not restart with glibc's huge-page malloc (offrl.runtime), which offrl train uses")
     args = p.parse_args(argv)
+    if not (args.no_hugepages or args.smoke):  # profile the process `offrl train` runs (docs/speed.md)
+        reexec_with_hugepage_malloc([os.path.abspath(__file__)])
     steps, hidden = (2, (16, 16)) if args.smoke else (args.steps, None)
     image = (16 if args.smoke else args.image) if args.image else None
     repeats = 2 if args.smoke else 10
