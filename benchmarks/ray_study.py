@@ -54,7 +54,7 @@ name = "tiny"
 tasks = ["reach-v3"]
 episodes = [4]
 seeds = {seeds}
-settings = ["small", "small_vib"]
+settings = {settings}
 """
 
 
@@ -70,7 +70,8 @@ def _study(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cells", type=int, default=4, help="cells of the study (even: 2 settings x cells/2 seeds)")
+    p.add_argument("--cells", type=int, default=4,
+                   help="cells of the study: 2 settings x cells/2 seeds when even; 1: the setting small alone")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--smoke", action="store_true",
                    help="1 evaluation episode, 5 FQE steps, 20 bootstrap samples, a 2-step warm start, 2 checkpoints: "
@@ -83,15 +84,18 @@ def main() -> None:
 
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
            "OFFRL_HUGEPAGES": "0"}
-    seeds = list(range(args.cells // 2))
-    out: dict = {"cells": len(seeds) * 2, "steps": args.steps, "cpu_count": os.cpu_count(),
+    if args.cells < 1 or (args.cells > 1 and args.cells % 2):
+        sys.exit(f"--cells {args.cells}: give 1 or an even number (2 settings x cells/2 seeds)")
+    settings = ["small"] if args.cells == 1 else ["small", "small_vib"]
+    seeds = list(range(max(args.cells // 2, 1)))
+    out: dict = {"cells": len(seeds) * len(settings), "steps": args.steps, "cpu_count": os.cpu_count(),
                  "load_average_before": [round(x, 2) for x in os.getloadavg()]}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name in ("local", "ray"):
             (tmp / f"{name}.toml").write_text(STUDY.format(out=tmp / name, steps=args.steps,
                                                            every=max(args.steps // (2 if args.smoke else 6), 1),
-                                                           seeds=seeds, **study))
+                                                           seeds=seeds, settings=json.dumps(settings), **study))
         out["local_s"] = round(_study([str(tmp / "local.toml")], tmp, env), 1)
 
         t = time.perf_counter()
@@ -115,9 +119,9 @@ def main() -> None:
         records = [r for r in (json.loads(p.read_text()) for p in sorted((tmp / "ray" / "ray").glob("*.json")))
                    if "cell_s" in r]
         failed = [r for r in (json.loads(p.read_text()) for p in (tmp / "ray" / "ray").glob("*.json")) if r.get("error")]
-        if len(records) != len(seeds) * 2 or len(cell_s["local"]) != len(seeds) * 2:
+        if len(records) != out["cells"] or len(cell_s["local"]) != out["cells"]:
             # `offrl study` records a failed cell and goes on; times of a study whose cells failed mean nothing.
-            sys.exit(f"cells did not finish (local {len(cell_s['local'])}, ray {len(records)} of {len(seeds) * 2}): "
+            sys.exit(f"cells did not finish (local {len(cell_s['local'])}, ray {len(records)} of {out['cells']}): "
                      f"{failed[0]['error'] if failed else 'see the study folders'}")
         same = all(
             {k: v for k, v in json.loads((tmp / "local" / "cells" / c.parent.name / "cell.json").read_text()).items()

@@ -169,9 +169,11 @@ def test_regimes_smoke(monkeypatch, capsys):
 def test_ray_study_smoke(monkeypatch, capsys):
     pytest.importorskip("ray")
     pytest.importorskip("metaworld")
-    out = run_script("ray_study.py", ["--smoke", "--cells", "2", "--steps", "6"], monkeypatch, capsys)
-    assert out["cells"] == 2 and len(out["cell_s_local"]) == len(out["cell_s_ray"]) == 2
-    assert len(out["run_cell_s_ray"]) == 2 and out["same_results"] is True
+    # One cell (the setting small alone): the Ray path end to end at half the two-cell smoke's time (376 s of the
+    # suite's slowest test, measured under load); tests/test_ray.py covers several cells, retries and failures.
+    out = run_script("ray_study.py", ["--smoke", "--cells", "1", "--steps", "6"], monkeypatch, capsys)
+    assert out["cells"] == 1 and len(out["cell_s_local"]) == len(out["cell_s_ray"]) == 1
+    assert len(out["run_cell_s_ray"]) == 1 and out["same_results"] is True
     assert positive(out["local_s"]) and positive(out["ray_s"]) and positive(out["ratio_local_over_ray"])
 
 
