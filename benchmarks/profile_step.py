@@ -35,8 +35,7 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
-from speed import ALGOS, offrl_config, step_flops
+from speed import ALGOS, matmul_gflops, offrl_config, step_flops
 from timing import device_data, random_dataset, state_data, time_chunk
 
 from offrl.agents import get_agent
@@ -77,22 +76,6 @@ def op_times(trace_dir: Path) -> dict[str, float]:
             continue
         out[name] += e.get("dur", 0) / 1000.0
     return dict(out)
-
-
-def matmul_rate(n: int, k: int, m: int, repeats: int) -> float:
-    """GFLOP/s of a jitted float32 (n x k) @ (k x m) product, best of ``repeats`` (a batch of 64 products when
-    small, so that one call is long enough to time)."""
-    batch = 64 if n * k * m < 2**27 else 1
-    a = jax.random.normal(jax.random.PRNGKey(0), (batch, n, k), jnp.float32)
-    b = jax.random.normal(jax.random.PRNGKey(1), (batch, k, m), jnp.float32)
-    f = jax.jit(jnp.matmul)
-    jax.block_until_ready(f(a, b))
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(f(a, b))
-        best = min(best, time.perf_counter() - t)
-    return 2 * batch * n * k * m / best / 1e9
 
 
 def profile(name: str, steps: int, hidden: tuple[int, ...] | None, image: int | None = None) -> dict:
@@ -166,9 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     repeats = 2 if args.smoke else 10
     out = {
         "steps": steps,
-        "matmul_gflops_2048": round(matmul_rate(256 if args.smoke else 2048, 256 if args.smoke else 2048,
-                                                256 if args.smoke else 2048, repeats), 1),
-        "matmul_gflops_256": round(matmul_rate(256, 256, 256, repeats), 1),
+        "matmul_gflops_2048": round(matmul_gflops(256 if args.smoke else 2048, repeats), 1),
+        "matmul_gflops_256": round(matmul_gflops(256, repeats, batch=64), 1),
         "observations": f"image {image}x{image}x3" if image else "state 39-d",
         "results": {name: profile(name, steps, hidden, image) for name in args.algos.split(",")},
         "devices": [str(d) for d in jax.devices()],

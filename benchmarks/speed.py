@@ -174,10 +174,12 @@ def offrl_image(algo: str, agent: Any, ds: Any, steps: int, batch: int) -> float
     return timing["steps_per_s"]
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
-    """Dense float32 matmul rate of this machine under JAX, GFLOP/s: best of ``repeats`` jitted n x n products."""
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+def matmul_gflops(n: int = 2048, repeats: int = 10, batch: int = 1) -> float:
+    """Dense float32 matmul rate of this machine under JAX, GFLOP/s: best of ``repeats`` jitted n x n products
+    (``batch`` > 1: a batch of that many per call, so that a call of small products is long enough to time)."""
+    shape = (n, n) if batch == 1 else (batch, n, n)
+    a = jax.random.normal(jax.random.PRNGKey(0), shape, jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), shape, jnp.float32)
     f = jax.jit(jnp.matmul)
     jax.block_until_ready(f(a, b))
     best = float("inf")
@@ -185,7 +187,7 @@ def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
         t = time.perf_counter()
         jax.block_until_ready(f(a, b))
         best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+    return 2 * batch * n**3 / best / 1e9
 
 
 # ------------------------------------------------------------------------------------------------------------

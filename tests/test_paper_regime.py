@@ -24,12 +24,30 @@ def test_horizon_rule_is_one_and_a_half_median_rounded_up_to_ten():
         horizon_from_success_steps([])
 
 
+def _scripted_episode_by_hand(task: str, horizon: int, clip: float) -> tuple[np.ndarray, list[bool], list[float]]:
+    """One noise-free scripted episode of ``task`` from the collector's first start state (seed 0), the expert's
+    actions clipped to +-``clip``: (first observation, success flag of each step, MetaWorld's reward of each
+    step). ``last_reward`` is 0 before the first step."""
+    from offrl.envs import make_env, scripted_policy
+
+    env = make_env(task, seed=0, horizon=horizon)
+    env.seed(0)
+    obs, expert, flags, rewards = env.reset(), scripted_policy(task), [], []
+    first = obs
+    assert env.last_reward == 0.0
+    for _ in range(horizon):
+        obs, success = env.step(np.clip(expert(obs), -clip, clip))
+        flags.append(success)
+        rewards.append(env.last_reward)
+    env.close()
+    return first, flags, rewards
+
+
 def test_success_every_step_rewards_a_scripted_episode_by_hand(tmp_path):
     """One noise-free scripted episode stepped by hand against the collector's: reward 1 on exactly the steps the
     success flag holds, no terminal, the fixed horizon, and the Q range that follows."""
     pytest.importorskip("metaworld")
     from offrl.data.collect import collect
-    from offrl.envs import make_env, scripted_policy
     from offrl.envs.metaworld import _episode_seeds
 
     horizon = 90
@@ -38,14 +56,8 @@ def test_success_every_step_rewards_a_scripted_episode_by_hand(tmp_path):
     assert ds.metadata["reward_mode"] == "success-every-step" and ds.metadata["horizon_rule"] == "given"
     assert len(ds) == horizon and not ds.terminals.any() and ds.timeouts[-1] and ds.timeouts.sum() == 1
     # By hand: the same start state, the expert's action clipped to +-0.9 (the paper regime without noise).
-    env = make_env("pick-place-v3", seed=0, horizon=horizon)
-    env.seed(0)
-    obs, expert, flags = env.reset(), scripted_policy("pick-place-v3"), []
-    np.testing.assert_allclose(obs, ds.observations[0])
-    for _ in range(horizon):
-        obs, success = env.step(np.clip(expert(obs), -0.9, 0.9))
-        flags.append(success)
-    env.close()
+    first, flags, _ = _scripted_episode_by_hand("pick-place-v3", horizon, clip=0.9)
+    np.testing.assert_allclose(first, ds.observations[0])
     np.testing.assert_array_equal(ds.rewards, np.array(flags, np.float32))
     assert ds.rewards.sum() > 1  # the expert holds success for many steps: every one of them is rewarded
     r = q_value_range(ds, 0.99)
@@ -59,22 +71,14 @@ def test_shaped_mode_keeps_metaworlds_reward_on_a_scripted_episode_by_hand(tmp_p
     bound over it. The success rate still reads the success flag."""
     pytest.importorskip("metaworld")
     from offrl.data.collect import collect
-    from offrl.envs import make_env, scripted_policy
 
     horizon = 60
     ds = collect("reach-v3", 1, tmp_path / "s.h5", horizon=horizon, noise_sigma=0.0, seed=0, progress=False,
                  regime="white", reward_mode="shaped")
     assert ds.metadata["reward_mode"] == "shaped" and ds.metadata["reward"] == "shaped"
     assert len(ds) == horizon and not ds.terminals.any() and ds.timeouts[-1] and ds.timeouts.sum() == 1
-    env = make_env("reach-v3", seed=0, horizon=horizon)
-    env.seed(0)
-    obs, expert, rewards, flags = env.reset(), scripted_policy("reach-v3"), [], []
-    assert env.last_reward == 0.0
-    for _ in range(horizon):
-        obs, success = env.step(np.clip(expert(obs), -1, 1))
-        rewards.append(env.last_reward)
-        flags.append(success)
-    env.close()
+    first, flags, rewards = _scripted_episode_by_hand("reach-v3", horizon, clip=1.0)
+    np.testing.assert_allclose(first, ds.observations[0])
     np.testing.assert_allclose(ds.rewards, np.array(rewards, np.float32))
     assert any(flags) and ds.metadata["behaviour_success_rate"] == 1.0
     assert len(np.unique(ds.rewards)) > 10 and 0.0 <= ds.rewards.min() and ds.rewards.max() <= 10.0  # dense
