@@ -429,8 +429,11 @@ def q_value_range(dataset: Dataset, gamma: float) -> dict[str, Any]:
     horizon = float(min(lengths.max(), 1.0 / (1.0 - gamma)))
     nonzero = dataset.rewards != 0
     only_terminal = bool(nonzero.any() and not (nonzero & ~dataset.terminals).any())
+    # numpy only; imported here so that offrl.data does not import offrl.envs at load time
+    from offrl.envs.reward_modes import FIXED_HORIZON_MODES
+
     mode = dataset.metadata.get("reward_mode")
-    if mode in ("success-every-step", "shaped"):  # offrl.envs.reward_modes.FIXED_HORIZON_MODES
+    if mode in FIXED_HORIZON_MODES:
         h = int(dataset.metadata.get("horizon") or lengths.max())
         scale, bound = float(sum(gamma**t for t in range(h))), "discounted sum over the horizon"
     elif only_terminal:

@@ -159,11 +159,11 @@ def import_dataset(
 
     reward_desc = _relabel_rewards(episodes, reward_key, success_key, fn, fn_name)
     if reward_mode is not None:
-        from offrl.envs.reward_modes import REWARD_MODES
+        from offrl.envs.reward_modes import FIXED_HORIZON_MODES, REWARD_MODES
 
         if reward_mode not in REWARD_MODES:
             raise DatasetError(f"unknown reward mode {reward_mode!r}: use one of {', '.join(REWARD_MODES)}")
-        if reward_mode in ("success-every-step", "shaped") and terminate_on_success:
+        if reward_mode in FIXED_HORIZON_MODES and terminate_on_success:
             raise DatasetError(f"--reward-mode {reward_mode} keeps rewarding after the first success: drop "
                                "--terminate-on-success")
         terminate_on_success = terminate_on_success or reward_mode == "terminal"
@@ -211,7 +211,7 @@ def import_dataset(
             raise DatasetError(f"{src}: --reward-mode success-every-step needs 0/1 rewards after relabelling (got "
                                f"values outside {{0, 1}}): relabel them with --success-key")
         metadata["reward_mode"] = reward_mode
-        if reward_mode in ("success-every-step", "shaped") and not metadata.get("horizon"):
+        if reward_mode in FIXED_HORIZON_MODES and not metadata.get("horizon"):
             metadata["horizon"] = int(max(len(ep.rewards) for ep in episodes))
     if successes_known:
         metadata["behaviour_success_rate"] = float(successful.mean())
