@@ -28,6 +28,7 @@ Settings (the question each answers):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -58,8 +59,9 @@ def child(algo: str, steps: int, smoke: bool) -> None:
     from offrl.training.train import make_train_chunk
 
     agent = CONFIGS[algo]()
-    if smoke and hasattr(agent, "critic_hidden_dims"):
-        agent = type(agent)(**{**agent.__dict__, "critic_hidden_dims": (8,), "actor_hidden_dims": (8,)})
+    if smoke:  # every network tiny, as speed.py's --smoke (IQL's value network included)
+        agent = dataclasses.replace(agent, **{f.name: (8,) for f in dataclasses.fields(agent)
+                                              if f.name.endswith("_hidden_dims")})
     data = state_data(512 if smoke else 7500, 39, 4, algo, agent)
     state = get_agent(algo).init(agent, 39, 4, jax.random.PRNGKey(0))
     chunk = make_train_chunk(algo, agent, 256, steps)
