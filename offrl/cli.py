@@ -87,7 +87,7 @@ class Collect:
 
 
 SelectorName = Literal["q_peak", "q_after_peak", "q_peak_in_range", "heldout_q_peak", "heldout_q_policy_peak",
-                       "q_peak_fitted", "last", "heldout_td", "fqe"]  # offrl.workflow.rules.RULES (a test pins it)
+                       "q_peak_fitted", "last", "heldout_td", "fqe", "softopc"]  # offrl.workflow.rules.RULES (a test pins it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +104,7 @@ class Diagnose:
     selector: SelectorName | None = None
     """The selection rule (offrl/workflow/rules.py; each measured on the dev grid, docs/results.md): q_peak
     (Guideline 3.1), q_after_peak, q_peak_in_range, heldout_q_peak, heldout_q_policy_peak, q_peak_fitted, last,
-    heldout_td, fqe (needs `offrl fqe RUN` first). Default: the rule the run's last diagnosis used, else the one it recorded when trained (config.json
+    heldout_td, fqe (needs `offrl fqe RUN` first), softopc (needs `offrl softopc RUN` first). Default: the rule the run's last diagnosis used, else the one it recorded when trained (config.json
     deployment.selector: what `offrl workflow` deploys)."""
     thresholds: DiagnosisConfig = DiagnosisConfig()
     """Thresholds of the diagnosis (docs/metrics.md)."""
@@ -122,7 +122,7 @@ class Select:
     selector: SelectorName | None = None
     """The selection rule (offrl/workflow/rules.py; each measured on the dev grid, docs/results.md): q_peak
     (Guideline 3.1), q_after_peak, q_peak_in_range, heldout_q_peak, heldout_q_policy_peak, q_peak_fitted, last,
-    heldout_td, fqe (needs `offrl fqe RUN` first). Default: the rule the run's last diagnosis used, else the one it recorded when trained (config.json
+    heldout_td, fqe (needs `offrl fqe RUN` first), softopc (needs `offrl softopc RUN` first). Default: the rule the run's last diagnosis used, else the one it recorded when trained (config.json
     deployment.selector: what `offrl workflow` deploys)."""
     thresholds: DiagnosisConfig = DiagnosisConfig()
     """Thresholds of the diagnosis (docs/metrics.md)."""
@@ -259,6 +259,17 @@ class Fqe:
 
 
 @dataclasses.dataclass(frozen=True)
+class Softopc:
+    """SoftOPC of every checkpoint (Irpan et al. 2019): the critic's mean Q on the successful episodes' logged
+    actions minus its mean Q on all of them, for binary 0/1 success rewards. Writes softopc.json, which `offrl select
+    --selector softopc` reads. Offline: it reads the dataset, never the simulator. A secondary rule, not yet judged
+    (docs/selection.md, "SoftOPC, a further candidate")."""
+
+    run_dir: tyro.conf.Positional[Path]
+    """Run directory made by `offrl train` (state observations, an algorithm with a critic)."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Study:
     """The validation study (paper Sec. 5): a grid of runs, every checkpoint's analysis-only success, and how
     well each checkpoint selector (the workflow, FQE, ...) and the diagnosis do. Resumable: run it again to
@@ -341,6 +352,7 @@ _SUBCOMMANDS: dict[str, type | tuple[str, str]] = {  # in the order `offrl --hel
     "check": Check,
     "export": Export,
     "fqe": Fqe,
+    "softopc": Softopc,
     "tune": Tune,
     "sweep": ("offrl.training.sweep", "SweepConfig"),
     "study": Study,
@@ -359,6 +371,7 @@ _SUMMARIES = {
     "check": "The robot check: a few episodes per candidate checkpoint, then the one to deploy.",
     "export": "Write a checkpoint's policy as a self-contained folder for the robot.",
     "fqe": "Fitted Q evaluation of every checkpoint (offline).",
+    "softopc": "SoftOPC of every checkpoint: the critic on successful vs all logged actions (offline).",
     "tune": "Choose the conservatism (CQL's alpha, ...) offline, one short run per value.",
     "sweep": "Train runs over seeds x values of one hyperparameter.",
     "study": "A validation grid: runs, analysis-only success, how each selection rule does.",
@@ -693,6 +706,12 @@ def run(cmd: object) -> int:
         res = fqe_run(cmd.run_dir, config=FQEConfig(steps=cmd.steps, seed=cmd.seed))
         print(f"wrote {cmd.run_dir / FQE_FILE} ({len(res['results'])} checkpoints, {res['seconds']:.0f} s); next: "
               f"offrl select {cmd.run_dir} --selector fqe")
+    elif isinstance(cmd, Softopc):
+        from offrl.workflow.softopc import SOFTOPC_FILE, softopc_run
+
+        res = softopc_run(cmd.run_dir)
+        print(f"wrote {cmd.run_dir / SOFTOPC_FILE} ({len(res['results'])} checkpoints; {res['successful_episodes']} "
+              f"of {res['episodes']} episodes successful); next: offrl select {cmd.run_dir} --selector softopc")
     elif isinstance(cmd, Report):
         from offrl.report import write_report
 

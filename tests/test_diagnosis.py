@@ -251,12 +251,14 @@ def test_another_selector_changes_the_pick_and_nothing_else():
     for r, v in zip(records, [0.1, 0.2, 0.3, 0.2, 0.9, 0.5, 0.4, 0.3, 0.2, 0.1], strict=True):
         r["fqe_value"] = v
         r["heldout/td_error"] = 1.0 - v
+        r["softopc_value"] = -v  # highest at the first checkpoint (step 5000)
     base = diagnose_metrics(records, (0.0, 1.0))
     assert base["selected_step"] == 20000 and base["selector"] == "q_peak"
     held = ("heldout_q_peak", "heldout_q_policy_peak")  # these records have no held-out Q curves
     picks = {name: diagnose_metrics(records, (0.0, 1.0), selector=name) for name in RULES if name not in held}
-    assert {n: d["selected_step"] for n, d in picks.items() if n in ("q_after_peak", "last", "fqe", "heldout_td")} \
-        == {"q_after_peak": 25000, "last": 50000, "fqe": 25000, "heldout_td": 25000}
+    assert {n: d["selected_step"] for n, d in picks.items()
+            if n in ("q_after_peak", "last", "fqe", "heldout_td", "softopc")} \
+        == {"q_after_peak": 25000, "last": 50000, "fqe": 25000, "heldout_td": 25000, "softopc": 5000}
     assert all(d["verdict"] == base["verdict"] == "overfitting" for d in picks.values())
     assert picks["fqe"]["selector"] == "fqe" and "fitted-Q" in picks["fqe"]["selection_rule"]
     with pytest.raises(ValueError, match="heldout_q_peak needs heldout/q_data"):

@@ -602,3 +602,24 @@ def test_a_grid_whose_runs_are_no_longer_than_their_warm_start_is_refused_when_l
     raw["settings"] = {"short_model": {"algo": "mopo", "model_steps": 2000}}
     raw["scenario"][0]["settings"] = ["base", "short_model"]
     assert study_config_from_dict(raw).scenarios[0].settings == ("base", "short_model")
+
+
+def test_softopc_is_a_secondary_rule_scored_only_where_the_cell_has_its_values():
+    """SoftOPC picks its highest score; a cell without scores (undefined: data without failures) has no pick, and
+    the paper-regime table counts the runs with a pick and reports softopc - random."""
+    from offrl.study.selectors import regime_checks
+
+    q = [0.1, 0.3, 0.5, 0.4, 0.2, 0.1]
+    success = [0.2, 0.5, 0.9, 0.6, 0.3, 0.1]
+    scored = _cell(q, success, selected=3000)
+    for cp, v in zip(scored["checkpoints"], [0.0, 0.1, 0.0, 0.3, 0.0, 0.0], strict=True):
+        cp["softopc_value"] = v
+    res = evaluate_selectors(scored)
+    assert res["softopc"]["step"] == 4000 and res["softopc"]["regret"] == pytest.approx((0.9 - 0.6) / 0.8)
+    unscored = _cell(q, success, selected=3000)
+    assert evaluate_selectors(unscored)["softopc"]["step"] is None
+    runs = [{"cell": c["cell"], "selectors": evaluate_selectors(c)} for c in (scored, unscored)]
+    sec = regime_checks([scored, unscored], runs, samples=200)["secondary"]["softopc"]
+    assert (sec["runs_with_a_pick"], sec["runs"], sec["n"]) == (1, 2, 1)
+    random_regret = np.mean([(0.9 - s) / 0.8 for s in success])
+    assert sec["minus_random"]["mean"] == pytest.approx((0.9 - 0.6) / 0.8 - random_regret)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 from offrl.agents import CONFIGS, warmup_steps
@@ -70,8 +71,30 @@ def _algorithm_keys() -> tuple[str, ...]:
     return tuple(k for t in ALGORITHM_TERMS for k in (t, f"heldout/{t}"))
 
 
+def cell_softopc(run: Path, cfg: dict[str, Any], steps: list[int], dataset: Any,
+                 timings: dict[str, float] | None = None) -> dict[str, Any]:
+    """SoftOPC of a cell's candidate checkpoints (:mod:`offrl.workflow.softopc`), reusing the run's softopc.json when
+    it covers ``steps``; ``{"undefined": reason}`` when the rule has no score here (no critic, an image run, rewards
+    that are not binary, data without a failed or a successful episode). Adds ``softopc_s`` to ``timings``."""
+    from offrl.workflow.softopc import SOFTOPC_FILE, softopc_run
+
+    if cfg.get("algo", "cql") in NO_Q_ALGOS:
+        return {"undefined": f"{cfg.get('algo')} has no critic"}
+    kept = rd.read_json(run / SOFTOPC_FILE) if (run / SOFTOPC_FILE).is_file() else None
+    if kept is not None and [r["step"] for r in kept["results"]] == list(steps):
+        return kept
+    t = time.perf_counter()
+    try:
+        out = softopc_run(run, steps, dataset=dataset)
+    except ValueError as e:
+        return {"undefined": str(e)}
+    if timings is not None:
+        timings["softopc_s"] = time.perf_counter() - t
+    return out
+
+
 def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[str, Any]:
-    """Collect (if needed), train (resuming), diagnose, evaluate every checkpoint, FQE; write cell.json.
+    """Collect (if needed), train (resuming), diagnose, evaluate every checkpoint, FQE, SoftOPC; write cell.json.
 
     The caller holds the cell's lock; the dataset is collected under its own lock (two cells may share it)."""
     from offrl.data import load_dataset
@@ -136,9 +159,11 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
         fqe = fqe_run(run, fqe_steps, config=FQEConfig(steps=config.fqe_steps, seed=cell.seed,
                                                        tolerance=config.fqe_tolerance), dataset=dataset)
         timings["fqe_s"] = time.perf_counter() - t
+    softopc = cell_softopc(run, cfg, fqe_steps, dataset, timings)
     records = {int(r["step"]): r for r in rd.read_metrics(run)}
     success = {r["step"]: r for r in evaluation["results"]}
     fqe_by = {r["step"]: r["value"] for r in fqe["results"]}
+    softopc_by = {r["step"]: r["value"] for r in softopc.get("results", [])}
     keys = ("q_data", "td_error", "cql_regularizer", "q_error_estimate", "heldout/q_data", "heldout/td_error",
             "heldout/q_error_estimate", "srank", "q_policy", "heldout/q_policy", "td_error_over_target_var",
             "heldout/td_error_over_target_var", "heldout/log_likelihood")
@@ -148,6 +173,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
             **{k: records.get(s, {}).get(k) for k in keys},
             **{k: records[s][k] for k in _algorithm_keys() if k in records.get(s, {}) and k not in keys},
             "fqe_value": fqe_by.get(s),
+            "softopc_value": softopc_by.get(s),
             "successes": success[s]["successes"],
             "episodes": success[s]["episodes"],
             "success_rate": success[s]["success_rate"],
@@ -179,6 +205,8 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
         "fqe": {k: fqe.get(k) for k in ("steps_taken", "min_steps", "converged", "stopping_rule", "value_bounds",
                                         "out_of_bounds")
                 if k in fqe},
+        # SoftOPC's data facts, or why it is undefined (docs/selection.md, "SoftOPC, a further candidate").
+        "softopc": {k: v for k, v in softopc.items() if k != "results"},
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "offrl_version": rd.offrl_version(),
     }

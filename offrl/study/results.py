@@ -27,6 +27,7 @@ SELECTOR_TEXT = {
     "last": "last checkpoint",
     "heldout_td": "lowest held-out TD error",
     "fqe": "FQE (fitted Q evaluation)",
+    "softopc": "SoftOPC (secondary; Irpan et al. 2019)",
     "random": "random checkpoint (expectation)",
     "q_peak_in_range": "peak of q_data within the reward range",
     "heldout_q_peak": "peak of held-out q_data",
@@ -320,6 +321,12 @@ def _regime_section(reg: dict[str, Any] | None) -> list[str]:
     for name, r in reg["paired"].items():
         per = ", ".join(f"{t} {_fmt(v)}" for t, v in r["per_task"].items())
         L.append(f"| {name} | {_ci(r)} | {per} |")
+    for name, r in (reg.get("secondary") or {}).items():
+        d = r["minus_random"]
+        per = ", ".join(f"{t} {_fmt(v)}" for t, v in d["per_task"].items())
+        L.append(f"\nSecondary rule {name} (pre-registered after the grid started; docs/selection.md): a pick on "
+                 f"{r['runs_with_a_pick']} of {r['runs']} runs; "
+                 f"regret {_ci(r)}; {name} - random {_ci(d)} (per task: {per}).")
     L.append(f"\nRuns without a defined regret (every candidate scores alike): {reg['runs_without_regret']}.")
     shapes = ", ".join(f"{k}: {v}" for k, v in sorted(reg["q_shape"].items()))
     L.append(f"\nShape of q_data over the candidates (Metric 3.1's rise and fall tests): {shapes}.")

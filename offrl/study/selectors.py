@@ -9,6 +9,8 @@ Selectors (each reads only offline quantities, never the success rates):
 * ``last``: the last checkpoint. Score: the step.
 * ``heldout_td``: the lowest TD error on held-out episodes (the supervised-learning habit). Score: minus it.
 * ``fqe``: the highest fitted-Q-evaluation estimate of the return (:mod:`offrl.workflow.fqe`). Score: it.
+* ``softopc``: the highest SoftOPC score (:mod:`offrl.workflow.softopc`; secondary, pre-registered in
+  docs/selection.md "SoftOPC, a further candidate"; no pick where the cell has no ``softopc_value``). Score: it.
 * ``random``: a uniformly random checkpoint, as a reference; its numbers are expectations.
 * ``q_peak_in_range``: the smoothed ``q_data`` peak among checkpoints whose smoothed ``q_data`` stays within the
   largest return the rewards allow plus 10 % of the Q range (earliest candidate if none).
@@ -51,7 +53,7 @@ from offrl.workflow.diagnosis import DiagnosisConfig
 from offrl.workflow.rules import rule_scores
 
 SELECTORS = ("workflow", "workflow_after_peak", "q_peak_in_range", "heldout_q_peak", "fqe", "heldout_q_policy_peak",
-             "q_peak_fitted", "last", "heldout_td", "random", "oracle")
+             "q_peak_fitted", "softopc", "last", "heldout_td", "random", "oracle")
 OVERFIT_SUCCESS_DROP = 0.15
 NEVER_REACHES_MARGIN = 0.1
 TAIL = 3
@@ -92,7 +94,7 @@ def selector_scores(cell: dict[str, Any]) -> dict[str, dict[str, Any]]:
     # q_peak and q_after_peak are the rules as `offrl select` runs them on any run; ``workflow`` is the pick the
     # run's own diagnosis made (the same on CQL runs selected by Guideline 3.1, another rule where the run's
     # recorded selector is another, e.g. the default job's ``last``).
-    for name in ("last", "heldout_td", "fqe", "q_peak_in_range", "heldout_q_peak", "heldout_q_policy_peak",
+    for name in ("last", "heldout_td", "fqe", "softopc", "q_peak_in_range", "heldout_q_peak", "heldout_q_policy_peak",
                  "q_peak_fitted", "q_peak", "q_after_peak"):
         step, scores = rules[name]
         out[name] = {"step": step, "scores": scores}
@@ -202,7 +204,8 @@ def verdict_with(cell: dict[str, Any], config: DiagnosisConfig) -> str:
     from offrl.workflow.diagnosis import diagnose_metrics
 
     offline = [{k: v for k, v in c.items() if k not in ("successes", "episodes", "success_rate",
-                                                          "episode_successes", "fqe_value") and v is not None}
+                                                          "episode_successes", "fqe_value", "softopc_value")
+                and v is not None}
                for c in cell["checkpoints"]]
     return diagnose_metrics(offline, tuple(cell["q_range"]), config,
                             warmup_steps=int(cell.get("warmup_steps", 0)))["verdict"]
@@ -384,6 +387,9 @@ def q_shape(cell: dict[str, Any]) -> str:
 
 REGIME_RULES = ("q_peak", "q_after_peak", "last", "heldout_td", "fqe", "random", "oracle")
 """The rules docs/selection.md's "The paper's regime" judges, in the order its table prints them."""
+SECONDARY_RULES = ("softopc",)
+"""Rules pre-registered after the grid started (docs/selection.md, "SoftOPC, a further candidate"): printed below the
+others, labelled secondary, with their paired difference to ``random``; undefined on runs without their scores."""
 
 
 def regime_checks(cells: list[dict[str, Any]], per_run: list[dict[str, Any]], samples: int) -> dict[str, Any]:
@@ -418,6 +424,16 @@ def regime_checks(cells: list[dict[str, Any]], per_run: list[dict[str, Any]], sa
     diff = [None if regret(r, "q_peak") is None or regret(r, "random") is None
             else regret(r, "q_peak") - regret(r, "random") for r in per_run]
     paired["q_peak - random"] = {**cluster_bootstrap_mean(diff, tasks, samples), "per_task": per_task(diff)}
+    secondary = {}
+    for name in SECONDARY_RULES:
+        vals = [regret(r, name) for r in per_run]
+        diff = [None if v is None or regret(r, "random") is None else v - regret(r, "random")
+                for v, r in zip(vals, per_run, strict=True)]
+        scored = sum(r["selectors"].get(name, {}).get("step") is not None for r in per_run)
+        secondary[name] = {**cluster_bootstrap_mean(vals, tasks, samples), "per_task": per_task(vals),
+                           "minus_random": {**cluster_bootstrap_mean(diff, tasks, samples),
+                                            "per_task": per_task(diff)},
+                           "runs_with_a_pick": scored, "runs": len(per_run)}
     undefined = sum(regret(r, "q_peak") is None for r in per_run)
     fqe = [c.get("fqe") or {} for c in cells]
     n_est = sum(len([cp for cp in candidates(c) if cp.get("fqe_value") is not None]) for c in cells)
@@ -425,6 +441,7 @@ def regime_checks(cells: list[dict[str, Any]], per_run: list[dict[str, Any]], sa
         "q_shape": dict(shapes),
         "rules": rules,
         "paired": paired,
+        "secondary": secondary,
         "runs_without_regret": undefined,
         "fqe": {"runs": len(fqe), "converged": sum(bool(f.get("converged")) for f in fqe),
                 "estimates": n_est, "out_of_bounds": sum(int(f.get("out_of_bounds") or 0) for f in fqe)},

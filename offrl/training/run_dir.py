@@ -35,6 +35,7 @@ METRICS_FILE = "metrics.jsonl"
 DIAGNOSIS_FILE = "diagnosis.json"
 EVALUATION_FILE = "evaluation.json"
 FQE_FILE = "fqe.json"
+SOFTOPC_FILE = "softopc.json"
 CHECKPOINT_DIR = "checkpoints"
 
 
@@ -104,6 +105,26 @@ def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:
         f.write(line + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+# The per-checkpoint scores of the offline estimators, each file's ``value`` under the key its rule reads
+# (offrl.workflow.rules): fqe.json -> ``fqe_value``, softopc.json -> ``softopc_value``.
+SCORE_FILES = {FQE_FILE: "fqe_value", SOFTOPC_FILE: "softopc_value"}
+
+
+def with_scores(run_dir: str | Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``records`` (metrics.jsonl lines with ``step``) with the offline estimators' scores of the same checkpoints
+    added (:data:`SCORE_FILES`; a run without a file gets no key), as new dicts; the input is not changed."""
+    out = [dict(r) for r in records]
+    by_step = {int(r["step"]): r for r in out if "step" in r}
+    for name, key in SCORE_FILES.items():
+        path = Path(run_dir) / name
+        if not path.is_file():
+            continue
+        for row in read_json(path).get("results", []):
+            if "step" in row and "value" in row and int(row["step"]) in by_step:
+                by_step[int(row["step"])][key] = row["value"]
+    return out
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -352,6 +352,19 @@ def _eval_arrays(
     Image stacks are materialised here (at most ``max_transitions`` of them)."""
     n = len(ds)
     idx = np.arange(n) if n <= max_transitions else np.sort(np.random.default_rng(seed).permutation(n)[:max_transitions])
+    return eval_chunks(ds, inputs, idx)
+
+
+def eval_chunks(ds: Dataset, inputs: Inputs, idx: np.ndarray) -> tuple[dict[str, Any], jnp.ndarray]:
+    """The transitions ``idx`` ((m,) int) of ``ds`` as :func:`make_evaluator` reads them: the batch arrays padded
+    to whole chunks, (num_chunks, _EVAL_CHUNK, ...), and the (num_chunks, _EVAL_CHUNK) float32 mask of valid rows.
+    Image stacks are materialised here.
+
+    Raises:
+        ValueError: ``idx`` is empty."""
+    idx = np.asarray(idx, np.int64)
+    if idx.size == 0:
+        raise ValueError("no transitions to evaluate on")
     batch = make_batch(_host_arrays(ds, inputs), idx)
     m = len(idx)
     chunks = -(-m // _EVAL_CHUNK)

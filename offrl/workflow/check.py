@@ -234,12 +234,7 @@ class Check:
         for run in self.runs:
             cfg = rd.load_run_config(run)
             steps = [c.step for c in self.candidates if c.run == run]
-            by_step = {int(r["step"]): r for r in rd.read_metrics(run) if "step" in r}
-            fqe_path = run / rd.FQE_FILE
-            if fqe_path.is_file():
-                for row in rd.read_json(fqe_path).get("results", []):
-                    if int(row.get("step", -1)) in by_step and "value" in row:
-                        by_step[int(row["step"])]["fqe_value"] = row["value"]
+            by_step = {int(r["step"]): r for r in rd.with_scores(run, rd.read_metrics(run)) if "step" in r}
             records = [by_step.get(s, {"step": s}) for s in steps]
             found = None
             rules = rule_scores(records, cfg["dataset"].get("q_range") or [0.0, 1.0])

@@ -30,7 +30,7 @@ import numpy as np
 from offrl.data import divergence_limit
 from offrl.stats import smooth
 from offrl.training import run_dir as rd
-from offrl.training.run_dir import DIAGNOSIS_FILE, FQE_FILE, WARMUP_PHASE
+from offrl.training.run_dir import DIAGNOSIS_FILE, WARMUP_PHASE
 from offrl.workflow.comparison import attach_comparison
 from offrl.workflow.rules import RULES, select_step
 
@@ -928,10 +928,7 @@ def diagnose_run(
         selector = "q_after_peak" if after_peak else previous.get("selector") or run_selector(main["config"])
     others = [_run_inputs(Path(c)) for c in compare]
     q_range = main["config"]["dataset"]["q_range"]
-    records = main["records"]
-    if (run_dir / FQE_FILE).is_file():
-        fqe = {int(r["step"]): r["value"] for r in rd.read_json(run_dir / FQE_FILE)["results"]}
-        records = [{**r, "fqe_value": fqe[int(r["step"])]} if int(r["step"]) in fqe else r for r in records]
+    records = rd.with_scores(run_dir, main["records"])  # fqe.json, softopc.json: the rules fqe and softopc
     result = diagnose_metrics(
         records,
         (q_range[0], q_range[1]),

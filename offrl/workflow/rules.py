@@ -6,7 +6,8 @@ so that the rule a user deploys is the rule whose regret docs/results.md reports
 exists are pre-registered in docs/selection.md; none reads analysis-only success.
 
 Every rule chooses among the *candidates*: the checkpoints after the actor's warm start, in step order. Each
-record is a line of metrics.jsonl (plus ``fqe_value`` from fqe.json for ``fqe``). "Smoothed" is the centred
+record is a line of metrics.jsonl (plus ``fqe_value`` from fqe.json for ``fqe``, ``softopc_value`` from softopc.json
+for ``softopc``). "Smoothed" is the centred
 moving average of :func:`offrl.stats.smooth` (3 checkpoints by default), as in the diagnosis.
 
 | rule | picks |
@@ -20,6 +21,7 @@ moving average of :func:`offrl.stats.smooth` (3 checkpoints by default), as in t
 | ``last`` | the last checkpoint |
 | ``heldout_td`` | the lowest ``heldout/td_error`` (``td_error`` without held-out episodes) |
 | ``fqe`` | the highest fitted-Q-evaluation estimate of the initial-state value (:mod:`offrl.workflow.fqe`) |
+| ``softopc`` | the highest SoftOPC score: the critic on the successful episodes' logged actions minus on all (:mod:`offrl.workflow.softopc`; a secondary rule, docs/selection.md) |
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ RULES: dict[str, str] = {
     "last": "last checkpoint",
     "heldout_td": "lowest held-out TD error",
     "fqe": "highest fitted-Q-evaluation estimate",
+    "softopc": "highest SoftOPC score (Irpan et al. 2019)",
 }
 # Pre-registered constants (docs/selection.md): tolerance above the largest return, and the fit threshold.
 IN_RANGE_TOLERANCE = 0.1
@@ -84,7 +87,8 @@ def rule_scores(
     """Every rule's pick and score over the candidates.
 
     Args:
-        records: the candidates' records (metrics.jsonl lines with ``step``), in step order; ``fqe_value`` for FQE.
+        records: the candidates' records (metrics.jsonl lines with ``step``), in step order; ``fqe_value`` for FQE,
+            ``softopc_value`` for SoftOPC (:func:`offrl.training.run_dir.with_scores` adds both).
         q_range: ``(q_min, q_max)`` the rewards allow (config.json ``dataset.q_range``).
         window: smoothing window, in checkpoints.
 
@@ -116,6 +120,7 @@ def rule_scores(
     if not np.isfinite(td).any():
         td = np.array([_num(r.get("td_error")) for r in records])
     fqe = np.array([_num(r.get("fqe_value")) for r in records])
+    soft = np.array([_num(r.get("softopc_value")) for r in records])
     held_q = _smoothed(records, "heldout/q_data", window)
     held_pol = _smoothed(records, "heldout/q_policy", window)
     i = int(np.argmax(qs))
@@ -133,9 +138,16 @@ def rule_scores(
         "last": (steps[-1], np.array(steps, float)),
         "heldout_td": (steps[int(np.nanargmin(td))] if np.isfinite(td).any() else None,
                        -td if np.isfinite(td).any() else None),
-        "fqe": (steps[int(np.nanargmax(fqe))] if np.isfinite(fqe).any() else None,
-                fqe if np.isfinite(fqe).any() else None),
+        "fqe": _highest(steps, fqe),
+        "softopc": _highest(steps, soft),
     }
+
+
+def _highest(steps: list[int], scores: np.ndarray) -> tuple[int | None, np.ndarray | None]:
+    """The step of the highest finite score (ties: the earliest) and the scores; (None, None) when none is finite."""
+    if not np.isfinite(scores).any():
+        return None, None
+    return steps[int(np.nanargmax(scores))], scores
 
 
 def default_selector(algo: str) -> str:
@@ -207,7 +219,7 @@ def select_step(rule: str, records: Sequence[dict[str, Any]], q_range: Sequence[
         raise ValueError(f"unknown selector {rule!r}: choose one of {', '.join(RULES)}")
     step, _ = rule_scores(records, q_range, window)[rule]
     if step is None:
-        need = {"fqe": "fqe.json (offrl fqe RUN)", "heldout_q_peak": "heldout/q_data",
+        need = {"fqe": "fqe.json (offrl fqe RUN)", "softopc": "softopc.json (offrl softopc RUN)", "heldout_q_peak": "heldout/q_data",
                 "heldout_q_policy_peak": "heldout/q_policy", "heldout_td": "heldout/td_error or td_error"}
         raise ValueError(f"selector {rule} needs {need.get(rule, 'q_data')} at the candidate checkpoints, which "
                          f"this run does not have: choose another --selector")
