@@ -3,7 +3,7 @@
 For every archived cell of a study whose run directory still holds its checkpoints and whose archived record has no
 SoftOPC yet: score the candidate checkpoints (offrl.workflow.softopc, offline: the dataset and the critics, nothing
 retrained, no simulator) and add ``softopc_value`` to each checkpoint and the ``softopc`` facts to the archived
-record and to the run's cell.json. Cells whose checkpoints are gone are listed, not guessed. Safe to run again.
+record and to the run's cell.json (with the data's horizon, which cell.json records since then too). Cells whose checkpoints are gone are listed, not guessed. Safe to run again.
 
 Usage: .venv/bin/python studies/softopc_backfill.py studies/paper-regime.toml
 """
@@ -32,17 +32,19 @@ def backfill(study: Path) -> dict[str, list[str]]:
             outcome["not archived"].append(cell.name)
             continue
         record = rd.read_json(target)
-        if "softopc" in record:
+        if "softopc" in record and "horizon" in record["dataset"]:
             outcome["had"].append(cell.name)
             continue
         run = Path(record["run_dir"])
         if not run.is_dir() or not rd.checkpoint_steps(run):
             outcome["no checkpoints"].append(cell.name)
             continue
+        dataset = load_dataset(record["dataset"]["path"])
+        record["dataset"]["horizon"] = dataset.metadata.get("horizon")  # cell.json records it since SoftOPC too
         steps = [c["step"] for c in record["checkpoints"] if c["step"] > int(record.get("warmup_steps", 0))]
         cfg = rd.read_json(run / rd.CONFIG_FILE)
         timings: dict[str, float] = {}
-        soft = cell_softopc(run, cfg, steps, load_dataset(record["dataset"]["path"]), timings)
+        soft = cell_softopc(run, cfg, steps, dataset, timings)
         by_step = {r["step"]: r["value"] for r in soft.get("results", [])}
         for cp in record["checkpoints"]:
             cp["softopc_value"] = by_step.get(cp["step"])

@@ -623,3 +623,31 @@ def test_softopc_is_a_secondary_rule_scored_only_where_the_cell_has_its_values()
     assert (sec["runs_with_a_pick"], sec["runs"], sec["n"]) == (1, 2, 1)
     random_regret = np.mean([(0.9 - s) / 0.8 for s in success])
     assert sec["minus_random"]["mean"] == pytest.approx((0.9 - 0.6) / 0.8 - random_regret)
+
+
+@pytest.mark.parametrize(("mean", "ci", "tasks", "undefined", "answer"), [
+    (-0.2, [-0.3, -0.1], {"a": -0.25, "b": -0.15}, 0, "works"),
+    (-0.2, [-0.3, -0.1], {"a": -0.25, "b": 0.05}, 0, "open"),        # below 0, but the tasks disagree in sign
+    (0.0, [-0.1, 0.1], {"a": -0.04, "b": 0.03}, 0, "diagnostic"),
+    (-0.05, [-0.15, 0.02], {"a": -0.12, "b": 0.02}, 0, "open"),     # a task clearly below -0.05
+    (-0.2, [-0.3, -0.1], {"a": -0.25, "b": -0.15}, 5, "open"),      # too many runs without a regret
+    (None, None, {}, 0, "undecided"),
+])
+def test_the_paper_regime_reading_is_the_pre_registered_rule(mean, ci, tasks, undefined, answer):
+    from offrl.study.selectors import regime_reading
+
+    reg = {"runs_without_regret": undefined, "paired": {"q_peak - random": {"mean": mean, "ci": ci, "per_task": tasks}}}
+    assert regime_reading(reg)["answer"] == answer
+
+
+def test_the_results_header_names_the_reward_structure_and_the_horizons():
+    from types import SimpleNamespace
+
+    from offrl.study.results import _reward_text
+
+    cells = [{"cell": {"task": "pick-place-v3"}, "dataset": {"horizon": 90}},
+             {"cell": {"task": "drawer-open-v3"}, "dataset": {"horizon": 140}}, {"cell": {"task": "x"}, "dataset": {}}]
+    text = _reward_text(SimpleNamespace(reward_mode="success-every-step", horizon=150), cells)
+    assert "never terminal" in text and text.endswith("drawer-open-v3 140, pick-place-v3 90") and "150" not in text
+    assert _reward_text(SimpleNamespace(reward_mode="terminal", horizon=150), cells) == \
+        "rewards `terminal` (ends the episode at success), horizon 150"

@@ -189,6 +189,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
             "transitions": len(dataset),
             "episodes": dataset.num_episodes,
             "behaviour_success_rate": dataset.metadata.get("behaviour_success_rate"),
+            "horizon": dataset.metadata.get("horizon"),
         },
         "algo": cfg.get("algo", "cql"),
         "agent": cfg["agent"],

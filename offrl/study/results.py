@@ -304,12 +304,22 @@ def _model_section(cells: list[dict[str, Any]]) -> list[str]:
     return L
 
 
-def _regime_section(reg: dict[str, Any] | None) -> list[str]:
+def _regime_section(reg: dict[str, Any] | None, paper_regime: bool = False) -> list[str]:
     """docs/selection.md's "The paper's regime" statistics: q_data shapes, every rule's regret and the paired
     differences with a cluster bootstrap over tasks then runs (per-task means beside), FQE's health."""
     if not reg or not reg.get("rules"):
         return []
-    L = ["\n## Regret by task clusters, q_data shapes, FQE's health\n",
+    from offrl.study.selectors import regime_reading
+
+    reading = regime_reading(reg)
+    words = {"works": "Guideline 3.1 works in this regime", "diagnostic": "the Q curve is a diagnostic, not a selector",
+             "open": "open: the pre-registered extension applies (docs/selection.md)",
+             "undecided": "not decidable yet"}
+    # The reading was pre-registered for the paper-regime grid only; other studies print the numbers without it.
+    L = ["\n## The pre-registered reading (docs/selection.md, \"The paper's regime\")\n",
+         f"Applied mechanically (offrl.study.selectors.regime_reading): **{words[reading['answer']]}**: "
+         f"{reading['reason']}.\n"] if paper_regime else []
+    L += ["\n## Regret by task clusters, q_data shapes, FQE's health\n",
          "Means with 95 % intervals of a cluster bootstrap that resamples tasks, then runs within them "
          "(offrl.stats.cluster_bootstrap_mean); per-task means beside. The oracle is the noise floor.\n",
          "| rule | normalised regret | per task |", "|---|---|---|"]
@@ -328,6 +338,13 @@ def _regime_section(reg: dict[str, Any] | None) -> list[str]:
                  f"{r['runs_with_a_pick']} of {r['runs']} runs; "
                  f"regret {_ci(r)}; {name} - random {_ci(d)} (per task: {per}).")
     L.append(f"\nRuns without a defined regret (every candidate scores alike): {reg['runs_without_regret']}.")
+    below = reg.get("q_below_range")
+    if below:
+        L.append(f"\nq_data below the lowest return the rewards allow: at the last candidate in {below['last']} of "
+                 f"{below['runs']} runs, at every candidate in {below['everywhere']}. Where it is, a rise is the "
+                 f"critic recovering from the regularizer's push, not returns propagating (docs/selection.md, the "
+                 f"observation on the paper's regime): the verdict is on this critic, not a reproduction of the "
+                 f"paper's Q curves.")
     shapes = ", ".join(f"{k}: {v}" for k, v in sorted(reg["q_shape"].items()))
     L.append(f"\nShape of q_data over the candidates (Metric 3.1's rise and fall tests): {shapes}.")
     f = reg["fqe"]
@@ -352,11 +369,24 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
         *_model_lines_and_figures(cells, fig_dir, rel),
         *_diagnosis_lines(analysis),
         *_scenario_lines(analysis, config, fig_dir, rel),
-        *_regime_section(analysis.get("regime")),
+        *_regime_section(analysis.get("regime"), paper_regime=getattr(config, "reward_mode", "") == "success-every-step"),
         *_definition_lines(),
     ]
     rd.atomic_write_text(out, "\n".join(L) + "\n")
     return out
+
+
+def _reward_text(config: Any, cells: list[dict[str, Any]]) -> str:
+    """The data's reward structure and horizon as the study collected it (``reward_mode``; per task where the
+    cells record the horizon of their data)."""
+    mode = getattr(config, "reward_mode", "terminal")
+    if mode != "success-every-step":
+        ending = "ends the episode at success" if mode == "terminal" else "never terminal"
+        return f"rewards `{mode}` ({ending}), horizon {config.horizon}"
+    known = sorted({(c["cell"]["task"], int(h)) for c in cells if (h := (c.get("dataset") or {}).get("horizon"))})
+    per_task = (": " + ", ".join(f"{t} {h}" for t, h in known)) if known else ""
+    return ("rewards `success-every-step` (1 on every step the task is solved, never terminal), each task's horizon "
+            f"by the rule of offrl/envs/reward_modes.py{per_task}")
 
 
 def _header_lines(analysis: dict[str, Any], config: Any, cells: list[dict[str, Any]], cmd: str) -> list[str]:
@@ -379,7 +409,7 @@ def _header_lines(analysis: dict[str, Any], config: Any, cells: list[dict[str, A
         f"Budget per run: {config.steps} gradient steps ({_warmup_text(cells)}), a checkpoint every "
         f"{config.checkpoint_every} steps, "
         f"{config.eval_episodes} analysis-only episodes per checkpoint, FQE {config.fqe_steps} steps. Data: "
-        f"{_data_text(config)}, horizon {config.horizon}. "
+        f"{_data_text(config)}, {_reward_text(config, cells)}. "
         f"Every hyperparameter is the package default; settings change only what their name says.\n"
     )
     for sc in config.scenarios:

@@ -435,6 +435,15 @@ def regime_checks(cells: list[dict[str, Any]], per_run: list[dict[str, Any]], sa
                                             "per_task": per_task(diff)},
                            "runs_with_a_pick": scored, "runs": len(per_run)}
     undefined = sum(regret(r, "q_peak") is None for r in per_run)
+    # q_data against the lowest return the rewards allow (docs/selection.md's observation on the paper regime: a
+    # curve below its range is not the paper's "values propagate, then overfit").
+    below_last = below_all = 0
+    for c in cells:
+        q = [cp["q_data"] for cp in candidates(c) if cp.get("q_data") is not None]
+        if q:
+            q_min = float((c.get("q_range") or [0.0, 1.0])[0])
+            below_last += q[-1] < q_min
+            below_all += max(q) < q_min
     fqe = [c.get("fqe") or {} for c in cells]
     n_est = sum(len([cp for cp in candidates(c) if cp.get("fqe_value") is not None]) for c in cells)
     return {
@@ -443,9 +452,43 @@ def regime_checks(cells: list[dict[str, Any]], per_run: list[dict[str, Any]], sa
         "paired": paired,
         "secondary": secondary,
         "runs_without_regret": undefined,
+        "q_below_range": {"last": int(below_last), "everywhere": int(below_all), "runs": len(cells)},
         "fqe": {"runs": len(fqe), "converged": sum(bool(f.get("converged")) for f in fqe),
                 "estimates": n_est, "out_of_bounds": sum(int(f.get("out_of_bounds") or 0) for f in fqe)},
     }
+
+
+OPEN_UNDEFINED_RUNS = 4
+"""docs/selection.md, "The paper's regime": more than this many runs without a defined regret leave the answer open."""
+DIAGNOSTIC_TASK_MEAN = -0.05
+"""... and "a diagnostic, not a selector" needs every task's mean q_peak - random at or above this."""
+
+
+def regime_reading(reg: dict[str, Any]) -> dict[str, str]:
+    """The pre-registered reading of "The paper's regime" (docs/selection.md), applied mechanically to
+    :func:`regime_checks`' numbers: ``{"answer": "works" | "diagnostic" | "open" | "undecided", "reason"}``.
+
+    ``works``: the paired ``q_peak - random`` has a 95 % cluster interval entirely below 0 and a mean below 0 on every
+    task. ``diagnostic``: the interval contains 0 or lies above it, with every task's mean at or above -0.05.
+    ``open`` otherwise, and whenever more than 4 runs have no defined regret (the pre-registered text lists that
+    case under "open"; it is checked first, since such a grid cannot answer either way). ``undecided``: no interval
+    (under 2 runs with a regret)."""
+    undefined = int(reg.get("runs_without_regret") or 0)
+    if undefined > OPEN_UNDEFINED_RUNS:
+        return {"answer": "open", "reason": f"{undefined} runs have no defined regret (every candidate scores "
+                                            f"alike), more than {OPEN_UNDEFINED_RUNS}"}
+    d = (reg.get("paired") or {}).get("q_peak - random") or {}
+    ci, tasks = d.get("ci"), {t: v for t, v in (d.get("per_task") or {}).items() if v is not None}
+    if ci is None or not tasks:
+        return {"answer": "undecided", "reason": "q_peak - random has no interval yet"}
+    text = (f"q_peak - random {d['mean']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}], per task "
+            + ", ".join(f"{t} {v:.3f}" for t, v in sorted(tasks.items())))
+    if ci[1] < 0 and all(v < 0 for v in tasks.values()):
+        return {"answer": "works", "reason": f"{text}: the interval lies below 0 and every task's mean is below 0"}
+    if ci[1] >= 0 and all(v >= DIAGNOSTIC_TASK_MEAN for v in tasks.values()):
+        return {"answer": "diagnostic", "reason": f"{text}: the interval reaches 0 or above and every task's mean is "
+                                                  f"at or above {DIAGNOSTIC_TASK_MEAN}"}
+    return {"answer": "open", "reason": f"{text}: neither reading's conditions hold"}
 
 
 # The candidates the default rule may choose: docs/selection.md's candidate table; its references (last,
