@@ -234,3 +234,17 @@ def test_the_fqe_selector_reads_fqe_json_and_a_later_diagnosis_keeps_the_selecto
     assert diagnose_run(run)["selected_step"] == 6000  # `offrl diagnose RUN` later: the same rule, the same pick
     assert diagnose_run(run, selector="q_peak")["selected_step"] == 4000
     assert diagnose_run(run, after_peak=True)["selected_step"] == 5000
+
+
+def test_an_earlier_implementation_is_named_so_and_its_record_is_not_quoted_for_the_faithful_method():
+    from offrl.workflow import trust
+
+    old_mopo = {"penalty_coef": 1.0, "rollout_horizon": 5}  # archived before issue 43: no clip_model_rewards field
+    assert trust.method_label("mopo", old_mopo).startswith("MOPO (earlier implementation: clipped model rewards")
+    assert trust.method_label("mopo", {**old_mopo, "clip_model_rewards": False}) == "MOPO"
+    assert trust.method_label("bear", {"epsilon": 0.05}).startswith("BEAR (earlier implementation")
+    assert trust.method_label("bear", {"epsilon": 0.05, "behaviour_tau": 0.005}) == "BEAR"
+    record = {"method": trust.method_label("mopo", old_mopo), "rules": {"q_peak": {"regret": 1.0}}}
+    faithful = {"algo": "mopo", "agent": {**old_mopo, "clip_model_rewards": False}, "dataset": {}}
+    t = trust.trust_statement("q_peak", faithful, [record])
+    assert t["measured"] is None and t["statement"].startswith("Not measured")

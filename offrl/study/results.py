@@ -20,6 +20,7 @@ from offrl.study.config import BUDGET_KEYS
 from offrl.study.selectors import SELECTORS, candidates, cell_name
 from offrl.training import run_dir as rd
 from offrl.workflow.diagnosis import DiagnosisConfig
+from offrl.workflow.trust import EARLIER
 
 SELECTOR_TEXT = {
     "workflow": "workflow (Guideline 3.1: peak of q_data)",
@@ -61,15 +62,10 @@ BEST = "best (mean of the two halves' maxima)"
 
 # Fields that the faithful implementations record in a run's agent config (issue 43); a MOPO/COMBO run without
 # them ran offrl's earlier implementation, and the page says so beside its numbers.
-EARLIER = {"mopo": ("clip_model_rewards", "clipped model rewards, no model replay buffer, the norm of the variances "
-                    "over the elites, a deterministic backup"),
-           "combo": ("push_down", "the push-down on the whole mixture (real rows included), clipped model rewards, "
-                     "no model replay buffer")}
-
-
 def earlier_implementation(cells: list[dict[str, Any]], algo: str) -> str | None:
-    """The deviations of offrl's earlier implementation of ``algo`` (:data:`EARLIER`) if any of its runs in
-    ``cells`` ran it (its archived agent config lacks the field the faithful one records); None otherwise."""
+    """The deviations of offrl's earlier implementation of ``algo`` (:data:`offrl.workflow.trust.EARLIER`) if any of
+    its runs in ``cells`` ran it (its archived agent config lacks the field the faithful one records); None
+    otherwise."""
     if algo not in EARLIER:
         return None
     field, text = EARLIER[algo]
@@ -79,8 +75,8 @@ def earlier_implementation(cells: list[dict[str, Any]], algo: str) -> str | None
 
 def algo_label(cells: list[dict[str, Any]], algo: str) -> str:
     """The name a results table gives ``algo``: CQL runs that were all Cal-QL (``calibrated``, Nakamoto et al. 2023)
-    without a behaviour-cloning warm start (``bc_steps`` 0), the package default, are labelled so; MOPO and COMBO
-    runs of the earlier implementation (:func:`earlier_implementation`) too."""
+    without a behaviour-cloning warm start (``bc_steps`` 0), the package default, are labelled so; MOPO, COMBO and
+    BEAR runs of the earlier implementation (:func:`earlier_implementation`) too."""
     runs = [c.get("agent") or {} for c in cells if c.get("algo") == algo]
     if algo == "cql" and runs and all(a.get("calibrated") and not a.get("bc_steps") for a in runs):
         return "cql (Cal-QL, no BC warm start)"

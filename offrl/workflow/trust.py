@@ -36,11 +36,23 @@ RULE_TEXT = {"q_peak": "the Q peak (Guideline 3.1)", "q_after_peak": "the checkp
              "last": "the last checkpoint", "random": "a random checkpoint"}
 
 
+EARLIER = {"mopo": ("clip_model_rewards", "clipped model rewards, no model replay buffer, the norm of the variances "
+                    "over the elites, a deterministic backup"),
+           "combo": ("push_down", "the push-down on the whole mixture (real rows included), clipped model rewards, "
+                     "no model replay buffer"),
+           "bear": ("behaviour_tau", "the constraint's behaviour samples from the VAE being trained, the Laplacian "
+                                     "kernel at sigma 10")}
+"""Algorithms whose implementation changed to follow its source (issue 43): the field only the faithful one's
+agent config records, and what the earlier one did differently. A run or archived cell without the field ran the
+earlier implementation, and its results carry that in their name (results pages, the trust statement)."""
+
+
 def method_label(algo: str, agent: dict[str, Any] | None, reward_shift: float = 0.0) -> str:
     """The method a run trained, named by what changes the meaning of its Q-values: CQL with Cal-QL's
     calibration is ``Cal-QL`` (Nakamoto et al. 2023), without it ``CQL``; IQL names its expectile, inverse
     temperature and reward shift (its sparse-reward settings behave unlike its locomotion ones, docs/default-job.md);
-    every other algorithm its name. Runs of one label are pooled in the records.
+    an algorithm's earlier implementation (:data:`EARLIER`) says so with how it differed; every other algorithm its
+    name. Runs of one label are pooled in the records.
 
     Args:
         algo: config.json ``algo``.
@@ -55,6 +67,9 @@ def method_label(algo: str, agent: dict[str, Any] | None, reward_shift: float = 
         shift = f", rewards {reward_shift:+g}" if reward_shift else ""
         return (f"IQL (expectile {agent.get('expectile', 0.7):g}, beta {agent.get('inverse_temperature', 3.0):g}"
                 f"{shift})")
+    if algo in EARLIER and agent and EARLIER[algo][0] not in agent:
+        # Not the method of today's code: its record must not be quoted for a run of the faithful one.
+        return f"{algo.upper()} (earlier implementation: {EARLIER[algo][1]})"
     return algo.upper()
 
 
