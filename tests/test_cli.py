@@ -40,6 +40,10 @@ def test_train_diagnose_select_report_on_a_synthetic_dataset(tmp_path, capsys):
     after_warm_start = [r for r in fqe if r["step"] > 50]  # after TINY's warm start (--cql.bc-steps 50)
     best = max(after_warm_start, key=lambda r: r["value"])["step"]
     assert capsys.readouterr().out.strip().endswith(str(best))
+    assert main(["softopc", str(run)]) == 0 and "5 of 10 episodes successful" in capsys.readouterr().out
+    assert main(["select", str(run), "--selector", "softopc"]) == 0
+    soft = [r for r in json.loads((run / "softopc.json").read_text())["results"] if r["step"] > 50]
+    assert capsys.readouterr().out.strip().endswith(str(max(soft, key=lambda r: r["value"])["step"]))
     assert main(["report", str(run)]) == 0
     html = (run / "report.html").read_text()
     assert d["verdict"] in html and "data:image/png;base64," in html
@@ -448,7 +452,7 @@ def test_workflow_refuses_a_bad_dataset_before_any_stage(tmp_path, monkeypatch, 
 
 @pytest.mark.parametrize("command", [[], ["collect"], ["import"], ["inspect"], ["train"], ["workflow"], ["tune"],
                                      ["sweep"], ["diagnose"], ["select"], ["evaluate"], ["export"], ["report"],
-                                     ["check"], ["study"], ["fqe"]])
+                                     ["check"], ["study"], ["fqe"], ["softopc"]])
 def test_every_plain_help_fits_a_screen(monkeypatch, capsys, command):
     # Issue "One story": `offrl --help` and each command's help fit a screen for the common flags (collect was 74
     # lines, sweep 92).

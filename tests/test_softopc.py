@@ -108,3 +108,16 @@ def test_select_softopc_without_scores_says_what_to_run(tmp_path, chain_dataset)
     run = train(tiny_train_config(path, tmp_path / "run"))
     with pytest.raises(ValueError, match=r"softopc needs softopc.json \(offrl softopc RUN\)"):
         diagnose_run(run, selector="softopc")
+
+
+def test_the_cli_refuses_data_without_failures_in_one_line(tmp_path, capsys):
+    from offrl.cli import main
+    from offrl.data import save_dataset
+    from offrl.training.train import train
+
+    path = save_dataset(tmp_path / "all-good.h5", make_dataset(chain_arrays(episodes=6, success_every=1), META))
+    run = train(tiny_train_config(path, tmp_path / "run"))
+    assert main(["softopc", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("offrl: error:") and "no failed episode among its 6" in err and err.count("\n") == 1
+    assert not (run / "softopc.json").exists()
