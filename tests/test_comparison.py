@@ -248,3 +248,11 @@ def test_an_earlier_implementation_is_named_so_and_its_record_is_not_quoted_for_
     faithful = {"algo": "mopo", "agent": {**old_mopo, "clip_model_rewards": False}, "dataset": {}}
     t = trust.trust_statement("q_peak", faithful, [record])
     assert t["measured"] is None and t["statement"].startswith("Not measured")
+
+
+def test_the_reward_structure_of_an_archived_cell_is_read_from_its_study_settings():
+    from offrl.workflow.trust import cell_reward_mode
+
+    assert cell_reward_mode({"study_settings": {"reward_mode": "success-every-step"}}) == "success-every-step"
+    assert cell_reward_mode({"reward_mode": "shaped", "study_settings": {}}) == "shaped"
+    assert cell_reward_mode({"study_settings": {"steps": 15000}}) == "terminal"

@@ -132,6 +132,13 @@ def _cells(archive: Path) -> list[dict[str, Any]]:
     return [cell for _, cell in iter_archived_cells(archive) if "checkpoints" in cell and "cell" in cell]
 
 
+def cell_reward_mode(cell: dict[str, Any]) -> str:
+    """The reward structure of an archived cell's data: the cell's own ``reward_mode`` (default-job runs), else the
+    study settings it was archived with (a study records ``reward_mode`` there when it is not ``terminal``), else
+    ``terminal`` (every grid before reward modes existed)."""
+    return str(cell.get("reward_mode") or (cell.get("study_settings") or {}).get("reward_mode") or "terminal")
+
+
 def grid_records(archive: Path, samples: int = 10_000) -> list[dict[str, Any]]:
     """One record per method of an archived grid: every rule's normalised regret (scored as the study scores it,
     :func:`offrl.study.selectors.evaluate_selectors`: picks on one half of the episodes, scored on the other),
@@ -175,7 +182,7 @@ def grid_records(archive: Path, samples: int = 10_000) -> list[dict[str, Any]]:
             "regimes": sorted({str(c["cell"].get("regime")) for c in cells}),
             "episodes": sorted({int(c["cell"]["episodes"]) for c in cells if c["cell"].get("episodes")}),
             "obs": sorted({c.get("obs", "state") for c in cells}),
-            "reward_modes": sorted({c.get("reward_mode", "terminal") for c in cells}),
+            "reward_modes": sorted({cell_reward_mode(c) for c in cells}),
             "eval_episodes": min(len(cp["episode_successes"]) for c in cells for cp in c["checkpoints"]),
             "rules": rules,
             "random": {k: v for k, v in stat("random").items() if k in ("mean", "ci", "n")},
