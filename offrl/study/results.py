@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from offrl.stats import wilson_interval
+from offrl.study.averaging import averaging_lines
 from offrl.study.config import BUDGET_KEYS
 from offrl.study.selectors import SELECTORS, candidates, cell_name
 from offrl.training import run_dir as rd
@@ -366,6 +367,7 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
         *_diagnosis_lines(analysis),
         *_scenario_lines(analysis, config, fig_dir, rel),
         *_regime_section(analysis.get("regime"), paper_regime=getattr(config, "reward_mode", "") == "success-every-step"),
+        *averaging_lines(cells, int(getattr(config, "bootstrap_samples", 10_000))),
         *_definition_lines(),
     ]
     rd.atomic_write_text(out, "\n".join(L) + "\n")
