@@ -18,6 +18,7 @@ import numpy as np
 from offrl.stats import wilson_interval
 from offrl.study.averaging import averaging_lines
 from offrl.study.config import BUDGET_KEYS
+from offrl.study.faithful import faithful_lines
 from offrl.study.selectors import SELECTORS, candidates, cell_name
 from offrl.training import run_dir as rd
 from offrl.workflow.diagnosis import DiagnosisConfig
@@ -368,6 +369,7 @@ def write_results(analysis: dict[str, Any], config: Any, command: str | None = N
         *_scenario_lines(analysis, config, fig_dir, rel),
         *_regime_section(analysis.get("regime"), paper_regime=getattr(config, "reward_mode", "") == "success-every-step"),
         *averaging_lines(cells, int(getattr(config, "bootstrap_samples", 10_000))),
+        *faithful_lines(cells, getattr(config, "archive", None)),
         *_definition_lines(),
     ]
     rd.atomic_write_text(out, "\n".join(L) + "\n")
