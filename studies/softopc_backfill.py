@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from offrl.data import load_dataset
-from offrl.study.cell import cell_softopc
+from offrl.study.cell import cell_softopc, softopc_facts
 from offrl.study.config import cells_of, load_study_config
 from offrl.study.store import CELL_FILE, archive_file
 from offrl.training import run_dir as rd
@@ -48,7 +48,7 @@ def backfill(study: Path) -> dict[str, list[str]]:
         by_step = {r["step"]: r["value"] for r in soft.get("results", [])}
         for cp in record["checkpoints"]:
             cp["softopc_value"] = by_step.get(cp["step"])
-        record["softopc"] = {k: v for k, v in soft.items() if k != "results"}
+        record["softopc"] = softopc_facts(soft)
         record.setdefault("timings_s", {}).update({k: round(v, 1) for k, v in timings.items()})
         rd.write_json(target, record)
         local = run / CELL_FILE

@@ -71,6 +71,12 @@ def _algorithm_keys() -> tuple[str, ...]:
     return tuple(k for t in ALGORITHM_TERMS for k in (t, f"heldout/{t}"))
 
 
+def softopc_facts(softopc: dict[str, Any]) -> dict[str, Any]:
+    """What cell.json keeps of softopc.json besides the per-checkpoint values: the data's facts or why SoftOPC is
+    undefined; not its seconds (in ``timings_s``), so that the record of a cell is the same wherever it ran."""
+    return {k: v for k, v in softopc.items() if k not in ("results", "seconds")}
+
+
 def cell_softopc(run: Path, cfg: dict[str, Any], steps: list[int], dataset: Any,
                  timings: dict[str, float] | None = None) -> dict[str, Any]:
     """SoftOPC of a cell's candidate checkpoints (:mod:`offrl.workflow.softopc`), reusing the run's softopc.json when
@@ -207,7 +213,7 @@ def run_cell(cell: Cell, config: StudyConfig, progress: bool = False) -> dict[st
                                         "out_of_bounds")
                 if k in fqe},
         # SoftOPC's data facts, or why it is undefined (docs/selection.md, "SoftOPC, a further candidate").
-        "softopc": {k: v for k, v in softopc.items() if k != "results"},
+        "softopc": softopc_facts(softopc),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "offrl_version": rd.offrl_version(),
     }
