@@ -53,6 +53,8 @@ def test_run_directory_contents(full_run):
     assert cfg["seed"] == 0 and cfg["algo"] == "cql"
     assert len(cfg["dataset"]["fingerprint"]) == 64 and cfg["offrl_version"]
     assert cfg["versions"]["jax"] == jax.__version__
+    assert cfg["platform"]["jax_backend"] == "cpu" and cfg["platform"]["cpu_count"] >= 1 \
+        and isinstance(cfg["platform"]["xla_flags"], str)
     assert cfg["dataset"]["q_range"] == [0.0, 1.0]
     assert cfg["dataset"]["heldout_episodes"] == 1 and cfg["dataset"]["train_episodes"] == 9
     records = rd.read_metrics(out)

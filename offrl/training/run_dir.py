@@ -54,6 +54,16 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def platform_facts() -> dict[str, Any]:
+    """Where a run trained, as far as it can change floating point (not results' meaning): the machine, the JAX
+    backend, the CPU count and the XLA flags (one XLA thread per study worker, ``offrl.runtime.SINGLE_THREAD_XLA``,
+    sums in another order than two). Recorded in config.json when a run starts."""
+    import jax
+
+    return {"machine": platform.machine(), "system": platform.system(), "cpu_count": os.cpu_count(),
+            "jax_backend": jax.default_backend(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a text file so that readers see the old content or the new, never a torn file. The file gets the
     permissions of the user's umask."""

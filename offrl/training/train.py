@@ -525,6 +525,7 @@ def _resolved_config(config: TrainConfig, extra: dict[str, Any]) -> dict[str, An
         **extra,
         "offrl_version": rd.offrl_version(),
         "versions": rd.package_versions(),
+        "platform": rd.platform_facts(),
         "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
 
