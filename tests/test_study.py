@@ -651,3 +651,54 @@ def test_the_results_header_names_the_reward_structure_and_the_horizons():
     assert "never terminal" in text and text.endswith("drawer-open-v3 140, pick-place-v3 90") and "150" not in text
     assert _reward_text(SimpleNamespace(reward_mode="terminal", horizon=150), cells) == \
         "rewards `terminal` (ends the episode at success), horizon 150"
+
+
+@pytest.mark.sim
+def test_stopping_a_study_with_workers_stops_its_workers(tmp_path):
+    """`kill PARENT` of `offrl study --workers 2` (how a background grid is stopped) leaves no worker training."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("metaworld")
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY_STUDY.format(out=tmp_path / "study"))
+    proc = subprocess.Popen([sys.executable, "-m", "offrl.cli", "study", str(path), "--workers", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu", "MUJOCO_GL": "egl"})
+
+    def children() -> list[int]:
+        found = []
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                text = status.read_text()
+            except OSError:
+                continue
+            if f"\nPPid:\t{proc.pid}\n" in text:
+                found.append(int(status.parent.name))
+        return found
+
+    deadline = time.time() + 120
+    while len(children()) < 3 and time.time() < deadline:  # the resource tracker and the two workers
+        time.sleep(0.2)
+    workers = children()
+    assert len(workers) >= 2, "the study's workers never started"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+
+    def alive() -> list[int]:
+        out = []
+        for pid in workers:
+            try:
+                if "State:\tZ" not in Path(f"/proc/{pid}/status").read_text():
+                    out.append(pid)
+            except OSError:
+                pass
+        return out
+
+    deadline = time.time() + 20
+    while alive() and time.time() < deadline:
+        time.sleep(0.2)
+    assert alive() == [], f"workers {alive()} outlived the study process"

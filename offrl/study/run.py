@@ -4,6 +4,8 @@ then the analysis and the results page."""
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -123,16 +125,31 @@ def _run_workers(config: StudyConfig, cells: list[Cell], workers: int) -> None:
     cells through the cell locks."""
     import multiprocessing as mp
 
+    procs: list[Any] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        # `kill PARENT` (how a background grid is stopped) must not leave its workers training on: they would hold
+        # the cores and the cell locks of a restarted study.
+        for p in procs:
+            if p.pid is not None:
+                p.terminate()
+        raise SystemExit(128 + signum)
+
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there only
+    previous = signal.signal(signal.SIGTERM, stop) if main_thread else None
     env_before = os.environ.get("XLA_FLAGS")
     if (os.cpu_count() or 1) <= workers:
         os.environ["XLA_FLAGS"] = f"{env_before or ''} {SINGLE_THREAD_XLA}".strip()
     try:
         ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_worker, args=(config, cells, f"[w{k}] "), name=f"offrl-study-w{k}")
-                 for k in range(workers)]
-        for p in procs:
-            p.start()
+        for k in range(workers):
+            procs.append(ctx.Process(target=_worker, args=(config, cells, f"[w{k}] "), name=f"offrl-study-w{k}"))
+            procs[-1].start()
             time.sleep(1.0)  # start in order, so that worker k takes the k-th free cell
+    except BaseException:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        raise
     finally:
         if env_before is None:
             os.environ.pop("XLA_FLAGS", None)
@@ -145,6 +162,9 @@ def _run_workers(config: StudyConfig, cells: list[Cell], workers: int) -> None:
         for p in procs:
             p.terminate()
         raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     bad = [(p.name, p.exitcode) for p in procs if p.exitcode != 0]
     if bad:
         raise RuntimeError(f"study worker(s) failed: {bad} (see the traceback above); run the same command again "
