@@ -54,6 +54,25 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def state_run(run_dir: str | Path, steps: Any, purpose: str) -> tuple[dict[str, Any], list[int]]:
+    """The config.json of a state-observation run and the checkpoint steps to score (``steps``, default all), for an
+    offline estimator named ``purpose`` (FQE, SoftOPC) that reads state observations only.
+
+    Raises:
+        FileNotFoundError: not a run directory, or no checkpoints.
+        ValueError: an image run."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
+    cfg = read_json(run_dir / CONFIG_FILE)
+    if cfg["dataset"].get("obs_mode", "state") != "state":
+        raise ValueError(f"{run_dir} is an image run: {purpose} in offrl scores state-observation runs only")
+    chosen = list(checkpoint_steps(run_dir) if steps is None else steps)
+    if not chosen:
+        raise FileNotFoundError(f"{run_dir} has no checkpoints for {purpose}: train it first")
+    return cfg, chosen
+
+
 def platform_facts() -> dict[str, Any]:
     """Where a run trained, as far as it can change floating point (not results' meaning): the machine, the JAX
     backend, the CPU count and the XLA flags (one XLA thread per study worker, ``offrl.runtime.SINGLE_THREAD_XLA``,

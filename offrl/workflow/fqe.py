@@ -272,15 +272,7 @@ def fqe_run(
         ValueError: an image run (FQE here reads state observations only).
     """
     run_dir = Path(run_dir)
-    cfg = rd.read_json(run_dir / rd.CONFIG_FILE) if (run_dir / rd.CONFIG_FILE).is_file() else None
-    if cfg is None:
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no {rd.CONFIG_FILE})")
-    if cfg["dataset"].get("obs_mode", "state") != "state":
-        raise ValueError(f"{run_dir} is an image run: FQE in offrl evaluates state-observation runs only")
-    all_steps = rd.checkpoint_steps(run_dir)
-    steps = list(all_steps if steps is None else steps)
-    if not steps:
-        raise FileNotFoundError(f"{run_dir} has no checkpoints for FQE: train it first")
+    cfg, steps = rd.state_run(run_dir, steps, "FQE")
     algo = cfg.get("algo", "cql")
     agent = config_from_dict(algo, cfg["agent"])
     module = get_agent(algo)

@@ -106,15 +106,7 @@ def softopc_run(run_dir: str | Path, steps: Sequence[int] | None = None, dataset
     from offrl.training.train import Inputs, eval_chunks, make_evaluator
 
     run_dir = Path(run_dir)
-    if not (run_dir / rd.CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run directory (no {rd.CONFIG_FILE})")
-    cfg = rd.read_json(run_dir / rd.CONFIG_FILE)
-    if cfg["dataset"].get("obs_mode", "state") != "state":
-        raise ValueError(f"{run_dir} is an image run: SoftOPC in offrl scores state-observation runs only")
-    all_steps = rd.checkpoint_steps(run_dir)
-    steps = list(all_steps if steps is None else steps)
-    if not steps:
-        raise FileNotFoundError(f"{run_dir} has no checkpoints for SoftOPC: train it first")
+    cfg, steps = rd.state_run(run_dir, steps, "SoftOPC")
     if dataset is None:
         path = Path(cfg["dataset"]["path"])
         if not path.is_file():
