@@ -702,3 +702,18 @@ def test_stopping_a_study_with_workers_stops_its_workers(tmp_path):
     while alive() and time.time() < deadline:
         time.sleep(0.2)
     assert alive() == [], f"workers {alive()} outlived the study process"
+
+
+@pytest.mark.parametrize(("picks", "ci", "tasks", "answer"), [
+    (12, [-0.3, -0.1], {"a": -0.2, "b": -0.1, "c": -0.3, "d": 0.1}, "worth a confirmation grid"),
+    (12, [-0.3, -0.1], {"a": -0.2, "b": 0.1, "c": -0.3, "d": 0.1}, "not better than chance"),
+    (12, [-0.3, 0.05], {"a": -0.2, "b": -0.1, "c": -0.3, "d": -0.1}, "not better than chance"),
+    (8, [-0.3, -0.1], {"a": -0.2, "b": -0.1}, "worth a confirmation grid"),     # a two-task grid: both tasks
+    (8, [-0.3, -0.1], {"a": -0.2, "b": 0.1}, "not better than chance"),
+    (7, [-0.3, -0.1], {"a": -0.2, "b": -0.1}, "too few runs"),
+])
+def test_softopcs_reading_is_the_pre_registered_rule(picks, ci, tasks, answer):
+    from offrl.study.selectors import softopc_reading
+
+    sec = {"runs_with_a_pick": picks, "minus_random": {"mean": -0.2, "ci": ci, "per_task": tasks}}
+    assert softopc_reading(sec)["answer"] == answer

@@ -335,6 +335,11 @@ def _regime_section(reg: dict[str, Any] | None, paper_regime: bool = False) -> l
         L.append(f"\nSecondary rule {name} (pre-registered after the grid started; docs/selection.md): a pick on "
                  f"{r['runs_with_a_pick']} of {r['runs']} runs; "
                  f"regret {_ci(r)}; {name} - random {_ci(d)} (per task: {per}).")
+        if name == "softopc":
+            from offrl.study.selectors import softopc_reading
+
+            sr = softopc_reading(r)
+            L.append(f"SoftOPC's pre-registered reading: **{sr['answer']}** ({sr['reason']}).")
     L.append(f"\nRuns without a defined regret (every candidate scores alike): {reg['runs_without_regret']}.")
     below = reg.get("q_below_range")
     if below:

@@ -491,6 +491,28 @@ def regime_reading(reg: dict[str, Any]) -> dict[str, str]:
     return {"answer": "open", "reason": f"{text}: neither reading's conditions hold"}
 
 
+SOFTOPC_MIN_RUNS = 8
+
+
+def softopc_reading(sec: dict[str, Any]) -> dict[str, str]:
+    """docs/selection.md, "SoftOPC, a further candidate": *worth a confirmation grid* when, on at least 8 runs where
+    it picks, ``softopc - random`` has a 95 % interval entirely below 0 and a mean below 0 on at least 3 of 4 tasks
+    (every task of a grid with fewer than 4); else *not better than chance*; *too few runs* under 8.
+    ``sec``: :func:`regime_checks`' ``secondary["softopc"]``."""
+    d = sec.get("minus_random") or {}
+    if int(sec.get("runs_with_a_pick") or 0) < SOFTOPC_MIN_RUNS or d.get("ci") is None:
+        return {"answer": "too few runs", "reason": f"a pick on {sec.get('runs_with_a_pick', 0)} runs, "
+                                                   f"{SOFTOPC_MIN_RUNS} needed"}
+    tasks = [v for v in (d.get("per_task") or {}).values() if v is not None]
+    needed = min(3, len(tasks))
+    below = sum(v < 0 for v in tasks)
+    if d["ci"][1] < 0 and below >= needed:
+        return {"answer": "worth a confirmation grid", "reason": f"interval below 0, {below} of {len(tasks)} tasks "
+                                                                 f"below 0"}
+    return {"answer": "not better than chance", "reason": f"interval [{d['ci'][0]:.2f}, {d['ci'][1]:.2f}], "
+                                                          f"{below} of {len(tasks)} tasks below 0"}
+
+
 # The candidates the default rule may choose: docs/selection.md's candidate table; its references (last,
 # heldout_td, random, oracle) are reported but never become the default.
 CANDIDATES = ("workflow_after_peak", "q_peak_in_range", "heldout_q_peak", "fqe", "heldout_q_policy_peak",
