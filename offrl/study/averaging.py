@@ -52,14 +52,13 @@ def jumps(cell: dict[str, Any], jump: float = JUMP) -> dict[str, float]:
     """``{"jumps": count, "expected": binomial expectation}`` over the run's neighbouring candidates. The
     expectation sums :func:`jump_probability` over the pairs, each at the pair's pooled success."""
     cps = candidates(cell)
-    succ = [c["successes"] / c["episodes"] for c in cps]
     count, expected = 0, 0.0
     for a, b in zip(cps[:-1], cps[1:], strict=True):
         sa, sb = a["successes"] / a["episodes"], b["successes"] / b["episodes"]
         count += abs(sa - sb) >= jump - 1e-9
         n = min(int(a["episodes"]), int(b["episodes"]))
         expected += jump_probability((a["successes"] + b["successes"]) / (a["episodes"] + b["episodes"]), n, jump)
-    return {"jumps": int(count), "expected": expected, "checkpoints": len(succ)}
+    return {"jumps": int(count), "expected": expected, "checkpoints": len(cps)}
 
 
 def run_metrics(cell: dict[str, Any]) -> dict[str, Any]:
